@@ -1,0 +1,120 @@
+"""The ``dataonomy`` command line: curation of a source pool for a target task.
+
+Data flow (METHOD.md): datasets -> features -> affinity -> ahp -> bip -> manifest + taxonomy.
+Each command parses options, calls the stage modules, and prints a short report; the work
+itself lives in the stage modules.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from dataonomy.cli_utils import parse_list, run_app
+from dataonomy.datasets import list_datasets
+from dataonomy.datasets.options import open_dataset
+from dataonomy.io import write_json
+
+app = typer.Typer(
+    help="Dataonomy: pick the source classes that best prepare a model for a target inspection task.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _app() -> None:
+    """Keep subcommands as subcommands even while a group has only one."""
+
+
+# Options shared by every command that reads a dataset.
+DatasetOpt = typer.Option(..., "--dataset", help=f"Reader name: {', '.join(list_datasets())}.")
+RootOpt = typer.Option(..., "--root", help="Folder the reader reads (see README for each layout).")
+ClassesOpt = typer.Option(
+    None, "--classes", help="Comma-separated classes to read (DAGM: 1,3 or Class1,Class3; ImageNet: wnids)."
+)
+SplitOpt = typer.Option(None, "--split", help="DAGM: all|train|val|trainval|test; ImageNet: train|val.")
+ImagesPerClassOpt = typer.Option(
+    None, "--images-per-class", help="Sample at most N images per class (seeded)."
+)
+SeedOpt = typer.Option(0, "--seed", help="Seed for sampling and train/validation splits.")
+LabelsRootOpt = typer.Option(
+    None,
+    "--labels-root",
+    help="DAGM: folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
+)
+AllowPartialOpt = typer.Option(
+    False, "--allow-partial", help="DAGM: accept a Labels.txt listing images missing on disk."
+)
+SkipBadOpt = typer.Option(
+    False, "--skip-bad", help="Decode every file first; skip bad ones with a warning instead of failing."
+)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    dataset: str = DatasetOpt,
+    root: Path = RootOpt,
+    classes: str = ClassesOpt,
+    split: str = SplitOpt,
+    images_per_class: int = ImagesPerClassOpt,
+    seed: int = SeedOpt,
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
+    skip_bad: bool = SkipBadOpt,
+    out: Path = typer.Option(
+        None, "--out", help="Write the sample list (path, class, defect, mask) as JSON here."
+    ),
+):
+    """Read a dataset, check it, and print its counts (optionally write its sample list)."""
+    ds = open_dataset(
+        dataset,
+        root,
+        classes=parse_list(classes),
+        split=split,
+        images_per_class=images_per_class,
+        seed=seed if (images_per_class or split in ("train", "val")) else None,
+        labels_root=labels_root,
+        allow_partial=allow_partial,
+        skip_bad=skip_bad,
+    )
+    summary = ds.summary()
+    typer.echo(
+        f"{dataset} at {root}: {summary['images']} images in {len(summary['per_class'])} classes, "
+        f"{summary['defective']} defective, {summary['masks']} masks"
+    )
+    for label, n in sorted(summary["per_class"].items())[:20]:
+        typer.echo(f"  {label}: {n}")
+    if len(summary["per_class"]) > 20:
+        typer.echo(f"  ... {len(summary['per_class']) - 20} more classes")
+    if out is not None:
+        rows = [
+            {
+                "path": str(s.path),
+                "label": s.label,
+                "target": s.target,
+                "defect": s.defect,
+                "mask": str(s.mask) if s.mask else None,
+            }
+            for s in ds.samples
+        ]
+        write_json(out, {"dataset": dataset, "root": str(root), "summary": summary, "samples": rows})
+        typer.echo(f"wrote {out}")
+
+
+@app.command("datasets")
+def datasets_cmd():
+    """List the registered dataset readers."""
+    for name in list_datasets():
+        typer.echo(name)
+
+
+def main() -> None:
+    sys.exit(run_app(app))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Shared fixtures: the real data beside the repository (../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: tests read the real data from ../shared/data")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def dagm_class1_test(shared_data) -> Path:
+    return shared_data / "dagm" / "Class1" / "Test"
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(shared_data) -> Path:
+    return shared_data / "tiny-imagenet-200-subset"
