@@ -1,0 +1,303 @@
+"""The taxonomy graph of a selection: target classes, selected source classes, and their WordNet
+ancestors, with target -> source edges weighted by the AHP-normalised affinity.
+
+Pure graph building (:func:`build_taxonomy_graph`) is separate from export and drawing, and
+takes plain lists and arrays, so it can be used without a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from dataonomy.errors import DataonomyError
+from dataonomy.io import atomic_path
+from dataonomy.wordnet import WordNet, load_wordnet
+
+FORMATS = ("text", "graphml", "json", "dot", "png")
+
+
+def build_taxonomy_graph(
+    target_classes: Sequence[str],
+    source_wnids: Sequence[str],
+    source_names: Sequence[str],
+    affinity: np.ndarray,
+    wordnet: WordNet | None = None,
+    min_affinity: float = 0.0,
+) -> nx.DiGraph:
+    """Build the taxonomy as a DiGraph.
+
+    Args:
+        target_classes: target class names (``Class1``...), rows of ``affinity``.
+        source_wnids, source_names: the selected source classes, columns of ``affinity``.
+        affinity: (T, k) normalised affinity of each target class to each selected source.
+        min_affinity: drop target->source edges below this weight (keeps pictures readable).
+
+    Nodes carry ``kind`` (``target`` | ``source`` | ``wordnet``), ``label`` and, for WordNet
+    nodes, ``depth``; ``is_a`` edges run parent -> child along one shortest path to the root per
+    source class, ``affinity`` edges run target -> source with ``weight``.
+    """
+    affinity = np.asarray(affinity, dtype=float)
+    if affinity.shape != (len(target_classes), len(source_wnids)):
+        raise ValueError(
+            f"affinity has shape {affinity.shape}, expected ({len(target_classes)}, {len(source_wnids)})"
+        )
+    wordnet = wordnet or load_wordnet()
+    g = nx.DiGraph()
+    for wnid, name in zip(source_wnids, source_names, strict=True):
+        depth = wordnet.depth(wnid) if wnid in wordnet else -1
+        g.add_node(wnid, kind="source", label=name, depth=depth)
+        if wnid not in wordnet:
+            continue
+        chain = wordnet.path_to_root(wnid)
+        for child, parent in zip(chain, chain[1:], strict=False):
+            if parent not in g:
+                g.add_node(parent, kind="wordnet", label=wordnet.name(parent), depth=wordnet.depth(parent))
+            g.add_edge(parent, child, kind="is_a", weight=1.0)
+    for t, name in enumerate(target_classes):
+        node = f"target:{name}"
+        g.add_node(node, kind="target", label=name, depth=-1)
+        for s, wnid in enumerate(source_wnids):
+            w = float(affinity[t, s])
+            if w > min_affinity:
+                g.add_edge(node, wnid, kind="affinity", weight=w)
+    return g
+
+
+def graph_from_manifest(manifest: dict, wordnet: WordNet | None = None) -> nx.DiGraph:
+    """The taxonomy graph of a manifest (selected classes and their per-target affinities)."""
+    targets = list(manifest["target"]["classes"])
+    selected = manifest["selected"]
+    affinity = np.array([[entry["affinity"].get(t, 0.0) for entry in selected] for t in targets])
+    g = build_taxonomy_graph(
+        targets, [e["wnid"] for e in selected], [e["name"] for e in selected], affinity, wordnet
+    )
+    g.graph["target"] = manifest["target"].get("dataset", "")
+    g.graph["fingerprint"] = manifest.get("fingerprint", "")
+    return g
+
+
+def summarize_graph(g: nx.DiGraph, top: int = 5) -> str:
+    """A few lines a person reads first: counts, and each target's strongest sources."""
+    kinds = nx.get_node_attributes(g, "kind")
+    n = {k: sum(1 for v in kinds.values() if v == k) for k in ("target", "source", "wordnet")}
+    lines = [
+        f"taxonomy: {n['target']} target classes, {n['source']} selected source classes, "
+        f"{n['wordnet']} WordNet ancestors, {g.number_of_edges()} edges"
+    ]
+    for node in sorted(v for v, k in kinds.items() if k == "target"):
+        edges = sorted(
+            ((d["weight"], s) for _, s, d in g.out_edges(node, data=True) if d.get("kind") == "affinity"),
+            reverse=True,
+        )[:top]
+        best = ", ".join(f"{g.nodes[s]['label']} ({w:.3f})" for w, s in edges)
+        lines.append(f"  {g.nodes[node]['label']}: {best}")
+    # The WordNet nodes that group most selected classes: where the selection concentrates.
+    counts = []
+    for v, k in kinds.items():
+        if k == "wordnet":
+            under = sum(1 for d in nx.descendants(g, v) if kinds.get(d) == "source")
+            counts.append((under, g.nodes[v].get("depth", 0), g.nodes[v]["label"]))
+    groups = [c for c in sorted(counts, key=lambda c: (-c[0], -c[1])) if c[1] >= 3][:top]
+    if groups:
+        lines.append("  largest groups: " + ", ".join(f"{label} ({m})" for m, _, label in groups))
+    return "\n".join(lines)
+
+
+def _tree_positions(g: nx.DiGraph) -> dict:
+    """Rows by WordNet depth (root on top), sources below, targets at the bottom.
+
+    Sources are ordered by a depth-first walk of the is-a tree, so siblings sit together and
+    each ancestor is centred over its descendants: few crossing edges, groups visible at a glance.
+    """
+    kinds = nx.get_node_attributes(g, "kind")
+    is_a = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d.get("kind") == "is_a")
+    is_a.add_nodes_from(v for v, k in kinds.items() if k != "target")
+    roots = sorted(v for v in is_a if is_a.in_degree(v) == 0)
+    order: list[str] = []
+    for r in roots:
+        for v in nx.dfs_preorder_nodes(
+            is_a, r, sort_neighbors=lambda nbrs: sorted(nbrs, key=lambda n: g.nodes[n]["label"])
+        ):
+            if kinds[v] == "source" and v not in order:
+                order.append(v)
+    x = {v: float(i) for i, v in enumerate(order)}
+    for v in reversed(list(nx.topological_sort(is_a))):
+        if v not in x:
+            xs = [x[c] for c in is_a.successors(v) if c in x]
+            x[v] = float(np.mean(xs)) if xs else 0.0
+    depths = [d for v, d in g.nodes(data="depth") if kinds[v] == "wordnet"]
+    top = min(depths, default=0)
+    bottom = max(depths, default=0) + 1
+    y = {}
+    for v, k in kinds.items():
+        y[v] = -(bottom + 2.5) if k == "target" else -(bottom if k == "source" else g.nodes[v]["depth"] - top)
+    targets = sorted(v for v, k in kinds.items() if k == "target")
+    span = max(len(order) - 1, 1)
+    for i, t in enumerate(targets):
+        x[t] = span * (i + 1) / (len(targets) + 1)
+    return {v: (x[v], y[v]) for v in g}
+
+
+def draw_taxonomy(
+    g: nx.DiGraph, path: str | Path, max_sources: int = 40, top_edges: int = 8, title: str | None = None
+) -> Path:
+    """Render the taxonomy to PNG: the ``max_sources`` strongest sources with their ancestors,
+    and each target's ``top_edges`` strongest affinity edges."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = nx.get_node_attributes(g, "kind")
+    strength = {
+        v: sum(d["weight"] for _, _, d in g.in_edges(v, data=True) if d.get("kind") == "affinity")
+        for v, k in kinds.items()
+        if k == "source"
+    }
+    keep_sources = sorted(strength, key=lambda v: (-strength[v], v))[:max_sources]
+    keep = set(keep_sources) | {v for v, k in kinds.items() if k == "target"}
+    for s in keep_sources:
+        keep |= nx.ancestors(g, s) - {v for v, k in kinds.items() if k == "target"}
+    sub = g.subgraph(keep).copy()
+    # Drop the long single-child chains near the root: they carry no grouping information.
+    for v in list(nx.topological_sort(sub)):
+        if sub.nodes[v]["kind"] == "wordnet" and sub.out_degree(v) == 1 and sub.in_degree(v) <= 1:
+            parents = list(sub.predecessors(v))
+            child = next(iter(sub.successors(v)))
+            sub.remove_node(v)
+            for p in parents:
+                sub.add_edge(p, child, kind="is_a", weight=1.0)
+    # Each target keeps only its strongest edges in the picture (all are in the exported graph).
+    for t in [v for v in sub if sub.nodes[v]["kind"] == "target"]:
+        edges = sorted(sub.out_edges(t, data="weight"), key=lambda e: -e[2])
+        sub.remove_edges_from((u, v) for u, v, _ in edges[top_edges:])
+    pos = _tree_positions(sub)
+    n_layers = len({y for _, y in pos.values()})
+    widest = len(keep_sources)
+    fig, ax = plt.subplots(figsize=(max(10, 0.55 * widest + 4), max(6, 0.9 * n_layers + 2)), dpi=110)
+    colors = {"target": "#d62728", "source": "#1f77b4", "wordnet": "#bbbbbb"}
+    is_a = [(u, v) for u, v, d in sub.edges(data=True) if d["kind"] == "is_a"]
+    aff = [(u, v, d["weight"]) for u, v, d in sub.edges(data=True) if d["kind"] == "affinity"]
+    nx.draw_networkx_edges(sub, pos, edgelist=is_a, ax=ax, edge_color="#999999", arrows=False, width=0.8)
+    if aff:
+        wmax = max(w for *_, w in aff) or 1.0
+        nx.draw_networkx_edges(
+            sub,
+            pos,
+            edgelist=[(u, v) for u, v, _ in aff],
+            ax=ax,
+            edge_color="#d62728",
+            arrows=False,
+            width=[0.5 + 3.0 * w / wmax for *_, w in aff],
+            alpha=0.5,
+        )
+    for kind, shape, size in (("wordnet", "o", 120), ("source", "o", 260), ("target", "s", 520)):
+        nodes = [v for v in sub if sub.nodes[v]["kind"] == kind]
+        nx.draw_networkx_nodes(
+            sub,
+            pos,
+            nodelist=nodes,
+            node_color=colors[kind],
+            node_shape=shape,
+            node_size=size,
+            ax=ax,
+            edgecolors="black",
+            linewidths=0.5,
+        )
+    font = 9 if widest <= 30 else 8
+    for v, (x, y) in pos.items():
+        data = sub.nodes[v]
+        bold = data["kind"] == "target"
+        ax.annotate(
+            data["label"],
+            (x, y),
+            xytext=(0, -11 if data["kind"] != "wordnet" else 8),
+            textcoords="offset points",
+            ha="center",
+            va="top" if data["kind"] != "wordnet" else "bottom",
+            rotation_mode="anchor",
+            rotation=0 if bold or data["kind"] == "wordnet" else 40,
+            fontsize=font + (2 if bold else 0),
+            fontweight="bold" if bold else "normal",
+            color=colors[data["kind"]] if bold else "black",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 0.6},
+        )
+    from matplotlib.lines import Line2D
+
+    ax.legend(
+        handles=[
+            Line2D(
+                [],
+                [],
+                marker="s",
+                color="w",
+                markerfacecolor=colors["target"],
+                markersize=10,
+                label="target class",
+            ),
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="w",
+                markerfacecolor=colors["source"],
+                markersize=9,
+                label="selected source class",
+            ),
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="w",
+                markerfacecolor=colors["wordnet"],
+                markersize=7,
+                label="WordNet ancestor",
+            ),
+            Line2D([], [], color="#d62728", lw=2, alpha=0.5, label="affinity (width = weight)"),
+        ],
+        loc="upper right",
+        fontsize=9,
+        frameon=True,
+    )
+    n_src = sum(1 for k in kinds.values() if k == "source")
+    ax.set_title(title or f"Taxonomy: {len(keep_sources)} of {n_src} selected source classes", fontsize=12)
+    ax.axis("off")
+    ax.margins(0.08, 0.12)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def export_graph(g: nx.DiGraph, fmt: str, path: str | Path | None = None) -> str | Path:
+    """Export as ``text`` (returned), ``graphml``, ``json`` (node-link), ``dot`` or ``png``."""
+    if fmt not in FORMATS:
+        raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
+    if fmt == "text":
+        text = summarize_graph(g)
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text + "\n")
+        return text
+    if path is None:
+        raise DataonomyError(f"--out is required for --format {fmt}")
+    if fmt == "png":
+        return draw_taxonomy(g, path)
+    # GraphML and DOT want plain attribute values; graph-level attrs are strings already.
+    with atomic_path(path) as tmp:
+        if fmt == "graphml":
+            nx.write_graphml(g, tmp)
+        elif fmt == "json":
+            tmp.write_text(json.dumps(nx.node_link_data(g, edges="edges"), indent=1) + "\n")
+        elif fmt == "dot":
+            h = nx.relabel_nodes(g, {v: f'"{v}"' for v in g}, copy=True)
+            for _, data in h.nodes(data=True):
+                data["label"] = f'"{data["label"]}"'
+            nx.nx_pydot.write_dot(h, tmp)
+    return Path(path)
