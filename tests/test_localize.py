@@ -1,0 +1,176 @@
+"""Patch heatmaps on real DAGM images: loop = batched = dense where they must agree, and the IoU threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from dataonomy.errors import DataonomyError
+from transfer import localize, metrics
+
+DEFECTIVE = (2, 10, 21)  # Class1/Test images with a defect mask
+CLEAN = (1, 3)
+
+
+def _image(folder, number: int) -> np.ndarray:
+    return np.asarray(Image.open(folder / f"{number:04d}.PNG"), dtype=np.float32) / 255
+
+
+def _mask(folder, number: int) -> np.ndarray:
+    path = folder / "Label" / f"{number:04d}_label.PNG"
+    return np.asarray(Image.open(path)) > 0 if path.exists() else np.zeros((512, 512), bool)
+
+
+@pytest.fixture(scope="module")
+def dagm_images(dagm_class1_test) -> torch.Tensor:
+    """(3, 1, 512, 512) normalised DAGM images, two with a defect."""
+    images = np.stack([_image(dagm_class1_test, n) for n in (2, 10, 3)])
+    return torch.from_numpy((images - 0.5) / 0.25)[:, None]
+
+
+class PatchCNN(nn.Module):
+    """A small CNN in the torchvision layout: conv trunk `features`, global average pool, `classifier` head."""
+
+    def __init__(self, trunk: nn.Sequential, channels: int, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = trunk
+        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Linear(channels, 2))
+        # A seeded random head scaled up so that patch probabilities spread over (0, 1): a flat heatmap would
+        # make the equality tests below blind.
+        with torch.no_grad():
+            self.classifier[1].weight.mul_(40)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+def padded_cnn() -> PatchCNN:
+    """Ordinary 3x3 convolutions with padding and batch norm, total stride 8."""
+    torch.manual_seed(0)
+    layers = []
+    for cin, cout in ((1, 8), (8, 16), (16, 32)):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    return PatchCNN(nn.Sequential(*layers), 32)
+
+
+def cellwise_cnn() -> PatchCNN:
+    """Convolutions with kernel = stride (no overlap, no padding): each 4x4 cell is seen on its own."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(1, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 16, 2, stride=2), nn.ReLU())
+    return PatchCNN(trunk, 16)
+
+
+def test_patch_grid_covers_the_border():
+    np.testing.assert_array_equal(localize.patch_starts(512, 128, 64), [0, 64, 128, 192, 256, 320, 384])
+    # 512 is not reached by 0, 96, ..., 384 + 96: one more patch flush with the edge.
+    np.testing.assert_array_equal(localize.patch_starts(512, 96, 96), [0, 96, 192, 288, 384, 416])
+    np.testing.assert_array_equal(localize.patch_starts(100, 100, 7), [0])
+    with pytest.raises(DataonomyError, match="--patch-size 600 is larger"):
+        localize.patch_starts(512, 600, 64)
+    with pytest.raises(DataonomyError, match="--stride"):
+        localize.patch_starts(512, 64, 0)
+
+
+def test_loop_heatmap_is_the_mean_of_covering_patches(dagm_images):
+    model = padded_cnn()
+    heat = localize.heatmap_loop(model, dagm_images[0], patch_size=256, stride=128)
+    assert heat.shape == (512, 512)
+    # The 3x3 grid of 256-patches at 0/128/256: pixel (10, 10) is covered by the first patch only, pixel
+    # (200, 200) by four patches (rows and columns 0 and 128).
+    with torch.no_grad():
+        model.eval()
+        crops = [dagm_images[0:1, :, y : y + 256, x : x + 256] for y in (0, 128) for x in (0, 128)]
+        probs = [torch.softmax(model(c), 1)[0, 1].item() for c in crops]
+    assert heat[10, 10].item() == pytest.approx(probs[0], abs=1e-6)
+    assert heat[200, 200].item() == pytest.approx(np.mean(probs), abs=1e-6)
+    assert model.training is False  # restored: it was in eval mode before the call
+    model.train()
+    localize.heatmap_loop(model, dagm_images[0], patch_size=256, stride=128)
+    assert model.training is True
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "stride", "input_size"), [(128, 64, None), (96, 80, None), (96, 96, 64)]
+)
+def test_batched_equals_loop_on_dagm(dagm_images, patch_size, stride, input_size):
+    model = padded_cnn()
+    loop = localize.heatmap_loop(model, dagm_images, patch_size, stride, input_size=input_size)
+    batched = localize.heatmap_batched(
+        model, dagm_images, patch_size, stride, batch_size=7, input_size=input_size
+    )
+    assert loop.shape == batched.shape == (3, 512, 512)
+    assert loop.std() > 0.01, "heatmap nearly flat: the comparison would prove nothing"
+    torch.testing.assert_close(batched, loop, rtol=0, atol=1e-5)
+
+
+def test_dense_equals_loop_when_trunk_cells_are_independent(dagm_images):
+    # Aligned patches (offsets 0, 80, ..., 400 and the edge patch at 416 are multiples of the stride 4) and a
+    # trunk that never looks across a 4x4 cell: the whole-image feature map restricted to a patch is exactly the
+    # patch's own feature map, so dense must reproduce the loop.
+    model = cellwise_cnn()
+    loop = localize.heatmap_loop(model, dagm_images, 96, 80)
+    dense = localize.heatmap_dense(model, dagm_images, 96, 80)
+    assert loop.std() > 0.01
+    torch.testing.assert_close(dense, loop, rtol=0, atol=1e-5)
+
+
+def test_dense_tracks_loop_for_a_padded_cnn(dagm_images):
+    model = padded_cnn()
+    stats = localize.dense_agreement(model, dagm_images, 128, 64)
+    # Features near patch borders see neighbouring content in dense mode, so the maps are close but not equal.
+    assert 0 < stats["mean_abs_diff"] < 0.2
+    assert stats["pearson"] > 0.5
+    # Unaligned offsets (stride 60 is not a multiple of the trunk's 8) are interpolated, not refused.
+    unaligned = localize.heatmap_dense(model, dagm_images[0], 128, 60)
+    assert unaligned.shape == (512, 512) and 0 <= unaligned.min() and unaligned.max() <= 1
+
+
+def test_dense_refuses_models_without_the_layout(dagm_images):
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(DataonomyError, match="no `features`"):
+        localize.heatmap_dense(plain, dagm_images[0], 128, 64)
+
+    class MaxPooled(PatchCNN):
+        def forward(self, x):
+            return self.classifier(self.features(x).amax(dim=(2, 3)))
+
+    model = MaxPooled(padded_cnn().features, 32)
+    with pytest.raises(DataonomyError, match="global-average-pool"):
+        localize.heatmap_dense(model, dagm_images[0], 128, 64)
+    # The loop and batched paths take any module.
+    assert localize.heatmap_batched(model, dagm_images[0], 128, 64).shape == (512, 512)
+
+
+def test_bad_model_output_is_a_clear_error(dagm_images):
+    three_way = nn.Sequential(nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(DataonomyError, match=r"\(batch, 2\) logits"):
+        localize.heatmap_batched(three_way, dagm_images[0], 64, 512)
+
+
+def test_threshold_search_matches_brute_force_on_dagm_masks(dagm_class1_test):
+    rng = np.random.default_rng(0)
+    masks = [_mask(dagm_class1_test, n) for n in DEFECTIVE + CLEAN]
+    # Heatmaps that look like a classifier's: a blurred, shifted copy of the mask plus noise.
+    heatmaps = [
+        np.clip(
+            ndimage.gaussian_filter(np.roll(m, 7, axis=1).astype(float), 12) + rng.normal(0, 0.05, m.shape),
+            0,
+            1,
+        )
+        for m in masks
+    ]
+    thresholds = np.round(np.arange(0.05, 1.0, 0.05), 2)
+    fast = localize.mean_iou_by_threshold(heatmaps, masks, thresholds)
+    brute = [metrics.mean_iou(localize.binarize(heatmaps, t), masks) for t in thresholds]
+    np.testing.assert_allclose(fast, brute, rtol=1e-12)
+    threshold, best = localize.choose_threshold(heatmaps, masks, thresholds)
+    assert best == pytest.approx(max(brute))
+    assert threshold == thresholds[int(np.argmax(brute))]
+    assert 0.2 < threshold < 0.9  # not a degenerate all/nothing answer
+    with pytest.raises(DataonomyError, match="strictly increasing"):
+        localize.choose_threshold(heatmaps, masks, [0.5, 0.2])
