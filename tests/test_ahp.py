@@ -176,3 +176,12 @@ def test_bad_inputs_raise_clear_errors():
         ahp.ahp_normalize(np.zeros((3, 4)), np.array([0, 1]), 2)
     with pytest.raises(DataonomyError, match="0..1"):
         ahp.ahp_normalize(np.zeros((3, 4)), np.array([0, 1, 2]), 2)
+
+
+def test_cpu_thread_setting_is_restored_and_does_not_change_the_result():
+    rng = np.random.default_rng(6)
+    scores = torch.from_numpy(rng.normal(size=(12, 30)))
+    before = torch.get_num_threads()
+    single = ahp.win_fractions(scores, cpu_threads=1)
+    assert torch.get_num_threads() == before
+    assert torch.equal(single, ahp.win_fractions(scores, cpu_threads=None))
