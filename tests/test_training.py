@@ -102,3 +102,223 @@ def test_bad_weights_files(tmp_path):
         models.get_model("vgg_nope", 2)
     with pytest.raises(DataonomyError, match="at least 75x75"):
         models.check_image_size("inception_v3", 64)
+
+
+# --- pretraining ---------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from dataonomy.cli_utils import run_app  # noqa: E402
+from transfer.cli import app  # noqa: E402
+from transfer.config import PretrainConfig, config_from_dict  # noqa: E402
+from transfer.training import Runtime, last_checkpoint_path, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_manifest(path: Path, wnids: list[str], dataset: str = "imagenet") -> Path:
+    """A minimal manifest as `dataonomy select` writes it (only what pretraining reads is required)."""
+    manifest = {
+        "schema": "dataonomy.manifest/1",
+        "source": {"dataset": dataset, "root": "unused"},
+        "selected": [{"wnid": w, "name": w, "images": 50, "affinity": {}} for w in wnids],
+    }
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_wnids(tiny_imagenet) -> list[str]:
+    return (tiny_imagenet / "wnids.txt").read_text().split()[:5]
+
+
+@pytest.fixture
+def manifest(tmp_path, tiny_wnids) -> Path:
+    return write_manifest(tmp_path / "manifest.json", tiny_wnids)
+
+
+def small_config(manifest: Path, tiny_imagenet: Path, **overrides) -> PretrainConfig:
+    options = dict(
+        manifest=str(manifest),
+        source_root=str(tiny_imagenet),
+        wnids=json.loads(manifest.read_text())["selected"]
+        and [e["wnid"] for e in json.loads(manifest.read_text())["selected"]],
+        arch="small_cnn",
+        image_size=32,
+        images_per_class=8,
+        epochs=2,
+        batch_size=8,
+        lr=0.05,
+        checkpoint_every=3,
+        augment=True,
+    )
+    options.update(overrides)
+    return PretrainConfig(**options)
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def metrics_without_timings(run: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("epoch_seconds")
+    return lines
+
+
+def test_pretrain_cli_writes_a_complete_run(manifest, tiny_imagenet, tiny_wnids, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = run_app(
+        app,
+        [
+            "pretrain", "--manifest", str(manifest), "--source-root", str(tiny_imagenet), "--out", str(run),
+            "--arch", "small_cnn", "--image-size", "32", "--images-per-class", "8", "--epochs", "2",
+            "--batch-size", "8", "--checkpoint-every", "2", "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0
+    assert "complete: 2 epochs" in capsys.readouterr().out
+    config = config_from_dict(json.loads((run / "config.json").read_text()))
+    assert isinstance(config, PretrainConfig) and config.wnids == tiny_wnids and config.batch_size == 8
+    lines = metrics_without_timings(run)
+    assert [x["epoch"] for x in lines] == [1, 2] and [x["step"] for x in lines] == [5, 10]
+    assert all(0 <= x["val_top1"] <= 1 and x["train_loss"] > 0 for x in lines)
+    best = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
+    assert best["classes"] == sorted(tiny_wnids) and best["arch"] == "small_cnn" and best["input_size"] == 32
+    assert best["epoch"] == max(lines, key=lambda x: x["val_top1"])["epoch"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 10
+    # The best model reloads for fine-tuning: the trunk as trained, a new head.
+    model = models.build_model("small_cnn", 2, init=str(run))
+    torch.testing.assert_close(
+        model.features.state_dict(),
+        {k[len("features.") :]: v for k, v in best["model"].items() if k.startswith("features.")},
+    )
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(manifest, tiny_imagenet, tmp_path):
+    """Stopping mid-epoch (as Ctrl-C or a step budget does) and resuming gives the same weights and metrics."""
+    config = small_config(manifest, tiny_imagenet)
+    cpu = Runtime(device="cpu")
+    train(config, tmp_path / "straight", runtime=cpu)
+    stopped = train(config, tmp_path / "resumed", runtime=Runtime(device="cpu", stop_after_steps=7))
+    assert stopped["status"] == "stopped" and stopped["step"] == 7
+    assert json.loads(
+        last_checkpoint_path(tmp_path / "resumed").parent.parent.joinpath("config.json").read_text()
+    )
+    checkpoint = torch.load(last_checkpoint_path(tmp_path / "resumed"), map_location="cpu", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 1 and checkpoint["state"]["batch"] == 2  # mid-epoch
+    summary = train(config, tmp_path / "resumed", resume=True, runtime=cpu)
+    assert summary["status"] == "complete" and summary["steps"] == 10
+    for name in ("checkpoints/last.pt", "best.pt"):
+        assert_same_weights(weights(tmp_path / "straight" / name), weights(tmp_path / "resumed" / name))
+    assert metrics_without_timings(tmp_path / "straight") == metrics_without_timings(tmp_path / "resumed")
+
+
+def test_crash_resumes_from_the_last_periodic_checkpoint(manifest, tiny_imagenet, tmp_path, monkeypatch):
+    """A crash (kill -9, power loss) loses the steps after the last checkpoint; resuming redoes them exactly."""
+    config = small_config(
+        manifest, tiny_imagenet, epochs=1, images_per_class=16
+    )  # 10 steps, checkpoints at 3, 6, 9
+    cpu = Runtime(device="cpu")
+    train(config, tmp_path / "straight", runtime=cpu)
+
+    import transfer.training as training
+
+    calls = {"n": 0}
+    real_loss = training.model_loss
+
+    def crash_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("simulated crash")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "model_loss", crash_at_step_8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, tmp_path / "crashed", runtime=cpu)
+    monkeypatch.setattr(training, "model_loss", real_loss)
+    saved = torch.load(last_checkpoint_path(tmp_path / "crashed"), map_location="cpu", weights_only=True)
+    assert saved["state"]["step"] == 6
+    train(config, tmp_path / "crashed", resume=True, runtime=cpu)
+    for name in ("checkpoints/last.pt", "best.pt"):
+        assert_same_weights(weights(tmp_path / "straight" / name), weights(tmp_path / "crashed" / name))
+
+
+def test_sigint_saves_a_checkpoint_and_the_run_resumes(manifest, tiny_imagenet, tmp_path):
+    """Ctrl-C on a real `transfer pretrain` process: exit 130 after saving; --resume continues from there."""
+    run = tmp_path / "run"
+    argv = [
+        sys.executable, "-m", "transfer.cli", "pretrain", "--manifest", str(manifest), "--source-root",
+        str(tiny_imagenet), "--out", str(run), "--arch", "small_cnn", "--image-size", "32", "--images-per-class",
+        "8", "--epochs", "200", "--batch-size", "8", "--checkpoint-every", "1", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = last_checkpoint_path(run)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]["step"]
+    assert step >= 1
+    # Resume (options are taken from the run; only --out is needed) for two more steps.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "transfer.cli", "pretrain", "--out", str(run), "--resume", "--stop-after-steps", "2",
+         "--device", "cpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]["step"] == step + 2
+
+
+def test_pretrain_bad_inputs(manifest, tiny_imagenet, tmp_path, capsys):
+    def run(*argv) -> str:
+        code = run_app(
+            app, ["pretrain", *argv, "--arch", "small_cnn", "--image-size", "32", "--device", "cpu"]
+        )
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith("error: ") and err.count("\n") == 1
+        return err
+
+    source = ["--source-root", str(tiny_imagenet)]
+    out = ["--out", str(tmp_path / "run")]
+    assert "file not found" in run("--manifest", str(tmp_path / "nope.json"), *source, *out)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert "not a readable JSON manifest" in run("--manifest", str(tmp_path / "bad.json"), *source, *out)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"schema": "something/9", "selected": []}))
+    assert "schema is 'something/9'" in run("--manifest", str(wrong), *source, *out)
+    absent = write_manifest(tmp_path / "absent.json", ["n01443537", "n99999999"])
+    err = run("--manifest", str(absent), *source, *out)
+    assert "--source-root" in err and "n99999999" in err
+    assert "--manifest and --source-root are required" in run(*out)
+    assert "no checkpoint to resume from" in run(*out, "--resume")
+    # A finished run: a second run into the same folder is refused, a resume with other options too.
+    config = small_config(manifest, tiny_imagenet, epochs=1)
+    train(config, tmp_path / "run", runtime=Runtime(device="cpu"))
+    assert "already holds a run" in run("--manifest", str(manifest), *source, *out)
+    assert "--lr 0.5 (the run has 0.05)" in run(*out, "--resume", "--lr", "0.5")
+    # A corrupt checkpoint is a one-line error, not a traceback.
+    last_checkpoint_path(tmp_path / "run").write_bytes(b"\x00garbage")
+    assert "corrupt or unreadable checkpoint" in run(*out, "--resume")

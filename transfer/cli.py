@@ -14,6 +14,7 @@ import typer
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import DAGM
 from dataonomy.io import write_json
+from transfer.config import FinetuneConfig, PretrainConfig  # noqa: F401  (FinetuneConfig: next command)
 
 app = typer.Typer(
     help="Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects.",
@@ -81,6 +82,171 @@ def split_cmd(
     }
     write_json(out, {"params": params, "folds": folds})
     typer.echo(f"wrote {out}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# pretrain / finetune / evaluate / export
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _default(config_cls, name: str):
+    """The config dataclass's default for ``name``: the one place defaults live."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(config_cls):
+        if f.name == name:
+            return None if f.default is MISSING else f.default
+    raise KeyError(name)
+
+
+def _given(ctx: typer.Context, values: dict) -> dict:
+    """The options among ``values`` that were typed on the command line (not left at their defaults)."""
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+
+
+def _run_training(config_or_none, out: Path, resume: bool, requested: dict, runtime) -> None:
+    from transfer.training import TrainingInterrupted, resume_config, train
+
+    config = resume_config(out, requested) if resume else config_or_none()
+    try:
+        summary = train(config, out, resume=resume, runtime=runtime)
+    except TrainingInterrupted as exc:
+        if exc.rank == 0:
+            typer.echo(f"interrupted: {exc}", err=True)
+        raise typer.Exit(130) from None
+    if summary.get("status") in ("complete", "stopped early") and summary.get("rank", 0) == 0:
+        typer.echo(
+            f"{summary['status']}: {summary['epochs']} epochs, best {summary['monitor']} {summary['best']} "
+            f"at epoch {summary['best_epoch']}; model {summary['best_model']}"
+        )
+
+
+def _runtime(device, workers, stop_after_steps):
+    import torch
+
+    from transfer.training import Runtime
+
+    if workers is None:
+        workers = 4 if torch.cuda.is_available() else 0
+    return Runtime(device=device, num_workers=workers, stop_after_steps=stop_after_steps)
+
+
+_DEVICE_HELP = "Device (cpu, cuda, cuda:1); default cuda when available. Under torchrun each process takes its LOCAL_RANK GPU."
+_WORKERS_HELP = "Data-loader worker processes (default 4 with CUDA, else 0)."
+_STOP_HELP = "Stop after N steps in this invocation, saving a checkpoint (for time-limited job slots); continue with --resume."
+
+
+@app.command("pretrain")
+def pretrain_cmd(
+    ctx: typer.Context,
+    manifest: Path = typer.Option(
+        None, "--manifest", help="Manifest JSON from `dataonomy select`; its selected classes are trained on."
+    ),
+    source_root: Path = typer.Option(
+        None, "--source-root", help="The ImageNet-style source pool (ILSVRC train folders or Tiny ImageNet)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt."
+    ),
+    arch: str = typer.Option("inception_v3", "--arch", help="Architecture (transfer.models registry)."),
+    init: str = typer.Option(
+        "scratch", "--init", help="Initial weights: scratch, imagenet, or a weights/checkpoint file."
+    ),
+    epochs: int = typer.Option(_default(PretrainConfig, "epochs"), "--epochs", help="Training epochs."),
+    batch_size: int = typer.Option(
+        _default(PretrainConfig, "batch_size"),
+        "--batch-size",
+        help="Global batch size (divided among torchrun processes).",
+    ),
+    lr: float = typer.Option(_default(PretrainConfig, "lr"), "--lr", help="Peak learning rate (SGD)."),
+    momentum: float = typer.Option(_default(PretrainConfig, "momentum"), "--momentum", help="SGD momentum."),
+    weight_decay: float = typer.Option(
+        _default(PretrainConfig, "weight_decay"), "--weight-decay", help="Weight decay (not on biases/norms)."
+    ),
+    warmup_epochs: float = typer.Option(
+        _default(PretrainConfig, "warmup_epochs"),
+        "--warmup-epochs",
+        help="Linear warmup before the cosine decay.",
+    ),
+    label_smoothing: float = typer.Option(
+        _default(PretrainConfig, "label_smoothing"), "--label-smoothing", help="Label smoothing of the loss."
+    ),
+    image_size: int = typer.Option(
+        None, "--image-size", help="Training resolution (default: the architecture's)."
+    ),
+    val_fraction: float = typer.Option(
+        _default(PretrainConfig, "val_fraction"),
+        "--val-fraction",
+        help="Share of each class held out for validation when the pool has no val split.",
+    ),
+    images_per_class: int = typer.Option(
+        None,
+        "--images-per-class",
+        help="Read at most N images per class for training and validation (seeded sample).",
+    ),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment", help="Random resized crops and flips (off: centre crops)."
+    ),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    channels_last: bool = typer.Option(
+        True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
+    ),
+    sync_bn: bool = typer.Option(
+        False, "--sync-bn", help="Synchronise batch norm across torchrun processes."
+    ),
+    checkpoint_every: int = typer.Option(
+        _default(PretrainConfig, "checkpoint_every"),
+        "--checkpoint-every",
+        help="Save a checkpoint every N steps.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of data order, augmentation and initialisation."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
+    device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
+    workers: int = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    stop_after_steps: int = typer.Option(None, "--stop-after-steps", help=_STOP_HELP),
+):
+    """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes)."""
+    from dataonomy.errors import DataonomyError
+    from transfer.data import read_manifest_wnids
+
+    options = {
+        "arch": arch,
+        "init": init,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing,
+        "image_size": image_size,
+        "val_fraction": val_fraction,
+        "images_per_class": images_per_class,
+        "augment": augment,
+        "amp": amp,
+        "channels_last": channels_last,
+        "sync_bn": sync_bn,
+        "checkpoint_every": checkpoint_every,
+        "seed": seed,
+    }
+
+    def new_config():
+        if manifest is None or source_root is None:
+            raise DataonomyError("--manifest and --source-root are required (unless --resume)")
+        return PretrainConfig(
+            manifest=str(manifest.resolve()),
+            source_root=str(source_root.resolve()),
+            wnids=read_manifest_wnids(manifest),
+            **options,
+        )
+
+    requested = _given(ctx, options)
+    for name, value in (("manifest", manifest), ("source_root", source_root)):
+        if value is not None:
+            requested[name] = str(value.resolve())
+    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
 
 
 def main() -> None:

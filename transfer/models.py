@@ -232,8 +232,8 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
 
 @register_model("small_cnn", image_size=64, min_image_size=8)
 def small_cnn(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
-    """Four 3x3 conv + GroupNorm + ReLU blocks (32-64-128-128 channels, total stride 8): for tests and CPU demos."""
-    widths = (32, 64, 128, 128)
+    """Four 3x3 conv + GroupNorm + ReLU blocks (16-32-64-128 channels, total stride 8): for tests and CPU demos."""
+    widths = (16, 32, 64, 128)
     layers, in_channels = OrderedDict(), 3
     for i, (width, stride) in enumerate(zip(widths, (1, 2, 2, 2), strict=True)):
         layers[f"block{i + 1}"] = _conv_block(in_channels, width, stride)

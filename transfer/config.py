@@ -1,0 +1,236 @@
+"""Run configurations: one dataclass per kind of run, whose fields are the training function's arguments.
+
+A config is saved as ``config.json`` beside every run's outputs (and inside every checkpoint), and read back with
+:func:`config_from_dict`. It holds everything that determines the result (data, model, optimisation, seed);
+things that do not (device, data-loader workers, progress bars) are runtime arguments, not config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dataonomy.errors import DataonomyError
+from transfer.models import check_image_size, model_spec, uses_aux_logits
+
+MONITORS = ("ap", "auroc", "loss")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """What every training run shares.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes ``batch_size / W``
+    images per step, so the same command gives the same optimisation on any number of processes. ``image_size``
+    and ``mean``/``std`` default to the architecture's (:class:`transfer.models.ModelSpec`).
+    """
+
+    kind: str = ""
+    arch: str = "inception_v3"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    dropout: float | None = None
+    aux_weight: float = 0.4
+    aux_logits: bool | None = None
+    image_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    augment: bool = True
+    amp: bool = True
+    channels_last: bool = True
+    sync_bn: bool = False
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def __post_init__(self):
+        spec = model_spec(self.arch)
+        if self.image_size is None:
+            self.image_size = spec.image_size
+        if self.dropout is None:
+            self.dropout = spec.dropout
+        self.mean = tuple(float(v) for v in (self.mean if self.mean is not None else spec.mean))
+        self.std = tuple(float(v) for v in (self.std if self.std is not None else spec.std))
+        if self.aux_logits is None:
+            self.aux_logits = uses_aux_logits(self.arch, self.input_size)
+        elif self.aux_logits and not uses_aux_logits(self.arch, self.input_size):
+            raise DataonomyError(f"--aux-logits: {self.arch} has no auxiliary head usable at this input size")
+        self._check()
+
+    @property
+    def input_size(self) -> int:
+        """Side of the model's input (the image size; fine-tuning on patches overrides it)."""
+        return self.image_size
+
+    def _check(self) -> None:
+        positive = ("epochs", "batch_size", "image_size", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must be at least 1")
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight"):
+            if getattr(self, name) < 0:
+                raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must not be negative")
+        if not 0 <= self.dropout < 1:
+            raise DataonomyError(f"--dropout {self.dropout}: must be in [0, 1)")
+        if self.label_smoothing >= 1:
+            raise DataonomyError(f"--label-smoothing {self.label_smoothing}: must be below 1")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise DataonomyError("--mean/--std: need three values each, std positive")
+        check_image_size(
+            self.arch,
+            self.input_size,
+            "--patch-size" if self.input_size != self.image_size else "--image-size",
+        )
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(TrainConfig):
+    """Pretraining the base model on a manifest's classes of an ImageNet-style source pool.
+
+    ``wnids`` are the manifest's selected classes (recorded, so the run is reproducible without the manifest);
+    ``init`` is ``scratch``, ``imagenet`` or a weights file. Validation uses the pool's labelled ``val`` split
+    where it has one (the Tiny ImageNet layout), else ``val_fraction`` of each class's training images, seeded.
+    """
+
+    kind: str = "pretrain"
+    manifest: str
+    source_root: str
+    wnids: list[str]
+    init: str = "scratch"
+    epochs: int = 90
+    lr: float = 0.1
+    batch_size: int = 64
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.05
+    images_per_class: int | None = None
+
+    def _check(self) -> None:
+        super()._check()
+        if len(self.wnids) < 2:
+            raise DataonomyError(f"--manifest {self.manifest}: select at least 2 classes to pretrain on")
+        if not 0 < self.val_fraction < 1:
+            raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+        if self.images_per_class is not None and self.images_per_class < 2:
+            raise DataonomyError(f"--images-per-class {self.images_per_class}: must be at least 2")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning a base model to defect / no defect on DAGM, every layer trained, the last one replaced.
+
+    ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). The folds are the
+    DAGM reader's seeded, stratified ``train``/``val`` (and ``test`` when ``test_fraction`` > 0). With
+    ``patches``, training examples are ``patch_size`` crops on a ``patch_stride`` grid at full resolution: a
+    patch is defective when at least ``patch_defect_fraction`` of its pixels are in the mask, clean when none
+    are, and left out otherwise (its label would be a guess). Early stopping watches ``monitor`` on validation
+    for ``patience`` epochs; the decision threshold maximises ``threshold_criterion`` on validation.
+    """
+
+    kind: str = "finetune"
+    base: str
+    dagm: str
+    classes: list[str] | None = None
+    labels_root: str | None = None
+    allow_partial: bool = False
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    epochs: int = 30
+    lr: float = 0.01
+    batch_size: int = 32
+    warmup_epochs: float = 0.5
+    patches: bool = False
+    patch_size: int = 64
+    patch_stride: int = 32
+    patch_defect_fraction: float = 0.05
+    patience: int = 5
+    monitor: str = "ap"
+    threshold_criterion: str = "balanced_accuracy"
+
+    @property
+    def input_size(self) -> int:
+        return self.patch_size if self.patches else self.image_size
+
+    def _check(self) -> None:
+        super()._check()
+        if not 0 < self.val_fraction < 1:
+            raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
+        if not 0 <= self.test_fraction < 1:
+            raise DataonomyError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
+        if self.patience < 1:
+            raise DataonomyError(f"--patience {self.patience}: must be at least 1")
+        if self.monitor not in MONITORS:
+            raise DataonomyError(f"--monitor '{self.monitor}': must be one of {', '.join(MONITORS)}")
+        from transfer.metrics import THRESHOLD_CRITERIA
+
+        if self.threshold_criterion not in THRESHOLD_CRITERIA:
+            raise DataonomyError(
+                f"--threshold-criterion '{self.threshold_criterion}': must be one of {', '.join(THRESHOLD_CRITERIA)}"
+            )
+        if self.patches:
+            if self.patch_size < 1 or self.patch_stride < 1:
+                raise DataonomyError("--patch-size/--patch-stride: must be at least 1")
+            if not 0 < self.patch_defect_fraction <= 1:
+                raise DataonomyError(
+                    f"--patch-defect-fraction {self.patch_defect_fraction}: must be in (0, 1]"
+                )
+
+
+_KINDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+
+
+def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
+    """Rebuild a saved config; unknown kinds or fields are one-line errors naming ``where``."""
+    if not isinstance(data, dict) or data.get("kind") not in _KINDS:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise DataonomyError(f"{where}: unknown run kind {kind!r} (expected pretrain or finetune)")
+    cls = _KINDS[data["kind"]]
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise DataonomyError(f"{where}: incomplete config ({exc})") from None
+
+
+def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> list[str]:
+    """The fields of ``requested`` (name -> value, as options given on a command line) that differ from ``saved``."""
+    out = []
+    for name, value in requested.items():
+        old = getattr(saved, name)
+        if isinstance(old, tuple):
+            value = tuple(value) if value is not None else None
+        if value != old:
+            out.append(f"{_option(name)} {value} (the run has {old})")
+    return out
+
+
+def replace(config: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``config`` with ``changes`` applied and checked."""
+    return dataclasses.replace(config, **changes)
+
+
+__all__ = [
+    "MONITORS",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "TrainConfig",
+    "config_differences",
+    "config_from_dict",
+    "replace",
+]

@@ -1,0 +1,279 @@
+"""Training data: the manifest's source classes, DAGM folds and patches, and seeded augmentation.
+
+Augmentation is seeded per (run seed, epoch, sample index), not by the process's random state: a sample gets the
+same crop, flip and noise whichever process or data-loader worker loads it, and whether or not the run was
+interrupted and resumed. That is what makes a resumed run, or a run on W processes, reproduce a single
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, stratified_folds
+from dataonomy.errors import DataonomyError
+from dataonomy.manifest import SCHEMA as MANIFEST_SCHEMA
+from transfer.localize import patch_grid
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed derived from integer ``keys`` (independent streams for different keys)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_manifest_wnids(path: str | Path) -> list[str]:
+    """The wnids of a manifest's ``selected`` classes, in manifest order.
+
+    Only what pretraining needs is read and checked: the schema, ``source.dataset`` (must be ``imagenet`` where
+    given) and ``selected[*].wnid`` (non-empty, unique).
+    """
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataonomyError(f"--manifest {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataonomyError(f"--manifest {path}: not a readable JSON manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        schema = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise DataonomyError(f"--manifest {path}: schema is {schema!r}, expected {MANIFEST_SCHEMA!r}")
+    source = manifest.get("source", {})
+    dataset = source.get("dataset") if isinstance(source, dict) else None
+    if dataset is not None and dataset != "imagenet":
+        raise DataonomyError(
+            f"--manifest {path}: source.dataset is {dataset!r}; pretraining reads 'imagenet' pools"
+        )
+    selected = manifest.get("selected")
+    if not isinstance(selected, list) or not selected:
+        raise DataonomyError(f"--manifest {path}: 'selected' is missing or empty")
+    wnids = []
+    for i, entry in enumerate(selected):
+        wnid = entry.get("wnid") if isinstance(entry, dict) else None
+        if not isinstance(wnid, str) or not wnid:
+            raise DataonomyError(f"--manifest {path}: selected[{i}] has no wnid")
+        if wnid in wnids:
+            raise DataonomyError(f"--manifest {path}: selected[{i}].wnid {wnid} appears twice")
+        wnids.append(wnid)
+    return wnids
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Seeded augmentation
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SeededTransform(Dataset):
+    """``dataset[i]`` with ``transform`` applied under a random state seeded by (seed, epoch, i).
+
+    Call :meth:`set_epoch` before each epoch (data-loader workers receive a fresh copy of this object per epoch).
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable, seed: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(self.seed, self.epoch, index))
+            image = self.transform(image)
+        return image, target
+
+
+class RandomRot90:
+    """Rotate an image tensor (..., H, W) by a random multiple of 90 degrees (textures have no up)."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(4, ()).item())
+        return torch.rot90(image, k, dims=(-2, -1)) if k else image
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+
+def pretrain_transforms(image_size: int, mean, std, augment: bool) -> tuple[Callable, Callable]:
+    """(train, eval) transforms of PIL images for pretraining: random resized crops and flips, or the standard
+    resize-to-1/0.875 and centre crop (also the training transform when ``augment`` is off)."""
+    evaluate = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(round(image_size / 0.875), antialias=True),
+            v2.CenterCrop(image_size),
+            *_normalize(mean, std),
+        ]
+    )
+    if not augment:
+        return evaluate, evaluate
+    train = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(image_size, antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_normalize(mean, std),
+        ]
+    )
+    return train, evaluate
+
+
+def texture_transforms(image_size: int | None, mean, std, augment: bool) -> tuple[Callable, Callable]:
+    """(train, eval) transforms for DAGM images (PIL) or patches (uint8 tensors): ``image_size`` resizes (None:
+    keep the size, for patches); augmentation suited to textures: flips, 90-degree rotations,
+    brightness/contrast and Gaussian noise."""
+    resize = [v2.Resize((image_size, image_size), antialias=True)] if image_size is not None else []
+    evaluate = v2.Compose([v2.ToImage(), *resize, *_normalize(mean, std)])
+    if not augment:
+        return evaluate, evaluate
+    train = v2.Compose(
+        [
+            v2.ToImage(),
+            *resize,
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            RandomRot90(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.GaussianNoise(sigma=0.02),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+    return train, evaluate
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Source pool for pretraining
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pretrain_folds(
+    source_root: str | Path,
+    wnids: Sequence[str],
+    val_fraction: float,
+    images_per_class: int | None,
+    seed: int,
+    manifest: str | Path = "",
+) -> tuple[SampleDataset, SampleDataset]:
+    """(train, val) datasets of the ``imagenet`` reader restricted to ``wnids`` (targets = index in sorted wnids).
+
+    Validation is the pool's labelled ``val`` split where it has one, else a seeded, per-class ``val_fraction``
+    of the training images. ``images_per_class`` caps both (a quick run reads a seeded sample of each class).
+    """
+    try:
+        train = ImageNet(source_root, classes=list(wnids), images_per_class=images_per_class, seed=seed)
+    except DataonomyError as exc:
+        raise DataonomyError(
+            f"--source-root {source_root} does not hold the classes of --manifest {manifest}: {exc}"
+        ) from None
+    if train.layout == "tiny":
+        val = ImageNet(
+            source_root, split="val", classes=list(wnids), images_per_class=images_per_class, seed=seed
+        )
+        return train, val
+    folds = stratified_folds(train.samples, {"train": 1 - val_fraction, "val": val_fraction}, seed)
+    make = lambda samples: SampleDataset(train.root, samples, train.classes, train.class_names)  # noqa: E731
+    return make(folds["train"]), make(folds["val"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DAGM: images and patches
+# --------------------------------------------------------------------------------------------------------------
+
+
+def dagm_fold(
+    root: str | Path,
+    split: str,
+    classes: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    labels_root: str | Path | None = None,
+    allow_partial: bool = False,
+) -> DAGM:
+    """One fold of a DAGM copy, as fine-tuning, evaluation and export read it (images as RGB PIL)."""
+    return DAGM(
+        root,
+        classes=classes,
+        split=split,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        labels_root=labels_root,
+        allow_partial=allow_partial,
+    )
+
+
+class PatchDataset(Dataset):
+    """Full-resolution ``patch_size`` crops of a DAGM fold on the localisation grid (:func:`patch_grid`).
+
+    A patch is defective (target 1) when at least ``defect_fraction`` of its pixels are in the image's mask,
+    clean (0) when none are; patches in between are left out. Images are decoded once and kept in memory
+    (8-bit, one channel for gray images); ``patches[i]`` is ``(image index, top, left)``.
+    """
+
+    def __init__(self, images: DAGM, patch_size: int, stride: int, defect_fraction: float):
+        self.images, self.patch_size = images, patch_size
+        self.pixels: list[np.ndarray] = []
+        patches, targets, groups = [], [], []
+        for i, sample in enumerate(images.samples):
+            im = open_image(sample.path)
+            im = im if im.mode in ("L", "RGB") else im.convert("RGB")
+            pixels = np.asarray(im)
+            height, width = pixels.shape[:2]
+            if patch_size > min(height, width):
+                raise DataonomyError(
+                    f"--patch-size {patch_size}: larger than image {sample.path} ({width}x{height})"
+                )
+            mask = images.mask(i) if sample.defect else None
+            ys, xs = patch_grid(height, width, patch_size, stride)
+            for y in ys:
+                for x in xs:
+                    fraction = (
+                        0.0 if mask is None else float(mask[y : y + patch_size, x : x + patch_size].mean())
+                    )
+                    if 0 < fraction < defect_fraction:
+                        continue
+                    patches.append((i, int(y), int(x)))
+                    targets.append(int(fraction > 0))
+                    groups.append(sample.label)
+            self.pixels.append(pixels)
+        self.patches, self.targets, self.groups = patches, targets, groups
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, index: int):
+        i, y, x = self.patches[index]
+        crop = torch.from_numpy(self.pixels[i][y : y + self.patch_size, x : x + self.patch_size].copy())
+        crop = crop.expand(3, -1, -1) if crop.ndim == 2 else crop.permute(2, 0, 1)
+        return crop.contiguous(), self.targets[index]
+
+
+class ImagePixels(Dataset):
+    """The images of a dataset as uint8 tensors (3, H, W), target = defect flag (for patch scoring)."""
+
+    def __init__(self, images: SampleDataset):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image, target = self.images[index]
+        return v2.functional.pil_to_tensor(image), target

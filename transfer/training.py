@@ -1,0 +1,794 @@
+"""One training loop for pretraining and fine-tuning: DDP, mixed precision, checkpoints, resume, early stopping.
+
+A run lives in one folder::
+
+    config.json          the run's config (transfer.config), written before training starts
+    checkpoints/last.pt  the latest state (model, optimiser, schedule, position in the epoch), written every
+                         ``checkpoint_every`` steps, at every epoch's end and on Ctrl-C (atomically)
+    best.pt              the best model so far on validation, with what inference needs (classes, input size,
+                         normalisation, and for fine-tuning the decision threshold)
+    metrics.jsonl        one JSON line per epoch: training loss/accuracy, validation metrics, learning rate
+    summary.json         written when training ends: status, best epoch, best metrics
+
+Determinism: the data order is a function of (seed, epoch) (``DistributedSampler``), augmentation of
+(seed, epoch, sample) (:class:`transfer.data.SeededTransform`), and the random state used by the model (dropout)
+is reseeded at every step from (seed, step, rank). A run resumed from any checkpoint therefore ends with the
+same weights as an uninterrupted one, and ``torchrun --nproc_per_node=W`` with the same global batch matches a
+single process (for models whose normalisation does not depend on the batch split; use ``sync_bn`` otherwise).
+
+Multi-GPU and multi-node: launch the same command with ``torchrun``; the process group is read from its
+environment (NCCL on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm.auto import tqdm
+
+from dataonomy.errors import DataonomyError
+from dataonomy.io import atomic_path, write_json
+from transfer import metrics as M
+from transfer.config import FinetuneConfig, PretrainConfig, TrainConfig, config_differences, config_from_dict
+from transfer.data import (
+    PatchDataset,
+    SeededTransform,
+    dagm_fold,
+    pretrain_folds,
+    pretrain_transforms,
+    seed_for,
+    texture_transforms,
+)
+from transfer.models import ClassifierNet, build_model, model_loss, read_checkpoint, replace_head
+
+MODEL_FORMAT = "transfer.model/1"
+CHECKPOINT_FORMAT = "transfer.checkpoint/1"
+
+
+class TrainingInterrupted(Exception):
+    """Raised after an interrupted run saved its checkpoint (the CLI exits 130)."""
+
+    def __init__(self, checkpoint: Path, step: int, rank: int = 0):
+        super().__init__(
+            f"interrupted at step {step}; checkpoint saved to {checkpoint} (continue with --resume)"
+        )
+        self.checkpoint, self.step, self.rank = checkpoint, step, rank
+
+
+@dataclass
+class Runtime:
+    """How to run, without changing the result: device, loader workers, progress bars, and a step budget.
+
+    ``stop_after_steps``: stop (saving a checkpoint) after that many optimiser steps in this invocation, for
+    time-limited job slots; the run continues with ``resume``.
+    """
+
+    device: str | None = None
+    num_workers: int = 0
+    progress: bool | None = None
+    stop_after_steps: int | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """This process's place in a (possibly single-process) job, as torchrun's environment describes it."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool
+
+    @classmethod
+    def from_env(cls, device: str | None) -> Processes:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise DataonomyError(f"--device {device}: CUDA is not available here")
+            if dev.index is None:
+                dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        owns_group = False
+        if world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            owns_group = True
+        return cls(rank, world_size, local_rank, dev, owns_group)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (float64 on this device)."""
+        values = values.detach().to(self.device, torch.float64)
+        if self.distributed:
+            dist.all_reduce(values)
+        return values
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
+
+    def gather(self, obj):
+        """A list with every process's ``obj``, in rank order."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` that can start part-way through an epoch (after ``start`` of its samples)."""
+
+    start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class StopRequest:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint is only written in a consistent
+    state. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    # Loader workers share the terminal's process group; the main process alone decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tasks: what differs between pretraining and fine-tuning
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PretrainTask:
+    """Classify the manifest's source classes; validation top-1/top-5 accuracy and loss; best = top-1."""
+
+    monitor, mode, patience = "val_top1", "max", None
+
+    def __init__(self, config: PretrainConfig):
+        self.config = config
+        train, val = pretrain_folds(
+            config.source_root,
+            config.wnids,
+            config.val_fraction,
+            config.images_per_class,
+            config.seed,
+            config.manifest,
+        )
+        train_tf, eval_tf = pretrain_transforms(config.image_size, config.mean, config.std, config.augment)
+        self.train_set = SeededTransform(train, train_tf, config.seed)
+        self.val_set = SeededTransform(val, eval_tf, config.seed)
+        self.classes = list(train.classes)
+        self.class_names = list(train.class_names)
+        self.train_targets = np.asarray(train.targets)
+
+    def build_model(self) -> ClassifierNet:
+        c = self.config
+        return build_model(c.arch, len(self.classes), c.init, c.dropout, c.aux_logits)
+
+    def criterion(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        return {
+            "loss": nn.functional.cross_entropy(logits, targets, reduction="none"),
+            "top1": (top[:, 0] == targets).float(),
+            "top5": (top == targets[:, None]).any(dim=1).float(),
+        }
+
+    def val_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict:
+        return {f"val_{k}": float(np.mean(v)) for k, v in outputs.items()}
+
+    def best_extras(self, outputs, targets) -> dict:
+        return {}
+
+    def model_meta(self) -> dict:
+        return {"classes": self.classes, "class_names": self.class_names, "input": "image"}
+
+
+class FinetuneTask:
+    """Defect / no defect on DAGM, class-weighted cross entropy, early stopping, validation threshold.
+
+    Scores are defect probabilities (softmax of the two logits). With ``patches`` the examples are patches; an
+    image's score is then its highest patch score, so the threshold chosen on validation patches also decides
+    images (an image is defective when any patch is).
+    """
+
+    mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
+
+    def __init__(self, config: FinetuneConfig):
+        self.config = c = config
+        self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
+        folds = {
+            split: dagm_fold(
+                c.dagm,
+                split,
+                c.classes,
+                c.val_fraction,
+                c.test_fraction,
+                c.seed,
+                c.labels_root,
+                c.allow_partial,
+            )
+            for split in ("train", "val")
+        }
+        if c.patches:
+            train, val = (
+                PatchDataset(folds[s], c.patch_size, c.patch_stride, c.patch_defect_fraction)
+                for s in ("train", "val")
+            )
+            train_tf, eval_tf = texture_transforms(None, c.mean, c.std, c.augment)
+        else:
+            train, val = folds["train"], folds["val"]
+            train_tf, eval_tf = texture_transforms(c.image_size, c.mean, c.std, c.augment)
+        for name, ds in (("training", train), ("validation", val)):
+            n_def = int(np.sum(ds.targets))
+            if n_def == 0 or n_def == len(ds):
+                what = "patches" if c.patches else "images"
+                raise DataonomyError(
+                    f"--dagm {c.dagm}: the {name} fold has {n_def} defective of {len(ds)} {what}; "
+                    "fine-tuning needs both defective and clean examples"
+                )
+        self.train_set = SeededTransform(train, train_tf, c.seed)
+        self.val_set = SeededTransform(val, eval_tf, c.seed)
+        self.train_targets = np.asarray(train.targets)
+        self.classes = ["ok", "defect"]
+        self.dagm_classes = sorted({s.label for s in folds["train"].samples})
+        counts = np.bincount(self.train_targets, minlength=2)
+        # Inverse class frequency, scaled so that a balanced set would get weights (1, 1).
+        self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+
+    def build_model(self) -> ClassifierNet:
+        c = self.config
+        # The base's trunk (and head, if it had two classes) is loaded; the last layer is always a new one.
+        model = build_model(c.arch, 2, c.base, c.dropout, c.aux_logits)
+        return replace_head(model, 2)
+
+    def criterion(self) -> nn.Module:
+        return nn.CrossEntropyLoss(weight=self.class_weights, label_smoothing=self.config.label_smoothing)
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        weights = self.class_weights.to(logits.device)[targets]
+        return {
+            "score": torch.softmax(logits.float(), dim=1)[:, 1],
+            "weighted_loss": nn.functional.cross_entropy(logits.float(), targets, reduction="none") * weights,
+            "weight": weights,
+        }
+
+    def val_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict:
+        scores = outputs["score"]
+        threshold = M.best_threshold(scores, targets, self.config.threshold_criterion)
+        counts = M.confusion(scores, targets, threshold)
+        return {
+            "val_loss": float(outputs["weighted_loss"].sum() / outputs["weight"].sum()),
+            "val_ap": M.average_precision(scores, targets),
+            "val_auroc": M.auroc(scores, targets),
+            "val_threshold": threshold,
+            "val_tpr": counts.tpr,
+            "val_tnr": counts.tnr,
+        }
+
+    def best_extras(self, outputs, targets) -> dict:
+        threshold = M.best_threshold(outputs["score"], targets, self.config.threshold_criterion)
+        return {"threshold": threshold, "threshold_criterion": self.config.threshold_criterion}
+
+    def model_meta(self) -> dict:
+        c = self.config
+        meta = {
+            "classes": self.classes,
+            "dagm_classes": self.dagm_classes,
+            "input": "patch" if c.patches else "image",
+        }
+        if c.patches:
+            meta.update(patch_size=c.patch_size, patch_stride=c.patch_stride)
+        return meta
+
+
+def make_task(config: TrainConfig):
+    return PretrainTask(config) if isinstance(config, PretrainConfig) else FinetuneTask(config)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on biases and normalisation weights (1-d parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warmup from ~0 to 1 over ``warmup_steps``, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _needs_scaler(device: torch.device, amp: bool) -> bool:
+    return device.type == "cuda" and amp and not torch.cuda.is_bf16_supported()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation pass
+# --------------------------------------------------------------------------------------------------------------
+
+
+def predict(
+    model: nn.Module,
+    dataset,
+    task,
+    procs: Processes,
+    batch_size: int,
+    num_workers: int,
+    amp: bool,
+    channels_last: bool,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-sample outputs (``task.per_sample``) and targets over ``dataset``, each process taking every W-th
+    sample, gathered in dataset order on every process."""
+    indices = list(range(procs.rank, len(dataset), procs.world_size))
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list] = {}
+    targets = []
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = _to_device(x, y, procs.device, channels_last)
+            with _autocast(procs.device, amp):
+                logits = model(x)
+            for k, v in task.per_sample(logits.float(), y).items():
+                parts.setdefault(k, []).append(v.cpu().numpy())
+            targets.append(y.cpu().numpy())
+    model.train(was_training)
+    local = {k: np.concatenate(v) for k, v in parts.items()}
+    local["_target"] = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
+    local["_index"] = np.asarray(indices, dtype=np.int64)
+    pieces = procs.gather(local)
+    merged = {k: np.concatenate([p[k] for p in pieces if k in p]) for k in pieces[0]}
+    order = np.argsort(merged.pop("_index"), kind="stable")
+    targets_all = merged.pop("_target")[order]
+    return {k: v[order] for k, v in merged.items()}, targets_all
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run folder
+# --------------------------------------------------------------------------------------------------------------
+
+
+def last_checkpoint_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    obj = read_checkpoint(path)
+    if obj.get("format") != CHECKPOINT_FORMAT:
+        raise DataonomyError(f"{path}: not a training checkpoint of transfer (format {obj.get('format')!r})")
+    return obj
+
+
+def resume_config(run_dir: Path, requested: dict) -> TrainConfig:
+    """The config of the run in ``run_dir``; options in ``requested`` (given on the command line) must agree."""
+    path = last_checkpoint_path(run_dir)
+    if not path.is_file():
+        raise DataonomyError(f"--resume: no checkpoint to resume from in {run_dir} ({path} not found)")
+    saved = config_from_dict(load_training_checkpoint(path)["config"], str(path))
+    diffs = config_differences(saved, requested)
+    if diffs:
+        raise DataonomyError(
+            f"--resume: options differ from the run's config in {run_dir}: {'; '.join(diffs)}"
+        )
+    return saved
+
+
+def _save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _unwrap(model: nn.Module) -> ClassifierNet:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _model_state(model: nn.Module) -> dict:
+    # Contiguous copies: a channels_last model's weights load into any model, and files do not keep strides.
+    return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+def _model_record(
+    config: TrainConfig, task, model: nn.Module, epoch: int, metrics: dict, extras: dict
+) -> dict:
+    net = _unwrap(model)
+    return {
+        "format": MODEL_FORMAT,
+        "kind": config.kind,
+        "arch": config.arch,
+        "num_classes": net.num_classes,
+        "aux_logits": net.aux_classifier is not None,
+        "dropout": config.dropout,
+        "image_size": config.image_size,
+        "input_size": config.input_size,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        **task.model_meta(),
+        **extras,
+        "epoch": epoch,
+        "metrics": metrics,
+        "config": config.to_dict(),
+        "model": _model_state(model),
+    }
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop lines for epochs a resumed run will redo (written after the checkpoint it resumes from)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs_done]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
+def _json_safe(metrics: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig, run_dir: str | Path, resume: bool = False, runtime: Runtime | None = None
+) -> dict:
+    """Train ``config`` into ``run_dir`` (see the module docstring for the folder); return the summary.
+
+    ``resume`` continues from ``run_dir/checkpoints/last.pt``; without it ``run_dir`` must not hold a run.
+    Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
+    """
+    runtime = runtime or Runtime()
+    run_dir = Path(run_dir)
+    procs = Processes.from_env(runtime.device)
+    try:
+        return _train(config, run_dir, resume, runtime, procs)
+    finally:
+        procs.close()
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, procs: Processes) -> dict:
+    last_path = last_checkpoint_path(run_dir)
+    checkpoint = None
+    if resume:
+        checkpoint = load_training_checkpoint(last_path)
+        if checkpoint["config"] != config.to_dict():
+            raise DataonomyError(f"--resume: the config differs from the one saved in {last_path}")
+    elif (run_dir / "config.json").exists() or last_path.exists():
+        raise DataonomyError(
+            f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new folder"
+        )
+    if config.batch_size % procs.world_size:
+        raise DataonomyError(
+            f"--batch-size {config.batch_size}: must be divisible by the number of processes ({procs.world_size})"
+        )
+    per_process_batch = config.batch_size // procs.world_size
+
+    task = make_task(config)
+    torch.manual_seed(config.seed)  # the same initial weights in every process and every run
+    model = task.build_model().to(procs.device)
+    if config.channels_last and procs.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if procs.distributed and config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    sampler = ResumableSampler(
+        task.train_set, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed
+    )
+    steps_per_epoch = sampler.num_samples // per_process_batch
+    if steps_per_epoch == 0:
+        raise DataonomyError(
+            f"--batch-size {config.batch_size}: larger than the training set ({len(task.train_set)} examples)"
+        )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=_needs_scaler(procs.device, config.amp))
+    criterion = task.criterion().to(procs.device)
+
+    state = {
+        "epoch": 0,  # epochs completed
+        "batch": 0,  # batches completed in the current epoch
+        "step": 0,  # optimiser steps completed
+        "best": None,
+        "best_epoch": None,
+        "stale_epochs": 0,
+        "sums": [0.0, 0.0, 0.0],  # loss sum, correct, examples in the current epoch (all processes)
+        "finished": None,
+    }
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state.update(checkpoint["state"])
+        if not procs.main:
+            state["sums"] = [0.0, 0.0, 0.0]  # rank 0 carries the totals so far
+    if state["finished"]:
+        if procs.main:
+            tqdm.write(f"{run_dir}: training already {state['finished']}; nothing to do")
+        return (
+            json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        )
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if procs.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config.to_dict())
+        if resume:
+            _truncate_metrics(metrics_path, state["epoch"])
+    procs.barrier()
+
+    ddp_model = model
+    if procs.distributed:
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
+        )
+    loader_args = {
+        "batch_size": per_process_batch,
+        "sampler": sampler,
+        "drop_last": True,
+        "num_workers": runtime.num_workers,
+        "pin_memory": procs.device.type == "cuda",
+        "worker_init_fn": _ignore_sigint if runtime.num_workers else None,
+    }
+
+    def save_checkpoint() -> None:
+        sums = procs.sum(torch.tensor(running)).tolist()
+        if procs.main:
+            record = {
+                "format": CHECKPOINT_FORMAT,
+                "config": config.to_dict(),
+                "model": _model_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "state": {**state, "sums": sums},
+            }
+            _save(record, last_path)
+        procs.barrier()
+
+    show = procs.main and runtime.progress is not False
+    steps_here = 0
+    with StopRequest() as stop_request:
+        while state["epoch"] < config.epochs:
+            epoch = state["epoch"]
+            sampler.set_epoch(epoch)
+            sampler.start = state["batch"] * per_process_batch
+            task.train_set.set_epoch(epoch)
+            running = list(state["sums"])
+            loader = DataLoader(task.train_set, **loader_args)
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=state["batch"],
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=None if show else True,
+                leave=False,
+            )
+            started = time.perf_counter()
+            ddp_model.train()
+            stop = False
+            for x, y in loader:
+                x, y = _to_device(x, y, procs.device, config.channels_last)
+                torch.manual_seed(seed_for(config.seed, state["step"], procs.rank))
+                with _autocast(procs.device, config.amp):
+                    loss, logits = model_loss(ddp_model(x), y, criterion, config.aux_weight)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                state["step"] += 1
+                state["batch"] += 1
+                steps_here += 1
+                with torch.no_grad():
+                    running[0] += float(loss.detach()) * len(y)
+                    running[1] += float((logits.argmax(1) == y).sum())
+                    running[2] += len(y)
+                bar.update(1)
+                if state["step"] % 10 == 0:
+                    bar.set_postfix(
+                        loss=f"{running[0] / max(running[2], 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}"
+                    )
+                budget_spent = runtime.stop_after_steps is not None and steps_here >= runtime.stop_after_steps
+                stop = (
+                    procs.any(stop_request.requested or budget_spent)
+                    if procs.distributed
+                    else (stop_request.requested or budget_spent)
+                )
+                if stop or state["step"] % config.checkpoint_every == 0:
+                    save_checkpoint()
+                if stop:
+                    break
+            bar.close()
+            if stop:
+                if stop_request.requested:
+                    raise TrainingInterrupted(last_path, state["step"], procs.rank)
+                if procs.main:
+                    tqdm.write(
+                        f"stopped after {steps_here} steps (step {state['step']}); checkpoint saved to {last_path}, "
+                        "continue with --resume"
+                    )
+                return {"status": "stopped", "step": state["step"], "checkpoint": str(last_path)}
+
+            # End of epoch: training totals, validation, best model, metrics line, checkpoint.
+            totals = procs.sum(torch.tensor(running)).tolist()
+            outputs, targets = predict(
+                model,
+                task.val_set,
+                task,
+                procs,
+                2 * per_process_batch,  # no gradients: twice the batch fits
+                runtime.num_workers,
+                config.amp,
+                config.channels_last,
+            )
+            val = task.val_metrics(outputs, targets)
+            record = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": totals[0] / max(totals[2], 1),
+                "train_accuracy": totals[1] / max(totals[2], 1),
+                **val,
+                "epoch_seconds": time.perf_counter() - started,
+            }
+            value = val[task.monitor]
+            better = state["best"] is None or (
+                value > state["best"] if task.mode == "max" else value < state["best"]
+            )
+            if better and math.isfinite(value):
+                state.update(best=value, best_epoch=epoch + 1, stale_epochs=0)
+                if procs.main:
+                    extras = task.best_extras(outputs, targets)
+                    _save(
+                        _model_record(config, task, model, epoch + 1, _json_safe(record), extras),
+                        run_dir / "best.pt",
+                    )
+            else:
+                state["stale_epochs"] += 1
+            if procs.main:
+                _append_metrics(metrics_path, _json_safe(record))
+                tqdm.write(
+                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+                )
+            state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0])
+            running = [0.0, 0.0, 0.0]
+            if task.patience is not None and state["stale_epochs"] >= task.patience:
+                state["finished"] = "stopped early"
+            elif state["epoch"] >= config.epochs:
+                state["finished"] = "complete"
+            save_checkpoint()
+            if state["finished"] == "stopped early":
+                if procs.main:
+                    tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
+                break
+
+    summary = {
+        "rank": procs.rank,
+        "status": state["finished"] or "complete",
+        "epochs": state["epoch"],
+        "steps": state["step"],
+        "best_epoch": state["best_epoch"],
+        "monitor": task.monitor,
+        "best": state["best"],
+        "best_model": str(run_dir / "best.pt"),
+    }
+    if procs.main:
+        write_json(run_dir / "summary.json", _json_safe(summary))
+    procs.barrier()
+    return summary
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MODEL_FORMAT",
+    "FinetuneTask",
+    "PretrainTask",
+    "Processes",
+    "ResumableSampler",
+    "Runtime",
+    "StopRequest",
+    "TrainingInterrupted",
+    "last_checkpoint_path",
+    "load_training_checkpoint",
+    "make_task",
+    "predict",
+    "resume_config",
+    "sgd",
+    "train",
+    "warmup_cosine",
+]
