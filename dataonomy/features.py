@@ -1,0 +1,701 @@
+"""Feature extraction and the HDF5 feature cache (METHOD.md section 1).
+
+:func:`extract_features` is the pure part: a backbone and a dataset in, batches of (indices,
+features, logits) out. The rest keeps those batches in a cache file, one per (dataset, backbone,
+weights, preprocessing):
+
+* ``features`` (N, D) float32 or float16, ``logits`` (N, 1000) where the backbone has an ImageNet head,
+  ``done`` (N,) bool, and per image ``paths``, ``labels``, ``targets``, ``defects`` (1, 0, or -1 when
+  the dataset does not say); ``classes``, ``class_names`` and ``imagenet_indices`` (-1 where none).
+* attributes: ``provenance`` (JSON: dataset name/root/options and a hash of its sample list, backbone
+  name, ``weights_id`` and preprocessing, storage dtype, code version), ``fingerprint`` (SHA-256 of
+  the provenance), and, outside the fingerprint, ``created`` and ``runs`` (device, precision, ranks).
+
+The file is written as ``<out>.partial`` and renamed to ``<out>`` only when every image is done, so a
+file at ``<out>`` is always complete. Rerunning after an interruption (Ctrl-C, SIGTERM, a crash)
+continues with the images not done yet; a partial file made for other inputs is refused (or
+discarded with ``overwrite``); a complete file with the same fingerprint is reused without
+computation, without even loading the weights.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) rank k extracts images k, k + W, ... into
+``<out>.rank<k>.partial`` (resumable the same way); after all ranks are done, rank 0 merges the shards
+into ``<out>``. The ranks only exchange done/failed flags (gloo), so the output folder must be shared
+between nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+import dataonomy
+from dataonomy.backbones import Backbone, describe_backbone, get_backbone, resolve_device
+from dataonomy.datasets.options import open_dataset
+from dataonomy.errors import BadImageError, DataonomyError
+from dataonomy.io import atomic_path
+
+FORMAT = "dataonomy-features/1"
+STORAGE_DTYPES = ("float32", "float16")
+#: Row blocks for copying shards and reading caches: bounded memory for any N.
+_BLOCK_ROWS = 8192
+
+
+# --- pure extraction ----------------------------------------------------------------------------
+
+
+class FeatureBatch(NamedTuple):
+    """One batch of :func:`extract_features`: dataset ``indices`` (B,), ``features`` (B, D) float32,
+    ``logits`` (B, C) float32 or None."""
+
+    indices: np.ndarray
+    features: np.ndarray
+    logits: np.ndarray | None
+
+
+class _BackboneInputs(Dataset):
+    """``dataset[indices[i]]`` through the backbone's loader transform, with the index; a bad image is
+    passed on as its message (a worker's exception would reach the user wrapped in a traceback)."""
+
+    def __init__(self, dataset, indices: np.ndarray, transform: Callable):
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        index = int(self.indices[i])
+        try:
+            image, _ = self.dataset[index]
+        except BadImageError as exc:
+            return None, index, str(exc)
+        return self.transform(image), index, None
+
+
+def _collate(items):
+    for _, _, error in items:
+        if error is not None:
+            return None, None, error
+    return torch.stack([x for x, _, _ in items]), torch.tensor([i for _, i, _ in items]), None
+
+
+def default_num_workers(device: str | torch.device = "auto") -> int:
+    """Loader workers per process: the CPUs of this process's share of the node (less one for the
+    main process), up to 16 on CUDA; at most 2 on CPU, where the network competes for the cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    on_cuda = resolve_device(device).type == "cuda"
+    return max(0, min(16 if on_cuda else 2, share - 1))
+
+
+def extract_features(
+    backbone: Backbone,
+    dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    indices: Sequence[int] | np.ndarray | None = None,
+) -> Iterator[FeatureBatch]:
+    """Embed ``dataset`` (a reader returning ``(PIL image, target)``) with ``backbone``, batch by batch.
+
+    ``indices`` restricts and orders the images (default: all, in order); ``device`` moves the
+    backbone first (default: where it is). Images are decoded, resized and cropped to uint8 in
+    ``num_workers`` loader processes (pinned memory on CUDA) and normalised on the device; on CUDA the
+    next batch is queued on the GPU before the previous one is handed out, so writing it overlaps
+    compute. A bad image raises :class:`BadImageError` naming the file.
+    """
+    if getattr(dataset, "transform", None) is not None:
+        raise ValueError("extract_features applies the backbone's transform: pass a dataset without one")
+    if batch_size < 1:
+        raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
+    if device is not None:
+        backbone.to(device)
+    order = (
+        np.arange(len(dataset), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    )
+    if order.size == 0:
+        return
+    on_cuda = backbone.device.type == "cuda"
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
+    num_batches = -(-order.size // batch_size)
+    workers = max(0, min(int(num_workers), num_batches))
+    loader = DataLoader(
+        _BackboneInputs(dataset, order, backbone.uint8_transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if workers else None,
+    )
+    pending = None
+    for images, batch_indices, error in loader:
+        if error is not None:
+            raise BadImageError(f"{error} (pass --skip-bad to check every file first and skip bad ones)")
+        features, logits = backbone.extract(images)
+        if not on_cuda:
+            yield FeatureBatch(
+                batch_indices.numpy(), features.numpy(), None if logits is None else logits.numpy()
+            )
+            continue
+        # Asynchronous copies into pinned host memory; the event marks when they have landed.
+        host = (
+            batch_indices,
+            features.to("cpu", non_blocking=True),
+            None if logits is None else logits.to("cpu", non_blocking=True),
+        )
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(backbone.device))  # the backbone's GPU, not the current one
+        if pending is not None:
+            yield _landed(*pending)
+        pending = (host, done)
+    if pending is not None:
+        yield _landed(*pending)
+
+
+def _landed(host, event) -> FeatureBatch:
+    event.synchronize()
+    idx, features, logits = host
+    return FeatureBatch(idx.numpy(), features.numpy(), None if logits is None else logits.numpy())
+
+
+# --- provenance ---------------------------------------------------------------------------------
+
+
+def _jsonable(value):
+    if isinstance(value, Path):
+        return str(value.resolve())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def canonical_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Dataset options as ``open_dataset`` uses them (unset ones dropped), JSON-able, paths absolute."""
+    return {k: _jsonable(v) for k, v in sorted((options or {}).items()) if v is not None and v is not False}
+
+
+def samples_digest(samples) -> str:
+    """SHA-256 of a dataset's sample list (absolute path, label, target, defect per image, in order)."""
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(f"{os.path.abspath(s.path)}\t{s.label}\t{s.target}\t{s.defect}\n".encode())
+    return digest.hexdigest()
+
+
+def feature_provenance(
+    dataset_name: str,
+    root: str | Path,
+    dataset_options: dict[str, Any] | None,
+    samples,
+    backbone_description: dict,
+    dtype: str = "float32",
+) -> dict:
+    """Everything a cache's content depends on; its hash is the cache's fingerprint."""
+    return {
+        "format": FORMAT,
+        "dataset": {
+            "name": dataset_name,
+            "root": str(Path(root).resolve()),
+            "options": canonical_options(dataset_options),
+            "num_samples": len(samples),
+            "samples_sha256": samples_digest(samples),
+        },
+        "backbone": backbone_description,
+        "storage_dtype": dtype,
+        "code_version": dataonomy.__version__,
+    }
+
+
+def fingerprint(provenance: dict) -> str:
+    return hashlib.sha256(json.dumps(provenance, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two provenance dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append(name)
+    return out
+
+
+def _mismatch(path: Path, stored: str | None, provenance: dict, what: str) -> str:
+    try:
+        diff = _differences(json.loads(stored), provenance) if stored else ["provenance (none stored)"]
+    except json.JSONDecodeError:
+        diff = ["provenance (unreadable)"]
+    return f"{path}: {what} was made for other inputs (differs in: {', '.join(diff[:6]) or 'fingerprint'})"
+
+
+# --- the cache file -----------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureSet:
+    """A complete feature cache, read into memory (features keep their stored dtype).
+
+    ``defects`` is 1/0 per image, -1 where the dataset does not say; ``imagenet_indices`` gives the
+    ImageNet-1k index of each class (None where it has none), or is None for non-ImageNet datasets.
+    ``extracted`` counts the images computed by the call that returned this set (0 for a reused cache).
+    """
+
+    path: Path
+    features: np.ndarray
+    logits: np.ndarray | None
+    paths: list[str]
+    labels: list[str]
+    targets: np.ndarray
+    defects: np.ndarray
+    classes: list[str]
+    class_names: list[str]
+    imagenet_indices: list[int | None] | None
+    provenance: dict
+    attrs: dict = field(default_factory=dict)
+    extracted: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def backbone(self) -> dict:
+        return self.provenance["backbone"]
+
+
+def _strings(values) -> np.ndarray:
+    return np.array(list(values), dtype=h5py.string_dtype("utf-8"))
+
+
+def _create_cache_file(
+    path: Path,
+    dataset,
+    indices: np.ndarray,
+    provenance: dict,
+    feature_dim: int,
+    num_logits: int,
+    shard: tuple[int, int],
+) -> None:
+    """An empty cache for ``dataset``'s samples ``indices`` (nothing done), created atomically."""
+    samples = [dataset.samples[i] for i in indices]
+    n = len(samples)
+    dtype = provenance["storage_dtype"]
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        f.attrs["fingerprint"] = fingerprint(provenance)
+        f.attrs["shard_rank"], f.attrs["shard_world_size"] = shard
+        f.attrs["runs"] = "[]"
+        f.create_dataset("features", (n, feature_dim), dtype=dtype)
+        if num_logits:
+            f.create_dataset("logits", (n, num_logits), dtype=dtype)
+        f.create_dataset("done", (n,), dtype=bool, fillvalue=False)
+        f.create_dataset("index", data=indices.astype(np.int64))
+        f.create_dataset("paths", data=_strings(os.path.abspath(s.path) for s in samples))
+        f.create_dataset("labels", data=_strings(s.label for s in samples))
+        f.create_dataset("targets", data=np.array([s.target for s in samples], dtype=np.int64))
+        defects = [-1 if s.defect is None else int(s.defect) for s in samples]
+        f.create_dataset("defects", data=np.array(defects, dtype=np.int8))
+        f.create_dataset("classes", data=_strings(dataset.classes))
+        f.create_dataset("class_names", data=_strings(getattr(dataset, "class_names", dataset.classes)))
+        inet = getattr(dataset, "imagenet_indices", None)
+        if inet is not None:
+            f.create_dataset(
+                "imagenet_indices", data=np.array([-1 if i is None else i for i in inet], dtype=np.int64)
+            )
+
+
+def _open_for_update(
+    path: Path, provenance: dict, shard: tuple[int, int], overwrite: bool
+) -> h5py.File | None:
+    """Open an existing partial file to resume it, or return None when there is none to resume.
+
+    A partial made for other inputs, for another shard layout, or unreadable is refused, or with
+    ``overwrite`` removed so that extraction starts over.
+    """
+    if not path.exists():
+        return None
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as exc:
+        if overwrite:
+            path.unlink()
+            return None
+        raise DataonomyError(
+            f"{path}: cannot open this interrupted extraction ({exc}); another process may be writing it, "
+            "or it was damaged - remove it or pass --overwrite"
+        ) from None
+    problem = None
+    if f.attrs.get("fingerprint") != fingerprint(provenance):
+        problem = _mismatch(path, f.attrs.get("provenance"), provenance, "this interrupted extraction")
+    elif (int(f.attrs.get("shard_rank", -1)), int(f.attrs.get("shard_world_size", -1))) != shard:
+        problem = (
+            f"{path}: this interrupted extraction is shard {f.attrs.get('shard_rank')} of "
+            f"{f.attrs.get('shard_world_size')}, this run needs shard {shard[0]} of {shard[1]}"
+        )
+    if problem is None:
+        return f
+    f.close()
+    if overwrite:
+        path.unlink()
+        return None
+    raise DataonomyError(f"{problem}; pass --overwrite to discard it and start again")
+
+
+def _write_rows(dset: h5py.Dataset, positions: np.ndarray, values: np.ndarray) -> None:
+    """``dset[positions] = values`` for increasing positions; one slice where they are contiguous."""
+    if positions[-1] - positions[0] + 1 == len(positions):
+        dset[positions[0] : positions[-1] + 1] = values
+    else:
+        dset[positions] = values
+
+
+def _append_run(f: h5py.File, run: dict) -> None:
+    runs = json.loads(f.attrs.get("runs", "[]"))
+    f.attrs["runs"] = json.dumps([*runs, run])
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM (``kill``, torchrun stopping its workers) into KeyboardInterrupt while extracting,
+    so the partial file is flushed and closed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fill_partial(
+    path: Path,
+    dataset,
+    backbone_factory: Callable[[], Backbone],
+    provenance: dict,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 64,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> int:
+    """Create or resume ``path`` (the rows of ``shard`` = (rank, world_size)) and extract what is not done.
+
+    The backbone is built (``backbone_factory()``) only if there is work left. Every batch is written
+    and flushed before ``on_batch(done, total)`` is called. Returns the number of images extracted.
+    """
+    rank, world = shard
+    indices = np.arange(rank, len(dataset), world, dtype=np.int64)
+    description = provenance["backbone"]
+    f = _open_for_update(path, provenance, shard, overwrite)
+    if f is not None:
+        with f:
+            if f["done"][:].all():
+                return 0
+    elif indices.size == 0:  # more ranks than images
+        _create_cache_file(
+            path, dataset, indices, provenance, description["feature_dim"], description["num_logits"], shard
+        )
+        return 0
+    # The network is built before any file is created, so that missing weights leave nothing behind.
+    backbone = backbone_factory()
+    if backbone.describe() != description:
+        raise ValueError(f"backbone {backbone.describe()} does not match the provenance {description}")
+    if f is None:
+        _create_cache_file(
+            path, dataset, indices, provenance, description["feature_dim"], description["num_logits"], shard
+        )
+    extracted = 0
+    with h5py.File(path, "r+") as f, _sigterm_as_interrupt():
+        done = f["done"][:]
+        todo = indices[~done]
+        dtype = provenance["storage_dtype"]
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        bar = tqdm(
+            total=len(indices),
+            initial=int(done.sum()),
+            desc=f"features {backbone.name}" + (f" rank {rank}/{world}" if world > 1 else ""),
+            unit="img",
+            disable=not progress or rank != 0,
+        )
+        try:
+            for batch in extract_features(backbone, dataset, batch_size, num_workers, indices=todo):
+                positions = (batch.indices - rank) // world
+                _write_rows(f["features"], positions, batch.features.astype(dtype, copy=False))
+                if batch.logits is not None:
+                    _write_rows(f["logits"], positions, batch.logits.astype(dtype, copy=False))
+                # Flags last: a row counts as done only once its values are in the file.
+                _write_rows(f["done"], positions, np.ones(len(positions), dtype=bool))
+                f.flush()
+                extracted += len(positions)
+                bar.update(len(positions))
+                if on_batch is not None:
+                    on_batch(int(done.sum()) + extracted, len(indices))
+        finally:
+            bar.close()
+            _append_run(
+                f,
+                {
+                    "started": started,
+                    "device": str(backbone.device),
+                    "precision": backbone.precision,
+                    "rank": rank,
+                    "world_size": world,
+                    "images": extracted,
+                },
+            )
+    return extracted
+
+
+def _finalize(partial: Path, out: Path) -> None:
+    """Stamp a fully done partial file and rename it to ``out`` (atomic on POSIX)."""
+    with h5py.File(partial, "r+") as f:
+        if not f["done"][:].all():
+            raise RuntimeError(f"{partial}: not every image is done")
+        for key in ("shard_rank", "shard_world_size"):
+            f.attrs.pop(key, None)
+        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    os.replace(partial, out)
+
+
+def merge_shards(shard_paths: Sequence[Path], dataset, provenance: dict, partial: Path, out: Path) -> None:
+    """Rank 0's step: copy every rank's rows (rank k holds images k, k + W, ...) into one cache at ``out``."""
+    world = len(shard_paths)
+    description = provenance["backbone"]
+    _create_cache_file(
+        partial,
+        dataset,
+        np.arange(len(dataset), dtype=np.int64),
+        provenance,
+        description["feature_dim"],
+        description["num_logits"],
+        (0, 1),
+    )
+    runs = []
+    with h5py.File(partial, "r+") as dst:
+        for rank, shard_path in enumerate(shard_paths):
+            with h5py.File(shard_path, "r") as src:
+                if src.attrs.get("fingerprint") != dst.attrs["fingerprint"] or not src["done"][:].all():
+                    raise DataonomyError(f"{shard_path}: shard {rank} is incomplete or for other inputs")
+                runs += json.loads(src.attrs.get("runs", "[]"))
+                n = src["index"].shape[0]
+                for start in range(0, n, _BLOCK_ROWS):
+                    stop = min(n, start + _BLOCK_ROWS)
+                    rows = slice(rank + world * start, rank + world * (stop - 1) + 1, world)
+                    for name in ("features", "logits"):
+                        if name in src:
+                            dst[name][rows] = src[name][start:stop]
+        dst["done"][:] = True
+        dst.attrs["runs"] = json.dumps(runs)
+    _finalize(partial, out)
+    for shard_path in shard_paths:
+        shard_path.unlink()
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    """Read a complete feature cache; a missing, foreign or incomplete file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        partial = path.with_name(path.name + ".partial")
+        hint = (
+            f" ({partial.name} exists: the extraction was interrupted; rerun it)" if partial.exists() else ""
+        )
+        raise DataonomyError(f"{path}: feature cache not found{hint}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataonomyError(f"{path}: not a readable HDF5 feature cache ({exc})") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise DataonomyError(f"{path}: not a dataonomy feature cache (format {f.attrs.get('format')!r})")
+        if "shard_rank" in f.attrs or not f["done"][:].all():
+            raise DataonomyError(f"{path}: incomplete feature cache (an interrupted extraction); rerun it")
+        inet = f["imagenet_indices"][:].tolist() if "imagenet_indices" in f else None
+        return FeatureSet(
+            path=path,
+            features=f["features"][:],
+            logits=f["logits"][:] if "logits" in f else None,
+            paths=f["paths"].asstr()[:].tolist(),
+            labels=f["labels"].asstr()[:].tolist(),
+            targets=f["targets"][:],
+            defects=f["defects"][:],
+            classes=f["classes"].asstr()[:].tolist(),
+            class_names=f["class_names"].asstr()[:].tolist(),
+            imagenet_indices=None if inet is None else [None if i < 0 else i for i in inet],
+            provenance=json.loads(f.attrs["provenance"]),
+            attrs={k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()},
+        )
+
+
+def stored_fingerprint(path: Path) -> tuple[str | None, str | None]:
+    """(fingerprint, provenance JSON) of a cache file, (None, None) when unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("fingerprint"), f.attrs.get("provenance")
+    except OSError:
+        return None, None
+
+
+# --- torchrun -----------------------------------------------------------------------------------
+
+
+class _Ranks:
+    """This process's rank and world size; joins a gloo group under torchrun (only flags travel)."""
+
+    def __init__(self):
+        self.created = False
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank = int(os.environ.get("RANK", 0))
+            self.world = int(os.environ.get("WORLD_SIZE", 1))
+            if self.world > 1:
+                # A long timeout: a rank resuming a nearly done shard waits for one starting from scratch.
+                dist.init_process_group("gloo", timeout=timedelta(hours=12))
+                self.created = True
+
+    def all_ok(self, ok: bool) -> bool:
+        """True when every rank passes ``ok=True`` (a barrier that also carries failures)."""
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        if self.created:
+            dist.destroy_process_group()
+
+
+def _run_everywhere(ranks: _Ranks, step: Callable[[], Any], only_rank0: bool, failed_elsewhere: str):
+    """Run ``step`` (on rank 0 only if asked), then agree across ranks on whether it worked everywhere."""
+    result, error = None, None
+    try:
+        if not only_rank0 or ranks.rank == 0:
+            result = step()
+    except BaseException as exc:  # re-raised below, after the other ranks have heard of it
+        error = exc
+    ok = ranks.all_ok(error is None)
+    if error is not None:
+        raise error
+    if not ok:
+        raise DataonomyError(failed_elsewhere)
+    return result
+
+
+# --- the entry point ----------------------------------------------------------------------------
+
+
+def ensure_features(
+    dataset_name: str,
+    root: str | Path,
+    dataset_options: dict[str, Any] | None,
+    backbone: Backbone | str,
+    out: str | Path,
+    *,
+    weights: str | Path = "imagenet",
+    device: str | torch.device = "auto",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> FeatureSet:
+    """The features of a dataset in the cache ``out``: reused when complete, else extracted or resumed.
+
+    ``backbone`` is a :class:`Backbone` or a registered name (then built from ``weights`` on
+    ``device`` only if something needs computing). ``dataset_options`` go to ``open_dataset``.
+    ``overwrite`` replaces a complete or partial cache made for other inputs instead of refusing.
+    Under torchrun each rank extracts its shard and rank 0 merges them; every rank returns the set.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise DataonomyError(f"--dtype {dtype}: must be one of {', '.join(STORAGE_DTYPES)}")
+    if batch_size < 1:
+        raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
+    if num_workers is not None and num_workers < 0:
+        raise DataonomyError(f"--num-workers {num_workers}: must be 0 or more")
+    out = Path(out)
+    if out.suffix == ".partial":
+        raise DataonomyError(f"--out {out}: the .partial suffix is reserved for interrupted extractions")
+    if out.is_dir():
+        raise DataonomyError(f"--out {out}: is a folder, expected a file name such as features.h5")
+    dataset = open_dataset(dataset_name, root, **(dataset_options or {}))
+    if isinstance(backbone, Backbone):
+        description = backbone.describe()
+
+        def build() -> Backbone:
+            return backbone
+    else:
+        description = describe_backbone(backbone, weights)
+
+        def build() -> Backbone:
+            return get_backbone(backbone, weights, device=device, progress=progress)
+
+    provenance = feature_provenance(dataset_name, root, dataset_options, dataset.samples, description, dtype)
+    if out.exists():
+        stored, stored_provenance = stored_fingerprint(out)
+        if stored == fingerprint(provenance):
+            return load_features(out)
+        if not overwrite:
+            raise DataonomyError(
+                _mismatch(out, stored_provenance, provenance, "the existing feature cache")
+                + "; pass --overwrite to replace it, or choose another --out"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if num_workers is None:
+        num_workers = default_num_workers(backbone.device if isinstance(backbone, Backbone) else device)
+    partial = out.with_name(out.name + ".partial")
+    ranks = _Ranks()
+    try:
+        shard = (ranks.rank, ranks.world)
+        own = partial if ranks.world == 1 else out.with_name(f"{out.name}.rank{ranks.rank}.partial")
+
+        def fill() -> int:
+            return fill_partial(
+                own, dataset, build, provenance, shard, batch_size, num_workers, overwrite, progress, on_batch
+            )
+
+        if ranks.world == 1:
+            extracted = fill()
+            _finalize(partial, out)
+        else:
+            extracted = _run_everywhere(
+                ranks, fill, False, "another rank failed; this rank's finished rows are kept for a rerun"
+            )
+            shards = [out.with_name(f"{out.name}.rank{k}.partial") for k in range(ranks.world)]
+            _run_everywhere(
+                ranks,
+                lambda: merge_shards(shards, dataset, provenance, partial, out),
+                True,
+                "rank 0 could not merge the shards (see its error); the shard files are kept",
+            )
+    finally:
+        ranks.close()
+    features = load_features(out)
+    features.extracted = extracted
+    return features
