@@ -193,6 +193,81 @@ def datasets_cmd():
         typer.echo(name)
 
 
+synth_app = typer.Typer(
+    help="Generate the synthetic data that ships with the package (the demo's target and source pool).",
+    no_args_is_help=True,
+)
+app.add_typer(synth_app, name="synth")
+SynthOutOpt = typer.Option(..., "--out", help="Folder to create (written as <out>.partial, then renamed).")
+SynthSizeOpt = typer.Option(128, "--size", help="Image side in pixels (square images).")
+SynthSeedOpt = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical files.")
+SynthOverwriteOpt = typer.Option(
+    False, "--overwrite", help="Replace a non-empty --out folder (only once the new one is complete)."
+)
+
+
+@synth_app.command("dagm")
+def synth_dagm_cmd(
+    out: Path = SynthOutOpt,
+    classes: str = typer.Option(
+        "10", "--classes", help="Number of texture classes (1-10), or a list of classes such as 1,4,7."
+    ),
+    images_per_split: int = typer.Option(
+        100, "--images-per-split", help="Images per class in Train and in Test."
+    ),
+    defect_fraction: float = typer.Option(
+        0.18, "--defect-fraction", help="Fraction of each split's images that get a defect."
+    ),
+    size: int = SynthSizeOpt,
+    seed: int = SynthSeedOpt,
+    overwrite: bool = SynthOverwriteOpt,
+):
+    """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
+    from dataonomy.datasets.synthetic import make_synthetic_dagm
+
+    chosen = parse_list(classes) or []
+    make_synthetic_dagm(
+        out,
+        classes=int(chosen[0]) if len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        images_per_split=images_per_split,
+        defect_fraction=defect_fraction,
+        size=size,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset dagm --root {out})")
+
+
+@synth_app.command("source")
+def synth_source_cmd(
+    out: Path = SynthOutOpt,
+    classes: str = typer.Option(
+        None,
+        "--classes",
+        help="Number of classes (the first N of 30), or wnids/names such as paper,n14698884; default all.",
+    ),
+    images_per_class: int = typer.Option(60, "--images-per-class", help="Images per class."),
+    size: int = SynthSizeOpt,
+    seed: int = SynthSeedOpt,
+    quality: int = typer.Option(90, "--quality", help="JPEG quality (1-100)."),
+    overwrite: bool = SynthOverwriteOpt,
+):
+    """Write a synthetic source pool (30 texture, pattern and shape classes) in the ILSVRC train layout."""
+    from dataonomy.datasets.synthetic import make_synthetic_source
+
+    chosen = parse_list(classes)
+    make_synthetic_source(
+        out,
+        classes=int(chosen[0]) if chosen and len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        images_per_class=images_per_class,
+        size=size,
+        seed=seed,
+        quality=quality,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset imagenet --root {out})")
+
+
 def main() -> None:
     sys.exit(run_app(app))
 
