@@ -7,7 +7,7 @@ Variables: ``y_s`` in {0, 1} (source class s is selected) and ``x_{s,t}`` in [0,
                 sum_s y_s = k                                    (--k)
                 sum_s n_s y_s <= B                               (--image-budget, optional)
                 sum_{s : P[t, s] > floor} x_{s,t} >= m   for all t   (--coverage, --coverage-floor)
-                sum_{s in g} y_s <= q                    for all groups g   (--max-per-group)
+                sum_{s in g} y_s <= q                    for all groups g   (--diversity-max)
                 y_s = 1 for s in include,  y_s = 0 for s in exclude
 
 ``x`` is continuous: once y is integral, the best x is ``x_{s,t} = y_s`` (every P[t, s] >= 0), so
@@ -42,7 +42,7 @@ OPTION_NAMES = {
     "k": "--k",
     "coverage": "--coverage",
     "coverage_floor": "--coverage-floor",
-    "max_per_group": "--max-per-group",
+    "max_per_group": "--diversity-max",
     "image_budget": "--image-budget",
     "include": "--include",
     "exclude": "--exclude",

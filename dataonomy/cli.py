@@ -12,10 +12,12 @@ from pathlib import Path
 
 import typer
 
+from dataonomy.affinity import list_affinities
 from dataonomy.backbones import list_backbones
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset
+from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 
 app = typer.Typer(
@@ -186,6 +188,180 @@ def features_cmd(
         )
 
 
+@app.command("select")
+def select_cmd(
+    target: str = typer.Option("dagm", "--target", help="Target dataset reader (dagm, folder, ...)."),
+    target_root: Path = typer.Option(..., "--target-root", help="Folder of the target dataset."),
+    source: str = typer.Option("imagenet", "--source", help="Source pool reader (imagenet, folder)."),
+    source_root: Path = typer.Option(
+        ..., "--source-root", help="Folder of the source pool (ILSVRC train or Tiny ImageNet)."
+    ),
+    k: int = typer.Option(500, "--k", help="Number of source classes to select."),
+    affinity: str = typer.Option(
+        "softmax",
+        "--affinity",
+        help=f"Per-image score: {', '.join(list_affinities())} (softmax needs an ImageNet-1k pool).",
+    ),
+    coverage: int = typer.Option(
+        1,
+        "--coverage",
+        help="Every target class must be served by at least this many selected sources (0: off).",
+    ),
+    coverage_floor: float = typer.Option(
+        None,
+        "--coverage-floor",
+        help="A source serves a target only if its normalised affinity exceeds this (default 1/S).",
+    ),
+    image_budget: int = typer.Option(
+        None,
+        "--image-budget",
+        help="At most this many source images in the selected classes (off by default).",
+    ),
+    diversity_depth: int = typer.Option(
+        None, "--diversity-depth", help="WordNet depth whose nodes group classes for --diversity-max."
+    ),
+    diversity_max: int = typer.Option(
+        None,
+        "--diversity-max",
+        help="At most this many selected classes under any one WordNet node at --diversity-depth.",
+    ),
+    include: list[Path] = typer.Option(
+        None, "--include", help="File of wnids that must be selected (one per line); repeatable."
+    ),
+    exclude: list[Path] = typer.Option(
+        None, "--exclude", help="File of wnids that must not be selected (one per line); repeatable."
+    ),
+    out: Path = typer.Option(
+        Path("data_manifests/selection.json"),
+        "--out",
+        help="Manifest to write (JSON); the taxonomy GraphML goes beside it.",
+    ),
+    backbone: str = typer.Option(
+        "inception_v3", "--backbone", help=f"Pretrained backbone: {', '.join(list_backbones())}."
+    ),
+    weights: str = typer.Option(
+        "imagenet", "--weights", help="imagenet, a state_dict file, or none (random; tests only)."
+    ),
+    images_per_class: int = typer.Option(
+        50, "--images-per-class", help="Source images sampled per class (seeded); 0 reads every image."
+    ),
+    target_classes: str = typer.Option(
+        None, "--target-classes", help="Comma-separated target classes (DAGM: 1,3 or Class1,Class3)."
+    ),
+    target_split: str = typer.Option(
+        None, "--target-split", help="Target split to embed (DAGM: all|train|val|trainval|test)."
+    ),
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed for source sampling and target splits."),
+    time_limit: float = typer.Option(
+        600.0,
+        "--time-limit",
+        help="Solver time limit in seconds (the best selection so far is kept, with its gap).",
+    ),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Images per forward pass during feature extraction."
+    ),
+    num_workers: int = typer.Option(2, "--num-workers", help="Image-decoding worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu or cuda."),
+    cache_dir: Path = typer.Option(
+        Path(".dataonomy_cache"),
+        "--cache-dir",
+        help="Where the HDF5 feature caches live (reused across runs).",
+    ),
+    top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
+):
+    """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP)."""
+    from dataonomy.selection import SelectConfig, run_selection
+
+    cfg = SelectConfig(
+        target_root=target_root,
+        source_root=source_root,
+        target=target,
+        source=source,
+        target_classes=parse_list(target_classes),
+        target_split=target_split,
+        target_labels_root=labels_root,
+        target_allow_partial=allow_partial,
+        images_per_class=images_per_class or None,
+        seed=seed,
+        backbone=backbone,
+        weights=weights,
+        affinity=affinity,
+        k=k,
+        coverage=coverage,
+        coverage_floor=coverage_floor,
+        image_budget=image_budget,
+        diversity_depth=diversity_depth,
+        diversity_max=diversity_max,
+        include=list(include or []),
+        exclude=list(exclude or []),
+        time_limit=time_limit,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        cache_dir=cache_dir,
+        out=out,
+    )
+    run = run_selection(cfg, log=typer.echo)
+    typer.echo(format_selection_report(run, top))
+
+
+def format_selection_report(run, top: int = 5) -> str:
+    """The short report: solver, greedy comparison, and each target's strongest selected sources."""
+    m, r = run.manifest, run.result
+    lines = [
+        f"selected {len(m['selected'])} of {m['source']['classes']} source classes -> {run.manifest_path}",
+        f"solver: {r.status}, objective {r.objective:.6f}, gap {r.gap:.2e}, {r.solve_time:.2f} s",
+        f"greedy top-k: objective {m['greedy']['objective']:.6f} "
+        f"({100 * (m['greedy']['objective_ratio_to_bip'] or 0):.2f}% of the BIP's), "
+        f"{m['greedy']['overlap_with_bip']} classes in common, "
+        + (
+            "violates " + "; ".join(v["message"] for v in m["greedy"]["violations"])
+            if m["greedy"]["violations"]
+            else "no constraint violated"
+        ),
+    ]
+    for t in m["target"]["classes"]:
+        best = sorted(m["selected"], key=lambda e: -e["affinity"][t])[:top]
+        cr = m["ahp"]["consistency_ratio"][t]
+        lines.append(
+            f"  {t} (AHP CR {cr:.3f}): " + ", ".join(f"{e['name']} {e['affinity'][t]:.4f}" for e in best)
+        )
+    lines.append(f"taxonomy graph: {run.graph_path}")
+    return "\n".join(lines)
+
+
+@app.command("graph")
+def graph_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest written by dataonomy select."),
+    fmt: str = typer.Option(
+        "text", "--format", help="text (summary), graphml, json (node-link), dot or png."
+    ),
+    out: Path = typer.Option(None, "--out", help="File to write (required for every format but text)."),
+    max_sources: int = typer.Option(
+        40, "--max-sources", help="png: draw the N strongest sources and their ancestors."
+    ),
+):
+    """Inspect the taxonomy of a selection: print a summary, export it, or render it as a PNG."""
+    from dataonomy.manifest import read_manifest
+    from dataonomy.taxonomy import FORMATS, draw_taxonomy, export_graph, graph_from_manifest
+
+    if fmt not in FORMATS:
+        raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
+    g = graph_from_manifest(read_manifest(manifest))
+    if fmt == "png":
+        if out is None:
+            raise DataonomyError("--out is required for --format png")
+        draw_taxonomy(g, out, max_sources=max_sources, title=f"Taxonomy of {manifest.name}")
+    else:
+        result = export_graph(g, fmt, out)
+        if fmt == "text":
+            typer.echo(result)
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
 @app.command("datasets")
 def datasets_cmd():
     """List the registered dataset readers."""
@@ -220,6 +396,9 @@ def synth_dagm_cmd(
     ),
     size: int = SynthSizeOpt,
     seed: int = SynthSeedOpt,
+    severity: float = typer.Option(
+        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
+    ),
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
@@ -233,6 +412,7 @@ def synth_dagm_cmd(
         defect_fraction=defect_fraction,
         size=size,
         seed=seed,
+        severity=severity,
         overwrite=overwrite,
     )
     typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset dagm --root {out})")

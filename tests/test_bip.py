@@ -228,8 +228,8 @@ def test_diversity_that_makes_k_impossible_gives_largest_k_and_smallest_q():
     groups = {f"g{i}": list(range(5 * i, 5 * i + 5)) for i in range(4)}  # 4 disjoint groups of 5
     with pytest.raises(
         DataonomyError,
-        match=r"^--k 10 cannot be reached with --max-per-group 2 \(diversity\); largest feasible k is 8,"
-        r" or smallest feasible --max-per-group is 3$",
+        match=r"^--k 10 cannot be reached with --diversity-max 2 \(diversity\); largest feasible k is 8,"
+        r" or smallest feasible --diversity-max is 3$",
     ):
         bip.select_sources(p, 10, groups=groups, max_per_group=2)
     with pytest.raises(DataonomyError, match=r"--include puts 3 classes in group 'g1'"):

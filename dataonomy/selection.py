@@ -1,0 +1,344 @@
+"""``dataonomy select`` as a function: features -> affinity -> AHP -> BIP -> manifest + taxonomy.
+
+:class:`SelectConfig` holds every parameter (its fields are :func:`run_selection`'s arguments, and it
+is saved in the manifest); each stage is one call into its own module, so this file shows the whole
+data flow and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataonomy import __version__
+from dataonomy.affinity import AffinityInputs, class_affinity, per_image_scores
+from dataonomy.ahp import ahp_normalize
+from dataonomy.bip import SelectionProblem, SelectionResult, solve_selection
+from dataonomy.errors import DataonomyError
+from dataonomy.features import FeatureSet, ensure_features
+from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, write_manifest
+from dataonomy.taxonomy import export_graph, graph_from_manifest
+from dataonomy.wordnet import imagenet_index, load_wordnet
+
+
+@dataclass
+class SelectConfig:
+    """Every parameter of one selection run (recorded in the manifest)."""
+
+    target_root: Path
+    source_root: Path
+    target: str = "dagm"
+    source: str = "imagenet"
+    target_classes: list[str] | None = None
+    target_split: str | None = None
+    target_labels_root: Path | None = None
+    target_allow_partial: bool = False
+    images_per_class: int | None = 50
+    target_images_per_class: int | None = None
+    seed: int = 0
+    backbone: str = "inception_v3"
+    weights: str = "imagenet"
+    affinity: str = "softmax"
+    k: int = 500
+    coverage: int = 1
+    coverage_floor: float | None = None
+    image_budget: int | None = None
+    diversity_depth: int | None = None
+    diversity_max: int | None = None
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    time_limit: float = 600.0
+    batch_size: int = 32
+    num_workers: int = 2
+    device: str = "auto"
+    cache_dir: Path = Path(".dataonomy_cache")
+    out: Path = Path("data_manifests/selection.json")
+
+    def recorded(self) -> dict:
+        """The parameters that define the result (paths as strings; run-only knobs left out)."""
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        for key in ("batch_size", "num_workers", "device", "cache_dir", "out"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class SelectionRun:
+    """What :func:`run_selection` returns: the manifest, the solver result, and the run report."""
+
+    manifest: dict
+    result: SelectionResult
+    raw_affinity: np.ndarray
+    consistency: np.ndarray
+    report: dict
+    manifest_path: Path
+    graph_path: Path
+
+
+def _target_groups(labels: list[str]) -> tuple[list[str], np.ndarray]:
+    classes = sorted(set(labels), key=lambda c: (len(c), c))  # Class2 before Class10
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.array([index[c] for c in labels], dtype=np.int64)
+
+
+def diversity_groups(wnids: list[str], depth: int) -> dict[str, list[int]]:
+    """WordNet node at ``depth`` -> indices of the source classes under it (a class may be under several)."""
+    wn = load_wordnet()
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(wnids):
+        if w not in wn:
+            continue
+        for node in wn.ancestors_at_depth(w, depth):
+            # Keyed by "wnid (name)" so solver messages say which group is over its cap.
+            groups.setdefault(f"{node} ({wn.name(node)})", []).append(i)
+    return groups
+
+
+def read_class_list(path: Path, known: list[str], option: str) -> list[int]:
+    """A file of wnids (one per line, '#' comments) -> source indices; unknown wnids are an error."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise DataonomyError(f"{option} {path}: cannot read ({exc})") from None
+    index = {w: i for i, w in enumerate(known)}
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        wnid = line.split("#", 1)[0].strip().split()[0] if line.split("#", 1)[0].strip() else ""
+        if not wnid:
+            continue
+        if wnid not in index:
+            raise DataonomyError(f"{option} {path}:{lineno}: '{wnid}' is not a class of the source pool")
+        out.append(index[wnid])
+    return out
+
+
+def feature_cache_path(
+    cache_dir: Path, dataset: str, root: Path, options: dict, backbone: str, weights: str
+) -> Path:
+    """One cache file per (dataset, sampling, backbone, weights): a readable name plus a short hash."""
+    key = fingerprint_json(
+        {
+            "dataset": dataset,
+            "root": str(Path(root).resolve()),
+            "options": options,
+            "backbone": backbone,
+            "weights": str(weights),
+        }
+    )[:12]
+    return Path(cache_dir) / f"{dataset}-{Path(root).name}-{backbone}-{key}.h5"
+
+
+def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
+    target = {
+        "classes": cfg.target_classes,
+        "split": cfg.target_split,
+        "labels_root": cfg.target_labels_root,
+        "allow_partial": cfg.target_allow_partial or None,
+        "images_per_class": cfg.target_images_per_class,
+    }
+    if cfg.target_split in ("train", "val") or cfg.target_images_per_class:
+        target["seed"] = cfg.seed
+    source = {"images_per_class": cfg.images_per_class, "seed": cfg.seed if cfg.images_per_class else None}
+    clean = lambda d: {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if v is not None}  # noqa: E731
+    return clean(target), clean(source)
+
+
+def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
+    """Run the whole selection; write the manifest (and its GraphML) atomically; return what was found."""
+    if cfg.k < 1:
+        raise DataonomyError(f"--k {cfg.k}: must be at least 1")
+    if (cfg.diversity_depth is None) != (cfg.diversity_max is None):
+        raise DataonomyError("--diversity-depth and --diversity-max must be given together")
+    t0 = time.perf_counter()
+    target_opts, source_opts = _dataset_options(cfg)
+
+    # 1. Features (cached in HDF5; extracted only where missing).
+    feats: dict[str, FeatureSet] = {}
+    for role, name, root, opts in (
+        ("target", cfg.target, cfg.target_root, target_opts),
+        ("source", cfg.source, cfg.source_root, source_opts),
+    ):
+        cache = feature_cache_path(cfg.cache_dir, name, root, opts, cfg.backbone, cfg.weights)
+        log(f"[features] {role}: {name} at {root} -> {cache}")
+        feats[role] = ensure_features(
+            name,
+            root,
+            opts,
+            cfg.backbone,
+            cache,
+            weights=cfg.weights,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
+        )
+        log(f"[features] {role}: {len(feats[role])} images, {feats[role].extracted} extracted now")
+    tf, sf = feats["target"], feats["source"]
+    source_classes, source_names = list(sf.classes), list(sf.class_names)
+    target_classes, target_labels = _target_groups(list(tf.labels))
+    logit_index = None
+    if sf.imagenet_indices is not None and all(i is not None for i in sf.imagenet_indices):
+        logit_index = np.array(sf.imagenet_indices, dtype=np.int64)
+    elif cfg.affinity == "softmax":
+        raise DataonomyError(
+            "--affinity softmax needs a source pool of ImageNet-1k classes; this pool has classes outside "
+            "ImageNet-1k: use --affinity prototype, gaussian or frechet"
+        )
+    if cfg.affinity == "softmax" and tf.logits is None:
+        raise DataonomyError(
+            f"--affinity softmax needs ImageNet logits; backbone {cfg.backbone} has no ImageNet head"
+        )
+
+    # 2. Affinity: per-image scores, raw class affinity.
+    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    inputs = AffinityInputs(
+        target_features=tf.features,
+        target_logits=tf.logits,
+        target_labels=target_labels,
+        source_features=sf.features,
+        source_labels=np.asarray(sf.targets),
+        source_logit_index=logit_index,
+        num_sources=len(source_classes),
+        num_targets=len(target_classes),
+    )
+    scores = per_image_scores(cfg.affinity, inputs, device=device)
+    raw = class_affinity(scores, target_labels, len(target_classes)).cpu().numpy().astype(np.float64)
+    log(f"[affinity] {cfg.affinity}: {len(target_classes)} target x {len(source_classes)} source classes")
+
+    # 3. AHP normalisation per target class.
+    P, cr = ahp_normalize(scores, target_labels, len(target_classes), device=device)
+    log(
+        f"[ahp] consistency ratio per target: {', '.join(f'{c}={r:.3f}' for c, r in zip(target_classes, cr, strict=True))}"
+    )
+
+    # 4. The integer programme.
+    counts = _full_class_counts_from_paths(sf)
+    groups = diversity_groups(source_classes, cfg.diversity_depth) if cfg.diversity_depth is not None else {}
+    problem = SelectionProblem(
+        affinity=P,
+        k=cfg.k,
+        coverage=cfg.coverage,
+        coverage_floor=cfg.coverage_floor,
+        groups=groups,
+        max_per_group=cfg.diversity_max,
+        image_counts=counts,
+        image_budget=cfg.image_budget,
+        include=[i for f in cfg.include for i in read_class_list(f, source_classes, "--include")],
+        exclude=[i for f in cfg.exclude for i in read_class_list(f, source_classes, "--exclude")],
+        target_names=target_classes,
+        source_names=source_names,
+    )
+    result = solve_selection(problem, time_limit=cfg.time_limit, threads=1)
+    log(
+        f"[bip] {result.status}: objective {result.objective:.4f}, gap {result.gap:.2e}, {result.solve_time:.2f} s"
+    )
+
+    # 5. Manifest and taxonomy graph.
+    manifest = build_manifest(cfg, tf, sf, target_classes, target_labels, P, raw, cr, counts, problem, result)
+    out = Path(cfg.out)
+    graph_path = out.with_suffix(".graphml")
+    graph = graph_from_manifest(manifest)
+    export_graph(graph, "graphml", graph_path)
+    write_manifest(out, manifest)  # last: a manifest on disk means everything it names is there
+    report = {
+        "solve_time_s": result.solve_time,
+        "wall_time_s": time.perf_counter() - t0,
+        "extracted": {"target": tf.extracted, "source": sf.extracted},
+    }
+    return SelectionRun(manifest, result, raw, cr, report, out, graph_path)
+
+
+def _full_class_counts_from_paths(sf: FeatureSet) -> np.ndarray:
+    """Images per source class on disk (not just the sample): what pretraining on it would read."""
+    counts = np.zeros(len(sf.classes), dtype=np.int64)
+    seen: dict[int, Path] = {}
+    for p, t in zip(sf.paths, sf.targets, strict=True):
+        seen.setdefault(int(t), Path(p).parent)
+    for t, folder in seen.items():
+        counts[t] = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    return counts
+
+
+def build_manifest(cfg, tf, sf, target_classes, target_labels, P, raw, cr, counts, problem, result) -> dict:
+    """The manifest (METHOD.md section 5). No timestamps or timings: same inputs, same bytes."""
+    index = imagenet_index()
+    selected = []
+    for s in result.selected:
+        wnid = sf.classes[s]
+        selected.append(
+            {
+                "wnid": wnid,
+                "name": sf.class_names[s],
+                "imagenet_index": index.get(wnid),
+                "source_index": int(s),
+                "images": int(counts[s]),
+                "affinity": {t: round(float(P[i, s]), 8) for i, t in enumerate(target_classes)},
+                "raw_affinity": {t: round(float(raw[i, s]), 8) for i, t in enumerate(target_classes)},
+                "serves": [t for i, t in enumerate(target_classes) if result.assignment[s, i] > 0.5],
+            }
+        )
+    target_info = {
+        "dataset": cfg.target,
+        "root": str(cfg.target_root),
+        "classes": target_classes,
+        "images": len(tf),
+        "images_per_class": {c: int((target_labels == i).sum()) for i, c in enumerate(target_classes)},
+        "fingerprint": fingerprint_files(tf.paths, cfg.target_root),
+    }
+    source_info = {
+        "dataset": cfg.source,
+        "root": str(cfg.source_root),
+        "classes": len(sf.classes),
+        "images_sampled": len(sf),
+        "images_per_class": cfg.images_per_class,
+        "seed": cfg.seed,
+        "fingerprint": fingerprint_files(sf.paths, cfg.source_root),
+    }
+    backbone = {
+        "name": cfg.backbone,
+        "weights": str(cfg.weights),
+        "weights_id": tf.backbone.get("weights_id"),
+        "preprocessing": tf.backbone.get("preprocessing"),
+    }
+    solver = {
+        "name": "PuLP/CBC",
+        "status": result.status,
+        "objective": round(result.objective, 10),
+        "bound": round(result.bound, 10),
+        "gap": round(result.gap, 12),
+    }
+    greedy = {
+        "objective": round(result.greedy.objective, 10),
+        "objective_ratio_to_bip": round(result.greedy.objective / result.objective, 10)
+        if result.objective
+        else None,
+        "overlap_with_bip": len(set(result.greedy.selected) & set(result.selected)),
+        "violations": [{"family": v.family, "message": v.message} for v in result.greedy.violations],
+    }
+    parameters = cfg.recorded()
+    parameters["coverage_floor"] = problem.coverage_floor
+    inputs = {
+        "target": target_info["fingerprint"],
+        "source": source_info["fingerprint"],
+        "backbone": backbone,
+        "parameters": parameters,
+    }
+    return {
+        "schema": SCHEMA,
+        "tool": {"name": "dataonomy", "version": __version__},
+        "target": target_info,
+        "source": source_info,
+        "backbone": backbone,
+        "parameters": parameters,
+        "ahp": {
+            "consistency_ratio": {t: round(float(c), 8) for t, c in zip(target_classes, cr, strict=True)}
+        },
+        "selected": selected,
+        "solver": solver,
+        "greedy": greedy,
+        "fingerprint": fingerprint_json(inputs),
+    }
