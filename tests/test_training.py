@@ -147,8 +147,7 @@ def small_config(manifest: Path, tiny_imagenet: Path, **overrides) -> PretrainCo
     options = dict(
         manifest=str(manifest),
         source_root=str(tiny_imagenet),
-        wnids=json.loads(manifest.read_text())["selected"]
-        and [e["wnid"] for e in json.loads(manifest.read_text())["selected"]],
+        wnids=[entry["wnid"] for entry in json.loads(manifest.read_text())["selected"]],
         arch="small_cnn",
         image_size=32,
         images_per_class=8,
@@ -230,9 +229,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(manifest, tiny_imagene
 
 def test_crash_resumes_from_the_last_periodic_checkpoint(manifest, tiny_imagenet, tmp_path, monkeypatch):
     """A crash (kill -9, power loss) loses the steps after the last checkpoint; resuming redoes them exactly."""
-    config = small_config(
-        manifest, tiny_imagenet, epochs=1, images_per_class=16
-    )  # 10 steps, checkpoints at 3, 6, 9
+    # 60 images, batches of 8: 7 steps, checkpoints after steps 3 and 6; the crash comes in step 5.
+    config = small_config(manifest, tiny_imagenet, epochs=1, images_per_class=12)
     cpu = Runtime(device="cpu")
     train(config, tmp_path / "straight", runtime=cpu)
 
@@ -241,18 +239,18 @@ def test_crash_resumes_from_the_last_periodic_checkpoint(manifest, tiny_imagenet
     calls = {"n": 0}
     real_loss = training.model_loss
 
-    def crash_at_step_8(*args, **kwargs):
+    def crash_at_step_5(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == 5:
             raise RuntimeError("simulated crash")
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(training, "model_loss", crash_at_step_8)
+    monkeypatch.setattr(training, "model_loss", crash_at_step_5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(config, tmp_path / "crashed", runtime=cpu)
     monkeypatch.setattr(training, "model_loss", real_loss)
     saved = torch.load(last_checkpoint_path(tmp_path / "crashed"), map_location="cpu", weights_only=True)
-    assert saved["state"]["step"] == 6
+    assert saved["state"]["step"] == 3
     train(config, tmp_path / "crashed", resume=True, runtime=cpu)
     for name in ("checkpoints/last.pt", "best.pt"):
         assert_same_weights(weights(tmp_path / "straight" / name), weights(tmp_path / "crashed" / name))

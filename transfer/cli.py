@@ -14,7 +14,7 @@ import typer
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import DAGM
 from dataonomy.io import write_json
-from transfer.config import FinetuneConfig, PretrainConfig  # noqa: F401  (FinetuneConfig: next command)
+from transfer.config import FinetuneConfig, PretrainConfig
 
 app = typer.Typer(
     help="Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects.",
@@ -247,6 +247,257 @@ def pretrain_cmd(
         if value is not None:
             requested[name] = str(value.resolve())
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
+
+
+def _finetune_base(base: str, arch: str | None) -> dict:
+    """Config fields implied by --base: the architecture and input normalisation of the base model."""
+    from dataonomy.errors import DataonomyError
+    from transfer.models import model_spec, read_checkpoint
+
+    if base in ("imagenet", "scratch"):
+        arch = arch or "inception_v3"
+        spec = model_spec(arch)
+        fields = {"base": base, "arch": arch}
+        if base == "imagenet":
+            # The normalisation the ImageNet weights were trained with (the backbone registry knows it best).
+            try:
+                from dataonomy.backbones import get_backbone_spec, list_backbones
+
+                if arch in list_backbones():
+                    pre = get_backbone_spec(arch).preprocessing
+                    if arch != "inception_v3":  # its transform_input is folded into INCEPTION_MEAN/STD
+                        fields.update(mean=tuple(pre.mean), std=tuple(pre.std))
+            except ImportError:
+                pass
+        fields.setdefault("mean", spec.mean)
+        fields.setdefault("std", spec.std)
+        return fields
+    path = Path(base)
+    path = path / "best.pt" if path.is_dir() else path
+    record = read_checkpoint(path)
+    saved_arch = record.get("arch")
+    if saved_arch is None:
+        raise DataonomyError(
+            f"--base {base}: not a model saved by transfer pretrain/finetune (no architecture)"
+        )
+    if arch is not None and arch != saved_arch:
+        raise DataonomyError(f"--arch {arch}: --base {base} holds a {saved_arch} model")
+    return {
+        "base": str(path.resolve()),
+        "arch": saved_arch,
+        "mean": tuple(record["mean"]),
+        "std": tuple(record["std"]),
+    }
+
+
+@app.command("finetune")
+def finetune_cmd(
+    ctx: typer.Context,
+    base: str = typer.Option(
+        None,
+        "--base",
+        help="Base model: a pretrain run folder or checkpoint, imagenet (ImageNet weights of --arch), or scratch.",
+    ),
+    dagm: Path = typer.Option(
+        None,
+        "--dagm",
+        help="DAGM root, a ClassN folder, or one split folder (ClassN/Test with --test-fraction).",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt."
+    ),
+    classes: str = typer.Option(
+        None, "--classes", help="Comma-separated DAGM classes (1,3 or Class1); default all."
+    ),
+    arch: str = typer.Option(
+        None,
+        "--arch",
+        help="Architecture for --base imagenet/scratch (default inception_v3; else the base's).",
+    ),
+    epochs: int = typer.Option(_default(FinetuneConfig, "epochs"), "--epochs", help="Most training epochs."),
+    batch_size: int = typer.Option(
+        _default(FinetuneConfig, "batch_size"),
+        "--batch-size",
+        help="Global batch size (divided among processes).",
+    ),
+    lr: float = typer.Option(_default(FinetuneConfig, "lr"), "--lr", help="Peak learning rate (SGD)."),
+    momentum: float = typer.Option(_default(FinetuneConfig, "momentum"), "--momentum", help="SGD momentum."),
+    weight_decay: float = typer.Option(
+        _default(FinetuneConfig, "weight_decay"), "--weight-decay", help="Weight decay (not on biases/norms)."
+    ),
+    warmup_epochs: float = typer.Option(
+        _default(FinetuneConfig, "warmup_epochs"),
+        "--warmup-epochs",
+        help="Linear warmup before the cosine decay.",
+    ),
+    image_size: int = typer.Option(
+        None, "--image-size", help="Images are resized to this (default: the architecture's input size)."
+    ),
+    val_fraction: float = typer.Option(
+        _default(FinetuneConfig, "val_fraction"),
+        "--val-fraction",
+        help="Share held out for validation (seeded).",
+    ),
+    test_fraction: float = typer.Option(
+        _default(FinetuneConfig, "test_fraction"),
+        "--test-fraction",
+        help="Carve a test fold from the images found first (for one folder such as Class1/Test).",
+    ),
+    labels_root: Path = typer.Option(
+        None,
+        "--labels-root",
+        help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
+    ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
+    ),
+    patches: bool = typer.Option(
+        False, "--patches", help="Train on full-resolution patches (for localisation)."
+    ),
+    patch_size: int = typer.Option(
+        _default(FinetuneConfig, "patch_size"), "--patch-size", help="Patch side."
+    ),
+    patch_stride: int = typer.Option(
+        _default(FinetuneConfig, "patch_stride"), "--patch-stride", help="Step between patches."
+    ),
+    patch_defect_fraction: float = typer.Option(
+        _default(FinetuneConfig, "patch_defect_fraction"),
+        "--patch-defect-fraction",
+        help="A patch is defective when at least this share of its pixels is in the mask.",
+    ),
+    patience: int = typer.Option(
+        _default(FinetuneConfig, "patience"), "--patience", help="Stop after N epochs without improvement."
+    ),
+    monitor: str = typer.Option(
+        _default(FinetuneConfig, "monitor"),
+        "--monitor",
+        help="Validation metric for early stopping: ap, auroc, loss.",
+    ),
+    threshold_criterion: str = typer.Option(
+        _default(FinetuneConfig, "threshold_criterion"),
+        "--threshold-criterion",
+        help="What the validation threshold maximises: balanced_accuracy or f1.",
+    ),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment", help="Flips, 90-degree rotations, brightness/contrast, noise."
+    ),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    channels_last: bool = typer.Option(
+        True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
+    ),
+    checkpoint_every: int = typer.Option(
+        _default(FinetuneConfig, "checkpoint_every"),
+        "--checkpoint-every",
+        help="Save a checkpoint every N steps.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, data order, augmentation and new head."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint."
+    ),
+    device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
+    workers: int = typer.Option(None, "--workers", help=_WORKERS_HELP),
+    stop_after_steps: int = typer.Option(None, "--stop-after-steps", help=_STOP_HELP),
+):
+    """Fine-tune every layer of a base model to defect / no defect on DAGM; store the validation threshold."""
+    from dataonomy.errors import DataonomyError
+
+    options = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "image_size": image_size,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "allow_partial": allow_partial,
+        "patches": patches,
+        "patch_size": patch_size,
+        "patch_stride": patch_stride,
+        "patch_defect_fraction": patch_defect_fraction,
+        "patience": patience,
+        "monitor": monitor,
+        "threshold_criterion": threshold_criterion,
+        "augment": augment,
+        "amp": amp,
+        "channels_last": channels_last,
+        "checkpoint_every": checkpoint_every,
+        "seed": seed,
+    }
+    class_list = parse_list(classes)
+
+    def new_config():
+        if base is None or dagm is None:
+            raise DataonomyError("--base and --dagm are required (unless --resume)")
+        return FinetuneConfig(
+            dagm=str(dagm.resolve()),
+            classes=class_list,
+            labels_root=str(labels_root.resolve()) if labels_root is not None else None,
+            **_finetune_base(base, arch),
+            **options,
+        )
+
+    requested = _given(ctx, options)
+    if dagm is not None:
+        requested["dagm"] = str(dagm.resolve())
+    if class_list is not None:
+        requested["classes"] = class_list
+    if arch is not None:
+        requested["arch"] = arch
+    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
+    _print_threshold(out)
+
+
+def _print_threshold(out: Path) -> None:
+    best = out / "best.pt"
+    import os
+
+    if best.is_file() and int(os.environ.get("RANK", "0")) == 0:
+        from transfer.models import read_checkpoint
+
+        record = read_checkpoint(best)
+        if "threshold" in record:
+            typer.echo(
+                f"decision threshold {record['threshold']:.4g} ({record['threshold_criterion']} on validation, "
+                f"epoch {record['epoch']})"
+            )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Path = typer.Option(..., "--model", help="A fine-tuning run folder (or its best.pt)."),
+    dagm: Path = typer.Option(
+        None, "--dagm", help="DAGM copy to evaluate on (default: the run's own, with its own split)."
+    ),
+    split: str = typer.Option("test", "--split", help="Fold to evaluate: test, val, train, trainval or all."),
+    labels_root: Path = typer.Option(
+        None,
+        "--labels-root",
+        help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
+    ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images (or patches) per forward pass."),
+    device: str = typer.Option(
+        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+):
+    """Per DAGM class TPR/TNR (the paper's Table 1), accuracy, AP, AUROC at the stored and the best threshold."""
+    from transfer.metrics import format_table
+    from transfer.training import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
+
+    report = evaluate_run(model, dagm, split, labels_root, allow_partial, batch_size, device, workers)
+    stored = report["stored_threshold"]
+    typer.echo(
+        f"{report['split']} split of {report['dagm']}: at the stored threshold {stored['threshold']:.4g} (chosen on validation)"
+    )
+    typer.echo(format_table(stored["rows"], TABLE_COLUMNS))
+    typer.echo(f"\nat the best threshold per class ({OPTIMISTIC_NOTE})")
+    typer.echo(format_table(report["best_threshold"]["rows"], TABLE_COLUMNS))
+    typer.echo(f"\nwrote {report['files']['json']} and {report['files']['pr_curve']}")
 
 
 def main() -> None:

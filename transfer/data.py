@@ -92,7 +92,8 @@ class SeededTransform(Dataset):
     def __getitem__(self, index: int):
         image, target = self.dataset[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.seed, self.epoch, index))
+            # The CPU generator only: torch.manual_seed also queues a (costly) lazy CUDA seeding per call.
+            torch.default_generator.manual_seed(seed_for(self.seed, self.epoch, index))
             image = self.transform(image)
         return image, target
 

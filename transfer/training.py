@@ -368,6 +368,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _seed_step(seed: int, device: torch.device) -> None:
+    """Seed the generators a training step draws from (dropout): the CPU's and this process's GPU."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)
+
+
 def _autocast(device: torch.device, enabled: bool):
     if device.type != "cuda" or not enabled:
         return contextlib.nullcontext()
@@ -472,9 +479,14 @@ def _model_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
 
 
-def _model_record(
-    config: TrainConfig, task, model: nn.Module, epoch: int, metrics: dict, extras: dict
+def model_record(
+    config: TrainConfig, model: nn.Module, meta: dict, epoch: int = 0, metrics: dict | None = None
 ) -> dict:
+    """What ``best.pt`` holds: the weights and what inference needs (see :class:`LoadedModel`).
+
+    ``meta`` adds run facts such as ``classes``, ``input`` (``image``/``patch``), ``patch_size``/``patch_stride``
+    and, for fine-tuned models, ``threshold`` and ``threshold_criterion``. Save it with :func:`save_model`.
+    """
     net = _unwrap(model)
     return {
         "format": MODEL_FORMAT,
@@ -487,13 +499,19 @@ def _model_record(
         "input_size": config.input_size,
         "mean": list(config.mean),
         "std": list(config.std),
-        **task.model_meta(),
-        **extras,
+        "input": "image",
+        **meta,
         "epoch": epoch,
-        "metrics": metrics,
+        "metrics": metrics or {},
         "config": config.to_dict(),
         "model": _model_state(model),
     }
+
+
+def save_model(record: dict, path: str | Path) -> Path:
+    """Write a :func:`model_record` atomically (``RUN_DIR/best.pt`` is what the other commands read)."""
+    _save(record, Path(path))
+    return Path(path)
 
 
 def _append_metrics(path: Path, record: dict) -> None:
@@ -509,10 +527,6 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs_done]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
-
-
-def _json_safe(metrics: dict) -> dict:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -662,7 +676,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
             stop = False
             for x, y in loader:
                 x, y = _to_device(x, y, procs.device, config.channels_last)
-                torch.manual_seed(seed_for(config.seed, state["step"], procs.rank))
+                _seed_step(seed_for(config.seed, state["step"], procs.rank), procs.device)
                 with _autocast(procs.device, config.amp):
                     loss, logits = model_loss(ddp_model(x), y, criterion, config.aux_weight)
                 optimizer.zero_grad(set_to_none=True)
@@ -733,14 +747,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 state.update(best=value, best_epoch=epoch + 1, stale_epochs=0)
                 if procs.main:
                     extras = task.best_extras(outputs, targets)
-                    _save(
-                        _model_record(config, task, model, epoch + 1, _json_safe(record), extras),
-                        run_dir / "best.pt",
-                    )
+                    meta = {**task.model_meta(), **extras}
+                    best_record = model_record(config, model, meta, epoch + 1, _nan_to_none(record))
+                    save_model(best_record, run_dir / "best.pt")
             else:
                 state["stale_epochs"] += 1
             if procs.main:
-                _append_metrics(metrics_path, _json_safe(record))
+                _append_metrics(metrics_path, _nan_to_none(record))
                 tqdm.write(
                     f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                     + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
@@ -768,15 +781,287 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         "best_model": str(run_dir / "best.pt"),
     }
     if procs.main:
-        write_json(run_dir / "summary.json", _json_safe(summary))
+        write_json(run_dir / "summary.json", _nan_to_none(summary))
     procs.barrier()
     return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Inference and evaluation of a fine-tuned run
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A trained model (from ``best.pt``) in eval mode, with what inference needs to know about it.
+
+    ``record`` is the saved file without its weights: ``arch``, ``classes``, ``input`` (``image`` or ``patch``),
+    ``input_size``, ``mean``/``std``, for fine-tuned runs ``threshold``, ``patch_size``/``patch_stride``, and
+    ``config`` (the run's config as a dict).
+    """
+
+    model: ClassifierNet
+    record: dict
+    path: Path
+
+    @property
+    def config(self) -> TrainConfig:
+        return config_from_dict(self.record["config"], str(self.path))
+
+    @property
+    def threshold(self) -> float | None:
+        return self.record.get("threshold")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float images (B, 3, H, W) -> the model's input normalisation."""
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        mean = torch.tensor(self.record["mean"], device=images.device)[:, None, None]
+        std = torch.tensor(self.record["std"], device=images.device)[:, None, None]
+        return (images - mean) / std
+
+
+def load_model(run: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The best model of a run folder (or a ``best.pt`` file), in eval mode on ``device``."""
+    path = Path(run)
+    path = path / "best.pt" if path.is_dir() else path
+    obj = read_checkpoint(path)
+    if obj.get("format") != MODEL_FORMAT:
+        raise DataonomyError(f"--model {path}: not a model saved by transfer pretrain/finetune")
+    from transfer.models import get_model, load_weights
+
+    model = get_model(obj["arch"], int(obj["num_classes"]), obj.get("dropout"), aux_logits=False, init=False)
+    load_weights(model, obj["model"], str(path), obj["arch"])
+    record = {k: v for k, v in obj.items() if k != "model"}
+    return LoadedModel(model.to(device).eval(), record, path)
+
+
+def max_patch_scores(
+    model: nn.Module, images: torch.Tensor, patch_size: int, stride: int, batch_size: int = 256
+) -> torch.Tensor:
+    """Each image's highest defect probability over its patches on the localisation grid.
+
+    ``images``: normalised (N, 3, H, W) on the model's device. An image is as defective as its most defective
+    patch, so a patch-level threshold decides images too.
+    """
+    from transfer.localize import patch_grid
+
+    n, _, height, width = images.shape
+    ys, xs = patch_grid(height, width, patch_size, stride)
+    windows = images.unfold(2, patch_size, 1).unfold(3, patch_size, 1)  # (N, C, H', W', p, p), a view
+    rows, cols = np.meshgrid(ys, xs, indexing="ij")
+    rows, cols = torch.as_tensor(rows.ravel()), torch.as_tensor(cols.ravel())
+    out = torch.empty(n, device=images.device)
+    with torch.no_grad():
+        for i in range(n):
+            probs = []
+            for begin in range(0, rows.numel(), batch_size):
+                r, c = rows[begin : begin + batch_size], cols[begin : begin + batch_size]
+                patches = windows[i][:, r, c].permute(1, 0, 2, 3).contiguous()  # (B, C, p, p)
+                probs.append(torch.softmax(model(patches).float(), dim=1)[:, 1])
+            out[i] = torch.cat(probs).max()
+    return out
+
+
+def dagm_scores(
+    loaded: LoadedModel, dataset, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None
+) -> np.ndarray:
+    """Defect probabilities of every image of a DAGM dataset (PIL images), as the run's model sees them:
+    whole images resized to its input size, or (patch models) the highest score of the image's patches."""
+    from torchvision.transforms import v2
+
+    record, model = loaded.record, loaded.model
+    device = next(model.parameters()).device
+    patch_mode = record.get("input") == "patch"
+    resize = [] if patch_mode else [v2.Resize((record["input_size"],) * 2, antialias=True)]
+    to_tensor = v2.Compose([v2.ToImage(), *resize])
+
+    class _Tensors(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(dataset)
+
+        def __getitem__(self, i):
+            image, target = dataset[i]
+            return to_tensor(image), target
+
+    loader = DataLoader(_Tensors(), batch_size=1 if patch_mode else batch_size, num_workers=num_workers)
+    scores = []
+    with torch.no_grad():
+        for images, _ in tqdm(
+            loader, desc="scoring", disable=None if progress is not False else True, leave=False
+        ):
+            x = loaded.normalize(images.to(device))
+            if patch_mode:
+                scores.append(
+                    max_patch_scores(model, x, record["patch_size"], record["patch_stride"], batch_size)
+                )
+            else:
+                scores.append(torch.softmax(model(x).float(), dim=1)[:, 1])
+    return torch.cat(scores).cpu().numpy().astype(np.float64)
+
+
+OPTIMISTIC_NOTE = "optimistic: each class's threshold is chosen on the evaluated images themselves"
+
+
+def evaluation_report(scores, labels, groups, threshold: float, criterion: str = "balanced_accuracy") -> dict:
+    """Per-group (DAGM class) classification tables at the stored threshold and at the best threshold.
+
+    The stored threshold was chosen on validation data: its table is the honest one. The best-threshold table
+    picks, per group, the threshold that maximises ``criterion`` on these very images, an upper bound reported
+    separately (groups with one kind of image only keep the stored threshold).
+    """
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    groups = np.asarray(groups, dtype=object)
+    best = {}
+    for group in sorted(set(groups.tolist()), key=str):
+        member = groups == group
+        both = 0 < labels[member].sum() < member.sum()
+        best[group] = (
+            M.best_threshold(scores[member], labels[member], criterion) if both else float(threshold)
+        )
+    return {
+        "stored_threshold": {
+            "threshold": float(threshold),
+            "rows": M.per_group_table(scores, labels, groups, float(threshold)),
+        },
+        "best_threshold": {
+            "note": OPTIMISTIC_NOTE,
+            "criterion": criterion,
+            "thresholds": best,
+            "rows": M.per_group_table(scores, labels, groups, best),
+        },
+    }
+
+
+TABLE_COLUMNS = (
+    "group",
+    "n",
+    "n_defective",
+    "threshold",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "tpr",
+    "tnr",
+    "accuracy",
+    "ap",
+    "auroc",
+)
+
+
+def plot_pr_curves(scores, labels, groups, threshold: float, path: Path, title: str) -> Path:
+    """Precision-recall curve per group (and pooled), the stored threshold's operating point marked; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    scores, labels, groups = np.asarray(scores), np.asarray(labels), np.asarray(groups, dtype=object)
+    names = sorted(set(groups.tolist()), key=str)
+    sets = [(name, groups == name) for name in names]
+    if len(names) > 1:
+        sets.append(("all", np.ones(len(scores), dtype=bool)))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, member in sets:
+        if labels[member].sum() == 0:
+            continue
+        precision, recall, _ = M.pr_curve(scores[member], labels[member])
+        ap = M.average_precision(scores[member], labels[member])
+        line = ax.step(
+            np.r_[0, recall], np.r_[precision[0], precision], where="post", label=f"{name} (AP {ap:.3f})"
+        )
+        counts = M.confusion(scores[member], labels[member], threshold)
+        if counts.tp + counts.fp:
+            ax.plot(counts.tpr, counts.precision, "o", color=line[0].get_color())
+    ax.set(xlabel="recall (TPR)", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.02), title=title)
+    ax.legend(loc="lower left", fontsize="small", title=f"o: threshold {threshold:.3g}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def evaluate_run(
+    run: str | Path,
+    dagm: str | Path | None = None,
+    split: str = "test",
+    labels_root: str | Path | None = None,
+    allow_partial: bool = False,
+    batch_size: int = 32,
+    device: str | None = None,
+    num_workers: int = 0,
+) -> dict:
+    """Score a DAGM fold with a fine-tuned run and write ``eval_<split>.json`` and ``eval_<split>_pr.png`` into
+    the run folder; return the report (tables, per-image predictions, file paths).
+
+    With ``dagm`` left out (or the run's own copy) the fold is the run's own seeded split; another copy's
+    ``test`` split is its Test folders.
+    """
+    run = Path(run)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_model(run, device)
+    if loaded.record.get("kind") != "finetune":
+        raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
+    config = loaded.config
+    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    dataset = dagm_fold(
+        config.dagm if dagm is None else dagm,
+        split,
+        config.classes,
+        config.val_fraction,
+        config.test_fraction if same_copy else 0.0,
+        config.seed,
+        labels_root if labels_root is not None else config.labels_root,
+        allow_partial or config.allow_partial,
+    )
+    scores = dagm_scores(loaded, dataset, batch_size, num_workers)
+    labels = np.asarray(dataset.targets)
+    groups = [s.label for s in dataset.samples]
+    report = evaluation_report(scores, labels, groups, loaded.threshold, config.threshold_criterion)
+    run_dir = loaded.path.parent
+    json_path, png_path = run_dir / f"eval_{split}.json", run_dir / f"eval_{split}_pr.png"
+    plot_pr_curves(scores, labels, groups, loaded.threshold, png_path, f"{run_dir.name}: {split} split")
+    report = {
+        "model": str(loaded.path),
+        "dagm": str(dagm if dagm is not None else config.dagm),
+        "split": split,
+        **report,
+        "predictions": [
+            {"path": str(s.path), "label": s.label, "defect": int(t), "score": float(v)}
+            for s, t, v in zip(dataset.samples, labels, scores, strict=True)
+        ],
+        "files": {"json": str(json_path), "pr_curve": str(png_path)},
+    }
+    write_json(json_path, _nan_to_none(report))
+    return report
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MODEL_FORMAT",
     "FinetuneTask",
+    "LoadedModel",
+    "TABLE_COLUMNS",
+    "dagm_scores",
+    "evaluate_run",
+    "evaluation_report",
+    "load_model",
+    "model_record",
+    "save_model",
+    "max_patch_scores",
+    "plot_pr_curves",
     "PretrainTask",
     "Processes",
     "ResumableSampler",
