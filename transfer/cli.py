@@ -500,6 +500,36 @@ def evaluate_cmd(
     typer.echo(f"\nwrote {report['files']['json']} and {report['files']['pr_curve']}")
 
 
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Option(..., "--model", help="A pretrain or fine-tuning run folder (or its best.pt)."),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (only when the parity check passes)."),
+    dagm: Path = typer.Option(
+        None, "--dagm", help="DAGM copy whose images check parity (default: the run's own)."
+    ),
+    split: str = typer.Option(
+        None, "--split", help="Fold the parity images come from (default: test, or val without a test fold)."
+    ),
+    images: int = typer.Option(8, "--images", help="Number of real images (or patches) to check parity on."),
+    tolerance: float = typer.Option(
+        1e-4,
+        "--tolerance",
+        help="Largest accepted |ONNX - PyTorch| logit difference, relative to max(1, largest |logit|).",
+    ),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+):
+    """Export the run's best model to ONNX and check it against PyTorch on real images."""
+    from transfer.export import export_run
+
+    result = export_run(model, onnx, dagm, split, images, tolerance, opset)
+    typer.echo(
+        f"parity on {result['images']} real images: max |logit difference| {result['max_abs_logit_diff']:.3g}, "
+        f"max |probability difference| {result['max_abs_prob_diff']:.3g} "
+        f"(tolerance {tolerance:g} x logit scale {result['logit_scale']:.3g})"
+    )
+    typer.echo(f"wrote {result['onnx']}")
+
+
 def main() -> None:
     sys.exit(run_app(app))
 

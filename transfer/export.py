@@ -1,0 +1,211 @@
+"""ONNX export of a trained run, with a parity check against PyTorch on real images.
+
+The exported graph takes normalised images ``image`` (batch, 3, S, S) with S the run's input size (the image
+size, or the patch size of a patch model) and returns the class logits ``logits`` (batch, num_classes); the batch
+dimension is dynamic. What a caller needs to prepare inputs and read outputs (mean, std, input size, classes,
+decision threshold) is stored in the ONNX file's metadata (``metadata_props``, values in JSON).
+
+The file is exported with the TorchScript-based exporter (``dynamo=False``): the torch.export-based one, torch's
+default since 2.9, needs the ``onnxscript`` package. The file is written only when ONNX Runtime's outputs on real
+images agree with PyTorch's within the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dataonomy.errors import DataonomyError
+from dataonomy.io import atomic_path
+from transfer.training import LoadedModel, load_model
+
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_OPSET = 17
+
+
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, input_size: int, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export ``model`` (eval mode, on CPU) to ONNX at ``path``: input ``image`` (N, 3, S, S), output ``logits``."""
+    model = model.cpu().eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation; it is the one that needs no onnxscript.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        # Shape-inference and constant-folding notes (e.g. strided slices in EfficientNet's padding), and the
+        # tracer's note on GroupNorm's input-size check; the parity check (on another batch size than the
+        # traced one) is what shows whether the graph is right.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+        )
+    return Path(path)
+
+
+def add_metadata(path: str | Path, metadata: dict) -> None:
+    """Store ``metadata`` (name -> JSON-serialisable value) in the ONNX file's ``metadata_props`` and check it."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def onnx_logits(path: str | Path, images: torch.Tensor) -> np.ndarray:
+    """Logits of an exported model on ``images`` (normalised, (N, 3, S, S)) with ONNX Runtime on CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"image": images.detach().cpu().numpy().astype(np.float32)})[0]
+
+
+def parity(path: str | Path, model: torch.nn.Module, images: torch.Tensor) -> dict:
+    """How far ONNX Runtime's outputs are from PyTorch's on ``images``: max |difference| of logits and of
+    softmax probabilities, and the logits' scale ``max(1, max |PyTorch logit|)`` that the tolerance is relative to
+    (float32 rounding grows with the size of the numbers: an untrained Inception V3 has logits of 1e11)."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        reference = model(images.cpu()).numpy()
+    exported = onnx_logits(path, images)
+    if exported.shape != reference.shape:
+        raise DataonomyError(f"{path}: ONNX output has shape {exported.shape}, PyTorch's {reference.shape}")
+    probabilities = [
+        torch.softmax(torch.from_numpy(x).double(), dim=1).numpy() for x in (reference, exported)
+    ]
+    return {
+        "images": int(images.shape[0]),
+        "max_abs_logit_diff": float(np.max(np.abs(exported - reference))),
+        "logit_scale": float(max(1.0, np.max(np.abs(reference)))),
+        "max_abs_prob_diff": float(np.max(np.abs(probabilities[0] - probabilities[1]))),
+    }
+
+
+def check_parity(result: dict, tolerance: float) -> None:
+    """Raise when the logits differ by more than ``tolerance`` times their scale (see :func:`parity`)."""
+    if not result["max_abs_logit_diff"] <= tolerance * result["logit_scale"]:  # NaN fails too
+        raise DataonomyError(
+            f"--tolerance {tolerance:g}: ONNX and PyTorch logits differ by up to {result['max_abs_logit_diff']:.3g} "
+            f"(logit scale {result['logit_scale']:.3g}) on {result['images']} real images; "
+            "the ONNX file was not written"
+        )
+
+
+def parity_images(
+    loaded: LoadedModel, dagm: str | Path | None = None, split: str | None = None, n: int = 8
+) -> torch.Tensor:
+    """Up to ``n`` real images as the model takes them (normalised, input size), half of them defective where
+    there are defects: DAGM images (whole, resized) or patches for fine-tuned runs, source-pool validation images
+    for pretrain runs."""
+    from torchvision.transforms import v2
+
+    from transfer.data import PatchDataset, dagm_fold, pretrain_folds
+
+    config, record = loaded.config, loaded.record
+    size = record["input_size"]
+    if record["kind"] == "pretrain":
+        _, val = pretrain_folds(
+            config.source_root, config.wnids, config.val_fraction, config.images_per_class, config.seed
+        )
+        pick = np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int)
+        transform = v2.Compose(
+            [v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
+        )
+        return loaded.normalize(torch.stack([transform(val[int(i)][0]) for i in pick]))
+    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    split = split or ("test" if config.test_fraction > 0 or not same_copy else "val")
+    fold = dagm_fold(
+        config.dagm if dagm is None else dagm,
+        split,
+        config.classes,
+        config.val_fraction,
+        config.test_fraction if same_copy else 0.0,
+        config.seed,
+        config.labels_root,
+        config.allow_partial,
+    )
+    if record.get("input") == "patch":
+        patches = PatchDataset(
+            fold, record["patch_size"], record["patch_stride"], config.patch_defect_fraction
+        )
+        targets = np.asarray(patches.targets)
+        chosen = _balanced(targets, n)
+        return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))
+    chosen = _balanced(np.asarray(fold.targets), n)
+    transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+    return loaded.normalize(torch.stack([transform(fold[int(i)][0]) for i in chosen]))
+
+
+def _balanced(targets: np.ndarray, n: int) -> np.ndarray:
+    """Indices of up to n examples, half defective where possible, spread over the fold (deterministic)."""
+    defective, clean = np.flatnonzero(targets == 1), np.flatnonzero(targets == 0)
+    k = min(len(defective), n // 2)
+    spread = lambda idx, m: idx[np.linspace(0, len(idx) - 1, m).round().astype(int)] if m else idx[:0]  # noqa: E731
+    return np.sort(np.r_[spread(defective, k), spread(clean, min(len(clean), n - k))])
+
+
+def export_run(
+    run: str | Path,
+    onnx_path: str | Path,
+    dagm: str | Path | None = None,
+    split: str | None = None,
+    n_images: int = 8,
+    tolerance: float = DEFAULT_TOLERANCE,
+    opset: int = DEFAULT_OPSET,
+) -> dict:
+    """Export a run's best model to ``onnx_path``, check parity on ``n_images`` real images, and return the
+    parity numbers. Nothing is written when the check fails."""
+    if n_images < 1:
+        raise DataonomyError(f"--images {n_images}: must be at least 1")
+    if tolerance < 0:
+        raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
+    loaded = load_model(run, "cpu")
+    record = loaded.record
+    images = parity_images(loaded, dagm, split, n_images)
+    metadata = {
+        "transfer.arch": record["arch"],
+        "transfer.kind": record["kind"],
+        "transfer.classes": record["classes"],
+        "transfer.input": record.get("input", "image"),
+        "transfer.input_size": record["input_size"],
+        "transfer.mean": record["mean"],
+        "transfer.std": record["std"],
+        "transfer.threshold": record.get("threshold"),
+        "transfer.output": "logits; the defect probability is softmax(logits)[:, 1]",
+    }
+    onnx_path = Path(onnx_path)
+    with atomic_path(onnx_path) as tmp:
+        export_onnx(loaded.model, tmp, record["input_size"], opset)
+        add_metadata(tmp, metadata)
+        result = parity(tmp, loaded.model, images)
+        check_parity(result, tolerance)
+    return {**result, "tolerance": tolerance, "onnx": str(onnx_path)}
+
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "DEFAULT_TOLERANCE",
+    "add_metadata",
+    "check_parity",
+    "export_onnx",
+    "export_run",
+    "onnx_logits",
+    "parity",
+    "parity_images",
+]
