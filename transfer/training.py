@@ -125,8 +125,8 @@ class Processes:
         return self.world_size > 1
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (float64 on this device)."""
-        values = values.detach().to(self.device, torch.float64)
+        """Sum over processes, as a new float64 tensor on this device (``values`` is left as it is)."""
+        values = values.detach().to(self.device, torch.float64, copy=True)
         if self.distributed:
             dist.all_reduce(values)
         return values
@@ -640,7 +640,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
     }
 
     def save_checkpoint() -> None:
-        sums = procs.sum(torch.tensor(running)).tolist()
+        sums = procs.sum(running).tolist()
         if procs.main:
             record = {
                 "format": CHECKPOINT_FORMAT,
@@ -662,7 +662,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
             sampler.set_epoch(epoch)
             sampler.start = state["batch"] * per_process_batch
             task.train_set.set_epoch(epoch)
-            running = list(state["sums"])
+            # Loss sum, correct, examples: kept on the device so that steps do not wait for the GPU.
+            running = torch.tensor(state["sums"], dtype=torch.float64, device=procs.device)
             loader = DataLoader(task.train_set, **loader_args)
             bar = tqdm(
                 total=steps_per_epoch,
@@ -688,13 +689,18 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 state["batch"] += 1
                 steps_here += 1
                 with torch.no_grad():
-                    running[0] += float(loss.detach()) * len(y)
-                    running[1] += float((logits.argmax(1) == y).sum())
-                    running[2] += len(y)
+                    running += torch.stack(
+                        [
+                            loss.detach().double() * len(y),
+                            (logits.argmax(1) == y).sum().double(),
+                            running.new_tensor(len(y)),
+                        ]
+                    )
                 bar.update(1)
-                if state["step"] % 10 == 0:
+                if state["step"] % 10 == 0 and not bar.disable:
+                    loss_so_far, _, seen = running.tolist()
                     bar.set_postfix(
-                        loss=f"{running[0] / max(running[2], 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}"
+                        loss=f"{loss_so_far / max(seen, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}"
                     )
                 budget_spent = runtime.stop_after_steps is not None and steps_here >= runtime.stop_after_steps
                 stop = (
@@ -718,7 +724,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 return {"status": "stopped", "step": state["step"], "checkpoint": str(last_path)}
 
             # End of epoch: training totals, validation, best model, metrics line, checkpoint.
-            totals = procs.sum(torch.tensor(running)).tolist()
+            totals = procs.sum(running).tolist()
             outputs, targets = predict(
                 model,
                 task.val_set,
@@ -759,7 +765,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                     + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
                 )
             state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0])
-            running = [0.0, 0.0, 0.0]
+            running.zero_()
             if task.patience is not None and state["stale_epochs"] >= task.patience:
                 state["finished"] = "stopped early"
             elif state["epoch"] >= config.epochs:
@@ -1006,16 +1012,24 @@ def evaluate_run(
         raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
     config = loaded.config
     same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
-    dataset = dagm_fold(
-        config.dagm if dagm is None else dagm,
-        split,
-        config.classes,
-        config.val_fraction,
-        config.test_fraction if same_copy else 0.0,
-        config.seed,
-        labels_root if labels_root is not None else config.labels_root,
-        allow_partial or config.allow_partial,
-    )
+    try:
+        dataset = dagm_fold(
+            config.dagm if dagm is None else dagm,
+            split,
+            config.classes,
+            config.val_fraction,
+            config.test_fraction if same_copy else 0.0,
+            config.seed,
+            labels_root if labels_root is not None else config.labels_root,
+            allow_partial or config.allow_partial,
+        )
+    except DataonomyError as exc:
+        if same_copy and split == "test" and config.test_fraction == 0 and "no DAGM images found" in str(exc):
+            raise DataonomyError(
+                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction), so it has no "
+                "test fold there; pass --dagm with a copy that has Test folders, or --split val"
+            ) from None
+        raise
     scores = dagm_scores(loaded, dataset, batch_size, num_workers)
     labels = np.asarray(dataset.targets)
     groups = [s.label for s in dataset.samples]
