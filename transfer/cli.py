@@ -14,7 +14,7 @@ import typer
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import DAGM
 from dataonomy.io import write_json
-from transfer.config import FinetuneConfig, PretrainConfig
+from transfer.config import FinetuneConfig, PretrainConfig, finetune_base_fields
 
 app = typer.Typer(
     help="Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects.",
@@ -249,47 +249,6 @@ def pretrain_cmd(
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
 
 
-def _finetune_base(base: str, arch: str | None) -> dict:
-    """Config fields implied by --base: the architecture and input normalisation of the base model."""
-    from dataonomy.errors import DataonomyError
-    from transfer.models import model_spec, read_checkpoint
-
-    if base in ("imagenet", "scratch"):
-        arch = arch or "inception_v3"
-        spec = model_spec(arch)
-        fields = {"base": base, "arch": arch}
-        if base == "imagenet":
-            # The normalisation the ImageNet weights were trained with (the backbone registry knows it best).
-            try:
-                from dataonomy.backbones import get_backbone_spec, list_backbones
-
-                if arch in list_backbones():
-                    pre = get_backbone_spec(arch).preprocessing
-                    if arch != "inception_v3":  # its transform_input is folded into INCEPTION_MEAN/STD
-                        fields.update(mean=tuple(pre.mean), std=tuple(pre.std))
-            except ImportError:
-                pass
-        fields.setdefault("mean", spec.mean)
-        fields.setdefault("std", spec.std)
-        return fields
-    path = Path(base)
-    path = path / "best.pt" if path.is_dir() else path
-    record = read_checkpoint(path)
-    saved_arch = record.get("arch")
-    if saved_arch is None:
-        raise DataonomyError(
-            f"--base {base}: not a model saved by transfer pretrain/finetune (no architecture)"
-        )
-    if arch is not None and arch != saved_arch:
-        raise DataonomyError(f"--arch {arch}: --base {base} holds a {saved_arch} model")
-    return {
-        "base": str(path.resolve()),
-        "arch": saved_arch,
-        "mean": tuple(record["mean"]),
-        "std": tuple(record["std"]),
-    }
-
-
 @app.command("finetune")
 def finetune_cmd(
     ctx: typer.Context,
@@ -434,7 +393,7 @@ def finetune_cmd(
             dagm=str(dagm.resolve()),
             classes=class_list,
             labels_root=str(labels_root.resolve()) if labels_root is not None else None,
-            **_finetune_base(base, arch),
+            **finetune_base_fields(base, arch),
             **options,
         )
 

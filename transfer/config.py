@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from dataonomy.errors import DataonomyError
@@ -232,5 +233,46 @@ __all__ = [
     "TrainConfig",
     "config_differences",
     "config_from_dict",
+    "finetune_base_fields",
     "replace",
 ]
+
+
+def finetune_base_fields(base: str, arch: str | None) -> dict:
+    """Config fields implied by --base: the architecture and input normalisation of the base model."""
+    from transfer.models import read_checkpoint
+
+    if base in ("imagenet", "scratch"):
+        arch = arch or "inception_v3"
+        spec = model_spec(arch)
+        implied = {"base": base, "arch": arch}
+        if base == "imagenet":
+            # The normalisation the ImageNet weights were trained with (the backbone registry knows it best).
+            try:
+                from dataonomy.backbones import get_backbone_spec, list_backbones
+
+                if arch in list_backbones():
+                    pre = get_backbone_spec(arch).preprocessing
+                    if arch != "inception_v3":  # its transform_input is folded into INCEPTION_MEAN/STD
+                        implied.update(mean=tuple(pre.mean), std=tuple(pre.std))
+            except ImportError:
+                pass
+        implied.setdefault("mean", spec.mean)
+        implied.setdefault("std", spec.std)
+        return implied
+    path = Path(base)
+    path = path / "best.pt" if path.is_dir() else path
+    record = read_checkpoint(path)
+    saved_arch = record.get("arch")
+    if saved_arch is None:
+        raise DataonomyError(
+            f"--base {base}: not a model saved by transfer pretrain/finetune (no architecture)"
+        )
+    if arch is not None and arch != saved_arch:
+        raise DataonomyError(f"--arch {arch}: --base {base} holds a {saved_arch} model")
+    return {
+        "base": str(path.resolve()),
+        "arch": saved_arch,
+        "mean": tuple(record["mean"]),
+        "std": tuple(record["std"]),
+    }
