@@ -489,6 +489,166 @@ def export_cmd(
     typer.echo(f"wrote {result['onnx']}")
 
 
+# --------------------------------------------------------------------------------------------------------------
+# localize / rootcause / stamp (I/O in transfer.localize_run and transfer.rootcause_run)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@app.command("localize")
+def localize_cmd(
+    model: Path = typer.Option(..., "--model", help="A fine-tuning run folder (or its best.pt)."),
+    images: str = typer.Option(
+        None,
+        "--images",
+        help="Image folder, file or glob (quote it) to localise, unlabelled. Default: a DAGM fold (--dagm/--split).",
+    ),
+    dagm: Path = typer.Option(
+        None,
+        "--dagm",
+        help="DAGM copy to localise, with its masks (default: the run's own copy and seeded split).",
+    ),
+    split: str = typer.Option("test", "--split", help="DAGM fold: test, val, train, trainval or all."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: localize.json, heatmaps/*.npy, overlays/*.png, masks/*.png."
+    ),
+    patch: int = typer.Option(
+        None,
+        "--patch",
+        "--patch-size",
+        help="Patch side in pixels (default: the run's training patch size, for patch-trained runs).",
+    ),
+    stride: int = typer.Option(None, "--stride", help="Step between patches (default: half the patch)."),
+    mode: str = typer.Option(
+        "batched",
+        "--mode",
+        "--method",
+        help="loop (reference, one patch at a time), batched (same numbers, faster) or dense (one trunk pass).",
+    ),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Binarisation threshold to use instead of choosing one on validation data."
+    ),
+    threshold_from: Path = typer.Option(
+        None,
+        "--threshold-from",
+        help="Reuse the threshold of an earlier localize.json (same model, patch, stride and heat kind).",
+    ),
+    val_limit: int = typer.Option(
+        None,
+        "--val-limit",
+        help="Choose the threshold on a seeded sample of N validation images (default: the whole fold).",
+    ),
+    limit: int = typer.Option(None, "--limit", help="Localise only the first N images."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Patches per forward pass (batched mode)."),
+    colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
+    alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    device: str = typer.Option(
+        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
+    ),
+):
+    """Patch-heatmap defect localisation: heatmaps, overlays, masks; with DAGM masks, P/R/F1, IoU, mean IoU, AR.
+
+    The threshold is chosen on the run's validation fold by maximising mean IoU, stored in OUT/localize.json,
+    and reused with --threshold-from.
+    """
+    from transfer.localize_run import format_localize_summary, localize_images
+
+    report = localize_images(
+        model,
+        images,
+        out,
+        patch,
+        stride,
+        mode,
+        dagm=dagm,
+        split=split,
+        threshold=threshold,
+        threshold_from=threshold_from,
+        val_limit=val_limit,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        colormap=colormap,
+        alpha=alpha,
+        overwrite=overwrite,
+    )
+    typer.echo(format_localize_summary(report))
+
+
+@app.command("rootcause")
+def rootcause_cmd(
+    images: str = typer.Option(
+        ...,
+        "--images",
+        help="Folder or glob (quote it) of one production run's images, read in natural name order.",
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: rootcause.json, windows.jsonl, map.npy, map.png, mask.png."
+    ),
+    window: int = typer.Option(30, "--window", help="Consecutive images per window."),
+    stride: int = typer.Option(5, "--stride", help="Step between windows, in images."),
+    z_threshold: float = typer.Option(
+        5.0, "--z-threshold", help="A common defect stands this many noise sigmas above the map's floor."
+    ),
+    min_area: int = typer.Option(30, "--min-area", help="Smallest common defect kept, in pixels."),
+    window_maps: bool = typer.Option(
+        False, "--window-maps", help="Also save every window's map and mask under OUT/windows/."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    device: str = typer.Option(None, "--device", help="Device for the gradients and medians (default cpu)."),
+):
+    """Common-defect (root-cause) analysis: median-gradient map over a sliding window, mask, verdict, onset."""
+    from transfer.rootcause_run import format_window, rootcause_stream
+
+    report = rootcause_stream(
+        images,
+        window,
+        stride,
+        out,
+        z_threshold=z_threshold,
+        min_area=min_area,
+        device=device,
+        window_maps=window_maps,
+        overwrite=overwrite,
+        on_window=lambda entry: typer.echo(format_window(entry)),
+    )
+    verdict = f"common defect: {report['verdict']} (score {report['score']:.1f})"
+    if report["onset_image"] is not None:
+        verdict += f", starting at image {report['onset']} ({report['onset_image']})"
+    typer.echo(verdict)
+    typer.echo(f"wrote {report['files']['report']}, windows.jsonl, map.npy, map.png, mask.png")
+
+
+@app.command("stamp")
+def stamp_cmd(
+    images: str = typer.Option(..., "--images", help="Folder or glob (quote it) of same-size images."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: images/<name>.png (stamped copies), stamp_mask.png, stamp.json."
+    ),
+    kind: str = typer.Option(
+        "scratch", "--kind", help="scratch (a bright curved line) or blot (a dark blob)."
+    ),
+    start: int = typer.Option(
+        0, "--start", help="First stamped image (0-based, natural name order): the fault's onset."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the stamp's shape and place."),
+    strength: float = typer.Option(
+        None,
+        "--strength",
+        help="Scratch: added brightness as a share of the range (default 0.3); blot: opacity (default 0.7).",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+):
+    """Write copies of images with the same synthetic systematic defect from --start on (to try rootcause)."""
+    from transfer.rootcause_run import stamp_images
+
+    record = stamp_images(images, out, kind, start, seed, strength, overwrite)
+    typer.echo(
+        f"stamped a {record['kind']} on images {record['start']}..{record['n_images'] - 1} "
+        f"(first: {record['first_stamped']}); wrote {record['images']}/ and {record['mask']}"
+    )
+
+
 def main() -> None:
     sys.exit(run_app(app))
 

@@ -1,0 +1,521 @@
+"""``transfer localize``: patch heatmaps of images with a fine-tuned run, binarised, drawn, and (with labels) scored.
+
+For every image: the defect heatmap (:mod:`transfer.localize`, ``mode`` ``loop`` (reference), ``batched``
+(default, same numbers) or ``dense`` (one trunk pass)), binarised at one threshold. The output folder::
+
+    localize.json         parameters, the threshold and where it came from, metrics, one row per image
+    heatmaps/<name>.npy   the raw heatmap, (H, W) float32 defect probabilities at image resolution
+    overlays/<name>.png   the heatmap over the image (colormap at ``alpha``, fixed 0..1 scale), the predicted
+                          defect outlined in deep sky blue and, with labels, the true defect in lime
+    masks/<name>.png      the binary mask (heat >= threshold), 0/255
+
+``<name>`` is the image's file stem (made unique with its folders when stems repeat). The folder is written
+whole or not at all (:func:`transfer.inspect_io.staged_folder`).
+
+Where the threshold comes from, in this order:
+
+1. ``threshold``: given by the user;
+2. ``threshold_from``: a previous ``localize.json`` (or its folder) made with the same model file, patch size,
+   stride and kind of heatmap (patch loop/batched vs dense); anything else is refused, since the best
+   threshold depends on all of them;
+3. otherwise it is chosen on the run's own validation fold (the DAGM copy, classes and seeded split it was
+   fine-tuned with; never the images being localised) by maximising mean IoU
+   (:func:`transfer.localize.choose_threshold`), with the same patch size, stride and mode.
+
+The threshold and its origin are stored in the output folder's ``localize.json`` (the run folder is never
+modified); pass that file to ``threshold_from`` (``--threshold-from``) to reuse it without recomputing.
+
+Metrics (labelled images only, :func:`transfer.metrics.localization_report`): pixel precision/recall/F1 and IoU
+pooled over all pixels, mean IoU over images, He & Liu's AR over defective images, per-defect detection at
+IoU >= 0.5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dataonomy.datasets import SampleDataset, open_image
+from dataonomy.datasets.base import seeded_subsample
+from dataonomy.errors import DataonomyError
+from dataonomy.io import write_json
+from transfer import localize as L
+from transfer import metrics as M
+from transfer.inspect_io import check_images, finite, list_images, overlay_heatmap, save_png, staged_folder
+from transfer.inspect_io import unique_names as _unique_names
+
+REPORT_FORMAT = "transfer.localize/1"
+REPORT_NAME = "localize.json"
+MODES = ("loop", "batched", "dense")
+SUMMARY_COLUMNS = (
+    "n_images",
+    "n_defective_images",
+    "threshold",
+    "precision",
+    "recall",
+    "f1",
+    "iou",
+    "mean_iou",
+    "ar",
+    "detected",
+)
+
+__all__ = [
+    "MODES",
+    "REPORT_FORMAT",
+    "REPORT_NAME",
+    "SUMMARY_COLUMNS",
+    "LocalizeSettings",
+    "format_localize_summary",
+    "load_localization_model",
+    "localize_images",
+    "validation_threshold",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model and how its heatmaps are computed
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_localization_model(run: str | Path, device: str | None = None):
+    """The fine-tuned defect classifier of a run folder (or its ``best.pt``), as a
+    :class:`transfer.training.LoadedModel` in eval mode on ``device`` (default: CUDA when available)."""
+    from transfer.training import load_model
+
+    path = Path(run)
+    if not path.exists():
+        raise DataonomyError(f"--model {run}: no such run folder or model file")
+    if path.is_dir() and not (path / "best.pt").is_file():
+        raise DataonomyError(
+            f"--model {run}: no best.pt in the folder (not a transfer finetune run, or no epoch has finished)"
+        )
+    loaded = load_model(path, _device(device))
+    kind, classes = loaded.record.get("kind"), loaded.record.get("num_classes")
+    if kind != "finetune" or classes != 2:
+        raise DataonomyError(
+            f"--model {run}: a {kind} run with {classes} classes; localisation needs a defect classifier "
+            "fine-tuned with transfer finetune"
+        )
+    return loaded
+
+
+def _device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LocalizeSettings:
+    """How heatmaps are computed: patch side and stride (pixels), ``mode``, and the side patches are resized to
+    before classifying (None: classified at their own size), patches per forward pass, device."""
+
+    patch: int
+    stride: int
+    mode: str
+    input_size: int | None
+    batch_size: int
+    device: str
+
+    @property
+    def heat_kind(self) -> str:
+        """``patch`` (loop and batched give the same numbers) or ``dense``: what a threshold is tied to."""
+        return "dense" if self.mode == "dense" else "patch"
+
+    def heatmap(self, model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:
+        """(H, W) float32 heatmap of one normalised image (3, H, W) on the device."""
+        common = {"input_size": self.input_size, "device": self.device}
+        if self.mode == "loop":
+            heat = L.heatmap_loop(model, image, self.patch, self.stride, **common)
+        elif self.mode == "batched":
+            heat = L.heatmap_batched(model, image, self.patch, self.stride, self.batch_size, **common)
+        else:
+            heat = L.heatmap_dense(model, image, self.patch, self.stride, **common)
+        return heat.numpy()
+
+
+def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettings:
+    from transfer.models import check_image_size
+
+    if mode not in MODES:
+        raise DataonomyError(f"--mode '{mode}': must be one of {', '.join(MODES)}")
+    record = loaded.record
+    patch_trained = record.get("input") == "patch"
+    if patch is None:
+        if not patch_trained:
+            raise DataonomyError(
+                f"--patch: the run {loaded.path} was fine-tuned on whole images, so it has no patch size; give --patch"
+            )
+        patch = int(record["patch_size"])
+    if patch < 1:
+        raise DataonomyError(f"--patch {patch}: must be at least 1")
+    stride = max(1, patch // 2) if stride is None else stride
+    if not 1 <= stride <= patch:
+        raise DataonomyError(
+            f"--stride {stride}: must be between 1 and the patch size {patch} (a larger step leaves pixels "
+            "that no patch covers)"
+        )
+    if batch_size < 1:
+        raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
+    # A patch-trained model saw full-resolution patches: classify patches at their own size, keeping the scale.
+    # An image-trained model saw whole images resized to its input size: give it patches at that size.
+    input_size = None if patch_trained else int(record["input_size"])
+    check_image_size(record["arch"], input_size or patch, "--patch")
+    return LocalizeSettings(patch, stride, mode, input_size, batch_size, str(device))
+
+
+def _image_tensor(loaded, pixels: np.ndarray, device: str) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels -> the model's normalised input (3, H, W) on the device."""
+    tensor = torch.tensor(pixels).permute(2, 0, 1)[None].to(device)  # a copy: decoded pixels are read-only
+    return loaded.normalize(tensor)[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Which images
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    path: Path
+    label: str | None
+    mask: Callable[[], np.ndarray | None]
+
+
+def _dataset_items(dataset: SampleDataset) -> list[_Item]:
+    return [_Item(Path(s.path), s.label, lambda i=i: dataset.mask(i)) for i, s in enumerate(dataset.samples)]
+
+
+def _run_fold(loaded, dagm: str | Path | None, split: str):
+    """A DAGM fold as ``transfer evaluate`` reads it: the run's own seeded split of its own copy (when ``dagm``
+    is None or that copy), else ``split`` of another copy (its Test folders for ``test``)."""
+    from transfer.data import dagm_fold
+
+    config = loaded.config
+    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    try:
+        return dagm_fold(
+            config.dagm if dagm is None else dagm,
+            split,
+            config.classes,
+            config.val_fraction,
+            config.test_fraction if same_copy else 0.0,
+            config.seed,
+            config.labels_root,
+            config.allow_partial,
+        )
+    except DataonomyError as exc:
+        if same_copy and split == "test" and config.test_fraction == 0 and "no DAGM images found" in str(exc):
+            raise DataonomyError(
+                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction), so it has "
+                "no test fold there; pass --dagm with a copy that has Test folders, or --images"
+            ) from None
+        raise
+
+
+def _items(loaded, images, dagm, split) -> tuple[list[_Item], dict]:
+    if images is not None and dagm is not None:
+        raise DataonomyError("--images and --dagm: give one of them, not both")
+    if isinstance(images, SampleDataset):
+        return _dataset_items(images), {"source": "dataset", "root": str(images.root)}
+    if images is not None:
+        spec = images if isinstance(images, str | Path) else [str(p) for p in images]
+        paths = list_images(images)
+        return [_Item(p, None, lambda: None) for p in paths], {"source": "files", "images": spec}
+    fold = _run_fold(loaded, dagm, split)
+    root = str(dagm) if dagm is not None else loaded.config.dagm
+    return _dataset_items(fold), {"source": "dagm", "dagm": root, "split": split}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The threshold
+# --------------------------------------------------------------------------------------------------------------
+
+
+def validation_threshold(
+    loaded, settings: LocalizeSettings, val_limit: int | None = None, progress: bool | None = None
+) -> dict:
+    """The threshold that maximises mean IoU on the run's validation fold, with these heatmap settings.
+
+    Returns ``{"value", "source": "validation", "mean_iou", "dagm", "split", "n_images", "n_defective"}``.
+    ``val_limit`` uses a seeded sample of that many validation images (faster, less exact). Heatmaps are
+    reduced to their mean-IoU curves one image at a time, so memory does not grow with the fold.
+    """
+    fold_description = f"the run's validation fold of {loaded.config.dagm}"
+    try:
+        fold = _run_fold(loaded, None, "val")
+    except DataonomyError as exc:
+        raise DataonomyError(
+            f"threshold: cannot read {fold_description} ({exc}); pass --threshold or --threshold-from"
+        ) from None
+    indices = list(range(len(fold)))
+    if val_limit is not None:
+        if val_limit < 1:
+            raise DataonomyError(f"--val-limit {val_limit}: must be at least 1")
+        indices = seeded_subsample(indices, val_limit, loaded.config.seed, "localize-validation")
+    thresholds = L.DEFAULT_THRESHOLDS
+    curve = np.zeros(len(thresholds))
+    n_defective = 0
+    for i in tqdm(indices, desc="validation heatmaps", disable=_quiet(progress), leave=False):
+        sample = fold.samples[i]
+        pixels = np.asarray(open_image(sample.path, "RGB"))
+        mask = fold.mask(i)
+        _check_fits(sample.path, pixels.shape, settings.patch)
+        heat = settings.heatmap(loaded.model, _image_tensor(loaded, pixels, settings.device))
+        curve += L.mean_iou_by_threshold([heat], [mask], thresholds)
+        n_defective += bool(mask.any())
+    curve /= len(indices)
+    # As choose_threshold: the best mean IoU, ties to the highest threshold (fewest marked pixels).
+    best = curve.size - 1 - int(np.argmax(curve[::-1]))
+    return {
+        "value": float(thresholds[best]),
+        "source": "validation",
+        "mean_iou": float(curve[best]),
+        "dagm": loaded.config.dagm,
+        "split": "val",
+        "n_images": len(indices),
+        "n_defective": n_defective,
+    }
+
+
+def _threshold_from(path: str | Path, model_sha256: str, settings: LocalizeSettings) -> dict:
+    report_path = Path(path)
+    report_path = report_path / REPORT_NAME if report_path.is_dir() else report_path
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataonomyError(f"--threshold-from {path}: no {REPORT_NAME} there") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataonomyError(f"--threshold-from {report_path}: not a readable JSON report ({exc})") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise DataonomyError(f"--threshold-from {report_path}: not a report written by transfer localize")
+    params = report["parameters"]
+    wanted = {
+        "model_sha256": model_sha256,
+        "patch": settings.patch,
+        "stride": settings.stride,
+        "heat_kind": settings.heat_kind,
+    }
+    differ = [f"{k} {params.get(k)!r} (now {v!r})" for k, v in wanted.items() if params.get(k) != v]
+    if differ:
+        raise DataonomyError(
+            f"--threshold-from {report_path}: its threshold was chosen for other settings: {', '.join(differ)}"
+        )
+    return {"value": float(report["threshold"]["value"]), "source": "file", "file": str(report_path)}
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
+
+
+def _check_fits(path: Path, shape: tuple, patch: int) -> None:
+    if patch > min(shape[:2]):
+        raise DataonomyError(f"--patch {patch}: larger than image {path} ({shape[1]}x{shape[0]})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _PackedMasks(Sequence):
+    """Boolean masks kept as packed bits (8x smaller), unpacked on access, for the metrics over all images."""
+
+    def __init__(self):
+        self._items: list[tuple[tuple, np.ndarray]] = []
+
+    def append(self, mask: np.ndarray) -> None:
+        self._items.append((mask.shape, np.packbits(mask, axis=None)))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        shape, bits = self._items[index]
+        return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+
+
+def localize_images(
+    model_run: str | Path,
+    images: str | Path | Sequence[str | Path] | SampleDataset | None,
+    out_dir: str | Path,
+    patch: int | None = None,
+    stride: int | None = None,
+    mode: str = "batched",
+    *,
+    dagm: str | Path | None = None,
+    split: str = "test",
+    threshold: float | None = None,
+    threshold_from: str | Path | None = None,
+    val_limit: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 256,
+    device: str | None = None,
+    colormap: str = "inferno",
+    alpha: float = 0.45,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict:
+    """Localise defects in images with a fine-tuned run; write ``out_dir`` (see the module docstring) and return
+    the report that ``out_dir/localize.json`` holds.
+
+    ``images``: a folder, file or glob of image files (unlabelled), a list of files, a dataset
+    (:class:`dataonomy.datasets.SampleDataset`, e.g. a ``DAGM`` fold: labelled where it has masks), or None for a
+    DAGM fold: ``split`` of ``dagm``, or of the run's own copy and seeded split when ``dagm`` is None.
+    ``patch`` defaults to the run's training patch size (patch-trained runs), ``stride`` to half the patch.
+    ``limit``: localise only the first N images. ``threshold``/``threshold_from``/``val_limit``: see the module
+    docstring. ``overwrite``: replace a non-empty ``out_dir``. Every input is checked before anything is
+    written; a bad one raises :class:`DataonomyError` and leaves no output.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataonomyError(f"--out {out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DataonomyError(f"--out {out_dir}: folder is not empty (pass --overwrite to replace it)")
+    if not 0.0 <= alpha <= 1.0:
+        raise DataonomyError(f"--alpha {alpha}: must be in [0, 1]")
+    from matplotlib import colormaps
+
+    if colormap not in colormaps:
+        raise DataonomyError(f"--colormap '{colormap}': not a matplotlib colormap (try inferno or jet)")
+    if threshold is not None and threshold_from is not None:
+        raise DataonomyError("--threshold and --threshold-from: give one of them, not both")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise DataonomyError(f"--threshold {threshold}: must be in [0, 1] (a defect probability)")
+    if limit is not None and limit < 1:
+        raise DataonomyError(f"--limit {limit}: must be at least 1")
+
+    loaded = load_localization_model(model_run, device)
+    settings = _settings(loaded, patch, stride, mode, batch_size, _device(device))
+    items, source = _items(loaded, images, dagm, split)
+    items = items[:limit] if limit is not None else items
+    sizes = check_images([item.path for item in items])
+    for item, (width, height) in zip(items, sizes, strict=True):
+        _check_fits(item.path, (height, width), settings.patch)
+    model_sha256 = _sha256(loaded.path)
+
+    if threshold is not None:
+        chosen = {"value": float(threshold), "source": "given"}
+    elif threshold_from is not None:
+        chosen = _threshold_from(threshold_from, model_sha256, settings)
+    else:
+        chosen = validation_threshold(loaded, settings, val_limit, progress)
+    value = chosen["value"]
+
+    names = _unique_names([item.path for item in items])
+    rows, predictions, truths = [], _PackedMasks(), _PackedMasks()
+    labelled = True
+    with staged_folder(out_dir, overwrite=True) as stage:
+        for item, name in tqdm(
+            list(zip(items, names, strict=True)), desc="localize", disable=_quiet(progress), leave=False
+        ):
+            pixels = np.asarray(open_image(item.path, "RGB"))
+            heat = settings.heatmap(loaded.model, _image_tensor(loaded, pixels, settings.device))
+            predicted = L.binarize(heat, value)
+            truth = item.mask()
+            files = {
+                "heatmap": f"heatmaps/{name}.npy",
+                "overlay": f"overlays/{name}.png",
+                "mask": f"masks/{name}.png",
+            }
+            (stage / "heatmaps").mkdir(exist_ok=True)
+            np.save(stage / files["heatmap"], heat.astype(np.float32))
+            save_png(predicted, stage / files["mask"])
+            save_png(
+                overlay_heatmap(pixels, heat, predicted, truth, colormap, alpha), stage / files["overlay"]
+            )
+            row = {
+                "image": str(item.path),
+                "name": name,
+                "label": item.label,
+                "defect": None if truth is None else bool(truth.any()),
+                "score": float(heat.max()),
+                "defect_pixels": int(predicted.sum()),
+            }
+            if truth is None:
+                labelled = False
+            else:
+                detection = M.detect_defects(predicted, truth)
+                row.update(
+                    iou=M.iou(predicted, truth),
+                    n_defects=detection.n_defects,
+                    n_detected=detection.n_detected,
+                )
+                truths.append(truth)
+            predictions.append(predicted)
+            rows.append({**row, **files})
+        metrics = M.localization_report(predictions, truths) if labelled and rows else None
+        report = finite(
+            {
+                "format": REPORT_FORMAT,
+                "model": str(loaded.path),
+                "arch": loaded.record["arch"],
+                "input": source,
+                "parameters": {
+                    "model_sha256": model_sha256,
+                    "patch": settings.patch,
+                    "stride": settings.stride,
+                    "mode": settings.mode,
+                    "heat_kind": settings.heat_kind,
+                    "input_size": settings.input_size,
+                    "batch_size": settings.batch_size,
+                    "device": settings.device,
+                    "limit": limit,
+                    "colormap": colormap,
+                    "alpha": alpha,
+                    "contours": {"predicted": "deepskyblue", "true": "lime"},
+                    "detection_iou": 0.5,
+                },
+                "threshold": chosen,
+                "metrics": metrics,
+                "images": rows,
+            }
+        )
+        write_json(stage / REPORT_NAME, report)
+    report["files"] = {"folder": str(out_dir), "report": str(out_dir / REPORT_NAME)}
+    return report
+
+
+def format_localize_summary(report: dict) -> str:
+    """A few lines for a terminal: where the threshold came from, the metrics table (labelled images) or the
+    highest-scoring images (unlabelled), and where the files are."""
+    chosen = report["threshold"]
+    origin = {
+        "given": "given",
+        "file": f"from {chosen.get('file')}",
+        "validation": (
+            f"chosen on {chosen.get('n_images')} validation images of {chosen.get('dagm')} "
+            f"by mean IoU ({chosen.get('mean_iou', float('nan')):.3f})"
+        ),
+    }[chosen["source"]]
+    params = report["parameters"]
+    lines = [
+        f"{len(report['images'])} images, patch {params['patch']}, stride {params['stride']}, "
+        f"mode {params['mode']}; threshold {chosen['value']:.3g} ({origin})"
+    ]
+    metrics = report.get("metrics")
+    if metrics:
+        row = {k: (np.nan if v is None else v) for k, v in metrics.items()}
+        row["threshold"] = chosen["value"]
+        row["detected"] = f"{metrics['n_detected']}/{metrics['n_defects']}"
+        lines.append(M.format_table([row], SUMMARY_COLUMNS))
+    else:
+        top = sorted(report["images"], key=lambda r: -r["score"])[:5]
+        lines.append("highest scores:")
+        lines.append(M.format_table(top, ("name", "score", "defect_pixels")))
+    lines.append(f"wrote heatmaps/, overlays/, masks/ and {report['files']['report']}")
+    return "\n".join(lines)
