@@ -362,6 +362,23 @@ def graph_cmd(
         typer.echo(f"wrote {out}")
 
 
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", help="Folder for everything the demo writes (must be new or empty)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data, sampling and training."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Reduced sizes (every stage, less data): about a minute."
+    ),
+):
+    """Run the whole pipeline on built-in synthetic data: select, pretrain, fine-tune, evaluate, localise, root cause."""
+    from dataonomy.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(out, seed) if quick else DemoConfig(out=out, seed=seed)
+    run_demo(cfg, log=typer.echo)
+
+
 @app.command("datasets")
 def datasets_cmd():
     """List the registered dataset readers."""

@@ -394,3 +394,13 @@ def test_inspect_writes_sample_list(dagm_class1_test, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["summary"]["images"] == 575 and data["summary"]["defective"] == 71
     assert "575 images" in capsys.readouterr().out
+
+
+def test_dagm_images_per_class_is_seeded(dagm_class1_test):
+    a = DAGM(dagm_class1_test, images_per_class=50, seed=1)
+    b = DAGM(dagm_class1_test, images_per_class=50, seed=1)
+    c = DAGM(dagm_class1_test, images_per_class=50, seed=2)
+    assert len(a) == 50 and [s.path for s in a.samples] == [s.path for s in b.samples]
+    assert [s.path for s in a.samples] != [s.path for s in c.samples]
+    with pytest.raises(DataonomyError, match="--images-per-class 0"):
+        DAGM(dagm_class1_test, images_per_class=0)

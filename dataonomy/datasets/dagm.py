@@ -30,6 +30,7 @@ from dataonomy.datasets.base import (
     SampleDataset,
     image_size,
     require_dir,
+    seeded_subsample,
     verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
@@ -238,6 +239,8 @@ class DAGM(SampleDataset):
         labels_root: a folder with ``ClassN/{Train,Test}/Label/Labels.txt`` for copies without
             their own labels (the partial Train folders in ../shared/data/dagm).
         allow_partial: accept a Labels.txt that lists images missing on disk (partial copies).
+        images_per_class: keep at most N images per DAGM class of the chosen split, seeded
+            (class-level statistics such as affinities need a sample, not every image).
         skip_bad: decode every image and mask now and drop bad ones with a warning and a count,
             instead of failing on the first.
     """
@@ -252,6 +255,7 @@ class DAGM(SampleDataset):
         seed: int = 0,
         labels_root: str | Path | None = None,
         allow_partial: bool = False,
+        images_per_class: int | None = None,
         skip_bad: bool = False,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
@@ -309,6 +313,17 @@ class DAGM(SampleDataset):
             samples = folds[split]
         if not samples:
             raise DataonomyError(f"{root}: no DAGM images found for split '{split}'")
+        if images_per_class is not None:
+            if images_per_class < 1:
+                raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+            by_class: dict[str, list[Sample]] = {}
+            for s in samples:
+                by_class.setdefault(s.label, []).append(s)
+            samples = [
+                s
+                for label in by_class
+                for s in seeded_subsample(by_class[label], images_per_class, seed, label)
+            ]
         self._check_masks(samples)
         if skip_bad:
             samples = verify_samples(samples, skip_bad, lambda m: warnings.warn(m, stacklevel=3))
