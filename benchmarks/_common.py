@@ -45,7 +45,11 @@ def parser(name: str, description: str, repeats: int = 5) -> argparse.ArgumentPa
         "--repeats", type=int, default=repeats, help="timed rounds per measurement; the median is reported"
     )
     p.add_argument(
-        "--out", type=Path, default=RESULTS / f"{name}.json", help="where to write the JSON results"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"where to write the JSON results (default {RESULTS.relative_to(REPO)}/{name}.json, or"
+        f" {name}-quick.json with --quick, so a smoke run never replaces measured figures)",
     )
     p.add_argument(
         "--threads",
@@ -199,6 +203,8 @@ def finish(name: str, args: argparse.Namespace, device: torch.device, config: di
         "config": config,
         "results": results,
     }
+    if args.out is None:
+        args.out = RESULTS / f"{name}{'-quick' if args.quick else ''}.json"
     print(text)
     write_json(args.out, payload)
     print(f"\nwrote {args.out}")

@@ -131,13 +131,25 @@ def main(argv: list[str] | None = None) -> dict:
                     batch,
                     step_s,
                     record["images_per_s"],
-                    float(np.median(times["short"])) - args.warmup_steps * step_s,
+                    float(np.median(times["short"])),
+                    float(np.median(times["long"])),
                 ]
             )
     text = (
         f"Fine-tuning on {device} (train(), {workers} loader workers); step time = difference of a"
         f" {args.warmup_steps}-step and a {args.warmup_steps + args.steps}-step run, median of {args.repeats}\n"
-        + table(["arch", "input", "batch", "s / step", "images/s", "setup + checkpoint s (approx.)"], rows)
+        + table(
+            [
+                "arch",
+                "input",
+                "batch",
+                "s / step",
+                "images/s",
+                f"{args.warmup_steps}-step run s",
+                f"{args.warmup_steps + args.steps}-step run s",
+            ],
+            rows,
+        )
     )
     config_out = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
     config_out.update(archs=archs, batch_size=batches, workers=workers)

@@ -5,12 +5,14 @@ The three ways compute the heatmap of the same patch grid (``--patch-size`` / ``
 speed is reported as images/s and as a ratio to ``loop`` (median of the per-round ratios):
 
 * ``loop``: ``heatmap_loop``, one patch per forward pass (the reference);
-* ``batched``: ``heatmap_batched``, patches gathered from an ``unfold`` view, ``--batch-size`` per pass;
+* ``batched``: ``heatmap_batched``, patches gathered from an ``unfold`` view, ``--batch-size`` per pass (256,
+  the function's default); every further size in ``--batch-size`` (default 32) is timed too, as ``batched_<n>``;
 * ``dense``: ``heatmap_dense``, the trunk once per image, every patch pooled from its feature map.
 
-Models: ``transfer.models.get_model(arch, 2)`` in eval mode with its own seeded initialisation (the speed does
-not depend on the weights' values): ``small_cnn`` (the CPU demo's patch model) and ``efficientnet_lite0``, both
-at the patch's own size (``--input-size`` resizes patches first, as for a model trained at a fixed size). Images:
+Models: ``transfer.models.build_model(arch, 2, init)`` in eval mode, seeded: ``small_cnn`` (the CPU demo's patch
+model) from its own initialisation, ``efficientnet_lite0`` with its offline ImageNet trunk (with random weights
+its patch probabilities are all equal, which would make the agreement figures blind; the speed does not depend
+on the weights), both with a new two-class head and at the patch's own size (``--input-size`` resizes patches first, as for a model trained at a fixed size). Images:
 real DAGM Class1/Test PNGs, gray replicated to 3 channels, normalised with the architecture's mean/std. The JSON
 also records how closely ``batched`` and ``dense`` agree with ``loop`` on these images.
 
@@ -30,7 +32,7 @@ from _common import DAGM_CLASS1_TEST, finish, interleaved, median_ratio, parser,
 from PIL import Image
 
 from transfer.localize import agreement, heatmap_batched, heatmap_dense, heatmap_loop, patch_grid
-from transfer.models import get_model, model_spec
+from transfer.models import build_model, model_spec
 
 
 def dagm_batch(paths: list[Path], mean, std) -> torch.Tensor:
@@ -48,12 +50,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=4, help="DAGM images per round")
     p.add_argument("--patch-size", type=int, default=64, help="patch side in pixels")
     p.add_argument("--stride", type=int, default=32, help="step between patches")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per pass of the batched method")
+    p.add_argument(
+        "--batch-size",
+        default="256,32",
+        help="patches per pass of the batched method; the first is 'batched', the others 'batched_<n>'",
+    )
     p.add_argument("--input-size", type=int, default=None, help="resize patches to this side (default: keep)")
+    p.add_argument(
+        "--init",
+        default="auto",
+        help="scratch, imagenet, or auto: imagenet where the weights are available offline (efficientnet_lite0)",
+    )
     p.add_argument("--dagm", type=Path, default=DAGM_CLASS1_TEST, help="folder of DAGM images (*.PNG)")
     args = p.parse_args(argv)
     device = setup(args)
     archs = [a for a in args.archs.split(",") if a]
+    batch_sizes = [int(b) for b in str(args.batch_size).split(",") if b]
     if args.quick:
         archs, args.images, args.patch_size, args.stride = ["small_cnn"], 1, 256, 256
 
@@ -63,8 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
     results, rows = {}, []
     for arch in archs:
         spec = model_spec(arch)
+        init = (
+            args.init if args.init != "auto" else ("imagenet" if arch == "efficientnet_lite0" else "scratch")
+        )
         torch.manual_seed(0)
-        model = get_model(arch, 2).to(device).eval()
+        model = build_model(arch, 2, init).to(device).eval()
         images = dagm_batch(files, spec.mean, spec.std).to(device)
         height, width = images.shape[-2:]
         ys, xs = patch_grid(height, width, args.patch_size, args.stride)
@@ -79,7 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
 
         variants = {
             "loop": run("loop", heatmap_loop),
-            "batched": run("batched", heatmap_batched, batch_size=args.batch_size),
+            "batched": run("batched", heatmap_batched, batch_size=batch_sizes[0]),
+            **{f"batched_{b}": run(f"batched_{b}", heatmap_batched, batch_size=b) for b in batch_sizes[1:]},
             "dense": run("dense", heatmap_dense),
         }
         # Warm-up on one image (kernel choice, allocator); the loop is too slow to repeat untimed.
@@ -93,8 +109,9 @@ def main(argv: list[str] | None = None) -> dict:
             "images": n,
             "image_size": [height, width],
             "patches_per_image": len(ys) * len(xs),
+            "init": init,
             **common,
-            "batch_size": args.batch_size,
+            "batch_size": batch_sizes[0],
         }
         for method in variants:
             record[method] = {
@@ -102,14 +119,19 @@ def main(argv: list[str] | None = None) -> dict:
                 "images_per_s": n / float(np.median(times[method])),
                 "ratio_to_loop": median_ratio(times["loop"], times[method]),
             }
-        record["batched_vs_loop"] = agreement(heat["loop"], heat["batched"])
-        record["dense_vs_loop"] = agreement(heat["loop"], heat["dense"])
+        for method in variants:
+            if method != "loop":
+                record[f"{method}_vs_loop"] = agreement(heat["loop"], heat[method])
+        record["loop_heat_std"] = float(heat["loop"].std())  # 0 would make the agreement figures meaningless
         results[arch] = record
         for method in variants:
+            label = (
+                method if not method.startswith("batched") else f"batched ({method[8:] or batch_sizes[0]})"
+            )
             rows.append(
                 [
                     arch,
-                    method,
+                    label,
                     record[method]["images_per_s"],
                     f"{record[method]['ratio_to_loop']:.3g}x",
                     record[f"{method}_vs_loop"]["max_abs_diff"] if method != "loop" else "",
