@@ -93,7 +93,7 @@ def test_features(bench, tmp_path, dagm_class1_test):
 def test_finetune(bench, tmp_path, dagm_class1_test):
     results = run(bench, "finetune", tmp_path, "--dagm", str(dagm_class1_test))
     record = results["small_cnn"]
-    assert record["batch_size"] == 4 and record["input_size"] == 32
+    assert record["batch_size"] == 4 and record["input_size"] == 32 and record["examples"] == "images"
     assert record["amp_used"] is False and record["channels_last_used"] is False
     assert len(record["step_time_runs_s"]) == 1
 
