@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from dataonomy.backbones import resolve_device
+from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -121,7 +122,10 @@ def setup(args: argparse.Namespace) -> torch.device:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats = 1
-    return resolve_device(args.device)
+    try:
+        return resolve_device(args.device)
+    except DataonomyError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def synchronize(device: torch.device) -> None:

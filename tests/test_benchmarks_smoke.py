@@ -101,4 +101,6 @@ def test_finetune(bench, tmp_path, dagm_class1_test):
 def test_bad_option_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench("ahp").main(["--repeats", "0", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="--device cuda:7"):
+        bench("ahp").main(["--device", "cuda:7", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
