@@ -222,8 +222,8 @@ def test_cli_features(dagm_train, tmp_path, capsys, monkeypatch):
         (["--backbone", "efficientnet_lite0", "--dtype", "float64"], "--dtype float64"),
         (["--backbone", "efficientnet_lite0", "--batch-size", "0"], "--batch-size 0"),
         (
-            ["--backbone", "efficientnet_lite0", "--images-per-class", "2"],
-            "--images-per-class is not an option",
+            ["--backbone", "efficientnet_lite0", "--images-per-class", "0"],
+            "--images-per-class 0: must be at least 1",
         ),
     ]
     for extra, message in cases:
