@@ -55,7 +55,7 @@ class DemoConfig:
     pretrain_image_size: int = 64
     finetune_epochs: int = 6
     patch_size: int = 64
-    patch_stride: int = 32
+    patch_stride: int = 64
     # inspection
     heatmap_images: int = 4
     rootcause_images: int = 40
