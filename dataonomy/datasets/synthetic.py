@@ -7,7 +7,7 @@ thousand images take seconds.
 * :func:`make_synthetic_dagm` writes 10 grayscale texture classes in the DAGM Kaggle layout
   (``ClassN/{Train,Test}/NNNN.PNG``, ``Label/Labels.txt``, ``Label/NNNN_label.PNG``) that the ``dagm``
   reader reads. Each class has its own texture (oriented band-pass noise, fibres, radial streaks,
-  rings, grain...) and its own defect kind drawn inside a random ellipse (dark or bright smudge,
+  rings, grain...) and its own defect kind drawn inside a random ellipse (a dark smudge, spot or
   scratch, a local change of texture orientation or frequency). As in DAGM, the label is the ellipse
   rasterised into a 0/255 mask, a weak label that encloses the defect.
 * :func:`make_synthetic_source` writes a labelled pool of 30 texture, pattern and shape classes in
@@ -16,10 +16,11 @@ thousand images take seconds.
   the taxonomy and diversity constraints of the selection mean something; material textures (sand,
   paper, concrete, crack...) resemble the DAGM textures more than designs and shapes do.
 
-Every image depends only on (seed, class, split, index): its random parameters come from its own
-generator, so images are byte-identical across runs and chunk sizes, and growing a split only adds
-images. Geometry is in image units (coordinates in [0, 1), frequencies in cycles per image), so a
-larger ``size`` renders the same pictures at a higher resolution.
+Every image depends only on (seed, class, split, index) and on whether it gets a defect: its random
+parameters come from its own generator, so files are byte-identical across runs and chunk sizes.
+Generation is numpy on the CPU on purpose: it takes seconds, and the same seed gives the same bytes
+on every machine. Geometry is in image units (coordinates in [0, 1), frequencies in cycles per
+image), so a larger ``size`` draws the same kinds of pictures at the same scales, more finely.
 """
 
 from __future__ import annotations
@@ -162,29 +163,17 @@ def voronoi(x: np.ndarray, y: np.ndarray, points: np.ndarray):
     return d1, d2, index
 
 
-def ellipse_radius(size: int, ellipses: Sequence[Ellipse]) -> np.ndarray:
-    """Normalised elliptic radius (n, size, size) in pixels' frame: <= 1 exactly where
-    :func:`~dataonomy.datasets.dagm.rasterize_ellipse` sets the mask."""
+def ellipse_frame(size: int, ellipses: Sequence[Ellipse]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates along each ellipse's major and minor axes, divided by its semi-axes: (u, v),
+    each (n, size, size), with u**2 + v**2 <= 1 inside the ellipse. Same pixel frame and formula as
+    :func:`~dataonomy.datasets.dagm.rasterize_ellipse`, so the mask is exactly ``u**2 + v**2 <= 1``."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    out = np.empty((len(ellipses), size, size), np.float32)
-    for i, e in enumerate(ellipses):
-        dx, dy = xx - e.x, yy - e.y
-        c, s = np.cos(e.angle), np.sin(e.angle)
-        u = (dx * c + dy * s) / max(e.semi_major, 1e-9)
-        v = (-dx * s + dy * c) / max(e.semi_minor, 1e-9)
-        out[i] = np.sqrt(u * u + v * v)
-    return out
-
-
-def _ellipse_frame(size: int, ellipses: Sequence[Ellipse]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates along the major and minor axes, scaled to [-1, 1] inside each ellipse."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     us, vs = [], []
     for e in ellipses:
         dx, dy = xx - e.x, yy - e.y
         c, s = np.cos(e.angle), np.sin(e.angle)
-        us.append((dx * c + dy * s) / e.semi_major)
-        vs.append((-dx * s + dy * c) / e.semi_minor)
+        us.append((dx * c + dy * s) / max(e.semi_major, 1e-9))
+        vs.append((-dx * s + dy * c) / max(e.semi_minor, 1e-9))
     return np.stack(us), np.stack(vs)
 
 
@@ -218,13 +207,13 @@ class DagmTexture:
 
     ``draw(R, size)`` returns the per-image parameters and noise; ``render(p)`` the texture field
     (n, H, W) in units of its standard deviation. Texture-change defects re-render inside the
-    ellipse with ``alter(p, R)``'s parameters (same noise, other orientation or frequency).
+    ellipse with ``alter(p, severity)``'s parameters (same noise, other orientation or frequency).
     ``brightness`` and ``contrast`` map the field to gray levels; ``major`` is the range of the
     ellipse's semi-major axis (fraction of the image side) and ``ratio`` of semi-minor/semi-major.
     """
 
     name: str
-    defect: str  # "dark smudge" | "bright smudge" | "scratch" | "orientation" | "frequency"
+    defect: str  # "smudge" | "scratch" | "orientation" | "frequency"
     draw: Callable
     render: Callable
     brightness: float
@@ -234,6 +223,7 @@ class DagmTexture:
     strength: tuple[float, float] = (1.5, 2.0)
     alter: Callable | None = None
     flatten: float = 0.35  # how much of the texture a smudge hides
+    profile: float = 1.5  # smudge fall-off exponent: smaller gives a flatter top and a sharper rim
 
 
 def _p_crossed(R: PerImageRandom, size: int) -> dict:
@@ -278,8 +268,9 @@ def _r_oriented(p: dict) -> np.ndarray:
     return bandpass_noise(p["w"][0], p["freq"], 0.35, p["ori"], 0.22)
 
 
-def _a_oriented(p: dict) -> dict:
-    return {**p, "ori": p["ori"] + p["turn"]}
+def _a_oriented(p: dict, severity: float) -> dict:
+    turn = np.clip(p["turn"] * severity, -np.pi / 2, np.pi / 2)
+    return {**p, "ori": p["ori"] + turn}
 
 
 def _p_radial(R: PerImageRandom, size: int) -> dict:
@@ -316,8 +307,8 @@ def _r_blotch(p: dict) -> np.ndarray:
     return bandpass_noise(p["w"][0], p["freq"], 0.5) + 0.25 * bandpass_noise(p["w"][1], 40.0, 0.5)
 
 
-def _a_blotch(p: dict) -> dict:
-    return {**p, "freq": p["freq"] * p["finer"]}
+def _a_blotch(p: dict, severity: float) -> dict:
+    return {**p, "freq": p["freq"] * p["finer"] ** severity}
 
 
 def _p_weave(R: PerImageRandom, size: int) -> dict:
@@ -339,8 +330,8 @@ def _r_weave(p: dict) -> np.ndarray:
     return standardize(warp + weft + 0.5 * warp * weft + 0.4 * bandpass_noise(p["w"][2], 45.0, 0.5))
 
 
-def _a_weave(p: dict) -> dict:
-    return {**p, "weft": 0.0}  # one thread direction missing
+def _a_weave(p: dict, severity: float) -> dict:
+    return {**p, "weft": max(0.0, 1.0 - severity)}  # one thread direction fades out
 
 
 def _p_mottle(R: PerImageRandom, size: int) -> dict:
@@ -348,7 +339,7 @@ def _p_mottle(R: PerImageRandom, size: int) -> dict:
 
 
 def _r_mottle(p: dict) -> np.ndarray:
-    return bandpass_noise(p["w"][0], p["freq"], 0.6) + 0.6 * bandpass_noise(p["w"][1], 50.0, 0.4)
+    return standardize(bandpass_noise(p["w"][0], p["freq"], 0.6) + 0.9 * bandpass_noise(p["w"][1], 50.0, 0.4))
 
 
 def _p_brushed(R: PerImageRandom, size: int) -> dict:
@@ -374,7 +365,7 @@ def _p_rings(R: PerImageRandom, size: int) -> dict:
         "centre": 0.5 + 1.4 * np.stack([np.cos(a), np.sin(a)], 1),
         "freq": R.uniform(9, 12),
         "phase": R.uniform(0, 2 * np.pi),
-        "denser": R.uniform(1.7, 2.1),
+        "denser": R.uniform(2.1, 2.5),
         "size": size,
     }
 
@@ -387,82 +378,125 @@ def _r_rings(p: dict) -> np.ndarray:
     return standardize(rings + 0.45 * bandpass_noise(p["w"][1], 40.0, 0.5))
 
 
-def _a_rings(p: dict) -> dict:
-    return {**p, "freq": p["freq"] * p["denser"]}
+def _a_rings(p: dict, severity: float) -> dict:
+    return {**p, "freq": p["freq"] * p["denser"] ** severity}
 
 
 DAGM_TEXTURES: tuple[DagmTexture, ...] = (
     DagmTexture(
         "crossed fine grain",
-        "dark smudge",
+        "smudge",
         _p_crossed,
         _r_crossed,
-        85,
-        26,
-        (0.07, 0.13),
-        (0.5, 1.0),
-        (2.0, 2.6),
-        flatten=0.5,
+        brightness=85,
+        contrast=26,
+        major=(0.08, 0.14),
+        ratio=(0.5, 1.0),
+        strength=(2.5, 3.2),
+        flatten=0.6,
     ),
     DagmTexture(
-        "vertical fibres", "scratch", _p_fibres, _r_fibres, 100, 38, (0.1, 0.2), (0.2, 0.35), (2.5, 3.5)
+        "vertical fibres",
+        "scratch",
+        _p_fibres,
+        _r_fibres,
+        brightness=100,
+        contrast=38,
+        major=(0.1, 0.2),
+        ratio=(0.2, 0.35),
+        strength=(3.5, 4.5),
     ),
     DagmTexture(
         "oriented grain",
         "orientation",
         _p_oriented,
         _r_oriented,
-        120,
-        30,
-        (0.11, 0.19),
-        (0.55, 0.9),
+        brightness=120,
+        contrast=30,
+        major=(0.13, 0.21),
+        ratio=(0.55, 0.9),
         alter=_a_oriented,
     ),
     DagmTexture(
-        "radial streaks", "scratch", _p_radial, _r_radial, 175, 16, (0.1, 0.2), (0.2, 0.35), (3.0, 4.0)
+        "radial streaks",
+        "scratch",
+        _p_radial,
+        _r_radial,
+        brightness=175,
+        contrast=16,
+        major=(0.1, 0.2),
+        ratio=(0.2, 0.35),
+        strength=(4.0, 5.0),
     ),
     DagmTexture(
         "coarse blotches",
         "frequency",
         _p_blotch,
         _r_blotch,
-        110,
-        30,
-        (0.12, 0.2),
-        (0.6, 1.0),
+        brightness=110,
+        contrast=30,
+        major=(0.13, 0.21),
+        ratio=(0.6, 1.0),
         alter=_a_blotch,
     ),
     DagmTexture(
-        "woven threads", "orientation", _p_weave, _r_weave, 95, 30, (0.11, 0.18), (0.6, 1.0), alter=_a_weave
+        "woven threads",
+        "orientation",
+        _p_weave,
+        _r_weave,
+        brightness=95,
+        contrast=30,
+        major=(0.15, 0.23),
+        ratio=(0.6, 1.0),
+        alter=_a_weave,
     ),
     DagmTexture(
         "mottled grain",
-        "bright smudge",
+        "smudge",
         _p_mottle,
         _r_mottle,
-        120,
-        16,
-        (0.07, 0.13),
-        (0.5, 1.0),
-        (2.0, 2.6),
-        flatten=0.8,
+        brightness=120,
+        contrast=20,
+        major=(0.05, 0.09),
+        ratio=(0.5, 1.0),
+        strength=(3.5, 4.5),  # the mottle's own shadows reach -3: a fainter stain hides among them
+        flatten=0.9,
+        profile=0.3,  # flat top, sharp rim: unlike the soft mottle
     ),
     DagmTexture(
-        "brushed lines", "scratch", _p_brushed, _r_brushed, 130, 22, (0.05, 0.09), (0.25, 0.4), (3.0, 4.0)
+        "brushed lines",
+        "scratch",
+        _p_brushed,
+        _r_brushed,
+        brightness=130,
+        contrast=22,
+        major=(0.06, 0.1),
+        ratio=(0.25, 0.4),
+        strength=(4.0, 5.0),
     ),
     DagmTexture(
         "fine speckle",
-        "dark smudge",
+        "smudge",
         _p_speckle,
         _r_speckle,
-        140,
-        24,
-        (0.045, 0.07),
-        (0.6, 1.0),
-        (3.0, 4.0),
+        brightness=140,
+        contrast=24,
+        major=(0.05, 0.075),
+        ratio=(0.6, 1.0),
+        strength=(3.5, 4.5),
         flatten=0.6,
     ),
-    DagmTexture("rings", "frequency", _p_rings, _r_rings, 105, 30, (0.12, 0.2), (0.6, 1.0), alter=_a_rings),
+    DagmTexture(
+        "rings",
+        "frequency",
+        _p_rings,
+        _r_rings,
+        brightness=105,
+        contrast=30,
+        major=(0.15, 0.23),
+        ratio=(0.6, 1.0),
+        alter=_a_rings,
+    ),
 )
 
 
@@ -477,8 +511,8 @@ class DagmBatch:
 
 
 def _draw_ellipses(R: PerImageRandom, size: int, tex: DagmTexture) -> list[Ellipse]:
-    a = R.uniform(*tex.major) * size
-    b = np.maximum(a * R.uniform(*tex.ratio), 2.0)
+    a = np.maximum(R.uniform(*tex.major) * size, 2.5)  # a few pixels at least, even in small images
+    b = np.clip(a * R.uniform(*tex.ratio), 2.0, a)
     angle = R.uniform(0, np.pi)
     fx, fy = R.uniform(0, 1), R.uniform(0, 1)
     margin = a + 1  # keep the ellipse (and so the defect) inside the image
@@ -488,27 +522,35 @@ def _draw_ellipses(R: PerImageRandom, size: int, tex: DagmTexture) -> list[Ellip
 
 
 def _apply_defects(
-    tex: DagmTexture, p: dict, field: np.ndarray, ellipses: list[Ellipse], strength: np.ndarray, bend
+    tex: DagmTexture,
+    p: dict,
+    field: np.ndarray,
+    ellipses: list[Ellipse],
+    strength: np.ndarray,
+    bend: np.ndarray,
+    severity: float,
 ) -> np.ndarray:
     """The texture field with each image's defect drawn inside its ellipse (unchanged outside)."""
+    strength = strength * severity
     size = field.shape[-1]
-    r = ellipse_radius(size, ellipses)
-    if tex.defect in ("dark smudge", "bright smudge"):
-        bump = np.clip(1 - r * r, 0, 1) ** 1.5
-        sign = -1.0 if tex.defect == "dark smudge" else 1.0
-        # A stain: shifts the gray level and hides some of the texture.
-        return field * (1 - tex.flatten * bump) + sign * _col(strength) * bump
+    u, v = ellipse_frame(size, ellipses)
+    r = np.sqrt(u * u + v * v).astype(np.float32)  # the defect weights below vanish at r >= 1
+    # Smudges and scratches are dark: with bright ones among them a small CNN trained for a few
+    # epochs learns the dark ones and leaves the bright ones at chance (measured on this data).
+    if tex.defect == "smudge":
+        bump = np.clip(1 - r * r, 0, 1) ** tex.profile
+        # A stain: darkens and hides some of the texture.
+        return field * (1 - tex.flatten * bump) - _col(strength) * bump
     if tex.defect == "scratch":
-        u, v = _ellipse_frame(size, ellipses)
         semi_minor = _col([e.semi_minor for e in ellipses])
         curve = _col(bend) * (u * u - 1 / 3)  # a gently curved streak along the major axis
         distance_px = np.abs(v - curve) * semi_minor
-        width_px = max(0.75, 0.008 * size)
+        width_px = max(0.75, 0.011 * size)
         line = np.exp(-((distance_px / width_px) ** 2)) * np.clip((0.85 - np.abs(u)) / 0.15, 0, 1)
         line *= np.clip((1 - r) / 0.1, 0, 1)
         return field - _col(strength) * line
-    altered = tex.render(tex.alter(p))
-    weight = np.clip((1 - r) / 0.35, 0, 1)
+    altered = tex.render(tex.alter(p, severity))
+    weight = np.clip((1 - r) / 0.3, 0, 1)
     return field * (1 - weight) + altered * weight
 
 
@@ -535,13 +577,16 @@ def render_dagm_class(
     start: int = 0,
     defective: Sequence[bool] | np.ndarray | None = None,
     ellipses: Sequence[Ellipse | None] | None = None,
+    severity: float = 1.0,
 ) -> DagmBatch:
     """Render ``count`` images of synthetic DAGM class ``class_number`` (1-10).
 
     Image ``i`` depends only on (seed, class_number, stream, start + i). ``defective`` (count,)
     says which images get a defect in their own random ellipse; ``ellipses`` instead gives each
     image's ellipse explicitly (None: defect-free), e.g. the same ellipse in a run of images to
-    mimic a systematic defect. The defect-free rendering of every image comes back too.
+    mimic a systematic defect. ``severity`` scales how far a defect departs from the texture
+    (smudge and scratch contrast, the change of orientation or frequency): below 1 is subtler, above
+    1 easier. The defect-free rendering of every image comes back too.
     """
     tex = dagm_texture(class_number)
     R = PerImageRandom((seed, _DAGM_STREAM, class_number, stream), start, count)
@@ -564,7 +609,7 @@ def render_dagm_class(
     idx = np.array([i for i, e in enumerate(ellipses) if e is not None], dtype=np.int64)
     if len(idx):
         defect_field[idx] = _apply_defects(
-            tex, _subset(p, idx), field[idx], [ellipses[i] for i in idx], strength[idx], bend[idx]
+            tex, _subset(p, idx), field[idx], [ellipses[i] for i in idx], strength[idx], bend[idx], severity
         )
 
     def to_gray(f: np.ndarray) -> np.ndarray:
@@ -661,6 +706,7 @@ def make_synthetic_dagm(
     defect_fraction: float = 0.18,
     size: int = 128,
     seed: int = 0,
+    severity: float = 1.0,
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic DAGM dataset in the Kaggle layout; return ``out``.
@@ -679,6 +725,8 @@ def make_synthetic_dagm(
         raise DataonomyError(f"--images-per-split {images_per_split}: at most 4999 (4-digit DAGM file names)")
     if not 0.0 <= defect_fraction <= 1.0:
         raise DataonomyError(f"--defect-fraction {defect_fraction}: must be in [0, 1]")
+    if not 0.0 < severity <= 4.0:
+        raise DataonomyError(f"--severity {severity}: must be in (0, 4]")
     n_defective = int(round(defect_fraction * images_per_split))
     record = {
         "generator": "dataonomy.datasets.synthetic.make_synthetic_dagm",
@@ -689,6 +737,7 @@ def make_synthetic_dagm(
             "defect_fraction": defect_fraction,
             "size": size,
             "seed": seed,
+            "severity": severity,
         },
         "classes": {},
         "ellipses": {},
@@ -720,6 +769,7 @@ def make_synthetic_dagm(
                         stream=stream,
                         start=start,
                         defective=flags[start : start + count],
+                        severity=severity,
                     )
                     for j in range(count):
                         ident = f"{first_id + start + j:04d}"
