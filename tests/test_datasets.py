@@ -351,11 +351,20 @@ def test_bad_option_for_reader(tiny_imagenet, tmp_path, capsys):
 # --- CLIs ------------------------------------------------------------------------------------
 
 
-def _subcommands(app) -> dict[str, str]:
+def _commands(app) -> dict:
+    """Every command of a typer app, sub-groups included, as {"group sub": click command}."""
     import typer.main
 
-    group = typer.main.get_command(app)
-    return {name: (cmd.get_short_help_str(limit=200) or "") for name, cmd in group.commands.items()}
+    found = {}
+
+    def walk(group, prefix):
+        for name, cmd in group.commands.items():
+            found[f"{prefix}{name}"] = cmd
+            if hasattr(cmd, "commands"):
+                walk(cmd, f"{prefix}{name} ")
+
+    walk(typer.main.get_command(app), "")
+    return found
 
 
 @pytest.mark.parametrize("app", [dataonomy_app, transfer_app], ids=["dataonomy", "transfer"])
@@ -363,24 +372,18 @@ def test_help_lists_every_subcommand(app, capsys):
     code = run_app(app, ["--help"])
     out = capsys.readouterr().out
     assert code == 0
-    commands = _subcommands(app)
+    commands = _commands(app)
     assert commands
-    for name, short in commands.items():
-        assert name in out
-        assert short.strip(), f"subcommand {name} has no one-line description"
-    for name in commands:
-        run_app(app, [name, "--help"])
-        sub = capsys.readouterr().out
-        # Every option of every subcommand explains itself.
-        import typer.main
-
-        cmd = typer.main.get_command(app).commands[name]
+    for name, cmd in commands.items():
+        if " " not in name:
+            assert name in out
+        assert (cmd.get_short_help_str(limit=200) or "").strip(), f"{name} has no one-line description"
+        assert run_app(app, [*name.split(), "--help"]) == 0
+        assert "Usage" in capsys.readouterr().out
+        # Every option of every (sub)command explains itself.
         for param in cmd.params:
-            if param.name != "help" and getattr(param, "help", None) is not None:
-                assert param.help.strip()
-            elif param.name != "help":
+            if param.name != "help" and not (getattr(param, "help", None) or "").strip():
                 pytest.fail(f"{name} option {param.name} has no help text")
-        assert "Usage" in sub
 
 
 def test_inspect_writes_sample_list(dagm_class1_test, tmp_path, capsys):

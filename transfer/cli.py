@@ -538,7 +538,11 @@ def localize_cmd(
         help="Choose the threshold on a seeded sample of N validation images (default: the whole fold).",
     ),
     limit: int = typer.Option(None, "--limit", help="Localise only the first N images."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Patches per forward pass (batched mode)."),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="Patches per forward pass (batched mode); default 256 on a GPU, 32 on a CPU.",
+    ),
     colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
     alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),

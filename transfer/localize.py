@@ -159,26 +159,35 @@ def heatmap_loop(
     return heat[0] if single else heat
 
 
+def default_patch_batch(device) -> int:
+    """Patches per forward pass: large batches feed a GPU; on a CPU, 32 measured about 3x faster than 256
+    (benchmarks/bench_heatmap.py, docs/benchmarks.md), since a small batch stays in cache."""
+    return 256 if torch.device(device).type == "cuda" else 32
+
+
 def heatmap_batched(
     model: nn.Module,
     images,
     patch_size: int,
     stride: int,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     input_size: int | None = None,
     device=None,
 ) -> torch.Tensor:
     """The :func:`heatmap_loop` heatmap, with patches classified ``batch_size`` at a time.
 
+    ``batch_size`` defaults to :func:`default_patch_batch` for the model's device.
+
     Patches are gathered from a strided ``unfold`` view of the images (no copy until a batch is taken), and
     assembled with :func:`assemble`. Same arguments and result as :func:`heatmap_loop`.
     """
+    device = _model_device(model, device)
+    batch_size = default_patch_batch(device) if batch_size is None else batch_size
     if batch_size < 1:
         raise DataonomyError(f"--batch-size must be at least 1, got {batch_size}")
     batch, single = _as_batch(images)
     n, _, height, width = batch.shape
     ys, xs = patch_grid(height, width, patch_size, stride)
-    device = _model_device(model, device)
     batch = batch.to(device)
     # (N, C, H-p+1, W-p+1, p, p): every possible patch, as a view.
     windows = batch.unfold(2, patch_size, 1).unfold(3, patch_size, 1)

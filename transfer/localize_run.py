@@ -169,6 +169,8 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
             f"--stride {stride}: must be between 1 and the patch size {patch} (a larger step leaves pixels "
             "that no patch covers)"
         )
+    if batch_size is None:
+        batch_size = L.default_patch_batch(device)
     if batch_size < 1:
         raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
     # A patch-trained model saw full-resolution patches: classify patches at their own size, keeping the scale.
@@ -379,7 +381,7 @@ def localize_images(
     threshold_from: str | Path | None = None,
     val_limit: int | None = None,
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str | None = None,
     colormap: str = "inferno",
     alpha: float = 0.45,
