@@ -29,6 +29,27 @@ def _app() -> None:
     """Keep subcommands as subcommands even while a group has only one."""
 
 
+_DEVICE_HELP = "Device (cpu, cuda, cuda:1); default cuda when available. Under torchrun each process takes its LOCAL_RANK GPU."
+_WORKERS_HELP = "Data-loader worker processes (default 4 with CUDA, else 0)."
+_STOP_HELP = "Stop after N steps in this invocation, saving a checkpoint (for time-limited job slots); continue with --resume."
+
+# Options shared by several commands (one definition, one help text).
+AmpOpt = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA.")
+ChannelsLastOpt = typer.Option(
+    True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
+)
+ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+TrainDeviceOpt = typer.Option(None, "--device", help=_DEVICE_HELP)
+TrainWorkersOpt = typer.Option(None, "--workers", help=_WORKERS_HELP)
+StopAfterStepsOpt = typer.Option(None, "--stop-after-steps", help=_STOP_HELP)
+LabelsRootOpt = typer.Option(
+    None, "--labels-root", help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels."
+)
+AllowPartialOpt = typer.Option(
+    False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
+)
+
+
 @app.command("split")
 def split_cmd(
     dagm: Path = typer.Option(
@@ -47,14 +68,8 @@ def split_cmd(
         help="Carve a test fold from the images found (for copies without a Test split).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
-    labels_root: Path = typer.Option(
-        None,
-        "--labels-root",
-        help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
-    ),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
-    ),
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
 ):
     """Write the seeded, stratified train/validation(/test) split of a DAGM copy that fine-tuning uses."""
     folds = {}
@@ -131,11 +146,6 @@ def _runtime(device, workers, stop_after_steps):
     return Runtime(device=device, num_workers=workers, stop_after_steps=stop_after_steps)
 
 
-_DEVICE_HELP = "Device (cpu, cuda, cuda:1); default cuda when available. Under torchrun each process takes its LOCAL_RANK GPU."
-_WORKERS_HELP = "Data-loader worker processes (default 4 with CUDA, else 0)."
-_STOP_HELP = "Stop after N steps in this invocation, saving a checkpoint (for time-limited job slots); continue with --resume."
-
-
 @app.command("pretrain")
 def pretrain_cmd(
     ctx: typer.Context,
@@ -187,10 +197,8 @@ def pretrain_cmd(
     augment: bool = typer.Option(
         True, "--augment/--no-augment", help="Random resized crops and flips (off: centre crops)."
     ),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
-    channels_last: bool = typer.Option(
-        True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
-    ),
+    amp: bool = AmpOpt,
+    channels_last: bool = ChannelsLastOpt,
     sync_bn: bool = typer.Option(
         False, "--sync-bn", help="Synchronise batch norm across torchrun processes."
     ),
@@ -200,12 +208,10 @@ def pretrain_cmd(
         help="Save a checkpoint every N steps.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of data order, augmentation and initialisation."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint."
-    ),
-    device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
-    workers: int = typer.Option(None, "--workers", help=_WORKERS_HELP),
-    stop_after_steps: int = typer.Option(None, "--stop-after-steps", help=_STOP_HELP),
+    resume: bool = ResumeOpt,
+    device: str = TrainDeviceOpt,
+    workers: int = TrainWorkersOpt,
+    stop_after_steps: int = StopAfterStepsOpt,
 ):
     """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes)."""
     from dataonomy.errors import DataonomyError
@@ -302,14 +308,8 @@ def finetune_cmd(
         "--test-fraction",
         help="Carve a test fold from the images found first (for one folder such as Class1/Test).",
     ),
-    labels_root: Path = typer.Option(
-        None,
-        "--labels-root",
-        help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
-    ),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
-    ),
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
     patches: bool = typer.Option(
         False, "--patches", help="Train on full-resolution patches (for localisation)."
     ),
@@ -340,22 +340,18 @@ def finetune_cmd(
     augment: bool = typer.Option(
         True, "--augment/--no-augment", help="Flips, 90-degree rotations, brightness/contrast, noise."
     ),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
-    channels_last: bool = typer.Option(
-        True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
-    ),
+    amp: bool = AmpOpt,
+    channels_last: bool = ChannelsLastOpt,
     checkpoint_every: int = typer.Option(
         _default(FinetuneConfig, "checkpoint_every"),
         "--checkpoint-every",
         help="Save a checkpoint every N steps.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, data order, augmentation and new head."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint."
-    ),
-    device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
-    workers: int = typer.Option(None, "--workers", help=_WORKERS_HELP),
-    stop_after_steps: int = typer.Option(None, "--stop-after-steps", help=_STOP_HELP),
+    resume: bool = ResumeOpt,
+    device: str = TrainDeviceOpt,
+    workers: int = TrainWorkersOpt,
+    stop_after_steps: int = StopAfterStepsOpt,
 ):
     """Fine-tune every layer of a base model to defect / no defect on DAGM; store the validation threshold."""
     from dataonomy.errors import DataonomyError
@@ -430,14 +426,8 @@ def evaluate_cmd(
         None, "--dagm", help="DAGM copy to evaluate on (default: the run's own, with its own split)."
     ),
     split: str = typer.Option("test", "--split", help="Fold to evaluate: test, val, train, trainval or all."),
-    labels_root: Path = typer.Option(
-        None,
-        "--labels-root",
-        help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
-    ),
-    allow_partial: bool = typer.Option(
-        False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
-    ),
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or patches) per forward pass."),
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
