@@ -16,7 +16,7 @@ from dataonomy.affinity import list_affinities
 from dataonomy.backbones import list_backbones
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.datasets import list_datasets
-from dataonomy.datasets.options import open_dataset
+from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 
@@ -73,17 +73,11 @@ def inspect_cmd(
     ),
 ):
     """Read a dataset, check it, and print its counts (optionally write its sample list)."""
-    ds = open_dataset(
-        dataset,
-        root,
-        classes=parse_list(classes),
-        split=split,
-        images_per_class=images_per_class,
-        seed=seed if (images_per_class or split in ("train", "val")) else None,
-        labels_root=labels_root,
-        allow_partial=allow_partial,
-        skip_bad=skip_bad,
-    )
+    options = reader_options(
+        classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
+        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad,
+    )  # fmt: skip
+    ds = open_dataset(dataset, root, **options)
     summary = ds.summary()
     typer.echo(
         f"{dataset} at {root}: {summary['images']} images in {len(summary['per_class'])} classes, "
@@ -157,15 +151,10 @@ def features_cmd(
 
     from dataonomy.features import ensure_features
 
-    options = dict(
-        classes=parse_list(classes),
-        split=split,
-        images_per_class=images_per_class,
-        seed=seed if (images_per_class or split in ("train", "val")) else None,
-        labels_root=labels_root,
-        allow_partial=allow_partial,
-        skip_bad=skip_bad,
-    )
+    options = reader_options(
+        classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
+        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad,
+    )  # fmt: skip
     fs = ensure_features(
         dataset,
         root,

@@ -19,6 +19,7 @@ from dataonomy import __version__
 from dataonomy.affinity import AffinityInputs, class_affinity, per_image_scores
 from dataonomy.ahp import ahp_normalize
 from dataonomy.bip import SelectionProblem, SelectionResult, solve_selection
+from dataonomy.datasets.options import reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.features import FeatureSet, ensure_features
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, write_manifest
@@ -134,18 +135,13 @@ def feature_cache_path(
 
 
 def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
-    target = {
-        "classes": cfg.target_classes,
-        "split": cfg.target_split,
-        "labels_root": cfg.target_labels_root,
-        "allow_partial": cfg.target_allow_partial or None,
-        "images_per_class": cfg.target_images_per_class,
-    }
-    if cfg.target_split in ("train", "val") or cfg.target_images_per_class:
-        target["seed"] = cfg.seed
-    source = {"images_per_class": cfg.images_per_class, "seed": cfg.seed if cfg.images_per_class else None}
-    clean = lambda d: {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items() if v is not None}  # noqa: E731
-    return clean(target), clean(source)
+    target = reader_options(
+        classes=cfg.target_classes, split=cfg.target_split, images_per_class=cfg.target_images_per_class,
+        seed=cfg.seed, labels_root=cfg.target_labels_root, allow_partial=cfg.target_allow_partial,
+    )  # fmt: skip
+    source = reader_options(images_per_class=cfg.images_per_class, seed=cfg.seed)
+    # Paths as strings: the options are part of the cache's JSON provenance.
+    return tuple({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()} for d in (target, source))
 
 
 def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:

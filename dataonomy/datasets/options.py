@@ -25,3 +25,31 @@ def open_dataset(name: str, root, **options: Any):
             raise DataonomyError(f"--{key.replace('_', '-')} is not an option of the '{name}' reader")
         kwargs[key] = value
     return reader(root, **kwargs)
+
+
+def reader_options(
+    *,
+    classes: list[str] | None = None,
+    split: str | None = None,
+    images_per_class: int | None = None,
+    seed: int = 0,
+    labels_root=None,
+    allow_partial: bool = False,
+    skip_bad: bool = False,
+) -> dict[str, Any]:
+    """The dataset options a command sets, for :func:`open_dataset` and feature-cache provenance.
+
+    Options left unset are dropped, and so is ``seed`` unless something uses it (sampling, or a seeded
+    train/val split): an unused seed must not change a feature cache's identity.
+    """
+    seeded = bool(images_per_class) or split in ("train", "val")
+    options = {
+        "classes": classes,
+        "split": split,
+        "images_per_class": images_per_class,
+        "seed": seed if seeded else None,
+        "labels_root": labels_root,
+        "allow_partial": allow_partial,
+        "skip_bad": skip_bad,
+    }
+    return {k: v for k, v in options.items() if v is not None and v is not False}
