@@ -88,6 +88,35 @@ def test_dagm_seeded_stratified_split(dagm_class1_test):
     assert len(paths) == len(set(paths)) == 575
 
 
+def test_dagm_kfold_cross_validation_tests_every_image_once(dagm_class1_test):
+    """--folds 3: the three test folds partition Class1/Test, each stratified; train/val split the rest."""
+    tests = []
+    for fold in range(3):
+        parts = {
+            split: DAGM(dagm_class1_test, split=split, folds=3, fold=fold, seed=5)
+            for split in ("train", "val", "test")
+        }
+        paths = {split: {s.path for s in ds.samples} for split, ds in parts.items()}
+        assert len(paths["train"]) + len(paths["val"]) + len(paths["test"]) == 575
+        assert not (paths["train"] & paths["val"]) and not (paths["test"] & (paths["train"] | paths["val"]))
+        assert abs(len(paths["test"]) - 575 / 3) <= 2
+        assert abs(sum(parts["test"].targets) - 71 / 3) <= 1  # the rare defects shared out evenly
+        tests.append(paths["test"])
+    assert set().union(*tests) == {s.path for s in DAGM(dagm_class1_test).samples}
+    assert sum(map(len, tests)) == 575
+    # Same seed, same parts; another seed, other parts.
+    again = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=5)
+    other = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=6)
+    assert {s.path for s in again.samples} == tests[1] != {s.path for s in other.samples}
+    for kwargs, message in (
+        ({"folds": 1}, "--folds 1: must be at least 2"),
+        ({"folds": 3, "fold": 3}, r"--fold 3: must be in 0..2"),
+        ({"folds": 3, "test_fraction": 0.2}, "--folds and --test-fraction"),
+    ):
+        with pytest.raises(DataonomyError, match=message):
+            DAGM(dagm_class1_test, split="test", **kwargs)
+
+
 def test_dagm_2007_layout_rasterises_ellipses(tmp_path, dagm_class1_test):
     src = sorted(dagm_class1_test.glob("*.PNG"))[:4]
     (tmp_path / "Class1").mkdir()

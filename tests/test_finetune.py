@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dataonomy.cli_utils import run_app
+from dataonomy.datasets import DAGM
 from transfer import metrics
 from transfer.cli import app
 from transfer.data import PatchDataset, dagm_fold
@@ -275,3 +276,36 @@ def test_patch_finetune_decides_images_by_their_most_defective_patch(dagm_class1
     images = loaded.normalize(torch.stack([pil_to_tensor(fold[i][0]) for i in (0, 1)]))
     expected = max_patch_scores(loaded.model, images, 32, 240)
     np.testing.assert_allclose([p["score"] for p in predictions[:2]], expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_validation_fold_is_what_finetune_trains_on_and_evaluate_tests(
+    dagm_class1_test, tmp_path, capsys
+):
+    """--folds 3 --fold 1 --split-seed 7: training, validation and test images are the reader's fold 1 of the
+    split seeded 7, whatever --seed (initialisation, order, augmentation) is."""
+    run = tmp_path / "cv"
+    code = run_app(
+        app,
+        [
+            "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm_class1_test),
+            "--folds", "3", "--fold", "1", "--split-seed", "7", "--seed", "2", "--out", str(run), "--patches",
+            "--patch-size", "32", "--patch-stride", "240", "--epochs", "1", "--steps-per-epoch", "2",
+            "--batch-size", "32", "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert run_app(app, ["evaluate", "--model", str(run), "--split", "test", "--device", "cpu"]) == 0
+    tested = {p["path"] for p in json.loads((run / "eval_test.json").read_text())["predictions"]}
+    fold = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=7)
+    assert tested == {str(s.path) for s in fold.samples} and len(tested) == 191
+    capsys.readouterr()
+    for extra, message in (
+        (["--folds", "3", "--fold", "3"], "--fold 3: must be in 0..2"),
+        (["--folds", "3", "--test-fraction", "0.2"], "--folds and --test-fraction"),
+    ):
+        argv = ["finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm_class1_test),
+                "--out", str(tmp_path / "bad"), "--device", "cpu", *extra]  # fmt: skip
+        assert run_app(app, argv) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()

@@ -320,3 +320,59 @@ def test_pretrain_bad_inputs(manifest, tiny_imagenet, tmp_path, capsys):
     # A corrupt checkpoint is a one-line error, not a traceback.
     last_checkpoint_path(tmp_path / "run").write_bytes(b"\x00garbage")
     assert "corrupt or unreadable checkpoint" in run(*out, "--resume")
+
+
+# --- fixed epoch length (equal step budgets across training sets of different sizes) -----------------------------
+
+from transfer.data import SeededTransform  # noqa: E402
+from transfer.training import ResumableSampler  # noqa: E402
+
+
+@pytest.mark.parametrize("epoch_samples", [7, 10, 25])
+def test_fixed_length_epochs_cover_the_set_evenly_and_split_among_processes(epoch_samples):
+    data = list(range(10))
+    whole = ResumableSampler(data, num_replicas=1, rank=0, seed=3, epoch_samples=epoch_samples)
+    whole.set_epoch(2)
+    order = list(whole)
+    assert len(order) == len(whole) == epoch_samples
+    # Each pass over the set is a permutation; pass r of sample i is numbered i + 10 r.
+    for r in range(-(-epoch_samples // 10)):
+        chunk = order[10 * r : 10 * (r + 1)]
+        assert set(chunk) <= set(range(10 * r, 10 * (r + 1))) and len(set(chunk)) == len(chunk)
+    whole.set_epoch(3)
+    assert list(whole) != order  # a fresh order every epoch
+    # Two processes with half the epoch each take disjoint halves of the same global order.
+    parts = []
+    for rank in (0, 1):
+        s = ResumableSampler(data, num_replicas=2, rank=rank, seed=3, epoch_samples=epoch_samples)
+        s.set_epoch(2)
+        parts.append(list(s))
+    assert len(parts[0]) == len(parts[1]) == epoch_samples
+    # Resuming part-way through an epoch continues the same order.
+    whole.set_epoch(2)
+    whole.start = 4
+    assert list(whole) == order[4:]
+
+
+def test_repeated_passes_get_their_own_augmentation():
+    images = [(torch.zeros(3, 8, 8), 0)]
+    noisy = SeededTransform(images, lambda x: x + torch.rand(()), seed=0)
+    first, second, again = noisy[0][0], noisy[1][0], noisy[0][0]
+    assert torch.equal(first, again) and not torch.equal(first, second)
+
+
+def test_steps_per_epoch_gives_equal_step_budgets(manifest, tiny_imagenet, tmp_path):
+    """Pools of 15 and 40 images train for the same steps; stopping and resuming mid-epoch changes nothing."""
+    cpu = Runtime(device="cpu")
+    small = small_config(manifest, tiny_imagenet, images_per_class=3, steps_per_epoch=4, epochs=2)
+    large = small_config(manifest, tiny_imagenet, images_per_class=8, steps_per_epoch=4, epochs=2)
+    for name, config in (("small", small), ("large", large)):
+        summary = train(config, tmp_path / name, runtime=cpu)
+        assert summary["steps"] == 8
+        assert [x["step"] for x in metrics_without_timings(tmp_path / name)] == [4, 8]
+    stopped = train(small, tmp_path / "resumed", runtime=Runtime(device="cpu", stop_after_steps=3))
+    assert stopped["step"] == 3
+    train(small, tmp_path / "resumed", resume=True, runtime=cpu)
+    assert_same_weights(weights(tmp_path / "small" / "best.pt"), weights(tmp_path / "resumed" / "best.pt"))
+    with pytest.raises(DataonomyError, match="--steps-per-epoch 0: must be at least 1"):
+        small_config(manifest, tiny_imagenet, steps_per_epoch=0)

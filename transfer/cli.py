@@ -42,8 +42,22 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from
 TrainDeviceOpt = typer.Option(None, "--device", help=_DEVICE_HELP)
 TrainWorkersOpt = typer.Option(None, "--workers", help=_WORKERS_HELP)
 StopAfterStepsOpt = typer.Option(None, "--stop-after-steps", help=_STOP_HELP)
+StepsPerEpochOpt = typer.Option(
+    None,
+    "--steps-per-epoch",
+    help="Optimiser steps per epoch (default: one pass over the training set). Fixes the step budget, so runs on "
+    "training sets of different sizes train equally long.",
+)
 LabelsRootOpt = typer.Option(
     None, "--labels-root", help="Folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels."
+)
+FoldsOpt = typer.Option(
+    None,
+    "--folds",
+    help="K-fold cross-validation: cut the images found (Train and Test pooled) into K seeded, stratified parts.",
+)
+FoldOpt = typer.Option(
+    0, "--fold", help="With --folds: the part held out as test (0..K-1); train/val split the rest."
 )
 AllowPartialOpt = typer.Option(
     False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
@@ -67,13 +81,15 @@ def split_cmd(
         "--test-fraction",
         help="Carve a test fold from the images found (for copies without a Test split).",
     ),
+    folds: int = FoldsOpt,
+    fold: int = FoldOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
 ):
     """Write the seeded, stratified train/validation(/test) split of a DAGM copy that fine-tuning uses."""
-    folds = {}
-    splits = ("train", "val", "test") if test_fraction > 0 else ("train", "val")
+    lists = {}
+    splits = ("train", "val", "test") if test_fraction > 0 or folds is not None else ("train", "val")
     for split in splits:
         ds = DAGM(
             dagm,
@@ -84,18 +100,22 @@ def split_cmd(
             seed=seed,
             labels_root=labels_root,
             allow_partial=allow_partial,
+            folds=folds,
+            fold=fold,
         )
-        folds[split] = [{"path": str(s.path), "label": s.label, "defect": bool(s.defect)} for s in ds.samples]
-        n_def = sum(r["defect"] for r in folds[split])
-        typer.echo(f"{split}: {len(folds[split])} images, {n_def} defective")
+        lists[split] = [{"path": str(s.path), "label": s.label, "defect": bool(s.defect)} for s in ds.samples]
+        n_def = sum(r["defect"] for r in lists[split])
+        typer.echo(f"{split}: {len(lists[split])} images, {n_def} defective")
     params = {
         "dagm": str(dagm),
         "classes": classes,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "folds": folds,
+        "fold": fold,
         "seed": seed,
     }
-    write_json(out, {"params": params, "folds": folds})
+    write_json(out, {"params": params, "folds": lists})
     typer.echo(f"wrote {out}")
 
 
@@ -163,6 +183,7 @@ def pretrain_cmd(
         "scratch", "--init", help="Initial weights: scratch, imagenet, or a weights/checkpoint file."
     ),
     epochs: int = typer.Option(_default(PretrainConfig, "epochs"), "--epochs", help="Training epochs."),
+    steps_per_epoch: int = StepsPerEpochOpt,
     batch_size: int = typer.Option(
         _default(PretrainConfig, "batch_size"),
         "--batch-size",
@@ -221,6 +242,7 @@ def pretrain_cmd(
         "arch": arch,
         "init": init,
         "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size,
         "lr": lr,
         "momentum": momentum,
@@ -280,6 +302,7 @@ def finetune_cmd(
         help="Architecture for --base imagenet/scratch (default inception_v3; else the base's).",
     ),
     epochs: int = typer.Option(_default(FinetuneConfig, "epochs"), "--epochs", help="Most training epochs."),
+    steps_per_epoch: int = StepsPerEpochOpt,
     batch_size: int = typer.Option(
         _default(FinetuneConfig, "batch_size"),
         "--batch-size",
@@ -307,6 +330,13 @@ def finetune_cmd(
         _default(FinetuneConfig, "test_fraction"),
         "--test-fraction",
         help="Carve a test fold from the images found first (for one folder such as Class1/Test).",
+    ),
+    folds: int = FoldsOpt,
+    fold: int = FoldOpt,
+    split_seed: int = typer.Option(
+        None,
+        "--split-seed",
+        help="Seed of the train/val/test cut (default --seed): several seeds, same folds.",
     ),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
@@ -358,6 +388,7 @@ def finetune_cmd(
 
     options = {
         "epochs": epochs,
+        "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size,
         "lr": lr,
         "momentum": momentum,
@@ -366,6 +397,9 @@ def finetune_cmd(
         "image_size": image_size,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "folds": folds,
+        "fold": fold,
+        "split_seed": split_seed,
         "allow_partial": allow_partial,
         "patches": patches,
         "patch_size": patch_size,

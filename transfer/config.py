@@ -26,7 +26,9 @@ def _option(name: str) -> str:
 class TrainConfig:
     """What every training run shares.
 
-    ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes ``batch_size / W``
+    ``steps_per_epoch`` fixes the length of an epoch (default: one pass over the training set), so that runs on
+    training sets of different sizes take the same number of optimiser steps; a shorter epoch samples the set
+    afresh each time, a longer one passes over it more than once. ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes ``batch_size / W``
     images per step, so the same command gives the same optimisation on any number of processes. ``image_size``
     and ``mean``/``std`` default to the architecture's (:class:`transfer.models.ModelSpec`).
     """
@@ -34,6 +36,7 @@ class TrainConfig:
     kind: str = ""
     arch: str = "inception_v3"
     epochs: int = 30
+    steps_per_epoch: int | None = None
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
@@ -77,6 +80,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must be at least 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise DataonomyError(f"--steps-per-epoch {self.steps_per_epoch}: must be at least 1")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight"):
             if getattr(self, name) < 0:
                 raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must not be negative")
@@ -134,7 +139,9 @@ class FinetuneConfig(TrainConfig):
     """Fine-tuning a base model to defect / no defect on DAGM, every layer trained, the last one replaced.
 
     ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). The folds are the
-    DAGM reader's seeded, stratified ``train``/``val`` (and ``test`` when ``test_fraction`` > 0). With
+    DAGM reader's seeded, stratified ``train``/``val`` (and ``test`` when ``test_fraction`` > 0, or fold ``fold`` of
+    ``folds``-fold cross-validation), cut with ``split_seed`` (default ``seed``: set it to train several seeds on
+    the same folds). With
     ``patches``, training examples are ``patch_size`` crops on a ``patch_stride`` grid at full resolution: a
     patch is defective when at least ``patch_defect_fraction`` of its pixels are in the mask, clean when none
     are, and left out otherwise (its label would be a guess). Early stopping watches ``monitor`` on validation
@@ -149,6 +156,9 @@ class FinetuneConfig(TrainConfig):
     allow_partial: bool = False
     val_fraction: float = 0.2
     test_fraction: float = 0.0
+    folds: int | None = None
+    fold: int = 0
+    split_seed: int | None = None
     epochs: int = 30
     lr: float = 0.01
     batch_size: int = 32
@@ -171,6 +181,15 @@ class FinetuneConfig(TrainConfig):
             raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
         if not 0 <= self.test_fraction < 1:
             raise DataonomyError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
+        if self.folds is not None:
+            if self.folds < 2:
+                raise DataonomyError(f"--folds {self.folds}: must be at least 2")
+            if not 0 <= self.fold < self.folds:
+                raise DataonomyError(
+                    f"--fold {self.fold}: must be in 0..{self.folds - 1} (--folds {self.folds})"
+                )
+            if self.test_fraction > 0:
+                raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
         if self.patience < 1:
             raise DataonomyError(f"--patience {self.patience}: must be at least 1")
         if self.monitor not in MONITORS:

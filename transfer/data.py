@@ -79,6 +79,8 @@ class SeededTransform(Dataset):
     """``dataset[i]`` with ``transform`` applied under a random state seeded by (seed, epoch, i).
 
     Call :meth:`set_epoch` before each epoch (data-loader workers receive a fresh copy of this object per epoch).
+    An index past the end, ``i + r * len(dataset)``, is sample ``i`` on its ``r``-th pass within one epoch (epochs
+    longer than the dataset, :class:`transfer.training.ResumableSampler`): same image, its own augmentation.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int):
@@ -91,7 +93,7 @@ class SeededTransform(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image, target = self.dataset[index]
+        image, target = self.dataset[index % len(self.dataset)]
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also queues a (costly) lazy CUDA seeding per call.
             torch.default_generator.manual_seed(seed_for(self.seed, self.epoch, index))
@@ -207,6 +209,8 @@ def dagm_fold(
     seed: int = 0,
     labels_root: str | Path | None = None,
     allow_partial: bool = False,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> DAGM:
     """One fold of a DAGM copy, as fine-tuning, evaluation and export read it (images as RGB PIL)."""
     return DAGM(
@@ -218,7 +222,44 @@ def dagm_fold(
         seed=seed,
         labels_root=labels_root,
         allow_partial=allow_partial,
+        folds=folds,
+        fold=fold,
     )
+
+
+def run_fold(
+    config,
+    split: str,
+    dagm: str | Path | None = None,
+    labels_root: str | Path | None = None,
+    allow_partial: bool = False,
+    instead: str = "--split val",
+) -> DAGM:
+    """``split`` of the DAGM copy a fine-tuning run (its :class:`transfer.config.FinetuneConfig`) names, cut as
+    the run cut it (its folds, fractions and split seed); ``split`` of another copy (``dagm``) as that copy has it
+    (its Test folders for ``test``). ``instead`` is what the error suggests when the run has no test fold."""
+    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    try:
+        return dagm_fold(
+            config.dagm if dagm is None else dagm,
+            split,
+            config.classes,
+            config.val_fraction,
+            config.test_fraction if same_copy else 0.0,
+            config.split_seed if config.split_seed is not None else config.seed,
+            labels_root if labels_root is not None else config.labels_root,
+            allow_partial or config.allow_partial,
+            config.folds if same_copy else None,
+            config.fold,
+        )
+    except DataonomyError as exc:
+        no_test = same_copy and split == "test" and config.test_fraction == 0 and config.folds is None
+        if no_test and "no DAGM images found" in str(exc):
+            raise DataonomyError(
+                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction or --folds), so "
+                f"it has no test fold there; pass --dagm with a copy that has Test folders, or {instead}"
+            ) from None
+        raise
 
 
 class PatchDataset(Dataset):

@@ -115,7 +115,7 @@ def parity_images(
     for pretrain runs."""
     from torchvision.transforms import v2
 
-    from transfer.data import PatchDataset, dagm_fold, pretrain_folds
+    from transfer.data import PatchDataset, pretrain_folds, run_fold
 
     config, record = loaded.config, loaded.record
     size = record["input_size"]
@@ -129,17 +129,10 @@ def parity_images(
         )
         return loaded.normalize(torch.stack([transform(val[int(i)][0]) for i in pick]))
     same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
-    split = split or ("test" if config.test_fraction > 0 or not same_copy else "val")
-    fold = dagm_fold(
-        config.dagm if dagm is None else dagm,
-        split,
-        config.classes,
-        config.val_fraction,
-        config.test_fraction if same_copy else 0.0,
-        config.seed,
-        config.labels_root,
-        config.allow_partial,
+    split = split or (
+        "test" if config.test_fraction > 0 or config.folds is not None or not same_copy else "val"
     )
+    fold = run_fold(config, split, dagm)
     if record.get("input") == "patch":
         patches = PatchDataset(
             fold, record["patch_size"], record["patch_stride"], config.patch_defect_fraction

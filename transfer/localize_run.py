@@ -203,30 +203,11 @@ def _dataset_items(dataset: SampleDataset) -> list[_Item]:
 
 
 def _run_fold(loaded, dagm: str | Path | None, split: str):
-    """A DAGM fold as ``transfer evaluate`` reads it: the run's own seeded split of its own copy (when ``dagm``
-    is None or that copy), else ``split`` of another copy (its Test folders for ``test``)."""
-    from transfer.data import dagm_fold
+    """A DAGM fold as ``transfer evaluate`` reads it: the run's own split of its own copy (when ``dagm`` is None
+    or that copy), else ``split`` of another copy (its Test folders for ``test``)."""
+    from transfer.data import run_fold
 
-    config = loaded.config
-    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
-    try:
-        return dagm_fold(
-            config.dagm if dagm is None else dagm,
-            split,
-            config.classes,
-            config.val_fraction,
-            config.test_fraction if same_copy else 0.0,
-            config.seed,
-            config.labels_root,
-            config.allow_partial,
-        )
-    except DataonomyError as exc:
-        if same_copy and split == "test" and config.test_fraction == 0 and "no DAGM images found" in str(exc):
-            raise DataonomyError(
-                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction), so it has "
-                "no test fold there; pass --dagm with a copy that has Test folders, or --images"
-            ) from None
-        raise
+    return run_fold(loaded.config, split, dagm, instead="--images")
 
 
 def _items(loaded, images, dagm, split) -> tuple[list[_Item], dict]:

@@ -47,9 +47,9 @@ from transfer.config import FinetuneConfig, PretrainConfig, TrainConfig, config_
 from transfer.data import (
     PatchDataset,
     SeededTransform,
-    dagm_fold,
     pretrain_folds,
     pretrain_transforms,
+    run_fold,
     seed_for,
     texture_transforms,
 )
@@ -152,12 +152,35 @@ class Processes:
 
 
 class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start part-way through an epoch (after ``start`` of its samples)."""
+    """``DistributedSampler`` that can start part-way through an epoch (after ``start`` of its samples), with an
+    optional fixed epoch length.
+
+    ``epoch_samples`` (per process) makes every epoch that long whatever the dataset's size: shorter than the
+    dataset, an epoch is the first part of a fresh seeded permutation; longer, it chains fresh permutations, and
+    the ``r``-th pass over sample ``i`` is yielded as ``i + r * len(dataset)`` so that
+    :class:`transfer.data.SeededTransform` gives it its own augmentation. The order is a function of (seed, epoch).
+    """
 
     start = 0
 
+    def __init__(self, dataset, *, epoch_samples: int | None = None, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.epoch_samples = epoch_samples
+        if epoch_samples is not None:
+            self.num_samples = epoch_samples
+            self.total_size = epoch_samples * self.num_replicas
+
+    def _fixed_length_indices(self) -> list[int]:
+        n = len(self.dataset)
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        passes = -(-self.total_size // n)
+        order = torch.cat([torch.randperm(n, generator=generator) + r * n for r in range(passes)])
+        return order[: self.total_size][self.rank :: self.num_replicas].tolist()
+
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start :])
+        indices = list(super().__iter__()) if self.epoch_samples is None else self._fixed_length_indices()
+        return iter(indices[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
@@ -258,19 +281,7 @@ class FinetuneTask:
     def __init__(self, config: FinetuneConfig):
         self.config = c = config
         self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
-        folds = {
-            split: dagm_fold(
-                c.dagm,
-                split,
-                c.classes,
-                c.val_fraction,
-                c.test_fraction,
-                c.seed,
-                c.labels_root,
-                c.allow_partial,
-            )
-            for split in ("train", "val")
-        }
+        folds = {split: run_fold(c, split) for split in ("train", "val")}
         if c.patches:
             train, val = (
                 PatchDataset(folds[s], c.patch_size, c.patch_stride, c.patch_defect_fraction)
@@ -576,7 +587,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
     if procs.distributed and config.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     sampler = ResumableSampler(
-        task.train_set, num_replicas=procs.world_size, rank=procs.rank, shuffle=True, seed=config.seed
+        task.train_set,
+        num_replicas=procs.world_size,
+        rank=procs.rank,
+        shuffle=True,
+        seed=config.seed,
+        epoch_samples=None if config.steps_per_epoch is None else config.steps_per_epoch * per_process_batch,
     )
     steps_per_epoch = sampler.num_samples // per_process_batch
     if steps_per_epoch == 0:
@@ -1011,25 +1027,7 @@ def evaluate_run(
     if loaded.record.get("kind") != "finetune":
         raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
     config = loaded.config
-    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
-    try:
-        dataset = dagm_fold(
-            config.dagm if dagm is None else dagm,
-            split,
-            config.classes,
-            config.val_fraction,
-            config.test_fraction if same_copy else 0.0,
-            config.seed,
-            labels_root if labels_root is not None else config.labels_root,
-            allow_partial or config.allow_partial,
-        )
-    except DataonomyError as exc:
-        if same_copy and split == "test" and config.test_fraction == 0 and "no DAGM images found" in str(exc):
-            raise DataonomyError(
-                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction), so it has no "
-                "test fold there; pass --dagm with a copy that has Test folders, or --split val"
-            ) from None
-        raise
+    dataset = run_fold(config, split, dagm, labels_root, allow_partial)
     scores = dagm_scores(loaded, dataset, batch_size, num_workers)
     labels = np.asarray(dataset.targets)
     groups = [s.label for s in dataset.samples]

@@ -239,6 +239,10 @@ class DAGM(SampleDataset):
         labels_root: a folder with ``ClassN/{Train,Test}/Label/Labels.txt`` for copies without
             their own labels (the partial Train folders in ../shared/data/dagm).
         allow_partial: accept a Labels.txt that lists images missing on disk (partial copies).
+        folds, fold: K-fold cross-validation of the images found (Train and Test pooled): the images are
+            cut into ``folds`` seeded, stratified parts; part ``fold`` is ``test``, and ``train``/``val`` split
+            the rest by ``val_fraction``. The same seed gives the same parts for every ``fold``, so
+            ``fold`` = 0..K-1 test every image once. Excludes ``test_fraction``.
         images_per_class: keep at most N images per DAGM class of the chosen split, seeded
             (class-level statistics such as affinities need a sample, not every image).
         skip_bad: decode every image and mask now and drop bad ones with a warning and a count,
@@ -257,6 +261,8 @@ class DAGM(SampleDataset):
         allow_partial: bool = False,
         images_per_class: int | None = None,
         skip_bad: bool = False,
+        folds: int | None = None,
+        fold: int = 0,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         image_mode: str = "RGB",
@@ -266,6 +272,13 @@ class DAGM(SampleDataset):
         for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= f < 1.0:
                 raise DataonomyError(f"--{name.replace('_', '-')} {f}: must be in [0, 1)")
+        if folds is not None:
+            if folds < 2:
+                raise DataonomyError(f"--folds {folds}: must be at least 2")
+            if not 0 <= fold < folds:
+                raise DataonomyError(f"--fold {fold}: must be in 0..{folds - 1} (--folds {folds})")
+            if test_fraction > 0:
+                raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
         root = require_dir(Path(root), "DAGM root")
         self.layout, pools = self._discover(root, classes)
         labels_root = Path(labels_root) if labels_root is not None else None
@@ -292,7 +305,13 @@ class DAGM(SampleDataset):
             return out
 
         single_pool = self.layout == "2007" or all(len(p[2]) == 1 and p[2].get("?") for p in pools)
-        if test_fraction > 0 or single_pool:
+        if folds is not None:
+            samples = read("all")
+            parts = stratified_folds(samples, {i: 1.0 / folds for i in range(folds)}, seed)
+            rest = sorted((x for i in range(folds) if i != fold for x in parts[i]), key=lambda x: str(x.path))
+            cut = stratified_folds(rest, {"train": 1 - val_fraction, "val": val_fraction}, seed)
+            samples = {"all": samples, "test": parts[fold], "trainval": rest, **cut}[split]
+        elif test_fraction > 0 or single_pool:
             samples = read("all")
             folds = stratified_folds(
                 samples,
