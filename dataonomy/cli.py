@@ -214,6 +214,11 @@ def select_cmd(
         "--diversity-max",
         help="At most this many selected classes under any one WordNet node at --diversity-depth.",
     ),
+    source_classes: Path = typer.Option(
+        None,
+        "--source-classes",
+        help="File of wnids (one per line) that make up the source pool; default every class found.",
+    ),
     include: list[Path] = typer.Option(
         None, "--include", help="File of wnids that must be selected (one per line); repeatable."
     ),
@@ -261,13 +266,16 @@ def select_cmd(
     top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
 ):
     """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP)."""
-    from dataonomy.selection import SelectConfig, run_selection
+    from dataonomy.selection import SelectConfig, read_wnids, run_selection
 
     cfg = SelectConfig(
         target_root=target_root,
         source_root=source_root,
         target=target,
         source=source,
+        source_classes=[w for _, w in read_wnids(source_classes, "--source-classes")]
+        if source_classes
+        else None,
         target_classes=parse_list(target_classes),
         target_split=target_split,
         target_labels_root=labels_root,

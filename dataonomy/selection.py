@@ -19,7 +19,7 @@ from dataonomy import __version__
 from dataonomy.affinity import AffinityInputs, class_affinity, per_image_scores
 from dataonomy.ahp import ahp_normalize
 from dataonomy.bip import SelectionProblem, SelectionResult, solve_selection
-from dataonomy.datasets.options import reader_options
+from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.features import FeatureSet, ensure_features
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, write_manifest
@@ -39,6 +39,7 @@ class SelectConfig:
     target_split: str | None = None
     target_labels_root: Path | None = None
     target_allow_partial: bool = False
+    source_classes: list[str] | None = None
     images_per_class: int | None = 50
     target_images_per_class: int | None = None
     seed: int = 0
@@ -74,6 +75,9 @@ class SelectionRun:
 
     manifest: dict
     result: SelectionResult
+    source_classes: list[str]
+    target_classes: list[str]
+    affinity: np.ndarray  # AHP-normalised, (targets, sources): what the programme maximised
     raw_affinity: np.ndarray
     consistency: np.ndarray
     report: dict
@@ -100,18 +104,25 @@ def diversity_groups(wnids: list[str], depth: int) -> dict[str, list[int]]:
     return groups
 
 
-def read_class_list(path: Path, known: list[str], option: str) -> list[int]:
-    """A file of wnids (one per line, '#' comments) -> source indices; unknown wnids are an error."""
+def read_wnids(path: Path, option: str) -> list[tuple[int, str]]:
+    """A file of wnids, one per line ('#' starts a comment) -> (line number, wnid) pairs."""
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise DataonomyError(f"{option} {path}: cannot read ({exc})") from None
-    index = {w: i for i, w in enumerate(known)}
     out = []
     for lineno, line in enumerate(lines, start=1):
-        wnid = line.split("#", 1)[0].strip().split()[0] if line.split("#", 1)[0].strip() else ""
-        if not wnid:
-            continue
+        words = line.split("#", 1)[0].split()
+        if words:
+            out.append((lineno, words[0]))
+    return out
+
+
+def read_class_list(path: Path, known: list[str], option: str) -> list[int]:
+    """A file of wnids -> source indices; unknown wnids are an error."""
+    index = {w: i for i, w in enumerate(known)}
+    out = []
+    for lineno, wnid in read_wnids(path, option):
         if wnid not in index:
             raise DataonomyError(f"{option} {path}:{lineno}: '{wnid}' is not a class of the source pool")
         out.append(index[wnid])
@@ -139,7 +150,7 @@ def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
         classes=cfg.target_classes, split=cfg.target_split, images_per_class=cfg.target_images_per_class,
         seed=cfg.seed, labels_root=cfg.target_labels_root, allow_partial=cfg.target_allow_partial,
     )  # fmt: skip
-    source = reader_options(images_per_class=cfg.images_per_class, seed=cfg.seed)
+    source = reader_options(classes=cfg.source_classes, images_per_class=cfg.images_per_class, seed=cfg.seed)
     # Paths as strings: the options are part of the cache's JSON provenance.
     return tuple({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()} for d in (target, source))
 
@@ -152,6 +163,14 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         raise DataonomyError("--diversity-depth and --diversity-max must be given together")
     t0 = time.perf_counter()
     target_opts, source_opts = _dataset_options(cfg)
+
+    # Read the source pool's listing first: a bad --source-root or --source-classes fails now, not after the
+    # target's features.
+    try:
+        open_dataset(cfg.source, cfg.source_root, **source_opts)
+    except DataonomyError as exc:
+        where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
+        raise DataonomyError(f"{where}: {exc}") from None
 
     # 1. Features (cached in HDF5; extracted only where missing).
     feats: dict[str, FeatureSet] = {}
@@ -245,7 +264,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         "wall_time_s": time.perf_counter() - t0,
         "extracted": {"target": tf.extracted, "source": sf.extracted},
     }
-    return SelectionRun(manifest, result, raw, cr, report, out, graph_path)
+    return SelectionRun(manifest, result, source_classes, target_classes, P, raw, cr, report, out, graph_path)
 
 
 def _full_class_counts_from_paths(sf: FeatureSet) -> np.ndarray:

@@ -91,6 +91,34 @@ def test_infeasible_requests_write_nothing(selection, dagm_class1_test, tiny_ima
     assert not out.with_suffix(".graphml").exists()
 
 
+def test_source_classes_restrict_the_pool_and_bad_lists_fail_before_extraction(
+    selection, dagm_class1_test, tiny_imagenet, tmp_path, capsys
+):
+    root, _ = selection
+    wnids = (tiny_imagenet / "wnids.txt").read_text().split()
+    listing = tmp_path / "pool.txt"
+    listing.write_text("# the first 30 classes\n" + "\n".join(wnids[:30]) + "\n")
+    out = tmp_path / "restricted.json"
+    code = _select(dagm_class1_test, tiny_imagenet, root / "cache", out, "--source-classes", str(listing),
+                   "--k", "5", "--coverage", "1", "--diversity-max", "5")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    manifest = read_manifest(out)
+    assert manifest["source"]["classes"] == 30 and manifest["parameters"]["source_classes"] == wnids[:30]
+    assert {e["wnid"] for e in manifest["selected"]} <= set(wnids[:30])
+    capsys.readouterr()
+    listing.write_text(wnids[0] + "\nn99999999\n")
+    code = _select(dagm_class1_test, tiny_imagenet, tmp_path / "fresh_cache", tmp_path / "bad.json",
+                   "--source-classes", str(listing))  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        code == 2 and "--source-classes" in err and "n99999999" in err and len(err.strip().splitlines()) == 1
+    )
+    assert not (tmp_path / "bad.json").exists() and not any((tmp_path / "fresh_cache").glob("*.h5"))
+    code = _select(dagm_class1_test, tiny_imagenet, root / "cache", tmp_path / "bad.json",
+                   "--source-classes", str(tmp_path / "missing.txt"))  # fmt: skip
+    assert code == 2 and "--source-classes" in capsys.readouterr().err
+
+
 def test_graph_command_outputs(selection, tmp_path, capsys):
     _, out = selection
     assert run_app(app, ["graph", str(out)]) == 0
