@@ -185,3 +185,21 @@ def test_cpu_thread_setting_is_restored_and_does_not_change_the_result():
     single = ahp.win_fractions(scores, cpu_threads=1)
     assert torch.get_num_threads() == before
     assert torch.equal(single, ahp.win_fractions(scores, cpu_threads=None))
+
+
+@pytest.mark.parametrize("n", [15, 30])
+def test_random_index_matches_a_monte_carlo_estimate(n):
+    """RI(n) is the mean CI of random reciprocal matrices on Saaty's 1/9..9 scale: estimate it and compare
+    (Saaty's table at n = 15, Alonso & Lamata's fit above)."""
+    from dataonomy.ahp import random_index
+
+    rng = np.random.default_rng(0)
+    scale = np.array([1 / v for v in range(9, 1, -1)] + list(range(1, 10)), dtype=float)
+    upper = np.triu_indices(n, 1)
+    cis = []
+    for _ in range(300):
+        a = np.ones((n, n))
+        values = rng.choice(scale, size=len(upper[0]))
+        a[upper], a[upper[::-1]] = values, 1 / values
+        cis.append((np.linalg.eigvals(a).real.max() - n) / (n - 1))
+    assert random_index(n) == pytest.approx(np.mean(cis), rel=0.02)
