@@ -309,3 +309,34 @@ def test_cross_validation_fold_is_what_finetune_trains_on_and_evaluate_tests(
         assert run_app(app, argv) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
+
+
+def test_patch_runs_choose_the_image_threshold_on_validation_images(dagm_class1_test, tmp_path, capsys):
+    """The stored threshold decides images by their highest patch score, so it is the best threshold for the
+    validation images' scores (what `evaluate --split val` computes), not for the validation patches."""
+    run = tmp_path / "patches"
+    code = run_app(
+        app,
+        [
+            "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm_class1_test),
+            "--test-fraction", "0.2", "--out", str(run), "--patches", "--patch-size", "32", "--patch-stride", "160",
+            "--patch-defect-fraction", "1e-9", "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "32",
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert run_app(app, ["evaluate", "--model", str(run), "--split", "val", "--device", "cpu"]) == 0
+    predictions = json.loads((run / "eval_val.json").read_text())["predictions"]
+    scores = np.array([p["score"] for p in predictions])
+    labels = np.array([p["defect"] for p in predictions])
+    stored = torch.load(run / "best.pt", map_location="cpu", weights_only=True)["threshold"]
+    best = metrics.best_threshold(scores, labels, "balanced_accuracy")
+
+    def balanced(t):
+        c = metrics.confusion(scores, labels, t)
+        return (c.tpr + c.tnr) / 2
+
+    assert balanced(stored) == pytest.approx(balanced(best), abs=1e-9)
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_ap", "val_image_ap", "val_image_auroc", "val_threshold"} <= set(line)
+    assert line["val_threshold"] == pytest.approx(stored)

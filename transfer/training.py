@@ -271,9 +271,11 @@ class PretrainTask:
 class FinetuneTask:
     """Defect / no defect on DAGM, class-weighted cross entropy, early stopping, validation threshold.
 
-    Scores are defect probabilities (softmax of the two logits). With ``patches`` the examples are patches; an
-    image's score is then its highest patch score, so the threshold chosen on validation patches also decides
-    images (an image is defective when any patch is).
+    Scores are defect probabilities (softmax of the two logits). With ``patches`` the examples are patches and
+    an image's score is its highest patch score (an image is defective when any patch is). The stored decision
+    threshold decides images, so it is chosen on the validation images' scores: a threshold chosen on patches
+    sits too low for the maximum over dozens of patches and flags nearly every image. Validation reports the
+    patch metrics (``val_ap``, ``val_auroc``, what early stopping watches) and the image ones (``val_image_*``).
     """
 
     mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
@@ -302,6 +304,10 @@ class FinetuneTask:
         self.train_set = SeededTransform(train, train_tf, c.seed)
         self.val_set = SeededTransform(val, eval_tf, c.seed)
         self.train_targets = np.asarray(train.targets)
+        if c.patches:
+            # Which validation image each patch comes from, and the images' labels: image-level decisions.
+            self.val_patch_image = np.array([i for i, _, _ in val.patches], dtype=np.int64)
+            self.val_image_targets = np.asarray(folds["val"].targets)
         self.classes = ["ok", "defect"]
         self.dagm_classes = sorted({s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
@@ -325,21 +331,35 @@ class FinetuneTask:
             "weight": weights,
         }
 
+    def decision_scores(
+        self, outputs: dict[str, np.ndarray], targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, labels) of the validation images: the examples' own, or each image's highest patch score."""
+        if not self.config.patches:
+            return outputs["score"], targets
+        images = np.zeros(len(self.val_image_targets), dtype=np.float64)  # every image has a clean patch
+        np.maximum.at(images, self.val_patch_image, outputs["score"].astype(np.float64))
+        return images, self.val_image_targets
+
     def val_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict:
         scores = outputs["score"]
-        threshold = M.best_threshold(scores, targets, self.config.threshold_criterion)
-        counts = M.confusion(scores, targets, threshold)
-        return {
+        metrics = {
             "val_loss": float(outputs["weighted_loss"].sum() / outputs["weight"].sum()),
             "val_ap": M.average_precision(scores, targets),
             "val_auroc": M.auroc(scores, targets),
-            "val_threshold": threshold,
-            "val_tpr": counts.tpr,
-            "val_tnr": counts.tnr,
         }
+        images, labels = self.decision_scores(outputs, targets)
+        if self.config.patches:
+            metrics.update(
+                val_image_ap=M.average_precision(images, labels), val_image_auroc=M.auroc(images, labels)
+            )
+        threshold = M.best_threshold(images, labels, self.config.threshold_criterion)
+        counts = M.confusion(images, labels, threshold)
+        return {**metrics, "val_threshold": threshold, "val_tpr": counts.tpr, "val_tnr": counts.tnr}
 
     def best_extras(self, outputs, targets) -> dict:
-        threshold = M.best_threshold(outputs["score"], targets, self.config.threshold_criterion)
+        images, labels = self.decision_scores(outputs, targets)
+        threshold = M.best_threshold(images, labels, self.config.threshold_criterion)
         return {"threshold": threshold, "threshold_criterion": self.config.threshold_criterion}
 
     def model_meta(self) -> dict:
