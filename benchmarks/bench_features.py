@@ -5,8 +5,9 @@ features and the 1000 ImageNet logits of every image), in the same run, interlea
 
 * pipeline: ``dataonomy.features.extract_features(backbone, dataset, batch_size, num_workers)`` as
   ``dataonomy features`` runs it: loader workers decode, resize and crop to uint8 (pinned memory on CUDA),
-  batches of ``--batch-size``, normalisation on the device, channels-last and float16 autocast on CUDA (float32
-  and the contiguous layout on a CPU, where neither helps), the next batch queued before the last is handed over;
+  batches of ``--batch-size``, normalisation on the device, channels-last everywhere, float16 autocast on CUDA
+  (float32 on a CPU, where the forward pass also runs in chunks of ``CPU_FORWARD_CHUNK`` images to stay in
+  cache), the next batch queued before the last is handed over;
 * baseline: for each image in turn, read it, apply the backbone's float preprocessing (``backbone.transform``),
   move it to the device, one float32 forward pass of a contiguous-layout copy of the network, features caught by
   the same hook, results copied back to the host.
@@ -44,7 +45,7 @@ from _common import (
     table,
 )
 
-from dataonomy.backbones import get_backbone, get_backbone_spec
+from dataonomy.backbones import CPU_FORWARD_CHUNK, get_backbone, get_backbone_spec
 from dataonomy.datasets import get_dataset
 from dataonomy.features import default_num_workers, extract_features
 
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
                     **stats(times["pipeline"]),
                     "images_per_s": n / float(np.median(times["pipeline"])),
                     "precision": backbone.precision,
-                    "channels_last": device.type == "cuda",
+                    "channels_last": True,
+                    "cpu_forward_chunk": None if device.type == "cuda" else CPU_FORWARD_CHUNK,
                     "batch_size": args.batch_size,
                     "workers": workers,
                 },
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
     text = (
         f"Feature extraction on {device}: pipeline (batch {args.batch_size}, {workers} workers, "
-        f"{'float16 autocast, channels-last' if device.type == 'cuda' else 'float32'}) vs one image at a time "
+        f"{'float16 autocast, channels-last' if device.type == 'cuda' else f'float32, channels-last, forward in chunks of {CPU_FORWARD_CHUNK}'}) "
+        "vs one image at a time "
         f"(float32, contiguous); median of {args.repeats} interleaved rounds\n"
         + table(
             [

@@ -256,8 +256,9 @@ def test_torchrun_two_ranks_equal_one_process(dagm_train, tmp_path):
     assert result.stdout.count("5 images, 1280-d features") == 1  # rank 0 reports
     merged = load_features(out)
     assert merged.paths == single.paths and merged.provenance == single.provenance
-    np.testing.assert_allclose(merged.features, single.features, atol=1e-5)
-    np.testing.assert_allclose(merged.logits, single.logits, atol=1e-5)
+    # float32 rounding only: each rank runs oneDNN with its own thread count, so sums are ordered differently
+    np.testing.assert_allclose(merged.features, single.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(merged.logits, single.logits, rtol=1e-5, atol=1e-5)
     runs = json.loads(merged.attrs["runs"])
     assert sorted((r["rank"], r["world_size"], r["images"]) for r in runs) == [(0, 2, 3), (1, 2, 2)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "two.h5"]
