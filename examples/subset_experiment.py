@@ -314,7 +314,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     saved = cfg.out / "experiment_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+    # More --seeds only adds runs (seed s's runs do not depend on how many seeds there are): allowed.
+    same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "seeds"}
+    if saved.exists() and {k: v for k, v in json.loads(saved.read_text()).items() if k != "seeds"} != same:
         raise DataonomyError(
             f"--out {cfg.out}: holds an experiment with other parameters; choose another folder"
         )

@@ -83,11 +83,17 @@ def test_rerun_skips_finished_runs_and_reproduces_the_results(experiment):
     assert time.perf_counter() - started < first_seconds  # nothing retrained
     after = json.loads((out / "results.json").read_text())
     assert after["runs"] == before["runs"] and after["table"] == before["table"]
+    # More seeds extend the experiment: the finished seeds' runs are kept as they are.
+    more = run_script("--quick", "--seeds", "3", "--out", str(out))
+    assert more.returncode == 0, more.stderr[-3000:]
+    extended = json.loads((out / "results.json").read_text())
+    assert [r for r in extended["runs"] if r["seed"] < 2] == before["runs"]
+    assert {e["runs"] for e in extended["table"]} == {3}
 
 
 def test_bad_options_and_a_changed_experiment_are_refused(experiment, tmp_path):
     out, _ = experiment
     bad = run_script("--quick", "--targets", "mvtec", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--targets mvtec" in bad.stderr
-    changed = run_script("--quick", "--seeds", "2", "--k", "5", "--out", str(out))
+    changed = run_script("--quick", "--k", "5", "--out", str(out))
     assert changed.returncode == 2 and "other parameters" in changed.stderr
