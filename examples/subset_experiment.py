@@ -432,9 +432,27 @@ def summarize(cfg: ExperimentConfig, rows: list[dict], selections: dict) -> dict
         x, y = [r["subset_affinity"] for r in runs], [r["ap"] for r in runs]
         rho, p = spearmanr(x, y) if len(set(x)) > 1 and len(set(y)) > 1 else (float("nan"), float("nan"))
         correlation[t] = {"spearman_rho": _finite(rho), "p_value": _finite(p), "runs": len(runs)}
+    # Paired by seed (same folds, same initialisation seed): each condition against the Dataonomy selection.
+    from scipy.stats import wilcoxon
+
+    paired = {}
+    for t in cfg.targets:
+        ours = {r["seed"]: r["ap"] for r in rows if r["target"] == t and r["condition"] == "dataonomy"}
+        for condition in CONDITIONS[1:]:
+            other = {r["seed"]: r["ap"] for r in rows if r["target"] == t and r["condition"] == condition}
+            seeds = sorted(set(ours) & set(other))
+            diff = np.array([ours[s] - other[s] for s in seeds])
+            p = wilcoxon(diff).pvalue if len(diff) > 1 and np.any(diff != 0) else float("nan")
+            paired[f"{t}/{condition}"] = {
+                "seeds": len(seeds),
+                "mean_ap_difference": float(diff.mean()) if len(diff) else None,
+                "dataonomy_better": int((diff > 0).sum()),
+                "wilcoxon_p": _finite(p),
+            }
     return {
         "config": cfg.to_dict(),
         "table": table,
+        "dataonomy_vs": paired,
         "affinity_vs_ap": correlation,
         "selections": {t: {k: v for k, v in s.items() if k != "affinity"} for t, s in selections.items()},
         "runs": rows,
@@ -461,6 +479,16 @@ def format_results(results: dict) -> str:
         aff = f"{e['subset_affinity']:.4f}" if e["subset_affinity"] is not None else "-"
         cells = " | ".join(_fmt(e[m]) for m in METRICS)
         lines.append(f"| {e['target']} | {e['condition']} | {e['runs']} | {aff} | {cells} |")
+    lines.append("")
+    lines.append(
+        "Test AP of the Dataonomy selection minus each other condition's, paired by seed (Wilcoxon signed-rank):"
+    )
+    for key, c in results["dataonomy_vs"].items():
+        p = "n/a" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3f}"
+        lines.append(
+            f"- {key}: {c['mean_ap_difference']:+.3f} on average, Dataonomy better on {c['dataonomy_better']} of "
+            f"{c['seeds']} seeds (p = {p})"
+        )
     lines.append("")
     lines.append(
         "Spearman rank correlation between a pretraining subset's mean class affinity and the test AP:"

@@ -69,6 +69,8 @@ def test_every_condition_runs_with_equal_steps(experiment):
     ]  # fmt: skip
     assert tested[0] and tested[1] and not tested[0] & tested[1]
     assert {c for c in results["affinity_vs_ap"]} == {"dagm-class1", "synthetic"}
+    paired = results["dataonomy_vs"]["synthetic/random"]
+    assert paired["seeds"] == 2 and 0 <= paired["dataonomy_better"] <= 2
     for name in ("results.md", "results.png", "experiment_config.json"):
         assert (out / name).stat().st_size > 0
     assert "| dagm-class1 | dataonomy | 2 |" in (out / "results.md").read_text()
