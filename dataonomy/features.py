@@ -625,6 +625,7 @@ def ensure_features(
     overwrite: bool = False,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    dataset=None,
 ) -> FeatureSet:
     """The features of a dataset in the cache ``out``: reused when complete, else extracted or resumed.
 
@@ -632,6 +633,8 @@ def ensure_features(
     ``device`` only if something needs computing). ``dataset_options`` go to ``open_dataset``.
     ``overwrite`` replaces a complete or partial cache made for other inputs instead of refusing.
     Under torchrun each rank extracts its shard and rank 0 merges them; every rank returns the set.
+    ``dataset``: the reader already opened from (``dataset_name``, ``root``, ``dataset_options``), so that a
+    caller that checked its inputs first does not list a large pool twice.
     """
     if dtype not in STORAGE_DTYPES:
         raise DataonomyError(f"--dtype {dtype}: must be one of {', '.join(STORAGE_DTYPES)}")
@@ -644,7 +647,8 @@ def ensure_features(
         raise DataonomyError(f"--out {out}: the .partial suffix is reserved for interrupted extractions")
     if out.is_dir():
         raise DataonomyError(f"--out {out}: is a folder, expected a file name such as features.h5")
-    dataset = open_dataset(dataset_name, root, **(dataset_options or {}))
+    if dataset is None:
+        dataset = open_dataset(dataset_name, root, **(dataset_options or {}))
     if isinstance(backbone, Backbone):
         description = backbone.describe()
 

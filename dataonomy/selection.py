@@ -164,10 +164,11 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     t0 = time.perf_counter()
     target_opts, source_opts = _dataset_options(cfg)
 
-    # Read the source pool's listing first: a bad --source-root or --source-classes fails now, not after the
-    # target's features.
+    # Both listings first, so that a bad --source-root or --source-classes fails now, not after the target's
+    # features; the readers then go to feature extraction, which would otherwise list them again.
+    readers = {"target": open_dataset(cfg.target, cfg.target_root, **target_opts)}
     try:
-        open_dataset(cfg.source, cfg.source_root, **source_opts)
+        readers["source"] = open_dataset(cfg.source, cfg.source_root, **source_opts)
     except DataonomyError as exc:
         where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
         raise DataonomyError(f"{where}: {exc}") from None
@@ -190,6 +191,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
             device=cfg.device,
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
+            dataset=readers[role],
         )
         log(f"[features] {role}: {len(feats[role])} images, {feats[role].extracted} extracted now")
     tf, sf = feats["target"], feats["source"]

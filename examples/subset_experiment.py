@@ -338,8 +338,9 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     # Equal steps: one epoch is one pass over k classes' training images, for every subset (and for "all").
     from transfer.data import pretrain_folds
 
-    per_class = len(pretrain_folds(cfg.source_root, pool[:2], 0.05, None, 0)[0]) // 2
-    steps_per_epoch = max(1, cfg.k * per_class // cfg.pretrain_batch_size)
+    selected = selections[cfg.targets[0]]["dataonomy"]
+    k_images = len(pretrain_folds(cfg.source_root, selected, 0.05, None, cfg.base_seed)[0])
+    steps_per_epoch = max(1, k_images // cfg.pretrain_batch_size)
     log(
         f"pretraining: {cfg.pretrain_epochs} epochs x {steps_per_epoch} steps of {cfg.pretrain_batch_size} images"
     )
