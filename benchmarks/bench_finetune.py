@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_size=batch,
                 image_size=args.image_size,
                 test_fraction=args.test_fraction,
+                head="classify",  # the segdec head has its own benchmark (bench_segdec.py)
                 patches=arch in patch_archs,
                 patch_size=args.patch_size,
                 patch_stride=args.patch_stride,

@@ -54,8 +54,7 @@ class DemoConfig:
     pretrain_epochs: int = 6
     pretrain_image_size: int = 64
     finetune_epochs: int = 6
-    patch_size: int = 64
-    patch_stride: int = 64
+    output_stride: int = 8  # small_cnn's deepest stage
     # inspection
     heatmap_images: int = 4
     rootcause_images: int = 40
@@ -184,19 +183,17 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     log(_metrics_line(pre_dir / "metrics.jsonl", "pretrain"))
     done("3/7 pretrain the base model on the selection")
 
-    stage("4/7 fine-tune the defect classifier (patches)")
+    stage("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)")
     fin_dir = out / "finetune"
     train(
         FinetuneConfig(
             **finetune_base_fields(str(pre_dir), None),
             dagm=str(Path(dagm).resolve()),
             epochs=cfg.finetune_epochs,
-            batch_size=64,
+            batch_size=16,
             lr=0.02,
-            image_size=cfg.dagm_size,
-            patches=True,
-            patch_size=cfg.patch_size,
-            patch_stride=cfg.patch_stride,
+            head="segdec",
+            output_stride=cfg.output_stride,
             checkpoint_every=10_000,
             seed=cfg.seed,
             patience=cfg.finetune_epochs,
@@ -205,7 +202,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         runtime=runtime,
     )
     log(_metrics_line(fin_dir / "metrics.jsonl", "finetune"))
-    done("4/7 fine-tune the defect classifier (patches)")
+    done("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)")
 
     stage("5/7 evaluate on the Test split")
     from transfer.metrics import format_table
@@ -227,7 +224,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     shown = SampleDataset(
         test.root, [s for s in test.samples if s.defect][: cfg.heatmap_images], test.classes
     )
-    loc = localize_images(fin_dir, shown, out / "heatmaps", mode="batched", device=cfg.device, val_limit=40)
+    loc = localize_images(fin_dir, shown, out / "heatmaps", device=cfg.device, val_limit=40)
     log(format_localize_summary(loc))
     overlays = sorted((out / "heatmaps" / "overlays").glob("*.png"))
     files.update(

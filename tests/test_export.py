@@ -21,7 +21,7 @@ from transfer.training import load_model, model_record, save_model
 def make_run(tmp_path, dagm_class1_test, arch: str, init: str = "scratch", **config_options):
     """A fine-tuning run folder holding an (untrained) model, as `transfer finetune` writes it."""
     config = FinetuneConfig(
-        base=init, arch=arch, dagm=str(dagm_class1_test), test_fraction=0.2, **config_options
+        base=init, arch=arch, dagm=str(dagm_class1_test), test_fraction=0.2, head="classify", **config_options
     )
     torch.manual_seed(0)
     model = build_model(arch, 2, init)

@@ -81,7 +81,7 @@ def finetuned(tmp_path_factory, dagm_class1_test, tiny_imagenet) -> Path:
         app,
         [
             "finetune", "--base", str(root / "base"), "--dagm", str(dagm_class1_test), "--test-fraction", "0.2",
-            "--out", str(root / "run"), "--image-size", "48", "--epochs", "2", "--batch-size", "32",
+            "--out", str(root / "run"), "--head", "classify", "--image-size", "48", "--epochs", "2", "--batch-size", "32",
             "--device", "cpu", "--seed", "1",
         ],
     )  # fmt: skip

@@ -191,3 +191,43 @@ def test_dense_accepts_the_project_models(dagm_crops):
     rgb = dagm_crops[0].expand(3, -1, -1)
     stats = localize.dense_agreement(model, rgb, 96, 32)
     assert stats["mean_abs_diff"] < 0.03
+
+
+def test_the_threshold_cannot_choose_to_mark_nothing():
+    """Heatmaps that rank defect pixels above clean ones on average, but with a few hot pixels on clean images:
+    a mean IoU over images is won by marking nothing (every clean image then scores 1); the pooled pixel F1
+    picks a threshold that outlines the defects."""
+    rng = np.random.default_rng(0)
+    heatmaps, masks = [], []
+    for i in range(12):
+        heat = rng.uniform(0.0, 0.4, (64, 64))
+        mask = np.zeros((64, 64), dtype=bool)
+        if i < 3:
+            mask[20:40, 20:40] = True
+            heat[mask] = rng.uniform(0.5, 0.7, mask.sum())
+        else:
+            heat[rng.integers(0, 64), rng.integers(0, 64)] = 0.8  # one hot pixel on each clean image
+        heatmaps.append(heat)
+        masks.append(mask)
+    value, _ = localize.choose_threshold(heatmaps, masks)
+    assert value >= 0.8  # marks (almost) nothing: the trap
+    best = localize.choose_threshold_f1(heatmaps, masks)
+    assert 0.4 <= best["value"] <= 0.5
+    assert best["mean_iou_defective"] > 0.9 and best["recall"] > 0.9
+    with pytest.raises(DataonomyError, match="no defect pixels"):
+        localize.choose_threshold_f1([np.zeros((8, 8))], [np.zeros((8, 8), dtype=bool)])
+
+
+def test_defect_regions_box_each_connected_defect():
+    predicted = np.zeros((20, 30), dtype=bool)
+    predicted[2:5, 3:9] = True
+    predicted[10:18, 20:22] = True
+    predicted[5, 9] = True  # touches the first region diagonally: 8-connected, same defect
+    heat = np.where(predicted, 0.6, 0.1)
+    heat[12, 21] = 0.9
+    regions = localize.defect_regions(heat, predicted)
+    assert regions == [
+        {"box": [20, 10, 21, 17], "area": 16, "score": 0.9},
+        {"box": [3, 2, 9, 5], "area": 19, "score": 0.6},
+    ]
+    assert localize.defect_regions(heat, np.zeros_like(predicted)) == []

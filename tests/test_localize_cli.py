@@ -56,6 +56,7 @@ def _save_run(folder: Path, dagm: Path, patches: bool) -> Path:
         base="scratch",
         arch="small_cnn",
         dagm=str(dagm),
+        head="classify",
         patches=patches,
         patch_size=PATCH,
         patch_stride=PATCH,
@@ -112,14 +113,26 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
     assert [r["image"] for r in report["images"]] == [str(s.path) for s in test.samples]
     assert len(test) == 4 and sum(s.defect for s in test.samples) == 2
 
-    # The threshold maximises mean IoU on the validation fold (not on the images localised).
+    # The threshold maximises the pooled pixel F1 on the validation fold (not on the images localised).
     loaded = load_model(patch_run)
     val = dagm_fold(mini_dagm, "val", **FOLD)
     val_heat = [_heat(loaded, s.path, PATCH, 64) for s in val.samples]
-    value, best_iou = L.choose_threshold(val_heat, [val.mask(i) for i in range(len(val))])
+    val_masks = [val.mask(i) for i in range(len(val))]
+    best = L.choose_threshold_f1(val_heat, val_masks)
     chosen = report["threshold"]
     assert chosen["source"] == "validation" and chosen["n_images"] == len(val)
-    assert chosen["value"] == pytest.approx(value) and chosen["mean_iou"] == pytest.approx(best_iou)
+    assert chosen["value"] == pytest.approx(best["value"]) and chosen["f1"] == pytest.approx(best["f1"])
+
+    # By hand: pooled pixel counts at the chosen threshold give that F1, and no candidate gives more.
+    def pooled_f1(t):
+        tp = sum(int(((h >= t) & m).sum()) for h, m in zip(val_heat, val_masks, strict=True))
+        fp = sum(int(((h >= t) & ~m).sum()) for h, m in zip(val_heat, val_masks, strict=True))
+        fn = sum(int((~(h >= t) & m).sum()) for h, m in zip(val_heat, val_masks, strict=True))
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    assert pooled_f1(best["value"]) == pytest.approx(best["f1"])
+    assert all(pooled_f1(t) <= best["f1"] + 1e-12 for t in L.DEFAULT_THRESHOLDS[::7])
+    value = best["value"]
 
     preds, masks = [], []
     for i, row in enumerate(report["images"]):

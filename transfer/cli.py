@@ -318,8 +318,49 @@ def finetune_cmd(
         "--warmup-epochs",
         help="Linear warmup before the cosine decay.",
     ),
+    head: str = typer.Option(
+        None,
+        "--head",
+        help="segdec (default): a defect map and an image score from one pass, trained from the masks at native "
+        "resolution; classify: an image classifier (the default with --patches).",
+    ),
+    output_stride: int = typer.Option(
+        _default(FinetuneConfig, "output_stride"),
+        "--output-stride",
+        help="segdec: cut the trunk where its feature map is 1/N of the image (8 or 16; 4 and 32 where the trunk has them).",
+    ),
+    head_channels: int = typer.Option(
+        _default(FinetuneConfig, "head_channels"),
+        "--head-channels",
+        help="segdec: width of the segmentation head.",
+    ),
+    crop_size: int = typer.Option(
+        None,
+        "--crop-size",
+        help="segdec: train on random crops of this side (a defective image's crop holds defect pixels); "
+        "validation and test see whole images. Default: whole images.",
+    ),
+    pixel_weighting: str = typer.Option(
+        _default(FinetuneConfig, "pixel_weighting"),
+        "--pixel-weighting",
+        help="segdec: uniform (every mask pixel counts the same) or distance (pixels weigh (distance to the "
+        "label's border / its largest)^2, for loose labels such as DAGM's ellipses).",
+    ),
+    seg_loss_weight: float = typer.Option(
+        _default(FinetuneConfig, "seg_loss_weight"),
+        "--seg-loss-weight",
+        help="segdec: weight of the pixel loss.",
+    ),
+    image_loss_weight: float = typer.Option(
+        _default(FinetuneConfig, "image_loss_weight"),
+        "--image-loss-weight",
+        help="segdec: weight of the image (decision) loss.",
+    ),
     image_size: int = typer.Option(
-        None, "--image-size", help="Images are resized to this (default: the architecture's input size)."
+        None,
+        "--image-size",
+        help="Resize images to this square side. Default: native resolution for --head segdec, the "
+        "architecture's input size for --head classify.",
     ),
     val_fraction: float = typer.Option(
         _default(FinetuneConfig, "val_fraction"),
@@ -383,7 +424,8 @@ def finetune_cmd(
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
 ):
-    """Fine-tune every layer of a base model to defect / no defect on DAGM; store the validation threshold."""
+    """Fine-tune every layer of a base model to find defects on DAGM (a defect map and an image score with --head
+    segdec, the default; an image classifier with --head classify); store the validation threshold."""
     from dataonomy.errors import DataonomyError
 
     options = {
@@ -395,6 +437,13 @@ def finetune_cmd(
         "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs,
         "image_size": image_size,
+        "head": head,
+        "output_stride": output_stride,
+        "head_channels": head_channels,
+        "crop_size": crop_size,
+        "pixel_weighting": pixel_weighting,
+        "seg_loss_weight": seg_loss_weight,
+        "image_loss_weight": image_loss_weight,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
         "folds": folds,
@@ -467,12 +516,26 @@ def evaluate_cmd(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
     ),
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
+    errors: bool = typer.Option(
+        True,
+        "--errors/--no-errors",
+        help="On the run's own copy, also score its training and validation folds: errors side by side with the gaps.",
+    ),
+    human_error: float = typer.Option(
+        None,
+        "--human-error",
+        help="A person's (or the best known) error rate on this task, e.g. 0.01: adds the avoidable bias "
+        "(training error minus it).",
+    ),
 ):
-    """Per DAGM class TPR/TNR (the paper's Table 1), accuracy, AP, AUROC at the stored and the best threshold."""
+    """Per DAGM class TPR/TNR (the paper's Table 1), accuracy, AP, AUROC at the stored and the best threshold,
+    and the training / validation / test errors side by side."""
     from transfer.metrics import format_table
     from transfer.training import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
 
-    report = evaluate_run(model, dagm, split, labels_root, allow_partial, batch_size, device, workers)
+    report = evaluate_run(
+        model, dagm, split, labels_root, allow_partial, batch_size, device, workers, errors, human_error
+    )
     stored = report["stored_threshold"]
     typer.echo(
         f"{report['split']} split of {report['dagm']}: at the stored threshold {stored['threshold']:.4g} (chosen on validation)"
@@ -480,6 +543,10 @@ def evaluate_cmd(
     typer.echo(format_table(stored["rows"], TABLE_COLUMNS))
     typer.echo(f"\nat the best threshold per class ({OPTIMISTIC_NOTE})")
     typer.echo(format_table(report["best_threshold"]["rows"], TABLE_COLUMNS))
+    analysis = report.get("error_analysis")
+    if analysis:
+        typer.echo("\nerror analysis (error = 1 - accuracy at the stored threshold)")
+        typer.echo(format_table([analysis], list(analysis)))
     typer.echo(f"\nwrote {report['files']['json']} and {report['files']['pr_curve']}")
 
 
@@ -543,10 +610,12 @@ def localize_cmd(
     ),
     stride: int = typer.Option(None, "--stride", help="Step between patches (default: half the patch)."),
     mode: str = typer.Option(
-        "batched",
+        None,
         "--mode",
         "--method",
-        help="loop (reference, one patch at a time), batched (same numbers, faster) or dense (one trunk pass).",
+        help="segmap (segdec runs, the default for them: the model's own defect map, one pass per image); for "
+        "classifier runs loop (reference, one patch at a time), batched (their default: same numbers, faster) "
+        "or dense (one trunk pass).",
     ),
     threshold: float = typer.Option(
         None, "--threshold", help="Binarisation threshold to use instead of choosing one on validation data."
@@ -574,10 +643,11 @@ def localize_cmd(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
     ),
 ):
-    """Patch-heatmap defect localisation: heatmaps, overlays, masks; with DAGM masks, P/R/F1, IoU, mean IoU, AR.
+    """Defect localisation: heatmaps, overlays, masks, one box per defect; with DAGM masks, P/R/F1, IoU, mean IoU, AR.
 
-    The threshold is chosen on the run's validation fold by maximising mean IoU, stored in OUT/localize.json,
-    and reused with --threshold-from.
+    segdec runs map each image in one pass; classifier runs by patches. The threshold is chosen on the run's
+    validation fold by maximising the pooled pixel F1, stored in OUT/localize.json, and reused with
+    --threshold-from.
     """
     from transfer.localize_run import format_localize_summary, localize_images
 

@@ -16,6 +16,8 @@ from dataonomy.errors import DataonomyError
 from transfer.models import check_image_size, model_spec, uses_aux_logits
 
 MONITORS = ("ap", "auroc", "loss")
+# segdec: segmentation + decision at native resolution, trained from masks; classify: image classifier.
+HEADS = ("segdec", "classify")
 
 
 def _option(name: str) -> str:
@@ -58,27 +60,33 @@ class TrainConfig:
 
     def __post_init__(self):
         spec = model_spec(self.arch)
-        if self.image_size is None:
+        if self.image_size is None and not self.native_resolution:
             self.image_size = spec.image_size
         if self.dropout is None:
             self.dropout = spec.dropout
         self.mean = tuple(float(v) for v in (self.mean if self.mean is not None else spec.mean))
         self.std = tuple(float(v) for v in (self.std if self.std is not None else spec.std))
+        aux_usable = self.input_size is not None and uses_aux_logits(self.arch, self.input_size)
         if self.aux_logits is None:
-            self.aux_logits = uses_aux_logits(self.arch, self.input_size)
-        elif self.aux_logits and not uses_aux_logits(self.arch, self.input_size):
+            self.aux_logits = aux_usable and not self.native_resolution
+        elif self.aux_logits and not aux_usable:
             raise DataonomyError(f"--aux-logits: {self.arch} has no auxiliary head usable at this input size")
         self._check()
 
     @property
-    def input_size(self) -> int:
-        """Side of the model's input (the image size; fine-tuning on patches overrides it)."""
+    def native_resolution(self) -> bool:
+        """Whether images keep their own size when ``image_size`` is not given (segdec fine-tuning)."""
+        return False
+
+    @property
+    def input_size(self) -> int | None:
+        """Side of the model's input (the image size; fine-tuning on patches overrides it; None: native)."""
         return self.image_size
 
     def _check(self) -> None:
         positive = ("epochs", "batch_size", "image_size", "checkpoint_every")
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must be at least 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise DataonomyError(f"--steps-per-epoch {self.steps_per_epoch}: must be at least 1")
@@ -91,11 +99,9 @@ class TrainConfig:
             raise DataonomyError(f"--label-smoothing {self.label_smoothing}: must be below 1")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise DataonomyError("--mean/--std: need three values each, std positive")
-        check_image_size(
-            self.arch,
-            self.input_size,
-            "--patch-size" if self.input_size != self.image_size else "--image-size",
-        )
+        if self.input_size is not None:
+            option = "--patch-size" if self.input_size != self.image_size else "--image-size"
+            check_image_size(self.arch, self.input_size, option)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -170,9 +176,31 @@ class FinetuneConfig(TrainConfig):
     patience: int = 5
     monitor: str = "ap"
     threshold_criterion: str = "balanced_accuracy"
+    head: str | None = None
+    output_stride: int = 16
+    head_channels: int = 64
+    crop_size: int | None = None
+    pixel_weighting: str = "uniform"
+    seg_loss_weight: float = 1.0
+    image_loss_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.head is None:
+            self.head = "classify" if self.patches else "segdec"
+        if self.head not in HEADS:
+            raise DataonomyError(f"--head '{self.head}': must be one of {', '.join(HEADS)}")
+        if self.head == "segdec" and self.patches:
+            raise DataonomyError("--head segdec and --patches: patch training is for --head classify")
+        if self.head == "segdec":
+            self.aux_logits = False if self.aux_logits is None else self.aux_logits
+        super().__post_init__()
 
     @property
-    def input_size(self) -> int:
+    def native_resolution(self) -> bool:
+        return self.head == "segdec"
+
+    @property
+    def input_size(self) -> int | None:
         return self.patch_size if self.patches else self.image_size
 
     def _check(self) -> None:
@@ -200,6 +228,27 @@ class FinetuneConfig(TrainConfig):
             raise DataonomyError(
                 f"--threshold-criterion '{self.threshold_criterion}': must be one of {', '.join(THRESHOLD_CRITERIA)}"
             )
+        if self.head == "segdec":
+            from transfer.segdec import OUTPUT_STRIDES
+            from transfer.segdec_task import PIXEL_WEIGHTINGS
+
+            if self.output_stride not in OUTPUT_STRIDES:
+                raise DataonomyError(
+                    f"--output-stride {self.output_stride}: must be one of {', '.join(map(str, OUTPUT_STRIDES))}"
+                )
+            if self.head_channels < 1:
+                raise DataonomyError(f"--head-channels {self.head_channels}: must be at least 1")
+            if self.crop_size is not None and self.crop_size < self.output_stride:
+                raise DataonomyError(f"--crop-size {self.crop_size}: must be at least --output-stride")
+            if self.pixel_weighting not in PIXEL_WEIGHTINGS:
+                raise DataonomyError(
+                    f"--pixel-weighting '{self.pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
+                )
+            for name in ("seg_loss_weight", "image_loss_weight"):
+                if getattr(self, name) < 0:
+                    raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must not be negative")
+        elif self.crop_size is not None:
+            raise DataonomyError("--crop-size: only for --head segdec (--patches crops for classify)")
         if self.patches:
             if self.patch_size < 1 or self.patch_stride < 1:
                 raise DataonomyError("--patch-size/--patch-stride: must be at least 1")
@@ -246,6 +295,7 @@ def replace(config: TrainConfig, **changes) -> TrainConfig:
 
 
 __all__ = [
+    "HEADS",
     "MONITORS",
     "FinetuneConfig",
     "PretrainConfig",

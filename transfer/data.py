@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
@@ -101,12 +102,19 @@ class SeededTransform(Dataset):
         return image, target
 
 
+def rot90(image: torch.Tensor, k: int) -> torch.Tensor:
+    """``image`` (..., H, W) rotated by k * 90 degrees, keeping its tv_tensors type (Image, Mask)."""
+    if not k % 4:
+        return image
+    rotated = torch.rot90(image.as_subclass(torch.Tensor), k, dims=(-2, -1))
+    return tv_tensors.wrap(rotated, like=image) if isinstance(image, tv_tensors.TVTensor) else rotated
+
+
 class RandomRot90:
     """Rotate an image tensor (..., H, W) by a random multiple of 90 degrees (textures have no up)."""
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        k = int(torch.randint(4, ()).item())
-        return torch.rot90(image, k, dims=(-2, -1)) if k else image
+        return rot90(image, int(torch.randint(4, ()).item()))
 
 
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> list:

@@ -1,7 +1,9 @@
-"""``transfer localize``: patch heatmaps of images with a fine-tuned run, binarised, drawn, and (with labels) scored.
+"""``transfer localize``: defect heatmaps of images with a fine-tuned run, binarised, drawn, and (with labels) scored.
 
-For every image: the defect heatmap (:mod:`transfer.localize`, ``mode`` ``loop`` (reference), ``batched``
-(default, same numbers) or ``dense`` (one trunk pass)), binarised at one threshold. The output folder::
+For every image: the defect heatmap (a segdec run's own map, ``mode`` ``segmap``, one pass per image; for
+classifier runs :mod:`transfer.localize`'s patch heatmaps, ``mode`` ``loop`` (reference), ``batched`` (default,
+same numbers) or ``dense`` (one trunk pass)), binarised at one threshold; each connected region of the mask is
+one defect with its box, area and score. The output folder::
 
     localize.json         parameters, the threshold and where it came from, metrics, one row per image
     heatmaps/<name>.npy   the raw heatmap, (H, W) float32 defect probabilities at image resolution
@@ -19,8 +21,9 @@ Where the threshold comes from, in this order:
    stride and kind of heatmap (patch loop/batched vs dense); anything else is refused, since the best
    threshold depends on all of them;
 3. otherwise it is chosen on the run's own validation fold (the DAGM copy, classes and seeded split it was
-   fine-tuned with; never the images being localised) by maximising mean IoU
-   (:func:`transfer.localize.choose_threshold`), with the same patch size, stride and mode.
+   fine-tuned with; never the images being localised) by maximising the pooled pixel F1
+   (:class:`transfer.localize.ThresholdCurves`), with the same heatmap settings. A mean IoU over images is
+   not used: its clean images score 1 for an empty prediction, so it can pick "mark nothing".
 
 The threshold and its origin are stored in the output folder's ``localize.json`` (the run folder is never
 modified); pass that file to ``threshold_from`` (``--threshold-from``) to reuse it without recomputing.
@@ -53,7 +56,9 @@ from transfer.inspect_io import unique_names as _unique_names
 
 REPORT_FORMAT = "transfer.localize/1"
 REPORT_NAME = "localize.json"
-MODES = ("loop", "batched", "dense")
+# Below this mean IoU of the defective validation images at the chosen threshold, the maps miss the defects.
+NEAR_ZERO_IOU = 0.05
+MODES = ("loop", "batched", "dense", "segmap")
 SUMMARY_COLUMNS = (
     "n_images",
     "n_defective_images",
@@ -121,11 +126,12 @@ def _sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class LocalizeSettings:
-    """How heatmaps are computed: patch side and stride (pixels), ``mode``, and the side patches are resized to
-    before classifying (None: classified at their own size), patches per forward pass, device."""
+    """How heatmaps are computed: patch side and stride (pixels; None for ``segmap``, the segdec model's own map
+    from one pass), ``mode``, and the side patches (segmap: images) are resized to before the model sees them
+    (None: their own size), patches per forward pass, device."""
 
-    patch: int
-    stride: int
+    patch: int | None
+    stride: int | None
     mode: str
     input_size: int | None
     batch_size: int
@@ -133,27 +139,62 @@ class LocalizeSettings:
 
     @property
     def heat_kind(self) -> str:
-        """``patch`` (loop and batched give the same numbers) or ``dense``: what a threshold is tied to."""
-        return "dense" if self.mode == "dense" else "patch"
+        """``patch`` (loop and batched give the same numbers), ``dense`` or ``segmap``: what a threshold is tied to."""
+        return self.mode if self.mode in ("dense", "segmap") else "patch"
 
     def heatmap(self, model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:
         """(H, W) float32 heatmap of one normalised image (3, H, W) on the device."""
+        return self.heatmap_and_score(model, image)[0]
+
+    def heatmap_and_score(self, model: torch.nn.Module, image: torch.Tensor) -> tuple[np.ndarray, float]:
+        """The heatmap and the image's defect score: the segdec decision, or the heatmap's highest value."""
         common = {"input_size": self.input_size, "device": self.device}
+        if self.mode == "segmap":
+            # One forward pass: the segdec model's defect map, upsampled to the image (resized first and back
+            # when the run was trained resized).
+            from transfer.segdec_task import segdec_scores
+
+            height, width = image.shape[-2:]
+            x = image[None]
+            if self.input_size is not None:
+                x = torch.nn.functional.interpolate(
+                    x, size=(self.input_size,) * 2, mode="bilinear", antialias=True
+                )
+            score, heat = segdec_scores(model, x)
+            if heat.shape[-2:] != (height, width):
+                heat = torch.nn.functional.interpolate(heat[None], size=(height, width), mode="bilinear")[0]
+            return heat[0].cpu().numpy(), float(score[0])
         if self.mode == "loop":
             heat = L.heatmap_loop(model, image, self.patch, self.stride, **common)
         elif self.mode == "batched":
             heat = L.heatmap_batched(model, image, self.patch, self.stride, self.batch_size, **common)
         else:
             heat = L.heatmap_dense(model, image, self.patch, self.stride, **common)
-        return heat.numpy()
+        heat = heat.numpy()
+        return heat, float(heat.max())
 
 
 def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettings:
     from transfer.models import check_image_size
 
+    record = loaded.record
+    segdec = record.get("head") == "segdec"
+    if mode is None:
+        mode = "segmap" if segdec else "batched"
     if mode not in MODES:
         raise DataonomyError(f"--mode '{mode}': must be one of {', '.join(MODES)}")
-    record = loaded.record
+    if segdec != (mode == "segmap"):
+        raise DataonomyError(
+            f"--mode {mode}: a segdec run localises with its own defect map (--mode segmap)"
+            if segdec
+            else f"--mode segmap: the run {loaded.path} is a classifier; use loop, batched or dense"
+        )
+    if segdec:
+        if patch is not None or stride is not None:
+            raise DataonomyError(
+                "--patch/--stride: a segdec run maps whole images in one pass; leave them out"
+            )
+        return LocalizeSettings(None, None, mode, record.get("input_size"), 1, str(device))
     patch_trained = record.get("input") == "patch"
     if patch is None:
         if not patch_trained:
@@ -232,12 +273,15 @@ def _items(loaded, images, dagm, split) -> tuple[list[_Item], dict]:
 def validation_threshold(
     loaded, settings: LocalizeSettings, val_limit: int | None = None, progress: bool | None = None
 ) -> dict:
-    """The threshold that maximises the class-balanced mean IoU on the run's validation fold (the mean IoU of
-    its defective images and that of its clean images, averaged), with these heatmap settings.
+    """The threshold that maximises the pooled pixel F1 on the run's validation fold
+    (:class:`transfer.localize.ThresholdCurves`: defect pixels found against false alarms on every image, clean
+    ones included), with these heatmap settings.
 
-    Returns ``{"value", "source": "validation", "mean_iou", "dagm", "split", "n_images", "n_defective"}``.
-    ``val_limit`` uses a seeded sample of that many validation images (faster, less exact). Heatmaps are
-    reduced to their mean-IoU curves one image at a time, so memory does not grow with the fold.
+    Returns ``{"value", "source": "validation", "criterion", "f1", "precision", "recall", "mean_iou_defective",
+    "dagm", "split", "n_images", "n_defective"}`` and, when the defective images' mean IoU there is near zero
+    (the map does not find the defects), a ``warning``. ``val_limit`` uses a seeded sample of that many
+    validation images (faster, less exact). Heatmaps are reduced to pixel counts one image at a time, so memory
+    does not grow with the fold.
     """
     fold_description = f"the run's validation fold of {loaded.config.dagm}"
     try:
@@ -246,9 +290,6 @@ def validation_threshold(
         raise DataonomyError(
             f"threshold: cannot read {fold_description} ({exc}); pass --threshold or --threshold-from"
         ) from None
-    # Defective and clean validation images are scored apart and weighted equally (a class-balanced mean
-    # IoU): with the usual 1 defect in 10 images, a plain mean IoU is won by marking nothing at all, since an
-    # empty prediction scores IoU 1 on every clean image.
     groups = {True: [], False: []}
     for i, sample in enumerate(fold.samples):
         groups[bool(sample.defect)].append(i)
@@ -261,34 +302,33 @@ def validation_threshold(
             for k, v in groups.items()
         }
     indices = groups[True] + groups[False]
-    thresholds = L.DEFAULT_THRESHOLDS
-    curves = {True: np.zeros(len(thresholds)), False: np.zeros(len(thresholds))}
-    n_defective = 0
+    curves = L.ThresholdCurves()
     for i in tqdm(indices, desc="validation heatmaps", disable=_quiet(progress), leave=False):
         sample = fold.samples[i]
         pixels = np.asarray(open_image(sample.path, "RGB"))
         mask = fold.mask(i)
         _check_fits(sample.path, pixels.shape, settings.patch)
-        heat = settings.heatmap(loaded.model, _image_tensor(loaded, pixels, settings.device))
-        curves[bool(mask.any())] += L.mean_iou_by_threshold([heat], [mask], thresholds)
-        n_defective += bool(mask.any())
-    n_clean = len(indices) - n_defective
-    parts = [curves[True] / n_defective] if n_defective else []
-    parts += [curves[False] / n_clean] if n_clean else []
-    curve = np.mean(parts, axis=0)
-    # As choose_threshold: the best mean IoU, ties to the highest threshold (fewest marked pixels).
-    best = curve.size - 1 - int(np.argmax(curve[::-1]))
-    return {
-        "value": float(thresholds[best]),
+        curves.add(settings.heatmap(loaded.model, _image_tensor(loaded, pixels, settings.device)), mask)
+    try:
+        best = curves.best()
+    except DataonomyError as exc:
+        raise DataonomyError(
+            f"threshold: {fold_description}: {exc}; pass --threshold or --threshold-from"
+        ) from None
+    chosen = {
+        **best,
         "source": "validation",
-        "mean_iou": float(curve[best]),
         "dagm": loaded.config.dagm,
         "split": "val",
         "n_images": len(indices),
-        "n_defective": n_defective,
-        "mean_iou_defective": float(curves[True][best] / n_defective) if n_defective else None,
-        "mean_iou_clean": float(curves[False][best] / n_clean) if n_clean else None,
+        "n_defective": curves.n_defective,
     }
+    if best["mean_iou_defective"] < NEAR_ZERO_IOU:
+        chosen["warning"] = (
+            f"at the chosen threshold {best['value']:.2f} the defective validation images' mean IoU is "
+            f"{best['mean_iou_defective']:.3f}: the heatmaps do not outline these defects"
+        )
+    return chosen
 
 
 def _threshold_from(path: str | Path, model_sha256: str, settings: LocalizeSettings) -> dict:
@@ -321,8 +361,8 @@ def _quiet(progress: bool | None) -> bool | None:
     return None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
 
 
-def _check_fits(path: Path, shape: tuple, patch: int) -> None:
-    if patch > min(shape[:2]):
+def _check_fits(path: Path, shape: tuple, patch: int | None) -> None:
+    if patch is not None and patch > min(shape[:2]):
         raise DataonomyError(f"--patch {patch}: larger than image {path} ({shape[1]}x{shape[0]})")
 
 
@@ -354,7 +394,7 @@ def localize_images(
     out_dir: str | Path,
     patch: int | None = None,
     stride: int | None = None,
-    mode: str = "batched",
+    mode: str | None = None,
     *,
     dagm: str | Path | None = None,
     split: str = "test",
@@ -423,7 +463,9 @@ def localize_images(
             list(zip(items, names, strict=True)), desc="localize", disable=_quiet(progress), leave=False
         ):
             pixels = np.asarray(open_image(item.path, "RGB"))
-            heat = settings.heatmap(loaded.model, _image_tensor(loaded, pixels, settings.device))
+            heat, score = settings.heatmap_and_score(
+                loaded.model, _image_tensor(loaded, pixels, settings.device)
+            )
             predicted = L.binarize(heat, value)
             truth = item.mask()
             files = {
@@ -442,8 +484,9 @@ def localize_images(
                 "name": name,
                 "label": item.label,
                 "defect": None if truth is None else bool(truth.any()),
-                "score": float(heat.max()),
+                "score": score,
                 "defect_pixels": int(predicted.sum()),
+                "defects": L.defect_regions(heat, predicted),
             }
             if truth is None:
                 labelled = False
@@ -498,14 +541,18 @@ def format_localize_summary(report: dict) -> str:
         "file": f"from {chosen.get('file')}",
         "validation": (
             f"chosen on {chosen.get('n_images')} validation images of {chosen.get('dagm')} "
-            f"by class-balanced mean IoU ({chosen.get('mean_iou', float('nan')):.3f})"
+            f"by pooled pixel F1 ({chosen.get('f1', float('nan')):.3f})"
         ),
     }[chosen["source"]]
     params = report["parameters"]
-    lines = [
-        f"{len(report['images'])} images, patch {params['patch']}, stride {params['stride']}, "
-        f"mode {params['mode']}; threshold {chosen['value']:.3g} ({origin})"
-    ]
+    how = (
+        "segdec defect map"
+        if params["mode"] == "segmap"
+        else f"patch {params['patch']}, stride {params['stride']}, mode {params['mode']}"
+    )
+    lines = [f"{len(report['images'])} images, {how}; threshold {chosen['value']:.3g} ({origin})"]
+    if chosen.get("warning"):
+        lines.append(f"warning: {chosen['warning']}")
     metrics = report.get("metrics")
     if metrics:
         row = {k: (np.nan if v is None else v) for k, v in metrics.items()}

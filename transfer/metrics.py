@@ -259,6 +259,27 @@ def per_group_table(
     return rows
 
 
+def error_analysis(errors: Mapping[str, float], human_error: float | None = None) -> dict:
+    """Errors of one model on its training, validation and test images side by side, with the gaps between them
+    (the bias/variance reading of the reed-straw inspection paper, after Ng): a large training error is bias,
+    a large train-to-validation gap is variance (overfitting), a large validation-to-test gap is a mismatch
+    between those folds. ``errors`` maps ``train``, ``val`` and ``test`` (any present) to an error rate;
+    ``human_error`` (a person's error on the task, or the best known) gives the avoidable bias, training error
+    minus it."""
+    out = {f"{k}_error": float(errors[k]) for k in ("train", "val", "test") if k in errors}
+    if "train" in errors and "val" in errors:
+        out["train_val_gap"] = float(errors["val"] - errors["train"])
+    if "val" in errors and "test" in errors:
+        out["val_test_gap"] = float(errors["test"] - errors["val"])
+    if human_error is not None:
+        if not 0 <= human_error <= 1:
+            raise DataonomyError(f"--human-error {human_error}: must be an error rate in [0, 1]")
+        out["human_error"] = float(human_error)
+        if "train" in errors:
+            out["avoidable_bias"] = float(errors["train"] - human_error)
+    return out
+
+
 def format_table(rows: Sequence[Mapping], columns: Sequence[str], digits: int = 3) -> str:
     """Plain-text table of ``rows`` (dicts) for a terminal: one header line, one line per row."""
 

@@ -250,6 +250,7 @@ class PretrainTask:
         return nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = logits.float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         return {
@@ -375,7 +376,13 @@ class FinetuneTask:
 
 
 def make_task(config: TrainConfig):
-    return PretrainTask(config) if isinstance(config, PretrainConfig) else FinetuneTask(config)
+    if isinstance(config, PretrainConfig):
+        return PretrainTask(config)
+    if config.head == "segdec":
+        from transfer.segdec_task import SegDecTask
+
+        return SegDecTask(config)
+    return FinetuneTask(config)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -444,10 +451,10 @@ def predict(
         for x, y in loader:
             x, y = _to_device(x, y, procs.device, channels_last)
             with _autocast(procs.device, amp):
-                logits = model(x)
-            for k, v in task.per_sample(logits.float(), y).items():
+                outputs = model(x)
+            for k, v in task.per_sample(outputs, y).items():
                 parts.setdefault(k, []).append(v.cpu().numpy())
-            targets.append(y.cpu().numpy())
+            targets.append((y["label"] if isinstance(y, dict) else y).cpu().numpy())
     model.train(was_training)
     local = {k: np.concatenate(v) for k, v in parts.items()}
     local["_target"] = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
@@ -463,6 +470,8 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     x = x.to(device, non_blocking=True)
     if channels_last and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
+    if isinstance(y, dict):  # segdec targets: label, mask, pixel weights
+        return x, {k: v.to(device, non_blocking=True) for k, v in y.items()}
     return x, y.to(device, non_blocking=True)
 
 
@@ -523,8 +532,8 @@ def model_record(
         "format": MODEL_FORMAT,
         "kind": config.kind,
         "arch": config.arch,
-        "num_classes": net.num_classes,
-        "aux_logits": net.aux_classifier is not None,
+        "num_classes": getattr(net, "num_classes", 2),
+        "aux_logits": getattr(net, "aux_classifier", None) is not None,
         "dropout": config.dropout,
         "image_size": config.image_size,
         "input_size": config.input_size,
@@ -626,7 +635,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=_needs_scaler(procs.device, config.amp))
-    criterion = task.criterion().to(procs.device)
+    criterion = task.criterion()
+    criterion = criterion.to(procs.device) if criterion is not None else None
+    # A task with its own loss (segdec: pixel + image) says so; classifiers use model_loss and argmax accuracy.
+    task_loss = getattr(task, "loss", model_loss)
+    correct = getattr(task, "correct", lambda logits, y: (logits.argmax(1) == y).sum())
 
     state = {
         "epoch": 0,  # epochs completed
@@ -715,7 +728,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 x, y = _to_device(x, y, procs.device, config.channels_last)
                 _seed_step(seed_for(config.seed, state["step"], procs.rank), procs.device)
                 with _autocast(procs.device, config.amp):
-                    loss, logits = model_loss(ddp_model(x), y, criterion, config.aux_weight)
+                    loss, logits = task_loss(ddp_model(x), y, criterion, config.aux_weight)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -727,9 +740,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 with torch.no_grad():
                     running += torch.stack(
                         [
-                            loss.detach().double() * len(y),
-                            (logits.argmax(1) == y).sum().double(),
-                            running.new_tensor(len(y)),
+                            loss.detach().double() * len(x),
+                            correct(logits, y).double(),
+                            running.new_tensor(len(x)),
                         ]
                     )
                 bar.update(1)
@@ -782,11 +795,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 "epoch_seconds": time.perf_counter() - started,
             }
             value = val[task.monitor]
+            loss = val.get("val_loss", math.inf)
             better = state["best"] is None or (
                 value > state["best"] if task.mode == "max" else value < state["best"]
             )
-            if better and math.isfinite(value):
-                state.update(best=value, best_epoch=epoch + 1, stale_epochs=0)
+            # A tie (a small validation fold at AP 1.0) goes to the lower validation loss: the better-separated model.
+            tie_won = value == state["best"] and loss < state.get("best_loss", math.inf)
+            if (better or tie_won) and math.isfinite(value):
+                state.update(best=value, best_loss=loss, best_epoch=epoch + 1, stale_epochs=0)
                 if procs.main:
                     extras = task.best_extras(outputs, targets)
                     meta = {**task.model_meta(), **extras}
@@ -871,8 +887,15 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> LoadedMod
         raise DataonomyError(f"--model {path}: not a model saved by transfer pretrain/finetune")
     from transfer.models import get_model, load_weights
 
-    model = get_model(obj["arch"], int(obj["num_classes"]), obj.get("dropout"), aux_logits=False, init=False)
-    load_weights(model, obj["model"], str(path), obj["arch"])
+    if obj.get("head") == "segdec":
+        from transfer.segdec import segdec_from_record
+
+        model = segdec_from_record(obj, str(path))
+    else:
+        model = get_model(
+            obj["arch"], int(obj["num_classes"]), obj.get("dropout"), aux_logits=False, init=False
+        )
+        load_weights(model, obj["model"], str(path), obj["arch"])
     record = {k: v for k, v in obj.items() if k != "model"}
     return LoadedModel(model.to(device).eval(), record, path)
 
@@ -907,15 +930,23 @@ def max_patch_scores(
 def dagm_scores(
     loaded: LoadedModel, dataset, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None
 ) -> np.ndarray:
-    """Defect probabilities of every image of a DAGM dataset (PIL images), as the run's model sees them:
-    whole images resized to its input size, or (patch models) the highest score of the image's patches."""
+    """Defect probabilities of every image of a DAGM dataset (PIL images), as the run's model sees them: segdec
+    models' decision scores at native resolution, whole images resized to a classifier's input size, or (patch
+    models) the highest score of the image's patches."""
     from torchvision.transforms import v2
+
+    from dataonomy.datasets.base import image_size
 
     record, model = loaded.record, loaded.model
     device = next(model.parameters()).device
     patch_mode = record.get("input") == "patch"
-    resize = [] if patch_mode else [v2.Resize((record["input_size"],) * 2, antialias=True)]
+    segdec = record.get("head") == "segdec"
+    # segdec runs see images at their own size unless they were trained resized; classifiers at their input size.
+    size = record.get("input_size")
+    resize = [] if patch_mode or size is None else [v2.Resize((size, size), antialias=True)]
     to_tensor = v2.Compose([v2.ToImage(), *resize])
+    if segdec and size is None and len({image_size(s.path) for s in dataset.samples}) > 1:
+        batch_size = 1  # images of several sizes: one at a time, each at its own size
 
     class _Tensors(torch.utils.data.Dataset):
         def __len__(self):
@@ -936,6 +967,8 @@ def dagm_scores(
                 scores.append(
                     max_patch_scores(model, x, record["patch_size"], record["patch_stride"], batch_size)
                 )
+            elif segdec:
+                scores.append(torch.sigmoid(model(x).image_logit.float()))
             else:
                 scores.append(torch.softmax(model(x).float(), dim=1)[:, 1])
     return torch.cat(scores).cpu().numpy().astype(np.float64)
@@ -1034,12 +1067,16 @@ def evaluate_run(
     batch_size: int = 32,
     device: str | None = None,
     num_workers: int = 0,
+    errors: bool = True,
+    human_error: float | None = None,
 ) -> dict:
     """Score a DAGM fold with a fine-tuned run and write ``eval_<split>.json`` and ``eval_<split>_pr.png`` into
     the run folder; return the report (tables, per-image predictions, file paths).
 
     With ``dagm`` left out (or the run's own copy) the fold is the run's own seeded split; another copy's
-    ``test`` split is its Test folders.
+    ``test`` split is its Test folders. ``errors``: on the run's own copy, also score its training and
+    validation folds and report the error analysis (:func:`transfer.metrics.error_analysis`: error = 1 -
+    accuracy at the stored threshold, per fold, with the gaps; ``human_error`` adds the avoidable bias).
     """
     run = Path(run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -1052,6 +1089,15 @@ def evaluate_run(
     labels = np.asarray(dataset.targets)
     groups = [s.label for s in dataset.samples]
     report = evaluation_report(scores, labels, groups, loaded.threshold, config.threshold_criterion)
+    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    if errors and same_copy and split in ("train", "val", "test"):
+        fold_errors = {split: _error(scores, labels, loaded.threshold)}
+        for other in ("train", "val"):
+            if other != split:
+                fold = run_fold(config, other)
+                fold_scores = dagm_scores(loaded, fold, batch_size, num_workers)
+                fold_errors[other] = _error(fold_scores, np.asarray(fold.targets), loaded.threshold)
+        report["error_analysis"] = M.error_analysis(fold_errors, human_error)
     run_dir = loaded.path.parent
     json_path, png_path = run_dir / f"eval_{split}.json", run_dir / f"eval_{split}_pr.png"
     plot_pr_curves(scores, labels, groups, loaded.threshold, png_path, f"{run_dir.name}: {split} split")
@@ -1068,6 +1114,11 @@ def evaluate_run(
     }
     write_json(json_path, _nan_to_none(report))
     return report
+
+
+def _error(scores, labels, threshold: float) -> float:
+    """Share of images misclassified at ``threshold`` (1 - accuracy)."""
+    return 1.0 - M.confusion(scores, labels, threshold).accuracy
 
 
 def _nan_to_none(obj):

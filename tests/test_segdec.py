@@ -1,0 +1,313 @@
+"""The segmentation-decision model: its contract, its losses and data, and that it learns real DAGM defects."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dataonomy.cli_utils import run_app
+from dataonomy.errors import DataonomyError
+from transfer import metrics as M
+from transfer.cli import app
+from transfer.data import dagm_fold
+from transfer.segdec import SegDecNet, build_segdec, cut_trunk, upsample_map
+from transfer.segdec_task import MaskedImages, distance_weights, pixel_loss, segdec_loss, segdec_scores
+from transfer.training import load_model
+
+EFFNET_MEAN, EFFNET_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "stride", "channels"),
+    [
+        ("small_cnn", 8, 128),
+        ("efficientnet_lite0", 8, 40),
+        ("efficientnet_lite0", 16, 112),
+        ("resnet18", 16, 256),
+    ],
+)
+def test_one_pass_gives_image_score_and_map_at_the_output_stride(arch, stride, channels):
+    torch.manual_seed(0)
+    model = build_segdec(arch, "scratch", stride, head_channels=16).eval()
+    assert model.seg_features[0].in_channels == channels
+    x = torch.randn(2, 3, 128, 96)
+    out = model(x)
+    assert out.image_logit.shape == (2,)
+    assert out.seg_logits.shape == (2, 1, 128 // stride, 96 // stride)
+    scores, maps = segdec_scores(model, x)
+    assert scores.shape == (2,) and maps.shape == (2, 128, 96)
+    assert torch.allclose(scores, torch.sigmoid(out.image_logit))
+    assert 0 <= maps.min() and maps.max() <= 1
+
+
+def test_the_cut_trunk_is_the_start_of_the_full_trunk():
+    torch.manual_seed(0)
+    from transfer.models import get_model
+
+    full = get_model("resnet18", 2).eval()
+    trunk, channels = cut_trunk(full, 8)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = full.features[:6](x)  # conv1 .. layer2: stride 8, 128 channels
+        np.testing.assert_allclose(trunk(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert channels == 128
+    with pytest.raises(DataonomyError, match="--output-stride 16: this trunk's stages have strides"):
+        cut_trunk(get_model("small_cnn", 2), 16)
+    with pytest.raises(DataonomyError, match="must be one of"):
+        cut_trunk(full, 12)
+
+
+def test_pretrained_trunks_keep_their_batchnorm_statistics_in_training():
+    model = build_segdec("resnet18", "scratch", 8, frozen_bn=True).train()
+    bn = model.trunk.bn1
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 64, 64) * 5 + 3)
+    assert not bn.training and not bn.weight.requires_grad
+    assert torch.equal(bn.running_mean, before)
+    assert model.seg_features.training  # the heads do train
+    scratch = build_segdec("resnet18", "scratch", 8).train()  # from scratch: batch statistics
+    assert not scratch.frozen_bn and scratch.trunk.bn1.training
+
+
+def test_decision_head_pools_features_and_map_and_is_detached_from_the_trunk():
+    torch.manual_seed(0)
+    model = build_segdec("small_cnn", "scratch", 8, head_channels=8)
+    assert isinstance(model, SegDecNet) and model.decision.in_features == 2 * 8 + 2
+    out = model(torch.randn(2, 3, 32, 32))
+    out.image_logit.sum().backward()
+    assert all(
+        p.grad is None for p in model.trunk.parameters()
+    )  # the image loss trains the decision layer only
+    assert model.decision.weight.grad is not None
+
+
+def test_upsampled_map_lines_up_with_the_image():
+    logits = torch.full((1, 1, 4, 4), -10.0)
+    logits[0, 0, 1, 2] = 10.0  # cell (row 1, col 2) of a stride-8 map covers pixels y 8..15, x 16..23
+    heat = upsample_map(logits, (32, 32))[0]
+    y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+    assert 8 <= y <= 15 and 16 <= x <= 23
+
+
+# --- losses and data ---------------------------------------------------------------------------------------------
+
+
+def test_distance_weights_are_one_at_the_centre_and_fade_to_the_border():
+    mask = np.zeros((41, 41), dtype=bool)
+    yy, xx = np.mgrid[:41, :41]
+    mask[(yy - 20) ** 2 + (xx - 20) ** 2 <= 15**2] = True
+    mask[2:5, 2:5] = True  # a second, small defect gets its own scale
+    w = distance_weights(mask)
+    assert w[20, 20] == pytest.approx(1.0) and w[3, 3] == pytest.approx(1.0)
+    assert w[20, 35] < 0.01 and (w[~mask] == 0).all()
+    assert w[20, 28] < w[20, 24] < w[20, 20]
+
+
+def test_pixel_loss_is_class_balanced():
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :2, :2] = 1  # 4 of 256 pixels
+    weight = mask.clone()
+    perfect_clean = torch.full((1, 1, 16, 16), -8.0)  # calls every pixel clean
+    loss = pixel_loss(perfect_clean, mask, weight)
+    # The missed defect pixels count half, however few they are.
+    bce_missed = torch.nn.functional.softplus(torch.tensor(8.0))
+    assert loss.item() == pytest.approx(
+        0.5 * bce_missed.item() + 0.5 * torch.nn.functional.softplus(torch.tensor(-8.0)).item(), rel=1e-4
+    )
+    clean_batch = pixel_loss(perfect_clean, torch.zeros_like(mask), torch.zeros_like(mask))
+    assert clean_batch.item() < 1e-3
+    # The full loss: pixel + image, each weighted.
+    out = type("Out", (), {"image_logit": torch.tensor([3.0]), "seg_logits": perfect_clean})()
+    targets = {"label": torch.tensor([1.0]), "mask": mask, "weight": weight}
+    total = segdec_loss(out, targets, torch.tensor([0.5, 2.0]), seg_loss_weight=1.0, image_loss_weight=0.0)
+    assert total.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_augmentation_moves_image_and_mask_together(tmp_path):
+    """Images whose bright pixels are exactly the mask: after crops, flips, rotations, jitter and noise, the
+    mask still marks the bright pixels."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    samples, masks = [], []
+    for i in range(3):
+        mask = np.zeros((160, 200), dtype=bool)
+        top, left = rng.integers(0, 100), rng.integers(0, 120)
+        mask[top : top + 30, left : left + 70] = True
+        mask[top : top + 50, left : left + 10] = True  # an L: not symmetric under flips or rotations
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.where(mask, 200, 40).astype(np.uint8)).save(path)
+        samples.append(SimpleNamespace(path=path, defect=True))
+        masks.append(mask)
+    fold = SimpleNamespace(samples=samples, mask=lambda i: masks[i])
+    data = MaskedImages(fold, (0.0,) * 3, (1.0,) * 3, augment=True, crop_size=96, seed=3)
+    for epoch in range(3):
+        data.set_epoch(epoch)
+        for i in range(3):
+            x, target = data[i]
+            assert x.shape == (3, 96, 96) and target["mask"].shape == (1, 96, 96)
+            assert target["label"] == 1 and target["mask"].sum() > 0  # a defective image's crop holds defect
+            bright = x[0] > x[0].mean() if target["mask"].mean() < 1 else torch.ones(96, 96, dtype=torch.bool)
+            assert (bright == target["mask"][0].bool()).float().mean() > 0.99
+    # Without a crop, whole images at their own size; the same epoch and index give the same sample.
+    whole = MaskedImages(fold, (0.0,) * 3, (1.0,) * 3, augment=True, seed=3)
+    assert whole[0][0].shape == (3, 160, 200) or whole[0][0].shape == (3, 200, 160)
+    assert torch.equal(data[1][0], data[1][0])
+
+
+# --- it learns real defects --------------------------------------------------------------------------------------
+
+
+def test_segdec_learns_real_dagm_defects_in_under_a_minute(dagm_class1_test):
+    """ImageNet EfficientNet-Lite0 cut at stride 16, 128-px crops of real Class1 images around defects and from
+    clean images: a few epochs rank held-out defective crops above clean ones, by the decision score and by
+    the defect map's pixels."""
+    torch.manual_seed(0)
+    common = {"folds": 3, "seed": 0}
+    train_fold, test_fold = (
+        dagm_fold(dagm_class1_test, "trainval", **common),
+        dagm_fold(dagm_class1_test, "test", **common),
+    )
+
+    def balanced(fold, n):
+        defective = [i for i, s in enumerate(fold.samples) if s.defect][:n]
+        clean = [i for i, s in enumerate(fold.samples) if not s.defect][:n]
+        return defective + clean
+
+    train = MaskedImages(train_fold, EFFNET_MEAN, EFFNET_STD, augment=True, crop_size=128, seed=0)
+    held_out = MaskedImages(test_fold, EFFNET_MEAN, EFFNET_STD, crop_size=128, seed=1)
+    train_idx, test_idx = balanced(train_fold, 24), balanced(test_fold, 16)
+    model = build_segdec("efficientnet_lite0", "imagenet", 16, head_channels=32)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    class_weights = torch.tensor([1.0, 1.0])
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(6):
+        train.set_epoch(epoch)
+        model.train()
+        order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator)]
+        for begin in range(0, len(order), 8):
+            batch = [train[i] for i in order[begin : begin + 8]]
+            x = torch.stack([b[0] for b in batch])
+            targets = {k: torch.stack([b[1][k] for b in batch]) for k in ("label", "mask", "weight")}
+            loss = segdec_loss(model(x), targets, class_weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    batch = [held_out[i] for i in test_idx]
+    x = torch.stack([b[0] for b in batch])
+    labels = np.array([int(b[1]["label"]) for b in batch])
+    scores, maps = segdec_scores(model, x)
+    masks = torch.stack([b[1]["mask"][0] for b in batch]).numpy().ravel()
+    assert labels.sum() == 16
+    image_auroc, pixel_auroc = M.auroc(scores.numpy(), labels), M.auroc(maps.numpy().ravel(), masks)
+    print(f"held-out crops: image AUROC {image_auroc:.3f}, pixel AUROC {pixel_auroc:.3f}")
+    assert image_auroc >= 0.9
+    # A stride-16 map is 8x8 cells on a 128-px crop and the ellipse labels are loose: a coarse but real ranking.
+    assert pixel_auroc >= 0.8
+
+
+# --- through the commands ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segdec_run(tmp_path_factory, dagm_class1_test):
+    root = tmp_path_factory.mktemp("segdec")
+    code = run_app(
+        app,
+        [
+            "finetune", "--base", "scratch", "--arch", "small_cnn", "--output-stride", "8", "--head-channels", "8",
+            "--dagm", str(dagm_class1_test), "--folds", "3", "--fold", "1", "--epochs", "2",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "64", "--out", str(root / "run"),
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0
+    return root / "run"
+
+
+def test_segdec_is_the_default_head_at_native_resolution(segdec_run, dagm_class1_test):
+    config = json.loads((segdec_run / "config.json").read_text())
+    assert config["head"] == "segdec" and config["image_size"] is None and config["crop_size"] == 64
+    loaded = load_model(segdec_run)
+    assert isinstance(loaded.model, SegDecNet) and loaded.record["output_stride"] == 8
+    # The stored decision threshold is the best balanced accuracy on the validation images' decision scores.
+    from transfer.training import dagm_scores
+
+    val = dagm_fold(dagm_class1_test, "val", folds=3, fold=1, seed=0)
+    val_scores = dagm_scores(loaded, val)
+    assert loaded.threshold == pytest.approx(
+        M.best_threshold(val_scores, val.targets, "balanced_accuracy"), abs=1e-6
+    )
+    # Whole 512-px images are scored as they are, one pass each.
+    x = loaded.normalize(torch.from_numpy(np.array(val[0][0])).permute(2, 0, 1)[None])
+    score, heat = segdec_scores(loaded.model, x)
+    assert heat.shape == (1, 512, 512) and float(score[0]) == pytest.approx(val_scores[0], abs=1e-5)
+
+
+def test_evaluate_reports_errors_side_by_side(segdec_run, capsys):
+    code = run_app(app, ["evaluate", "--model", str(segdec_run), "--device", "cpu", "--human-error", "0.02"])
+    out = capsys.readouterr().out
+    assert code == 0 and "train_error" in out and "avoidable_bias" in out
+    report = json.loads((segdec_run / "eval_test.json").read_text())
+    analysis = report["error_analysis"]
+    row = report["stored_threshold"]["rows"][0]
+    assert analysis["test_error"] == pytest.approx(1 - row["accuracy"])
+    assert analysis["val_test_gap"] == pytest.approx(analysis["test_error"] - analysis["val_error"])
+    assert analysis["train_val_gap"] == pytest.approx(analysis["val_error"] - analysis["train_error"])
+    assert analysis["avoidable_bias"] == pytest.approx(analysis["train_error"] - 0.02)
+
+
+def test_localize_uses_the_segmentation_map_and_boxes_each_defect(segdec_run, tmp_path, capsys):
+    out = tmp_path / "loc"
+    code = run_app(
+        app, ["localize", "--model", str(segdec_run), "--out", str(out), "--limit", "4", "--val-limit", "8"]
+    )
+    assert code == 0
+    report = json.loads((out / "localize.json").read_text())
+    assert report["parameters"]["mode"] == "segmap" and report["parameters"]["patch"] is None
+    assert report["threshold"]["criterion"] == "pooled pixel F1"
+    for row in report["images"]:
+        heat = np.load(out / row["heatmap"])
+        assert heat.shape == (512, 512)
+        predicted = heat >= report["threshold"]["value"]
+        assert sum(d["area"] for d in row["defects"]) == int(predicted.sum()) == row["defect_pixels"]
+        for d in row["defects"]:
+            x0, y0, x1, y1 = d["box"]
+            assert predicted[y0 : y1 + 1, x0 : x1 + 1].any()
+    code = run_app(
+        app, ["localize", "--model", str(segdec_run), "--out", str(tmp_path / "x"), "--mode", "dense"]
+    )
+    assert code == 2 and "segdec run localises with its own defect map" in capsys.readouterr().err
+
+
+def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
+    base = [
+        "finetune",
+        "--base",
+        "scratch",
+        "--arch",
+        "small_cnn",
+        "--dagm",
+        str(dagm_class1_test),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    for extra, message in (
+        (["--head", "nope"], "--head 'nope': must be one of segdec, classify"),
+        (["--head", "segdec", "--patches"], "patch training is for --head classify"),
+        (["--output-stride", "16"], "--output-stride 16: this trunk's stages have strides"),
+        (["--pixel-weighting", "edges", "--output-stride", "8"], "--pixel-weighting 'edges'"),
+        (["--head", "classify", "--crop-size", "64"], "--crop-size: only for --head segdec"),
+    ):
+        assert run_app(app, base + extra) == 2, extra
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,324 @@
+"""Fine-tuning the segmentation-decision model (:mod:`transfer.segdec`) from defect masks and image labels.
+
+Data (:class:`MaskedImages`): whole images at native resolution (or resized with ``image_size``), or, with
+``crop_size``, random crops of them for training (a defective image's crop always holds one of its defect pixels,
+so every defective image teaches a defect). Image and mask are augmented together (flips, 90-degree rotations;
+brightness/contrast and noise on the image only), seeded per (seed, epoch, sample) like every other run.
+
+Losses (:func:`segdec_loss`), a documented blend: ``seg_loss_weight * L_pixel + image_loss_weight * L_image``.
+
+* ``L_pixel``: binary cross entropy of the upsampled defect map against the mask at image resolution,
+  class-balanced within the batch: the mean loss over defect pixels and the mean over clean pixels, averaged
+  (defect pixels are about 1 % of DAGM's). With ``pixel_weighting="distance"`` a defect pixel weighs
+  ``(d / d_max) ** 2``, d its distance to the label's border (Božič et al. 2021, mixed supervision): DAGM's
+  labels are loose ellipses, whose rim is mostly clean texture.
+* ``L_image``: binary cross entropy of the decision logit against the image label, each class weighted by its
+  inverse frequency in the training set (as the classifier's cross entropy).
+
+The decision head sees detached features (:class:`transfer.segdec.SegDecNet`), so ``L_image`` trains only the
+decision layer and ``L_pixel`` alone shapes the trunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from dataonomy.datasets import open_image
+from dataonomy.errors import DataonomyError
+from transfer import metrics as M
+from transfer.data import rot90, run_fold, seed_for
+from transfer.segdec import SegDecOutput, build_segdec, upsample_map
+
+PIXEL_WEIGHTINGS = ("uniform", "distance")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def distance_weights(mask: np.ndarray, power: float = 2.0) -> np.ndarray:
+    """Per-pixel weights inside ``mask`` (bool (H, W)): (distance to the label's border / its largest) ** power,
+    computed per connected defect; 0 outside."""
+    out = np.zeros(mask.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    labels, n = ndimage.label(mask)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = ndimage.maximum(distance, labels, index=np.arange(1, n + 1))
+    peak_of = np.concatenate([[1.0], np.maximum(peaks, 1e-6)])[labels]
+    out[mask] = (distance[mask] / peak_of[mask]) ** power
+    return out
+
+
+def _crop_box(mask: torch.Tensor, size: int, generator: torch.Generator) -> tuple[int, int]:
+    """(top, left) of a ``size`` crop: around a random defect pixel when the mask has one, else anywhere."""
+    height, width = mask.shape[-2:]
+    if size > min(height, width):
+        raise DataonomyError(f"--crop-size {size}: larger than an image of the set ({width}x{height})")
+    defect = mask[0].nonzero()
+    if len(defect):
+        y, x = defect[int(torch.randint(len(defect), (), generator=generator))].tolist()
+        top_lo, top_hi = max(0, y - size + 1), min(height - size, y)
+        left_lo, left_hi = max(0, x - size + 1), min(width - size, x)
+    else:
+        top_lo, top_hi, left_lo, left_hi = 0, height - size, 0, width - size
+    top = int(torch.randint(top_lo, top_hi + 1, (), generator=generator))
+    left = int(torch.randint(left_lo, left_hi + 1, (), generator=generator))
+    return top, left
+
+
+class MaskedImages(Dataset):
+    """``(image, target)`` pairs for segdec training and validation.
+
+    ``image``: normalised float (3, H, W); ``target``: ``{"label": float defect flag, "mask": float (1, H, W),
+    "weight": float (1, H, W) per-pixel weights of defect pixels}``. ``images`` is a dataset with ``samples``
+    (path, defect flag) and ``mask(i)`` (the DAGM reader). ``crop_size`` crops (training), ``image_size``
+    resizes (None: native resolution). Call :meth:`set_epoch` before each epoch (the training loop does).
+    """
+
+    def __init__(
+        self,
+        images,
+        mean,
+        std,
+        *,
+        augment: bool = False,
+        crop_size: int | None = None,
+        image_size: int | None = None,
+        pixel_weighting: str = "uniform",
+        seed: int = 0,
+    ):
+        if pixel_weighting not in PIXEL_WEIGHTINGS:
+            raise DataonomyError(
+                f"--pixel-weighting '{pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
+            )
+        self.images, self.augment, self.crop_size = images, augment, crop_size
+        self.image_size, self.pixel_weighting, self.seed, self.epoch = image_size, pixel_weighting, seed, 0
+        self.targets = [int(bool(s.defect)) for s in images.samples]
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.geometric = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+        self.photometric = v2.ColorJitter(brightness=0.2, contrast=0.2)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images.samples)
+
+    def pixels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image (3, H, W) and bool mask (1, H, W) of sample ``index``, before any transform."""
+        sample = self.images.samples[index]
+        image = open_image(sample.path)
+        image = image if image.mode in ("L", "RGB") else image.convert("RGB")
+        pixels = torch.from_numpy(np.array(image))
+        pixels = pixels.expand(3, -1, -1) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        mask = self.images.mask(index) if sample.defect else None
+        if mask is None:
+            if sample.defect:
+                raise DataonomyError(
+                    f"{sample.path}: defective image without a mask; segdec training needs masks"
+                )
+            mask = np.zeros(pixels.shape[1:], dtype=bool)
+        return pixels.contiguous(), torch.from_numpy(np.asarray(mask, dtype=bool))[None]
+
+    def __getitem__(self, index: int):
+        n = len(self)
+        image, mask = self.pixels(index % n)
+        generator = torch.Generator().manual_seed(seed_for(self.seed, self.epoch, index))
+        if self.crop_size is not None:
+            top, left = _crop_box(mask, self.crop_size, generator)
+            image = image[:, top : top + self.crop_size, left : left + self.crop_size]
+            mask = mask[:, top : top + self.crop_size, left : left + self.crop_size]
+        image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        if self.image_size is not None:
+            size = [self.image_size, self.image_size]
+            image = v2.functional.resize(image, size, antialias=True)
+            mask = v2.functional.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST)
+        if self.augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(int(torch.randint(2**62, (), generator=generator)))
+                image, mask = self.geometric(image, mask)
+                k = int(torch.randint(4, ()).item())
+                image, mask = rot90(image, k), rot90(mask, k)
+                image = self.photometric(image)
+                x = image.float() / 255.0
+                x = x + 0.02 * torch.randn(x.shape)
+        else:
+            x = image.float() / 255.0
+        x = (torch.as_tensor(x) - self.mean) / self.std
+        mask_np = np.asarray(mask[0], dtype=bool)
+        if self.pixel_weighting == "distance":
+            weight = distance_weights(mask_np)
+        else:
+            weight = mask_np.astype(np.float32)
+        target = {
+            # A crop is defective when it holds defect pixels; a whole image is what its label says.
+            "label": torch.tensor(
+                float(mask_np.any() if self.crop_size is not None else self.targets[index % n])
+            ),
+            "mask": torch.from_numpy(mask_np.astype(np.float32))[None],
+            "weight": torch.from_numpy(weight)[None],
+        }
+        return x.contiguous(), target
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pixel_loss(seg_logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Class-balanced BCE of the defect map (B, 1, h, w) upsampled to the masks' size (B, 1, H, W): the
+    (weighted) mean over defect pixels and the mean over clean pixels, averaged; clean pixels only when the
+    batch has no defect pixel."""
+    logits = nn.functional.interpolate(
+        seg_logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False
+    )
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, mask, reduction="none")
+    clean = 1.0 - mask
+    clean_loss = (bce * clean).sum() / clean.sum().clamp_min(1.0)
+    positive = weight * mask
+    if positive.sum() <= 0:
+        return clean_loss
+    return 0.5 * (clean_loss + (bce * positive).sum() / positive.sum())
+
+
+def segdec_loss(
+    outputs: SegDecOutput,
+    targets: dict,
+    class_weights: torch.Tensor,
+    seg_loss_weight: float = 1.0,
+    image_loss_weight: float = 1.0,
+) -> torch.Tensor:
+    labels = targets["label"]
+    weights = class_weights.to(labels.device)[labels.long()]
+    image = nn.functional.binary_cross_entropy_with_logits(
+        outputs.image_logit.float(), labels, weight=weights
+    )
+    image = image * len(labels) / weights.sum()
+    return (
+        seg_loss_weight * pixel_loss(outputs.seg_logits, targets["mask"], targets["weight"])
+        + image_loss_weight * image
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The task (what transfer.training's loop asks of a run)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SegDecTask:
+    """Fine-tune a segdec model on the DAGM folds of a :class:`transfer.config.FinetuneConfig` (``head="segdec"``).
+
+    Validation reports the image metrics (``val_ap``, ``val_auroc``: what early stopping watches), the defect
+    map's own image ranking (``val_map_auroc``: the map's highest value as the score) and the decision
+    threshold chosen on the validation images.
+    """
+
+    mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
+
+    def __init__(self, config):
+        self.config = c = config
+        self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
+        folds = {split: run_fold(c, split) for split in ("train", "val")}
+        for name, split in (("training", "train"), ("validation", "val")):
+            n_def = int(np.sum(folds[split].targets))
+            if n_def == 0 or n_def == len(folds[split]):
+                raise DataonomyError(
+                    f"--dagm {c.dagm}: the {name} fold has {n_def} defective of {len(folds[split])} images; "
+                    "fine-tuning needs both defective and clean examples"
+                )
+        common = {"image_size": c.image_size, "pixel_weighting": c.pixel_weighting, "seed": c.seed}
+        self.train_set = MaskedImages(
+            folds["train"], c.mean, c.std, augment=c.augment, crop_size=c.crop_size, **common
+        )
+        self.val_set = MaskedImages(folds["val"], c.mean, c.std, **common)
+        self.train_targets = np.asarray(self.train_set.targets)
+        self.classes = ["ok", "defect"]
+        self.dagm_classes = sorted({s.label for s in folds["train"].samples})
+        counts = np.bincount(self.train_targets, minlength=2)
+        self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+
+    def build_model(self):
+        c = self.config
+        return build_segdec(c.arch, c.base, c.output_stride, c.head_channels)
+
+    def criterion(self):
+        return None
+
+    def loss(self, outputs: SegDecOutput, targets: dict, criterion=None, aux_weight=None):
+        c = self.config
+        loss = segdec_loss(outputs, targets, self.class_weights, c.seg_loss_weight, c.image_loss_weight)
+        return loss, outputs
+
+    @staticmethod
+    def correct(outputs: SegDecOutput, targets: dict) -> torch.Tensor:
+        return ((outputs.image_logit > 0).float() == targets["label"]).sum()
+
+    def per_sample(self, outputs: SegDecOutput, targets: dict) -> dict[str, torch.Tensor]:
+        labels = targets["label"]
+        logits = outputs.image_logit.float()
+        weights = self.class_weights.to(labels.device)[labels.long()]
+        return {
+            "score": torch.sigmoid(logits),
+            "map_max": torch.sigmoid(outputs.seg_logits.float().amax((1, 2, 3))),
+            "weighted_loss": nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            * weights,
+            "weight": weights,
+        }
+
+    def val_metrics(self, outputs: dict[str, np.ndarray], targets) -> dict:
+        scores, labels = outputs["score"], np.asarray(self.val_set.targets)
+        threshold = M.best_threshold(scores, labels, self.config.threshold_criterion)
+        counts = M.confusion(scores, labels, threshold)
+        return {
+            "val_loss": float(outputs["weighted_loss"].sum() / outputs["weight"].sum()),
+            "val_ap": M.average_precision(scores, labels),
+            "val_auroc": M.auroc(scores, labels),
+            "val_map_auroc": M.auroc(outputs["map_max"], labels),
+            "val_threshold": threshold,
+            "val_tpr": counts.tpr,
+            "val_tnr": counts.tnr,
+        }
+
+    def best_extras(self, outputs, targets) -> dict:
+        labels = np.asarray(self.val_set.targets)
+        threshold = M.best_threshold(outputs["score"], labels, self.config.threshold_criterion)
+        return {"threshold": threshold, "threshold_criterion": self.config.threshold_criterion}
+
+    def model_meta(self) -> dict:
+        c = self.config
+        return {
+            "classes": self.classes,
+            "dagm_classes": self.dagm_classes,
+            "input": "image",
+            "head": "segdec",
+            "output_stride": c.output_stride,
+            "head_channels": c.head_channels,
+        }
+
+
+def segdec_scores(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image scores (B,), defect maps (B, H, W) at the input's size) of normalised images, in one pass."""
+    with torch.no_grad():
+        out = model(images)
+    return torch.sigmoid(out.image_logit.float()), upsample_map(out.seg_logits, tuple(images.shape[-2:]))
+
+
+__all__ = [
+    "PIXEL_WEIGHTINGS",
+    "MaskedImages",
+    "SegDecTask",
+    "distance_weights",
+    "pixel_loss",
+    "segdec_loss",
+    "segdec_scores",
+]
