@@ -98,6 +98,15 @@ def test_finetune(bench, tmp_path, dagm_class1_test):
     assert len(record["step_time_runs_s"]) == 1
 
 
+def test_segdec(bench, tmp_path, dagm_class1_test):
+    results = run(bench, "segdec", tmp_path, "--dagm", str(dagm_class1_test))
+    record = results["small_cnn"]
+    assert record["image_size"] == [128, 128] and record["images"] == 1 and record["output_stride"] == 8
+    for name in ("train", "infer", "segmap", "patch_loop", "patch_batched"):
+        assert positive(record[name]["images_per_s"]) and len(record[name]["runs_s"]) == 1
+    assert positive(record["patch_loop_over_segmap"])
+
+
 def test_bad_option_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit):
         bench("ahp").main(["--repeats", "0", "--out", str(tmp_path / "x.json")])

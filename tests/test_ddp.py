@@ -80,3 +80,23 @@ def test_torchrun_two_processes_equal_one_process(tiny_imagenet, tmp_path):
         assert a["step"] == b["step"] == 5 * a["epoch"]
         for key in ("train_loss", "train_accuracy", "val_loss", "val_top1"):
             assert abs(a[key] - b[key]) < 1e-4, key
+
+
+def test_torchrun_trains_a_segdec_model(dagm_class1_test, tmp_path):
+    """segdec under torchrun (gloo, CPU): dict targets and two-output models go through DDP; rank 0 reports once
+    and writes the model. (Its pixel loss is class-balanced per batch, so the weights depend on how the global
+    batch is split across processes: not compared with one process.)"""
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "transfer.cli", "finetune", "--base", "scratch", "--arch", "small_cnn", "--output-stride", "8",
+        "--head-channels", "8", "--dagm", str(dagm_class1_test), "--folds", "3", "--fold", "2", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "64", "--out", str(tmp_path / "ddp"),
+        "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("complete: 1 epochs") == 1
+    record = torch.load(tmp_path / "ddp" / "best.pt", map_location="cpu", weights_only=True)
+    assert record["head"] == "segdec" and 0 <= record["threshold"] <= 1
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["steps"] == 2

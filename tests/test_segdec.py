@@ -311,3 +311,9 @@ def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
         assert run_app(app, base + extra) == 2, extra
         assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_export_says_segdec_runs_are_not_exported_yet(segdec_run, tmp_path, capsys):
+    code = run_app(app, ["export", "--model", str(segdec_run), "--onnx", str(tmp_path / "m.onnx")])
+    assert code == 2 and "a segdec run; ONNX export covers image classifiers" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -170,6 +170,11 @@ def export_run(
         raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
     loaded = load_model(run, "cpu")
     record = loaded.record
+    if record.get("head") == "segdec":
+        # Its graph has two outputs and images of any size; the single-output, fixed-size export does not fit it.
+        raise DataonomyError(
+            f"--model {run}: a segdec run; ONNX export covers image classifiers (--head classify) so far"
+        )
     images = parity_images(loaded, dagm, split, n_images)
     metadata = {
         "transfer.arch": record["arch"],

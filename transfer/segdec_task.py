@@ -9,7 +9,8 @@ Losses (:func:`segdec_loss`), a documented blend: ``seg_loss_weight * L_pixel + 
 
 * ``L_pixel``: binary cross entropy of the upsampled defect map against the mask at image resolution,
   class-balanced within the batch: the mean loss over defect pixels and the mean over clean pixels, averaged
-  (defect pixels are about 1 % of DAGM's). With ``pixel_weighting="distance"`` a defect pixel weighs
+  (defect pixels are about 1 % of DAGM's). Balanced per batch, it depends on how a global batch is split: a
+  ``torchrun`` run is not bit-identical to one process (the classifier's losses are). With ``pixel_weighting="distance"`` a defect pixel weighs
   ``(d / d_max) ** 2``, d its distance to the label's border (Božič et al. 2021, mixed supervision): DAGM's
   labels are loose ellipses, whose rim is mostly clean texture.
 * ``L_image``: binary cross entropy of the decision logit against the image label, each class weighted by its
