@@ -12,19 +12,33 @@ the PuLP model, CBC, reading the answer, greedy comparison), with the solver's o
 solve) reported beside it; and the greedy top-k answer with its constraint check. Also reported: status, gap,
 objectives (greedy / BIP) and which constraint families greedy violates.
 
+ImageNet-21k scale (``--scale-*``, off with ``--scale-targets ''``): ``--scale-sources`` synthetic source
+classes (19,000), ``--scale-targets`` targets (10 and 100), k = ``--scale-k`` (5000), coverage ``--coverage``
+above 1/S, ``--scale-groups`` random groups (a partition, 200) capped at ``--scale-cap`` (33). Both
+formulations side by side in each round: ``y`` (``solve_selection``'s default, S variables) and ``xy``
+(METHOD.md's serve variables, S (T + 1) variables); ``xy`` is skipped where it would have more than
+``--xy-max-variables`` variables (the table says so), since PuLP holds each variable as a Python object. Each
+scale solve runs in a child process killed after ``--deadline`` seconds (reported as such): CBC checks
+``--time-limit`` only between phases and can overrun it inside the root LP of a large model.
+
     python benchmarks/bench_bip.py
     python benchmarks/bench_bip.py --k 100,250,500 --repeats 5
+    python benchmarks/bench_bip.py --k '' --scale-targets 10,100 --repeats 1
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import signal
 import sys
+import time
 
 import numpy as np
-from _common import finish, interleaved, parser, setup, stats, table
+from _common import finish, interleaved, median_ratio, parser, setup, stats, table
 
-from dataonomy.bip import SelectionProblem, check_constraints, greedy_top_k, solve_selection
+from dataonomy.bip import FORMULATIONS, SelectionProblem, check_constraints, greedy_top_k, solve_selection
 from dataonomy.selection import diversity_groups
 from dataonomy.wordnet import imagenet_classes
 
@@ -50,11 +64,39 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--time-limit", type=float, default=600.0, help="CBC time limit per solve, seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the affinity rows")
+    p.add_argument("--scale-sources", type=int, default=19000, help="ImageNet-21k-scale rows: source classes")
+    p.add_argument(
+        "--scale-targets", default="10,100", help="ImageNet-21k-scale rows: target counts ('' = off)"
+    )
+    p.add_argument("--scale-k", type=int, default=5000, help="ImageNet-21k-scale rows: k")
+    p.add_argument("--scale-groups", type=int, default=200, help="ImageNet-21k-scale rows: diversity groups")
+    p.add_argument("--scale-cap", type=int, default=33, help="ImageNet-21k-scale rows: cap per group")
+    p.add_argument(
+        "--xy-max-variables",
+        type=int,
+        default=2_000_000,
+        help="skip the xy formulation above this many variables (PuLP memory)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=1200.0,
+        help="ImageNet-21k-scale rows: kill a solve still running after this many seconds (CBC may overrun"
+        " --time-limit inside its root LP)",
+    )
     args = p.parse_args(argv)
     device = setup(args)
     ks = [int(v) for v in args.k.split(",") if v.strip()]
+    scale_targets = [int(v) for v in args.scale_targets.split(",") if v.strip()]
     if args.quick:
         args.sources, args.targets, ks, args.diversity_max = 200, 3, [20], 15
+        args.scale_sources, scale_targets, args.scale_k, args.scale_groups, args.scale_cap = (
+            600,
+            [2],
+            150,
+            10,
+            20,
+        )
 
     wnids = [wnid for wnid, _ in imagenet_classes()][: args.sources]
     groups = diversity_groups(wnids, args.diversity_depth)
@@ -118,25 +160,154 @@ def main(argv: list[str] | None = None) -> dict:
             ]
         )
     text = (
-        f"BIP selection, {args.targets} targets x {len(wnids)} sources, coverage {args.coverage}, diversity depth"
-        f" {args.diversity_depth} ({len(groups)} WordNet groups); median of {args.repeats}\n"
+        ""
+        if not ks
+        else (
+            f"BIP selection, {args.targets} targets x {len(wnids)} sources, coverage {args.coverage}, diversity depth"
+            f" {args.diversity_depth} ({len(groups)} WordNet groups); median of {args.repeats}\n"
+            + table(
+                [
+                    "k",
+                    "cap/group",
+                    "solve_selection s",
+                    "build+CBC s",
+                    "status",
+                    "gap",
+                    "greedy s",
+                    "greedy obj / BIP obj",
+                    "greedy violates",
+                ],
+                rows,
+            )
+        )
+    )
+    if scale_targets:
+        scale, scale_text = scale_rows(args, scale_targets, device)
+        results["imagenet21k_scale"] = scale
+        text = (text + "\n\n" if text else "") + scale_text
+    config = {k: v for k, v in vars(args).items() if k != "out"} | {"k": ks, "sources": len(wnids)}
+    return finish("bip", args, device, config, results, text)
+
+
+def scale_problem(num_sources: int, num_targets: int, args) -> SelectionProblem:
+    """The ImageNet-21k-scale request: Dirichlet rows, a seeded random partition into groups."""
+    affinity = dirichlet_affinity(num_targets, num_sources, args.alpha, args.seed)
+    owner = np.random.default_rng(args.seed + 1).integers(0, args.scale_groups, size=num_sources)
+    groups = {f"g{g}": np.flatnonzero(owner == g).tolist() for g in range(args.scale_groups)}
+    return SelectionProblem(
+        affinity, args.scale_k, coverage=args.coverage, groups=groups, max_per_group=args.scale_cap
+    )
+
+
+def solve_with_deadline(problem: SelectionProblem, formulation: str, time_limit: float, deadline: float):
+    """``(result, seconds)`` of ``solve_selection`` in a child process; ``(None, deadline)`` if killed at the deadline.
+
+    CBC checks its own time limit only between phases: on a model of millions of variables it can spend far
+    longer in the root LP. The child runs in its own session, so killing the session kills CBC with it.
+    """
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def work():
+        os.setsid()
+        send.send(solve_selection(problem, time_limit=time_limit, formulation=formulation))
+
+    start = time.perf_counter()
+    child = ctx.Process(target=work)
+    child.start()
+    if receive.poll(deadline):
+        result = receive.recv()
+        seconds = time.perf_counter() - start
+        child.join()
+        return result, seconds
+    os.killpg(child.pid, signal.SIGKILL)
+    child.join()
+    return None, deadline
+
+
+def scale_rows(args, targets: list[int], device) -> tuple[dict, str]:
+    """Both formulations on each ImageNet-21k-scale problem, one after the other in every round."""
+    problems = {t: scale_problem(args.scale_sources, t, args) for t in targets}
+    answers, times, skipped, killed = {}, {}, {}, set()
+    for _ in range(args.repeats):
+        for t, problem in problems.items():
+            for formulation in FORMULATIONS:
+                name = f"{t}/{formulation}"
+                variables = problem.num_sources * (1 + (problem.num_targets if formulation == "xy" else 0))
+                if variables > args.xy_max_variables:
+                    skipped[name] = variables
+                    continue
+                if name in killed:
+                    continue  # past the deadline once: not run again
+                result, seconds = solve_with_deadline(problem, formulation, args.time_limit, args.deadline)
+                times.setdefault(name, []).append(seconds)
+                if result is None:
+                    killed.add(name)
+                else:
+                    answers[name] = result
+    results, rows = {}, []
+    for t, problem in problems.items():
+        for formulation in FORMULATIONS:
+            name = f"{t}/{formulation}"
+            variables = problem.num_sources * (1 + (problem.num_targets if formulation == "xy" else 0))
+            if name in skipped:
+                results[name] = {
+                    "skipped": f"{variables} variables > --xy-max-variables {args.xy_max_variables}"
+                }
+                rows.append([t, formulation, variables, "skipped", "", "", "", ""])
+                continue
+            answer = answers.get(name)
+            ratio = None
+            if formulation == "xy" and f"{t}/y" in times:
+                ratio = median_ratio(times[name], times[f"{t}/y"])
+            results[name] = {
+                "targets": t,
+                "formulation": formulation,
+                "variables": variables,
+                "solve_selection": stats(times[name]),
+                "killed_at_deadline_s": args.deadline if name in killed else None,
+                "solver_solve_time_s": None if answer is None else answer.solve_time,
+                "status": "killed at the deadline" if answer is None else answer.status,
+                "gap": None if answer is None else answer.gap,
+                "objective": None if answer is None else answer.objective,
+                "xy_over_y": ratio,
+            }
+            median = results[name]["solve_selection"]["median_s"]
+            rows.append(
+                [
+                    t,
+                    formulation,
+                    variables,
+                    f"> {median:.0f} (killed)" if answer is None else median,
+                    "" if answer is None else answer.solve_time,
+                    results[name]["status"],
+                    "" if answer is None else answer.objective,
+                    "" if ratio is None else f"{'> ' if answer is None else ''}{ratio:.3g}x",
+                ]
+            )
+    for t in targets:  # the two optima must agree
+        y, xy = answers.get(f"{t}/y"), answers.get(f"{t}/xy")
+        if y is not None and xy is not None and y.status == xy.status == "optimal":
+            if not np.isclose(y.objective, xy.objective, rtol=1e-9):
+                raise AssertionError(f"{t} targets: y optimum {y.objective} != xy optimum {xy.objective}")
+    text = (
+        f"ImageNet-21k scale: {args.scale_sources} sources, k {args.scale_k}, coverage {args.coverage} above"
+        f" 1/S, {args.scale_groups} groups capped at {args.scale_cap}; median of {args.repeats}\n"
         + table(
             [
-                "k",
-                "cap/group",
+                "targets",
+                "formulation",
+                "variables",
                 "solve_selection s",
                 "build+CBC s",
                 "status",
-                "gap",
-                "greedy s",
-                "greedy obj / BIP obj",
-                "greedy violates",
+                "objective",
+                "xy / y",
             ],
             rows,
-        )
+        )  # fmt: skip
     )
-    config = {k: v for k, v in vars(args).items() if k != "out"} | {"k": ks, "sources": len(wnids)}
-    return finish("bip", args, device, config, results, text)
+    return results, text
 
 
 if __name__ == "__main__":

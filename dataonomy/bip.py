@@ -1,20 +1,23 @@
 """Which source classes to pretrain on: a binary integer programme (METHOD.md section 4), PuLP + CBC.
 
-Variables: ``y_s`` in {0, 1} (source class s is selected) and ``x_{s,t}`` in [0, 1] (s serves target t).
+Variables: ``y_s`` in {0, 1}, source class s is selected. With ``c_s = sum_t r_t P[t, s]``:
 
-    maximise    sum_t r_t sum_s P[t, s] x_{s,t}
-    subject to  x_{s,t} <= y_s                                   (only selected classes serve)
-                sum_s y_s = k                                    (--k)
+    maximise    sum_s c_s y_s
+    subject to  sum_s y_s = k                                    (--k)
                 sum_s n_s y_s <= B                               (--image-budget, optional)
-                sum_{s : P[t, s] > floor} x_{s,t} >= m   for all t   (--coverage, --coverage-floor)
+                sum_{s : P[t, s] > floor} y_s >= m       for all t   (--coverage, --coverage-floor)
                 sum_{s in g} y_s <= q                    for all groups g   (--diversity-max)
                 y_s = 1 for s in include,  y_s = 0 for s in exclude
 
-``x`` is continuous: once y is integral, the best x is ``x_{s,t} = y_s`` (every P[t, s] >= 0), so
-integrality of x would add 10^4 binaries for T = 10, S = 1000 without changing the optimum, and the
-LP relaxation is exactly that of the y-only model. Without coverage, diversity and budget the
-programme is a sort (the top k of ``c_s = sum_t r_t P[t, s]``); :func:`greedy_top_k` computes that
-answer, and :func:`check_constraints` lists what it (or any selection) violates.
+METHOD.md writes the programme with serve variables ``x_{s,t}`` in [0, 1], ``x_{s,t} <= y_s``, the
+objective ``sum_t r_t sum_s P[t, s] x_{s,t}`` and coverage counted over x. Every P[t, s] >= 0, so
+raising any x_{s,t} to y_s never lowers the objective and never breaks coverage: some optimum has
+``x = y`` and both programmes have the same optimal value and the same optimal y. The y-only form
+has S variables instead of S (T + 1) (19,000 instead of 1.9 million at ImageNet-21k scale with 100
+targets). :func:`solve_selection` solves it; ``formulation="xy"`` solves METHOD.md's form, kept as
+the reference the tests and ``benchmarks/bench_bip.py`` compare against. Without coverage,
+diversity and budget the programme is a sort (the top k of ``c_s``); :func:`greedy_top_k` computes
+that answer, and :func:`check_constraints` lists what it (or any selection) violates.
 
 Infeasible requests raise :class:`~dataonomy.errors.DataonomyError` naming the constraint family
 and the largest (or smallest) value that would be feasible. Cheap closed-form checks run before the
@@ -610,9 +613,24 @@ class SelectionResult:
         }
 
 
-def _main_model(problem: SelectionProblem, relax: bool = False):
+FORMULATIONS = ("y", "xy")
+
+
+def _main_model(problem: SelectionProblem, relax: bool = False, formulation: str = "y"):
+    """The programme as a PuLP problem: (problem, y, x); x is None for the y-only formulation."""
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
     prob = pulp.LpProblem("dataonomy_selection", pulp.LpMaximize)
     y = _selection_variables(prob, problem, relax=relax)
+    if formulation == "y":
+        value = problem.source_value
+        prob += pulp.LpAffineExpression(
+            [(y[s], float(value[s])) for s in range(problem.num_sources) if value[s]]
+        )
+        prob += pulp.lpSum(y) == problem.k, "k"
+        _add_side_constraints(prob, problem, y, {"diversity", "budget", "coverage"})
+        return prob, y, None
+    # METHOD.md's form with serve variables x[s][t] (the reference).
     num_targets, num_sources = problem.affinity.shape
     x = [[_variable(prob, f"x_{s}_{t}", 0, 1) for t in range(num_targets)] for s in range(num_sources)]
     weights = problem.target_weights[:, None] * problem.affinity
@@ -642,12 +660,14 @@ def solve_selection(
     time_limit: float | None = DEFAULT_TIME_LIMIT,
     threads: int | None = None,
     msg: bool = False,
+    formulation: str = "y",
 ) -> SelectionResult:
     """Solve the programme with CBC; infeasible requests raise :class:`DataonomyError` (see module doc).
 
     ``time_limit`` seconds per CBC call (the best selection found so far is returned, with its gap, if
     the limit stops the search); ``threads`` for CBC (None: CBC's default, one, which keeps results
-    reproducible); ``msg`` shows CBC's log.
+    reproducible); ``msg`` shows CBC's log. ``formulation``: ``y`` (the default) or ``xy``, METHOD.md's
+    form with serve variables, the same optimum with S x T more variables (kept as the reference).
     """
 
     def aux(families, goal):
@@ -655,7 +675,7 @@ def solve_selection(
 
     _precheck(problem, aux)
     start = time.perf_counter()
-    prob, y, x = _main_model(problem)
+    prob, y, x = _main_model(problem, formulation=formulation)
     status, sol_status = _solve(prob, cbc_solver(time_limit=time_limit, threads=threads, msg=msg))
     elapsed = time.perf_counter() - start
     if status in (pulp.LpStatusInfeasible, pulp.LpStatusUndefined) or sol_status == pulp.LpSolutionInfeasible:
@@ -666,18 +686,22 @@ def solve_selection(
             f" (status {pulp.LpStatus[status]}); raise {OPTION_NAMES['time_limit']}"
         )
     selected = [s for s in range(problem.num_sources) if (y[s].value() or 0.0) > 0.5]
-    assignment = np.array(
-        [
-            [float(np.clip(round(x[s][t].value() or 0.0, 9), 0, 1)) for t in range(problem.num_targets)]
-            for s in range(problem.num_sources)
-        ]
-    )
+    if x is None:  # every selected class serves every target (x = y)
+        assignment = np.zeros((problem.num_sources, problem.num_targets))
+        assignment[selected] = 1.0
+    else:
+        assignment = np.array(
+            [
+                [float(np.clip(round(x[s][t].value() or 0.0, 9), 0, 1)) for t in range(problem.num_targets)]
+                for s in range(problem.num_sources)
+            ]
+        )
     objective = float(np.sum(problem.target_weights[None, :] * problem.affinity.T * assignment))
     if sol_status == pulp.LpSolutionOptimal:
         status_text, bound = "optimal", objective
     else:
         status_text = "feasible (time limit)"
-        relaxed, _, _ = _main_model(problem, relax=True)
+        relaxed, _, _ = _main_model(problem, relax=True, formulation=formulation)
         relaxed.solve(cbc_solver(time_limit=time_limit, threads=threads, mip=False))
         bound = float(pulp.value(relaxed.objective))
     gap = max(0.0, (bound - objective) / max(abs(objective), 1e-12))

@@ -54,11 +54,18 @@ def test_ahp(bench, tmp_path, dagm_class1_test):
 
 def test_bip(bench, tmp_path):
     results = run(bench, "bip", tmp_path)
+    scale = results.pop("imagenet21k_scale")
     (record,) = results.values()
     assert record["status"] == "optimal" and record["bip_selection_violations"] == 0
     # Greedy can only do as well as the programme where it breaks a constraint.
     assert record["greedy"]["objective_ratio"] <= 1 + 1e-9 or record["greedy"]["violations"] > 0
     assert positive(record["solve_selection"]["median_s"])
+    # The y-only programme and METHOD.md's serve-variable form, side by side: the same optimum.
+    y, xy = scale["2/y"], scale["2/xy"]
+    assert y["status"] == xy["status"] == "optimal" and y["objective"] == pytest.approx(
+        xy["objective"], rel=1e-9
+    )
+    assert xy["variables"] == 3 * y["variables"] and positive(xy["xy_over_y"])
 
 
 def test_rootcause(bench, tmp_path, dagm_class1_test):

@@ -77,7 +77,8 @@ def _problem(
     )
 
 
-def test_solver_matches_brute_force_on_small_random_instances():
+@pytest.mark.parametrize("formulation", bip.FORMULATIONS)
+def test_solver_matches_brute_force_on_small_random_instances(formulation):
     rng = np.random.default_rng(0)
     feasible = infeasible = 0
     for _ in range(30):
@@ -89,7 +90,7 @@ def test_solver_matches_brute_force_on_small_random_instances():
                 bip.solve_selection(problem)
             infeasible += 1
             continue
-        result = bip.solve_selection(problem)
+        result = bip.solve_selection(problem, formulation=formulation)
         feasible += 1
         assert result.status == "optimal" and result.gap == 0.0
         assert result.objective == pytest.approx(best, rel=1e-9, abs=1e-12)
@@ -100,6 +101,54 @@ def test_solver_matches_brute_force_on_small_random_instances():
         assert np.all(result.assignment[result.selected] == 1.0)
         assert np.all(np.delete(result.assignment, result.selected, axis=0) == 0.0)
     assert feasible >= 10 and infeasible >= 3  # both branches were exercised
+
+
+def test_y_only_programme_has_the_optimum_of_the_serve_variable_reference():
+    # METHOD.md's form (x[s][t] <= y[s]) and the y-only form on random instances too big for brute force:
+    # the same optimal value, and each one's selection is optimal and feasible for the other.
+    rng = np.random.default_rng(11)
+    compared = 0
+    for trial in range(12):
+        num_targets, num_sources, k = (
+            int(rng.integers(2, 6)),
+            int(rng.integers(30, 80)),
+            int(rng.integers(5, 20)),
+        )
+        p = rng.dirichlet(np.full(num_sources, float(rng.choice([0.3, 1.0, 3.0]))), size=num_targets)
+        groups = {
+            f"g{i}": sorted(rng.choice(num_sources, size=int(rng.integers(5, 20)), replace=False).tolist())
+            for i in range(int(rng.integers(0, 6)))
+        }
+        n = rng.integers(100, 1300, size=num_sources)
+        problem = bip.SelectionProblem(
+            p,
+            k,
+            target_weights=rng.uniform(0.5, 2.0, size=num_targets),
+            coverage=int(rng.integers(0, 4)),
+            groups=groups,
+            max_per_group=int(rng.integers(2, 6)) if groups else None,
+            image_counts=n,
+            image_budget=float(np.sort(n)[:k].sum() * rng.uniform(1.2, 2.5)) if trial % 2 else None,
+        )
+        try:
+            new = bip.solve_selection(problem, formulation="y")
+        except DataonomyError:
+            with pytest.raises(DataonomyError):
+                bip.solve_selection(problem, formulation="xy")
+            continue
+        ref = bip.solve_selection(problem, formulation="xy")
+        assert new.status == ref.status == "optimal"
+        assert new.objective == pytest.approx(ref.objective, rel=1e-9, abs=1e-12)
+        for result in (new, ref):
+            assert bip.check_constraints(result.selected, problem) == []
+            assert problem.objective(result.selected) == pytest.approx(ref.objective, rel=1e-9)
+        compared += 1
+    assert compared >= 8
+
+
+def test_unknown_formulation_is_refused():
+    with pytest.raises(ValueError, match="formulation"):
+        bip.solve_selection(bip.SelectionProblem(np.ones((1, 3)) / 3, 1), formulation="z")
 
 
 def test_without_side_constraints_the_programme_is_a_sort():
