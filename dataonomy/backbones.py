@@ -458,6 +458,36 @@ def describe_backbone(name: str, weights: str | Path = "imagenet") -> dict:
     }
 
 
+#: ``--backbone auto``: the method's Inception V3 where its ImageNet weights are on this machine, else the
+#: backbone whose ImageNet weights install offline with the package.
+AUTO_BACKBONE = "auto"
+PREFERRED_BACKBONE = "inception_v3"
+OFFLINE_BACKBONE = "efficientnet_lite0"
+
+
+def resolve_backbone(name: str, weights: str | Path = "imagenet") -> tuple[str, str | None]:
+    """``(backbone, reason)``: ``name`` itself, or for ``auto`` the backbone chosen and why (None if preferred).
+
+    ``auto`` is Inception V3 (METHOD.md's backbone) when its ImageNet weights are in the torch cache or
+    other weights are given; else EfficientNet-Lite0, whose ImageNet weights come with the package.
+    """
+    if name != AUTO_BACKBONE:
+        get_backbone_spec(name)  # unknown names fail here
+        return name, None
+    if _weights_kind(weights) != "imagenet":
+        return PREFERRED_BACKBONE, None
+    from torchvision.models import Inception_V3_Weights
+
+    cached = torch_cache_file(Inception_V3_Weights.IMAGENET1K_V1.url)
+    if cached.is_file():
+        return PREFERRED_BACKBONE, None
+    return OFFLINE_BACKBONE, (
+        f"--backbone auto: {PREFERRED_BACKBONE}'s ImageNet weights are not in the torch cache ({cached}), so "
+        f"{OFFLINE_BACKBONE} (weights installed with the package); pass --backbone {PREFERRED_BACKBONE} to "
+        "download them"
+    )
+
+
 def get_backbone(
     name: str = "inception_v3",
     weights: str | Path = "imagenet",

@@ -107,13 +107,22 @@ def features_cmd(
     dataset: str = DatasetOpt,
     root: Path = RootOpt,
     out: Path = typer.Option(
-        ...,
+        None,
         "--out",
         help="HDF5 feature cache to write. Reused when complete for the same inputs; an interrupted run "
-        "resumes from <out>.partial.",
+        "resumes from <out>.partial. Default: the file `dataonomy select` looks for under --cache-dir.",
+    ),
+    cache_dir: Path = typer.Option(
+        Path(".dataonomy_cache"),
+        "--cache-dir",
+        help="Where the default --out goes: `dataonomy select --cache-dir` with the same dataset options reuses it.",
     ),
     backbone: str = typer.Option(
-        "inception_v3", "--backbone", help=f"Pretrained backbone: {', '.join(list_backbones())}."
+        "auto",
+        "--backbone",
+        help=f"Pretrained backbone: {', '.join(list_backbones())}, or auto: inception_v3 (the method's) when its "
+        "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
+        "installed with the package).",
     ),
     weights: str = typer.Option(
         "imagenet",
@@ -149,12 +158,18 @@ def features_cmd(
     """Embed a dataset with a pretrained backbone into an HDF5 feature cache (resumable; torchrun splits the work)."""
     import os
 
-    from dataonomy.features import ensure_features
+    from dataonomy.backbones import resolve_backbone
+    from dataonomy.features import ensure_features, feature_cache_path
 
     options = reader_options(
         classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
         labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad,
     )  # fmt: skip
+    backbone, why = resolve_backbone(backbone, weights)
+    if why:
+        typer.echo(why, err=True)
+    if out is None:
+        out = feature_cache_path(cache_dir, dataset, root, options, backbone, weights)
     fs = ensure_features(
         dataset,
         root,
@@ -183,7 +198,11 @@ def select_cmd(
     target_root: Path = typer.Option(..., "--target-root", help="Folder of the target dataset."),
     source: str = typer.Option("imagenet", "--source", help="Source pool reader (imagenet, folder)."),
     source_root: Path = typer.Option(
-        ..., "--source-root", help="Folder of the source pool (ILSVRC train or Tiny ImageNet)."
+        None,
+        "--source-root",
+        help="Folder of the source pool (ILSVRC train, Tiny ImageNet, or a folder of class folders). Optional "
+        "for --source imagenet --affinity softmax: without it the pool is the backbone's 1000 ImageNet-1k "
+        "classes and only the target images are read.",
     ),
     k: int = typer.Option(500, "--k", help="Number of source classes to select."),
     affinity: str = typer.Option(
@@ -231,7 +250,11 @@ def select_cmd(
         help="Manifest to write (JSON); the taxonomy GraphML goes beside it.",
     ),
     backbone: str = typer.Option(
-        "inception_v3", "--backbone", help=f"Pretrained backbone: {', '.join(list_backbones())}."
+        "auto",
+        "--backbone",
+        help=f"Pretrained backbone: {', '.join(list_backbones())}, or auto: inception_v3 (the method's) when its "
+        "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
+        "installed with the package).",
     ),
     weights: str = typer.Option(
         "imagenet", "--weights", help="imagenet, a state_dict file, or none (random; tests only)."
@@ -244,6 +267,11 @@ def select_cmd(
     ),
     target_split: str = typer.Option(
         None, "--target-split", help="Target split to embed (DAGM: all|train|val|trainval|test)."
+    ),
+    target_images_per_class: int = typer.Option(
+        None,
+        "--target-images-per-class",
+        help="Target images sampled per class (seeded by --seed); default every image.",
     ),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
@@ -263,6 +291,15 @@ def select_cmd(
         "--cache-dir",
         help="Where the HDF5 feature caches live (reused across runs).",
     ),
+    target_features: Path = typer.Option(
+        None,
+        "--target-features",
+        help="Target feature cache written by `dataonomy features --out FILE` (checked against these inputs); "
+        "default: the cache under --cache-dir.",
+    ),
+    source_features: Path = typer.Option(
+        None, "--source-features", help="Source feature cache, as --target-features (needs --source-root)."
+    ),
     top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
 ):
     """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP)."""
@@ -278,6 +315,7 @@ def select_cmd(
         else None,
         target_classes=parse_list(target_classes),
         target_split=target_split,
+        target_images_per_class=target_images_per_class,
         target_labels_root=labels_root,
         target_allow_partial=allow_partial,
         images_per_class=images_per_class or None,
@@ -298,8 +336,12 @@ def select_cmd(
         num_workers=num_workers,
         device=device,
         cache_dir=cache_dir,
+        target_features=target_features,
+        source_features=source_features,
         out=out,
     )
+    if source_features is not None and source_root is None:
+        raise DataonomyError("--source-features needs --source-root (the images the cache was made from)")
     run = run_selection(cfg, log=typer.echo)
     typer.echo(format_selection_report(run, top))
 
@@ -333,24 +375,65 @@ def format_selection_report(run, top: int = 5) -> str:
 def graph_cmd(
     manifest: Path = typer.Argument(..., help="Manifest written by dataonomy select."),
     fmt: str = typer.Option(
-        "text", "--format", help="text (summary), graphml, json (node-link), dot or png."
+        "text",
+        "--format",
+        help="text (summary printed), graphml, json (networkx node-link), dot, png (a picture) or html (one "
+        "self-contained page, no network needed: the collapsible WordNet tree of the selected classes with "
+        "counts and summed affinities, each class's affinity to every target, a search box, and k, coverage, "
+        "objective, solver and the greedy comparison on top; open view.html#search=NAME to start with a search).",
     ),
-    out: Path = typer.Option(None, "--out", help="File to write (required for every format but text)."),
+    out: Path = typer.Option(
+        None, "--out", help="File to write (required for every format but text; written atomically)."
+    ),
     max_sources: int = typer.Option(
-        40, "--max-sources", help="png: draw the N strongest sources and their ancestors."
+        40,
+        "--max-sources",
+        help="png: the most leaves drawn: the N strongest selected classes (or collapsed boxes, see --depth) by "
+        "affinity summed over the targets, with their WordNet ancestors. The automatic depth keeps at most N boxes.",
+    ),
+    depth: int = typer.Option(
+        None,
+        "--depth",
+        help="png: collapse the WordNet tree below depth N (>= 1): every node at depth N with several selected "
+        "classes under it is drawn as one box 'name (n classes)' carrying their summed affinity. Default: none "
+        "up to 60 selected classes; above 60, the deepest depth that leaves at most --max-sources boxes "
+        "(so a k = 500 picture stays legible). A depth below every class draws the classes one by one.",
     ),
 ):
-    """Inspect the taxonomy of a selection: print a summary, export it, or render it as a PNG."""
+    """Inspect the taxonomy of a selection: print a summary, export it, or render it as a PNG or an HTML page."""
     from dataonomy.manifest import read_manifest
-    from dataonomy.taxonomy import FORMATS, draw_taxonomy, export_graph, graph_from_manifest
+    from dataonomy.taxonomy import (
+        AUTO_DEPTH_ABOVE,
+        FORMATS,
+        auto_depth,
+        draw_taxonomy,
+        export_graph,
+        graph_from_manifest,
+    )
+    from dataonomy.taxonomy_html import write_taxonomy_html
 
     if fmt not in FORMATS:
         raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
-    g = graph_from_manifest(read_manifest(manifest))
+    if fmt != "text" and out is None:
+        raise DataonomyError(f"--out is required for --format {fmt}")
+    if depth is not None and fmt != "png":
+        raise DataonomyError(f"--depth applies to --format png only (got --format {fmt})")
+    if depth is not None and depth < 1:
+        raise DataonomyError(f"--depth must be >= 1 (got {depth})")
+    if max_sources < 1:
+        raise DataonomyError(f"--max-sources must be >= 1 (got {max_sources})")
+    data = read_manifest(manifest)
+    g = graph_from_manifest(data)
     if fmt == "png":
-        if out is None:
-            raise DataonomyError("--out is required for --format png")
-        draw_taxonomy(g, out, max_sources=max_sources, title=f"Taxonomy of {manifest.name}")
+        n_classes = len(data["selected"])
+        if depth is None and n_classes > AUTO_DEPTH_ABOVE:
+            depth = auto_depth(g, max_sources)
+            typer.echo(
+                f"{n_classes} selected classes: drawn collapsed below WordNet depth {depth} (--depth sets it)"
+            )
+        draw_taxonomy(g, out, max_sources=max_sources, title=f"Taxonomy of {manifest.name}", depth=depth)
+    elif fmt == "html":
+        write_taxonomy_html(g, out, data, title=f"Taxonomy of {manifest.name}")
     else:
         result = export_graph(g, fmt, out)
         if fmt == "text":

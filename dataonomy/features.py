@@ -49,6 +49,7 @@ from dataonomy.backbones import Backbone, describe_backbone, get_backbone, resol
 from dataonomy.datasets.options import open_dataset
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.io import atomic_path
+from dataonomy.manifest import fingerprint_json
 
 FORMAT = "dataonomy-features/1"
 STORAGE_DTYPES = ("float32", "float16")
@@ -608,6 +609,27 @@ def _run_everywhere(ranks: _Ranks, step: Callable[[], Any], only_rank0: bool, fa
 
 
 # --- the entry point ----------------------------------------------------------------------------
+
+
+def feature_cache_path(
+    cache_dir: Path, dataset: str, root: Path, options: dict, backbone: str, weights: str
+) -> Path:
+    """The one naming rule of feature caches, used by `dataonomy features` and `dataonomy select` alike.
+
+    One file per (dataset, root, reader options, backbone, weights): a readable name plus a short hash.
+    ``options`` are :func:`~dataonomy.datasets.options.reader_options` (unset ones dropped, so a command
+    that does not set an option names the same file as one that leaves it at its default).
+    """
+    key = fingerprint_json(
+        {
+            "dataset": dataset,
+            "root": str(Path(root).resolve()),
+            "options": options,
+            "backbone": backbone,
+            "weights": str(weights),
+        }
+    )[:12]
+    return Path(cache_dir) / f"{dataset}-{Path(root).name}-{backbone}-{key}.h5"
 
 
 def ensure_features(

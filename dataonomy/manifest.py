@@ -29,7 +29,14 @@ REQUIRED = {
     "greedy": dict,
     "fingerprint": str,
 }
-SELECTED_REQUIRED = {"wnid": str, "name": str, "source_index": int, "images": int, "affinity": dict}
+# "images" is None when the pool came from the classifier (no source images were read).
+SELECTED_REQUIRED = {
+    "wnid": str,
+    "name": str,
+    "source_index": int,
+    "images": (int, type(None)),
+    "affinity": dict,
+}
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -80,8 +87,9 @@ def validate_manifest(manifest: dict, where: str = "manifest") -> dict:
     seen = set()
     for i, entry in enumerate(manifest["selected"]):
         for key, typ in SELECTED_REQUIRED.items():
-            if not isinstance(entry.get(key), typ):
-                raise DataonomyError(f"{where}: selected[{i}].{key} is missing or not a {typ.__name__}")
+            if key not in entry or not isinstance(entry[key], typ):
+                what = " or ".join(t.__name__ for t in typ) if isinstance(typ, tuple) else typ.__name__
+                raise DataonomyError(f"{where}: selected[{i}].{key} is missing or not a {what}")
         if entry["wnid"] in seen:
             raise DataonomyError(f"{where}: selected[{i}].wnid {entry['wnid']} appears twice")
         seen.add(entry["wnid"])

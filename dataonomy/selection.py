@@ -16,15 +16,16 @@ import numpy as np
 import torch
 
 from dataonomy import __version__
-from dataonomy.affinity import AffinityInputs, class_affinity, per_image_scores
+from dataonomy.affinity import AffinityInputs, class_affinity, get_affinity, per_image_scores
 from dataonomy.ahp import ahp_normalize
+from dataonomy.backbones import resolve_backbone
 from dataonomy.bip import SelectionProblem, SelectionResult, solve_selection
 from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.errors import DataonomyError
-from dataonomy.features import FeatureSet, ensure_features
+from dataonomy.features import FeatureSet, ensure_features, feature_cache_path
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, write_manifest
 from dataonomy.taxonomy import export_graph, graph_from_manifest
-from dataonomy.wordnet import imagenet_index, load_wordnet
+from dataonomy.wordnet import imagenet_classes, imagenet_index, load_wordnet
 
 
 @dataclass
@@ -32,7 +33,7 @@ class SelectConfig:
     """Every parameter of one selection run (recorded in the manifest)."""
 
     target_root: Path
-    source_root: Path
+    source_root: Path | None = None  # None: the pool is the backbone's ImageNet-1k classifier (softmax only)
     target: str = "dagm"
     source: str = "imagenet"
     target_classes: list[str] | None = None
@@ -43,7 +44,7 @@ class SelectConfig:
     images_per_class: int | None = 50
     target_images_per_class: int | None = None
     seed: int = 0
-    backbone: str = "inception_v3"
+    backbone: str = "auto"  # inception_v3 where its weights are present, else efficientnet_lite0
     weights: str = "imagenet"
     affinity: str = "softmax"
     k: int = 500
@@ -59,12 +60,24 @@ class SelectConfig:
     num_workers: int = 2
     device: str = "auto"
     cache_dir: Path = Path(".dataonomy_cache")
+    target_features: Path | None = (
+        None  # an HDF5 cache written by `dataonomy features`; default: by cache_dir
+    )
+    source_features: Path | None = None
     out: Path = Path("data_manifests/selection.json")
 
     def recorded(self) -> dict:
         """The parameters that define the result (paths as strings; run-only knobs left out)."""
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-        for key in ("batch_size", "num_workers", "device", "cache_dir", "out"):
+        for key in (
+            "batch_size",
+            "num_workers",
+            "device",
+            "cache_dir",
+            "target_features",
+            "source_features",
+            "out",
+        ):
             d.pop(key)
         return d
 
@@ -129,22 +142,6 @@ def read_class_list(path: Path, known: list[str], option: str) -> list[int]:
     return out
 
 
-def feature_cache_path(
-    cache_dir: Path, dataset: str, root: Path, options: dict, backbone: str, weights: str
-) -> Path:
-    """One cache file per (dataset, sampling, backbone, weights): a readable name plus a short hash."""
-    key = fingerprint_json(
-        {
-            "dataset": dataset,
-            "root": str(Path(root).resolve()),
-            "options": options,
-            "backbone": backbone,
-            "weights": str(weights),
-        }
-    )[:12]
-    return Path(cache_dir) / f"{dataset}-{Path(root).name}-{backbone}-{key}.h5"
-
-
 def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
     target = reader_options(
         classes=cfg.target_classes, split=cfg.target_split, images_per_class=cfg.target_images_per_class,
@@ -155,31 +152,143 @@ def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
     return tuple({k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()} for d in (target, source))
 
 
+@dataclass
+class SourcePool:
+    """The source classes the programme chooses from, however they were found.
+
+    ``kind``: ``images`` (a folder of source images, embedded like the target) or ``classifier`` (the
+    backbone's ImageNet-1k classes; no source image is read). ``logit_index``: each class's column in
+    the backbone's logits (None when a class has none); ``image_counts``: images per class on disk
+    (None for a classifier pool); ``features``: the embedded sample (None for a classifier pool).
+    """
+
+    kind: str
+    classes: list[str]
+    names: list[str]
+    logit_index: np.ndarray | None
+    image_counts: np.ndarray | None
+    features: FeatureSet | None = None
+
+    def describe(self, cfg: SelectConfig) -> dict:
+        """The manifest's ``source`` section."""
+        if self.kind == "classifier":
+            return {
+                "dataset": cfg.source,
+                "pool": "classifier",
+                "description": "the ImageNet-1k classes of the backbone's classifier; no source images were read",
+                "root": None,
+                "classes": len(self.classes),
+                "images_sampled": 0,
+                "images_per_class": None,
+                "seed": cfg.seed,
+                "fingerprint": fingerprint_json(self.classes),
+            }
+        sf = self.features
+        return {
+            "dataset": cfg.source,
+            "pool": "images",
+            "root": str(cfg.source_root),
+            "classes": len(self.classes),
+            "images_sampled": len(sf),
+            "images_per_class": cfg.images_per_class,
+            "seed": cfg.seed,
+            "fingerprint": fingerprint_files(sf.paths, cfg.source_root),
+        }
+
+
+def classifier_pool(source_classes: list[str] | None = None) -> SourcePool:
+    """The packaged ImageNet-1k class list as a source pool (optionally only ``source_classes``)."""
+    every = list(imagenet_classes())
+    index = {w: i for i, (w, _) in enumerate(every)}
+    if source_classes is None:
+        chosen = list(range(len(every)))
+    else:
+        unknown = [w for w in source_classes if w not in index]
+        if unknown:
+            raise DataonomyError(
+                f"--source-classes: '{unknown[0]}' is not an ImageNet-1k class (without --source-root the pool is"
+                " the classifier's 1000 classes)"
+            )
+        chosen = sorted({index[w] for w in source_classes})
+    return SourcePool(
+        kind="classifier",
+        classes=[every[i][0] for i in chosen],
+        names=[every[i][1] for i in chosen],
+        logit_index=np.array(chosen, dtype=np.int64),
+        image_counts=None,
+    )
+
+
+def image_pool(sf: FeatureSet) -> SourcePool:
+    """A pool read from source images: its classes, their logit columns and their image counts on disk."""
+    logit_index = None
+    if sf.imagenet_indices is not None and all(i is not None for i in sf.imagenet_indices):
+        logit_index = np.array(sf.imagenet_indices, dtype=np.int64)
+    return SourcePool(
+        kind="images",
+        classes=list(sf.classes),
+        names=list(sf.class_names),
+        logit_index=logit_index,
+        image_counts=_full_class_counts_from_paths(sf),
+        features=sf,
+    )
+
+
+def _check_classifier_pool(cfg: SelectConfig) -> None:
+    """Without --source-root only the classifier's own ImageNet-1k classes can be the pool: say what is missing."""
+    if cfg.source != "imagenet":
+        raise DataonomyError(f"--source-root is required for --source {cfg.source} (a folder of its images)")
+    needs = get_affinity(cfg.affinity).requires
+    if "source_features" in needs or "source_labels" in needs:
+        raise DataonomyError(
+            f"--affinity {cfg.affinity} compares target images with source images: give --source-root (the ILSVRC"
+            " train folder), or use --affinity softmax, which needs only the target images"
+        )
+    if cfg.image_budget is not None:
+        raise DataonomyError(
+            "--image-budget needs the number of images in each source class: give --source-root (no packaged"
+            " table of ILSVRC-2012 training counts is available)"
+        )
+
+
 def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     """Run the whole selection; write the manifest (and its GraphML) atomically; return what was found."""
     if cfg.k < 1:
         raise DataonomyError(f"--k {cfg.k}: must be at least 1")
     if (cfg.diversity_depth is None) != (cfg.diversity_max is None):
         raise DataonomyError("--diversity-depth and --diversity-max must be given together")
+    get_affinity(cfg.affinity)  # an unknown measure fails before any work
+    backbone, why = resolve_backbone(cfg.backbone, cfg.weights)
+    if why:
+        log(f"[backbone] {why}")
+    cfg = dataclasses.replace(cfg, backbone=backbone)  # the manifest records the backbone actually used
+    from_classifier = cfg.source_root is None
+    if from_classifier:
+        _check_classifier_pool(cfg)
     t0 = time.perf_counter()
     target_opts, source_opts = _dataset_options(cfg)
 
     # Both listings first, so that a bad --source-root or --source-classes fails now, not after the target's
     # features; the readers then go to feature extraction, which would otherwise list them again.
     readers = {"target": open_dataset(cfg.target, cfg.target_root, **target_opts)}
-    try:
-        readers["source"] = open_dataset(cfg.source, cfg.source_root, **source_opts)
-    except DataonomyError as exc:
-        where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
-        raise DataonomyError(f"{where}: {exc}") from None
+    roles = [("target", cfg.target, cfg.target_root, target_opts, cfg.target_features)]
+    if from_classifier:
+        pool = classifier_pool(cfg.source_classes)
+        log(
+            f"[source] {len(pool.classes)} ImageNet-1k classes of the {cfg.backbone} classifier (no source images)"
+        )
+    else:
+        try:
+            readers["source"] = open_dataset(cfg.source, cfg.source_root, **source_opts)
+        except DataonomyError as exc:
+            where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
+            raise DataonomyError(f"{where}: {exc}") from None
+        roles.append(("source", cfg.source, cfg.source_root, source_opts, cfg.source_features))
 
-    # 1. Features (cached in HDF5; extracted only where missing).
+    # 1. Features (cached in HDF5; extracted only where missing; `dataonomy features` writes the same caches).
     feats: dict[str, FeatureSet] = {}
-    for role, name, root, opts in (
-        ("target", cfg.target, cfg.target_root, target_opts),
-        ("source", cfg.source, cfg.source_root, source_opts),
-    ):
-        cache = feature_cache_path(cfg.cache_dir, name, root, opts, cfg.backbone, cfg.weights)
+    for role, name, root, opts, given in roles:
+        cache = given or feature_cache_path(cfg.cache_dir, name, root, opts, cfg.backbone, cfg.weights)
         log(f"[features] {role}: {name} at {root} -> {cache}")
         feats[role] = ensure_features(
             name,
@@ -194,13 +303,12 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
             dataset=readers[role],
         )
         log(f"[features] {role}: {len(feats[role])} images, {feats[role].extracted} extracted now")
-    tf, sf = feats["target"], feats["source"]
-    source_classes, source_names = list(sf.classes), list(sf.class_names)
+    tf = feats["target"]
+    if not from_classifier:
+        pool = image_pool(feats["source"])
+    source_classes, source_names = pool.classes, pool.names
     target_classes, target_labels = _target_groups(list(tf.labels))
-    logit_index = None
-    if sf.imagenet_indices is not None and all(i is not None for i in sf.imagenet_indices):
-        logit_index = np.array(sf.imagenet_indices, dtype=np.int64)
-    elif cfg.affinity == "softmax":
+    if cfg.affinity == "softmax" and pool.logit_index is None:
         raise DataonomyError(
             "--affinity softmax needs a source pool of ImageNet-1k classes; this pool has classes outside "
             "ImageNet-1k: use --affinity prototype, gaussian or frechet"
@@ -212,13 +320,14 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
 
     # 2. Affinity: per-image scores, raw class affinity.
     device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    sf = pool.features
     inputs = AffinityInputs(
         target_features=tf.features,
         target_logits=tf.logits,
         target_labels=target_labels,
-        source_features=sf.features,
-        source_labels=np.asarray(sf.targets),
-        source_logit_index=logit_index,
+        source_features=None if sf is None else sf.features,
+        source_labels=None if sf is None else np.asarray(sf.targets),
+        source_logit_index=pool.logit_index,
         num_sources=len(source_classes),
         num_targets=len(target_classes),
     )
@@ -233,7 +342,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     )
 
     # 4. The integer programme.
-    counts = _full_class_counts_from_paths(sf)
+    counts = pool.image_counts
     groups = diversity_groups(source_classes, cfg.diversity_depth) if cfg.diversity_depth is not None else {}
     problem = SelectionProblem(
         affinity=P,
@@ -255,7 +364,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     )
 
     # 5. Manifest and taxonomy graph.
-    manifest = build_manifest(cfg, tf, sf, target_classes, target_labels, P, raw, cr, counts, problem, result)
+    manifest = build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, problem, result)
     out = Path(cfg.out)
     graph_path = out.with_suffix(".graphml")
     graph = graph_from_manifest(manifest)
@@ -264,7 +373,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     report = {
         "solve_time_s": result.solve_time,
         "wall_time_s": time.perf_counter() - t0,
-        "extracted": {"target": tf.extracted, "source": sf.extracted},
+        "extracted": {"target": tf.extracted, "source": 0 if sf is None else sf.extracted},
     }
     return SelectionRun(manifest, result, source_classes, target_classes, P, raw, cr, report, out, graph_path)
 
@@ -280,19 +389,20 @@ def _full_class_counts_from_paths(sf: FeatureSet) -> np.ndarray:
     return counts
 
 
-def build_manifest(cfg, tf, sf, target_classes, target_labels, P, raw, cr, counts, problem, result) -> dict:
+def build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, problem, result) -> dict:
     """The manifest (METHOD.md section 5). No timestamps or timings: same inputs, same bytes."""
     index = imagenet_index()
+    counts = pool.image_counts
     selected = []
     for s in result.selected:
-        wnid = sf.classes[s]
+        wnid = pool.classes[s]
         selected.append(
             {
                 "wnid": wnid,
-                "name": sf.class_names[s],
+                "name": pool.names[s],
                 "imagenet_index": index.get(wnid),
                 "source_index": int(s),
-                "images": int(counts[s]),
+                "images": None if counts is None else int(counts[s]),
                 "affinity": {t: round(float(P[i, s]), 8) for i, t in enumerate(target_classes)},
                 "raw_affinity": {t: round(float(raw[i, s]), 8) for i, t in enumerate(target_classes)},
                 "serves": [t for i, t in enumerate(target_classes) if result.assignment[s, i] > 0.5],
@@ -306,15 +416,7 @@ def build_manifest(cfg, tf, sf, target_classes, target_labels, P, raw, cr, count
         "images_per_class": {c: int((target_labels == i).sum()) for i, c in enumerate(target_classes)},
         "fingerprint": fingerprint_files(tf.paths, cfg.target_root),
     }
-    source_info = {
-        "dataset": cfg.source,
-        "root": str(cfg.source_root),
-        "classes": len(sf.classes),
-        "images_sampled": len(sf),
-        "images_per_class": cfg.images_per_class,
-        "seed": cfg.seed,
-        "fingerprint": fingerprint_files(sf.paths, cfg.source_root),
-    }
+    source_info = pool.describe(cfg)
     backbone = {
         "name": cfg.backbone,
         "weights": str(cfg.weights),

@@ -2,7 +2,9 @@
 ancestors, with target -> source edges weighted by the AHP-normalised affinity.
 
 Pure graph building (:func:`build_taxonomy_graph`) is separate from export and drawing, and
-takes plain lists and arrays, so it can be used without a manifest.
+takes plain lists and arrays, so it can be used without a manifest. :func:`taxonomy_tree` (the nested
+tree the HTML view shows) and :func:`collapse_taxonomy` / :func:`auto_depth` (the grouped PNG of a
+large selection) are pure functions of the graph as well.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path
 from dataonomy.wordnet import WordNet, load_wordnet
 
-FORMATS = ("text", "graphml", "json", "dot", "png")
+FORMATS = ("text", "graphml", "json", "dot", "png", "html")
+# A PNG of more selected classes than this is drawn collapsed (see auto_depth) unless a depth is given.
+AUTO_DEPTH_ABOVE = 60
+# Node kinds that are drawn as leaves of the picture: a selected class, or a collapsed group of them.
+LEAF_KINDS = ("source", "group")
 
 
 def build_taxonomy_graph(
@@ -108,6 +114,167 @@ def summarize_graph(g: nx.DiGraph, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+def is_a_tree(g: nx.DiGraph) -> dict[str, str | None]:
+    """The parent of every WordNet node and selected class along the ``is_a`` edges: a tree.
+
+    The graph holds one shortest chain to the root per selected class; where two chains reach a node
+    through different parents (WordNet is a DAG; this does not happen among the ImageNet-1k classes),
+    the parent with the smallest wnid is kept, and WordNet nodes then left without a selected class
+    beneath are dropped. Tops (the WordNet root, classes outside WordNet) map to None.
+    """
+    parent: dict[str, str | None] = {}
+    for v, kind in g.nodes(data="kind"):
+        if kind != "target":
+            preds = sorted(u for u, _, d in g.in_edges(v, data=True) if d.get("kind") == "is_a")
+            parent[v] = preds[0] if preds else None
+    keep: set[str] = set()
+    for v, kind in g.nodes(data="kind"):
+        node = v if kind == "source" else None
+        while node is not None and node not in keep:
+            keep.add(node)
+            node = parent[node]
+    return {v: p for v, p in parent.items() if v in keep}
+
+
+def _children(parent: dict[str, str | None]) -> dict[str, list[str]]:
+    children: dict[str, list[str]] = {v: [] for v in parent}
+    for v, p in parent.items():
+        if p is not None:
+            children[p].append(v)
+    return children
+
+
+def _tree_order(node: dict) -> tuple:
+    return (-node["affinity_sum"], node["name"], node["wnid"] or "")
+
+
+def taxonomy_tree(g: nx.DiGraph) -> dict:
+    """The selection as one nested tree: WordNet nodes over the selected classes, with counts and sums.
+
+    Every node is a dict: ``wnid``, ``name``, ``kind`` (``wordnet``; ``source`` for a selected class;
+    ``root`` for a top node added when the classes share no WordNet root), ``depth`` (WordNet depth,
+    -1 outside WordNet), ``classes`` (selected classes at or below it), ``affinity`` (target class ->
+    affinity, summed over those classes) and ``affinity_sum`` (summed over the targets as well).
+    Internal nodes have ``children``, strongest ``affinity_sum`` first. A selected class that is also
+    an ancestor of other selected classes becomes an internal node (``selected``: true) whose first
+    child is the class itself, so the leaves are exactly the selected classes. The top node also
+    lists ``targets``, the target class names in the graph's order.
+    """
+    targets = [(v, d["label"]) for v, d in g.nodes(data=True) if d.get("kind") == "target"]
+    names = [label for _, label in targets]
+    aff = {v: dict.fromkeys(names, 0.0) for v, kind in g.nodes(data="kind") if kind == "source"}
+    for node, label in targets:
+        for _, s, d in g.out_edges(node, data=True):
+            if d.get("kind") == "affinity" and s in aff:
+                aff[s][label] += float(d["weight"])
+    parent = is_a_tree(g)
+    children = _children(parent)
+
+    def internal(base: dict, kids: list[dict]) -> dict:
+        total = {t: sum(k["affinity"][t] for k in kids) for t in names}
+        return {
+            **base,
+            "classes": sum(k["classes"] for k in kids),
+            "affinity": total,
+            "affinity_sum": sum(total.values()),
+            "children": kids,
+        }
+
+    def build(v: str) -> dict:
+        data = g.nodes[v]
+        base = {
+            "wnid": v,
+            "name": data.get("label", v),
+            "kind": data["kind"],
+            "depth": int(data.get("depth", -1)),
+        }
+        kids = sorted((build(c) for c in children[v]), key=_tree_order)
+        if data["kind"] != "source":
+            return internal(base, kids)
+        leaf = {**base, "classes": 1, "affinity": dict(aff[v]), "affinity_sum": sum(aff[v].values())}
+        if not kids:
+            return leaf
+        return internal({**base, "kind": "wordnet", "selected": True}, [leaf, *kids])
+
+    tops = sorted(v for v, p in parent.items() if p is None)
+    if len(tops) == 1:
+        tree = build(tops[0])
+    else:
+        base = {"wnid": None, "name": "selected classes", "kind": "root", "depth": -1}
+        tree = internal(base, sorted((build(v) for v in tops), key=_tree_order))
+    tree["targets"] = names
+    return tree
+
+
+def _depth_groups(g: nx.DiGraph, parent: dict[str, str | None], depth: int) -> dict[str, list[str]]:
+    """Selected classes by their ancestor at WordNet ``depth`` (a class above that depth: by itself)."""
+    groups: dict[str, list[str]] = {}
+    for v, kind in g.nodes(data="kind"):
+        if kind == "source" and v in parent:
+            key = v
+            while g.nodes[key].get("depth", -1) > depth and parent[key] is not None:
+                key = parent[key]
+            groups.setdefault(key, []).append(v)
+    return groups
+
+
+def collapse_taxonomy(g: nx.DiGraph, depth: int) -> nx.DiGraph:
+    """The taxonomy with everything below WordNet ``depth`` folded into one node per branch.
+
+    Each node at ``depth`` with two or more selected classes at or below it becomes a ``group`` node
+    (``classes``: how many; its affinity edges carry the sum of theirs, per target); the WordNet
+    nodes and classes beneath it are removed. A branch with a single class keeps the class itself,
+    and classes above ``depth`` stay as they are. Pure: ``g`` is not modified.
+    """
+    if depth < 1:
+        raise DataonomyError(f"--depth must be >= 1 (got {depth})")
+    parent = is_a_tree(g)
+    groups = {key: m for key, m in _depth_groups(g, parent, depth).items() if len(m) > 1}
+    folded: set[str] = set()
+    where: dict[str, str] = {}
+    for key, members in groups.items():
+        for s in members:
+            where[s] = key
+            v = s
+            while v != key:
+                folded.add(v)
+                v = parent[v]
+    h = nx.DiGraph(**g.graph)
+    for v, data in g.nodes(data=True):
+        if v in folded or (data.get("kind") != "target" and v not in parent):
+            continue
+        h.add_node(v, **data)
+        if v in groups:
+            h.nodes[v].update(kind="group", classes=len(groups[v]))
+    for v, p in parent.items():
+        if p is not None and v in h and p in h:
+            h.add_edge(p, v, kind="is_a", weight=1.0)
+    for t, s, data in g.edges(data=True):
+        if data.get("kind") == "affinity":
+            v = where.get(s, s)
+            if h.has_edge(t, v):
+                h[t][v]["weight"] += float(data["weight"])
+            else:
+                h.add_edge(t, v, kind="affinity", weight=float(data["weight"]))
+    h.graph["collapsed_depth"] = depth
+    return h
+
+
+def auto_depth(g: nx.DiGraph, max_boxes: int = 40) -> int:
+    """The deepest WordNet depth whose collapsed picture has at most ``max_boxes`` leaves (at least 1).
+
+    A leaf is a collapsed group or a class drawn by itself (:func:`collapse_taxonomy`); deeper cuts
+    only split groups, so the number of leaves grows with the depth.
+    """
+    parent = is_a_tree(g)
+    deepest = max((g.nodes[v].get("depth", -1) for v in parent), default=1)
+    best = 1
+    for depth in range(1, deepest + 1):
+        if len(_depth_groups(g, parent, depth)) <= max_boxes:
+            best = depth
+    return best
+
+
 def _tree_positions(g: nx.DiGraph) -> dict:
     """Rows by WordNet depth (root on top), sources below, targets at the bottom.
 
@@ -123,7 +290,7 @@ def _tree_positions(g: nx.DiGraph) -> dict:
         for v in nx.dfs_preorder_nodes(
             is_a, r, sort_neighbors=lambda nbrs: sorted(nbrs, key=lambda n: g.nodes[n]["label"])
         ):
-            if kinds[v] == "source" and v not in order:
+            if kinds[v] in LEAF_KINDS and v not in order:
                 order.append(v)
     x = {v: float(i) for i, v in enumerate(order)}
     for v in reversed(list(nx.topological_sort(is_a))):
@@ -135,7 +302,9 @@ def _tree_positions(g: nx.DiGraph) -> dict:
     bottom = max(depths, default=0) + 1
     y = {}
     for v, k in kinds.items():
-        y[v] = -(bottom + 2.5) if k == "target" else -(bottom if k == "source" else g.nodes[v]["depth"] - top)
+        y[v] = (
+            -(bottom + 2.5) if k == "target" else -(bottom if k in LEAF_KINDS else g.nodes[v]["depth"] - top)
+        )
     targets = sorted(v for v, k in kinds.items() if k == "target")
     span = max(len(order) - 1, 1)
     for i, t in enumerate(targets):
@@ -144,20 +313,36 @@ def _tree_positions(g: nx.DiGraph) -> dict:
 
 
 def draw_taxonomy(
-    g: nx.DiGraph, path: str | Path, max_sources: int = 40, top_edges: int = 8, title: str | None = None
+    g: nx.DiGraph,
+    path: str | Path,
+    max_sources: int = 40,
+    top_edges: int = 8,
+    title: str | None = None,
+    depth: int | None = None,
 ) -> Path:
-    """Render the taxonomy to PNG: the ``max_sources`` strongest sources with their ancestors,
-    and each target's ``top_edges`` strongest affinity edges."""
+    """Render the taxonomy to PNG: the ``max_sources`` strongest leaves with their ancestors,
+    and each target's ``top_edges`` strongest affinity edges.
+
+    ``depth`` collapses the tree below that WordNet depth (:func:`collapse_taxonomy`): each branch
+    is one box "name (n classes)". None: class by class up to ``AUTO_DEPTH_ABOVE`` selected classes;
+    above that, collapsed at :func:`auto_depth` (at most ``max_sources`` boxes). A leaf's strength
+    is its summed affinity over the targets.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n_src = sum(1 for _, k in g.nodes(data="kind") if k == "source")
+    if depth is None and n_src > AUTO_DEPTH_ABOVE:
+        depth = auto_depth(g, max_sources)
+    if depth is not None:
+        g = collapse_taxonomy(g, depth)
     kinds = nx.get_node_attributes(g, "kind")
     strength = {
         v: sum(d["weight"] for _, _, d in g.in_edges(v, data=True) if d.get("kind") == "affinity")
         for v, k in kinds.items()
-        if k == "source"
+        if k in LEAF_KINDS
     }
     keep_sources = sorted(strength, key=lambda v: (-strength[v], v))[:max_sources]
     keep = set(keep_sources) | {v for v, k in kinds.items() if k == "target"}
@@ -180,7 +365,7 @@ def draw_taxonomy(
     n_layers = len({y for _, y in pos.values()})
     widest = len(keep_sources)
     fig, ax = plt.subplots(figsize=(max(10, 0.55 * widest + 4), max(6, 0.9 * n_layers + 2)), dpi=110)
-    colors = {"target": "#d62728", "source": "#1f77b4", "wordnet": "#bbbbbb"}
+    colors = {"target": "#d62728", "source": "#1f77b4", "group": "#6baed6", "wordnet": "#bbbbbb"}
     is_a = [(u, v) for u, v, d in sub.edges(data=True) if d["kind"] == "is_a"]
     aff = [(u, v, d["weight"]) for u, v, d in sub.edges(data=True) if d["kind"] == "affinity"]
     nx.draw_networkx_edges(sub, pos, edgelist=is_a, ax=ax, edge_color="#999999", arrows=False, width=0.8)
@@ -196,7 +381,12 @@ def draw_taxonomy(
             width=[0.5 + 3.0 * w / wmax for *_, w in aff],
             alpha=0.5,
         )
-    for kind, shape, size in (("wordnet", "o", 120), ("source", "o", 260), ("target", "s", 520)):
+    for kind, shape, size in (
+        ("wordnet", "o", 120),
+        ("source", "o", 260),
+        ("group", "s", 420),
+        ("target", "s", 520),
+    ):
         nodes = [v for v in sub if sub.nodes[v]["kind"] == kind]
         nx.draw_networkx_nodes(
             sub,
@@ -213,8 +403,9 @@ def draw_taxonomy(
     for v, (x, y) in pos.items():
         data = sub.nodes[v]
         bold = data["kind"] == "target"
+        label = f"{data['label']} ({data['classes']} classes)" if data["kind"] == "group" else data["label"]
         ax.annotate(
-            data["label"],
+            label,
             (x, y),
             xytext=(0, -11 if data["kind"] != "wordnet" else 8),
             textcoords="offset points",
@@ -258,14 +449,38 @@ def draw_taxonomy(
                 markersize=7,
                 label="WordNet ancestor",
             ),
+            *(
+                [
+                    Line2D(
+                        [],
+                        [],
+                        marker="s",
+                        color="w",
+                        markerfacecolor=colors["group"],
+                        markersize=9,
+                        label=f"selected classes below WordNet depth {depth}, as one box",
+                    )
+                ]
+                if depth is not None
+                else []
+            ),
             Line2D([], [], color="#d62728", lw=2, alpha=0.5, label="affinity (width = weight)"),
         ],
         loc="upper right",
         fontsize=9,
         frameon=True,
     )
-    n_src = sum(1 for k in kinds.values() if k == "source")
-    ax.set_title(title or f"Taxonomy: {len(keep_sources)} of {n_src} selected source classes", fontsize=12)
+    if depth is None:
+        detail = f"{len(keep_sources)} of {n_src} selected source classes"
+        heading = title or f"Taxonomy: {detail}"
+    else:
+        detail = f"{n_src} selected source classes, collapsed below WordNet depth {depth}: " + (
+            f"{len(keep_sources)} boxes"
+            if len(keep_sources) == len(strength)
+            else f"the strongest {len(keep_sources)} of {len(strength)} boxes"
+        )
+        heading = f"{title}\n{detail}" if title else f"Taxonomy: {detail}"
+    ax.set_title(heading, fontsize=12)
     ax.axis("off")
     ax.margins(0.08, 0.12)
     fig.tight_layout()
@@ -275,8 +490,11 @@ def draw_taxonomy(
     return Path(path)
 
 
-def export_graph(g: nx.DiGraph, fmt: str, path: str | Path | None = None) -> str | Path:
-    """Export as ``text`` (returned), ``graphml``, ``json`` (node-link), ``dot`` or ``png``."""
+def export_graph(
+    g: nx.DiGraph, fmt: str, path: str | Path | None = None, manifest: dict | None = None
+) -> str | Path:
+    """Export as ``text`` (returned), ``graphml``, ``json`` (node-link), ``dot``, ``png`` or ``html``
+    (one self-contained page; its summary line comes from ``manifest`` when given)."""
     if fmt not in FORMATS:
         raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
     if fmt == "text":
@@ -289,6 +507,10 @@ def export_graph(g: nx.DiGraph, fmt: str, path: str | Path | None = None) -> str
         raise DataonomyError(f"--out is required for --format {fmt}")
     if fmt == "png":
         return draw_taxonomy(g, path)
+    if fmt == "html":
+        from dataonomy.taxonomy_html import write_taxonomy_html
+
+        return write_taxonomy_html(g, path, manifest)
     # GraphML and DOT want plain attribute values; graph-level attrs are strings already.
     with atomic_path(path) as tmp:
         if fmt == "graphml":

@@ -216,7 +216,7 @@ def test_cli_features(dagm_train, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     cached = tmp_path / "empty-torch-home" / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
     cases = [
-        ([], f"not in the torch cache ({cached})"),  # the default backbone, offline, with an empty cache
+        (["--backbone", "inception_v3"], f"not in the torch cache ({cached})"),  # offline, empty torch cache
         (["--backbone", "vgg99"], "--backbone 'vgg99': unknown backbone"),
         (["--backbone", "efficientnet_lite0", "--weights", str(tmp_path / "no.pt")], "no such file"),
         (["--backbone", "efficientnet_lite0", "--dtype", "float64"], "--dtype float64"),
@@ -231,6 +231,13 @@ def test_cli_features(dagm_train, tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, (extra, err)
         assert not bad.exists() and not bad.with_name("bad.h5.partial").exists()
+
+    # --backbone auto (the default) without Inception V3's weights: EfficientNet-Lite0, and it says so.
+    auto = tmp_path / "auto.h5"
+    assert run_app(dataonomy_app, base[:-1] + [str(auto), "--batch-size", "5", "--num-workers", "0"]) == 0
+    captured = capsys.readouterr()
+    assert "so efficientnet_lite0" in captured.err and "(efficientnet_lite0," in captured.out
+    assert load_features(auto).backbone["name"] == "efficientnet_lite0"
 
 
 @pytest.mark.slow

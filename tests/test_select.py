@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,3 +137,104 @@ def test_graph_command_outputs(selection, tmp_path, capsys):
     assert red.sum() > 200  # the target class is drawn, in its own colour
     assert run_app(app, ["graph", str(out), "--format", "png"]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------- the ImageNet-1k classifier as the pool (no source images)
+
+
+def _select_from_classifier(target, cache, out, *extra):
+    argv = [
+        "select", "--target", "dagm", "--target-root", str(target), "--k", "500",
+        "--backbone", "efficientnet_lite0", "--cache-dir", str(cache), "--out", str(out), *extra,
+    ]  # fmt: skip
+    return run_app(app, argv)
+
+
+def test_headline_command_needs_no_source_images(selection, dagm_class1_test, capsys):
+    # `dataonomy select --target dagm --k 500` with the packaged ImageNet-1k class list as the pool; the
+    # target's features come from the cache the fixture's run wrote (same dataset, options and backbone).
+    root, _ = selection
+    out = root / "k500" / "dagm_k500.json"
+    assert _select_from_classifier(dagm_class1_test, root / "cache", out) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "1000 ImageNet-1k classes" in printed and "575 images, 0 extracted now" in printed
+    m = read_manifest(out)
+    assert m["source"]["pool"] == "classifier" and m["source"]["root"] is None
+    assert m["source"]["classes"] == 1000 and m["source"]["images_sampled"] == 0
+    assert len(m["selected"]) == 500 and all(e["images"] is None for e in m["selected"])
+    assert all(e["imagenet_index"] == e["source_index"] for e in m["selected"])
+    assert m["parameters"]["source_root"] is None and m["solver"]["status"] == "optimal"
+    # softmax over the classifier: the selection is the 500 classes with the largest normalised affinity
+    # (coverage 1, no other constraint), so every unselected class scores at most the weakest selected one.
+    assert out.with_suffix(".graphml").is_file()
+    weakest = min(e["affinity"]["Class1"] for e in m["selected"])
+    assert weakest > 0 and abs(sum(e["affinity"]["Class1"] for e in m["selected"]) - 1) < 0.1
+    # The manifest the project ships was made by this command (README): the same selection, same inputs.
+    shipped = read_manifest(Path(__file__).parents[1] / "data_manifests" / "dagm_class1_imagenet1k_k500.json")
+    assert shipped["selected"] == m["selected"] and shipped["solver"] == m["solver"]
+    assert (
+        shipped["target"]["fingerprint"] == m["target"]["fingerprint"]
+        and shipped["backbone"] == m["backbone"]
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--affinity", "prototype"], "--affinity prototype compares target images with source images"),
+        (["--image-budget", "100000"], "--image-budget needs the number of images in each source class"),
+        (["--source", "folder"], "--source-root is required for --source folder"),
+    ],
+)
+def test_without_source_root_what_needs_source_images_says_so(
+    dagm_class1_test, tmp_path, capsys, extra, message
+):
+    out = tmp_path / "m.json"
+    assert _select_from_classifier(dagm_class1_test, tmp_path / "cache", out, *extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()  # failed before any extraction
+
+
+def test_source_classes_outside_imagenet1k_without_root(dagm_class1_test, tmp_path, capsys):
+    listing = tmp_path / "pool.txt"
+    listing.write_text("n01440764\nn00001740\n")  # tench (an ImageNet-1k class), entity (a WordNet node)
+    code = _select_from_classifier(dagm_class1_test, tmp_path / "cache", tmp_path / "m.json",
+                                   "--source-classes", str(listing), "--k", "1")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "'n00001740' is not an ImageNet-1k class" in err
+
+
+def test_select_reuses_the_cache_written_by_features(dagm_class1_test, tmp_path, capsys):
+    # One naming rule: `dataonomy features --cache-dir C` writes the file `dataonomy select --cache-dir C` reads;
+    # an explicit `features --out F` is read through `select --target-features F`.
+    target = ["--dataset", "dagm", "--root", str(dagm_class1_test)]
+    common = ["--backbone", "efficientnet_lite0", "--num-workers", "0", "--images-per-class", "12"]
+    cache = tmp_path / "cache"
+    assert run_app(app, ["features", *target, *common, "--cache-dir", str(cache)]) == 0
+    written = sorted(cache.glob("*.h5"))
+    assert len(written) == 1
+    explicit = tmp_path / "mine.h5"
+    shutil.copy(written[0], explicit)
+    capsys.readouterr()
+    argv = ["--target-images-per-class", "12", "--k", "3", "--num-workers", "0"]
+    assert _select_from_classifier(dagm_class1_test, cache, tmp_path / "a.json", *argv) == 0
+    printed = capsys.readouterr().out
+    assert f"-> {written[0]}" in printed and "12 images, 0 extracted now" in printed
+    assert sorted(cache.glob("*.h5")) == written  # nothing new extracted
+    assert (
+        _select_from_classifier(
+            dagm_class1_test,
+            tmp_path / "other",
+            tmp_path / "b.json",
+            *argv,
+            "--target-features",
+            str(explicit),
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert f"-> {explicit}" in printed and "0 extracted now" in printed
+    assert not (tmp_path / "other").exists()
+    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert a["selected"] == b["selected"]
