@@ -327,6 +327,13 @@ def _selection_variables(prob: pulp.LpProblem, problem: SelectionProblem, relax:
     ]
 
 
+def _count(y: list[pulp.LpVariable], members) -> pulp.LpAffineExpression:
+    """``sum_{s in members} y_s``, built in one step: lpSum's term-by-term addition is 5x slower at 10^5 terms."""
+    if isinstance(members, np.ndarray):
+        members = members.tolist()  # Python ints: indexing with numpy scalars costs 4x
+    return pulp.LpAffineExpression([(y[s], 1.0) for s in members])
+
+
 def _add_side_constraints(
     prob: pulp.LpProblem,
     problem: SelectionProblem,
@@ -342,7 +349,7 @@ def _add_side_constraints(
             live = [s for s in members if problem.allowed[s]]
             if isinstance(cap, int) and len(live) <= cap:
                 continue  # cannot bind
-            prob += pulp.lpSum(y[s] for s in live) <= cap, f"diversity_{i}"
+            prob += _count(y, live) <= cap, f"diversity_{i}"
     if "budget" in families and problem.budget_on:
         prob += (
             pulp.LpAffineExpression(
@@ -355,7 +362,7 @@ def _add_side_constraints(
         need = problem.coverage if coverage_expr is None else coverage_expr
         elig = problem.eligible
         for t in range(problem.num_targets):
-            prob += pulp.lpSum(y[s] for s in np.flatnonzero(elig[t])) >= need, f"coverage_{t}"
+            prob += _count(y, np.flatnonzero(elig[t])) >= need, f"coverage_{t}"
 
 
 def _solve(prob: pulp.LpProblem, solver) -> tuple[int, int]:
@@ -627,7 +634,7 @@ def _main_model(problem: SelectionProblem, relax: bool = False, formulation: str
         prob += pulp.LpAffineExpression(
             [(y[s], float(value[s])) for s in range(problem.num_sources) if value[s]]
         )
-        prob += pulp.lpSum(y) == problem.k, "k"
+        prob += _count(y, range(problem.num_sources)) == problem.k, "k"
         _add_side_constraints(prob, problem, y, {"diversity", "budget", "coverage"})
         return prob, y, None
     # METHOD.md's form with serve variables x[s][t] (the reference).
