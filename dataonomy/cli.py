@@ -37,9 +37,15 @@ def _app() -> None:
 DatasetOpt = typer.Option(..., "--dataset", help=f"Reader name: {', '.join(list_datasets())}.")
 RootOpt = typer.Option(..., "--root", help="Folder the reader reads (see README for each layout).")
 ClassesOpt = typer.Option(
-    None, "--classes", help="Comma-separated classes to read (DAGM: 1,3 or Class1,Class3; ImageNet: wnids)."
+    None,
+    "--classes",
+    help="Comma-separated classes to read (DAGM: 1,3 or Class1,Class3; ImageNet: wnids; MVTec: categories).",
 )
-SplitOpt = typer.Option(None, "--split", help="DAGM: all|train|val|trainval|test; ImageNet: train|val.")
+SplitOpt = typer.Option(
+    None,
+    "--split",
+    help="DAGM: all|train|val|trainval|test; ImageNet: train|val; MVTec, Kolektor(SDD2): all|train|test.",
+)
 ImagesPerClassOpt = typer.Option(
     None, "--images-per-class", help="Sample at most N images per class (seeded)."
 )
@@ -55,6 +61,27 @@ AllowPartialOpt = typer.Option(
 SkipBadOpt = typer.Option(
     False, "--skip-bad", help="Decode every file first; skip bad ones with a warning instead of failing."
 )
+MasksOpt = typer.Option(
+    None,
+    "--masks",
+    help="pairs: folder of masks named after the images (--root is the images folder); default: masks "
+    "lie beside the images. Relative folders are looked up under --root first.",
+)
+MaskSuffixOpt = typer.Option(
+    None,
+    "--mask-suffix",
+    help="pairs: what a mask's file stem adds to its image's (_label, _GT, _mask, or '' for the same stem); "
+    "default: found from the files.",
+)
+NormalDirOpt = typer.Option(
+    None, "--normal-dir", help="pairs, anomalib Folder layout: folder of defect-free images (under --root)."
+)
+AbnormalDirOpt = typer.Option(
+    None, "--abnormal-dir", help="pairs, anomalib Folder layout: folder of defective images (under --root)."
+)
+MaskDirOpt = typer.Option(
+    None, "--mask-dir", help="pairs, anomalib Folder layout: folder of the defective images' masks."
+)
 
 
 @app.command("inspect")
@@ -68,14 +95,20 @@ def inspect_cmd(
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
     skip_bad: bool = SkipBadOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
     out: Path = typer.Option(
-        None, "--out", help="Write the sample list (path, class, defect, mask) as JSON here."
+        None, "--out", help="Write the sample list (path, class, defect, mask, group, split) as JSON here."
     ),
 ):
     """Read a dataset, check it, and print its counts (optionally write its sample list)."""
     options = reader_options(
         classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
-        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad,
+        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
+        mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
     )  # fmt: skip
     ds = open_dataset(dataset, root, **options)
     summary = ds.summary()
@@ -83,10 +116,20 @@ def inspect_cmd(
         f"{dataset} at {root}: {summary['images']} images in {len(summary['per_class'])} classes, "
         f"{summary['defective']} defective, {summary['masks']} masks"
     )
+    for note in getattr(ds, "notes", []):
+        typer.echo(f"  {note}")
     for label, n in sorted(summary["per_class"].items())[:20]:
         typer.echo(f"  {label}: {n}")
     if len(summary["per_class"]) > 20:
         typer.echo(f"  ... {len(summary['per_class']) - 20} more classes")
+    if summary["per_split"]:
+        typer.echo("  splits: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["per_split"].items())))
+    groups = summary["per_group"]
+    if groups and set(groups) != set(summary["per_class"]):
+        for group, counts in sorted(groups.items())[:20]:
+            typer.echo(f"  {group}: {counts['images']} images, {counts['defective']} defective")
+        if len(groups) > 20:
+            typer.echo(f"  ... {len(groups) - 20} more groups")
     if out is not None:
         rows = [
             {
@@ -95,6 +138,8 @@ def inspect_cmd(
                 "target": s.target,
                 "defect": s.defect,
                 "mask": str(s.mask) if s.mask else None,
+                "group": s.group,
+                "split": s.split,
             }
             for s in ds.samples
         ]
@@ -467,7 +512,8 @@ def datasets_cmd():
 
 
 synth_app = typer.Typer(
-    help="Generate the synthetic data that ships with the package (the demo's target and source pool).",
+    help="Generate the synthetic data that ships with the package (the demo's target and source pool, and the "
+    "target in the MVTec AD and KolektorSDD layouts).",
     no_args_is_help=True,
 )
 app.add_typer(synth_app, name="synth")
@@ -513,6 +559,93 @@ def synth_dagm_cmd(
         overwrite=overwrite,
     )
     typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset dagm --root {out})")
+
+
+@synth_app.command("mvtec")
+def synth_mvtec_cmd(
+    out: Path = SynthOutOpt,
+    classes: str = typer.Option(
+        "2",
+        "--classes",
+        help="Number of texture classes (1-10), or a list such as 1,4,7; each becomes a category named after "
+        "its texture.",
+    ),
+    train_images: int = typer.Option(
+        10, "--train-images", help="Defect-free images per category in train/good."
+    ),
+    test_good: int = typer.Option(4, "--test-good", help="Defect-free images per category in test/good."),
+    test_defective: int = typer.Option(
+        4, "--test-defective", help="Defective images per category in test/<defect kind> (with masks)."
+    ),
+    size: int = SynthSizeOpt,
+    seed: int = SynthSeedOpt,
+    severity: float = typer.Option(
+        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
+    ),
+    overwrite: bool = SynthOverwriteOpt,
+):
+    """Write the synthetic DAGM textures in the MVTec AD layout (train/good, test/<type>, ground_truth)."""
+    from dataonomy.datasets.synthetic import make_synthetic_mvtec
+
+    chosen = parse_list(classes) or []
+    make_synthetic_mvtec(
+        out,
+        classes=int(chosen[0]) if len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        train_images=train_images,
+        test_good=test_good,
+        test_defective=test_defective,
+        size=size,
+        seed=seed,
+        severity=severity,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset mvtec --root {out})")
+
+
+@synth_app.command("kolektor")
+def synth_kolektor_cmd(
+    out: Path = SynthOutOpt,
+    layout: str = typer.Option(
+        "ksdd",
+        "--layout",
+        help="ksdd: KolektorSDD (kosNN/PartK.jpg + PartK_label.bmp); ksdd2: KolektorSDD2 "
+        "({train,test}/NNNNN.png + NNNNN_GT.png).",
+    ),
+    texture: int = typer.Option(
+        2, "--texture", help="Synthetic DAGM class drawn (1-10; 2: vertical fibres with scratches)."
+    ),
+    items: int = typer.Option(None, "--items", help="ksdd: number of kosNN folders (default 4)."),
+    parts: int = typer.Option(None, "--parts", help="ksdd: images per kosNN folder (default 8)."),
+    images_per_split: int = typer.Option(
+        None, "--images-per-split", help="ksdd2: images in train and in test (default 12)."
+    ),
+    defect_fraction: float = typer.Option(
+        0.25, "--defect-fraction", help="Fraction of the images that get a defect (seeded choice)."
+    ),
+    size: int = SynthSizeOpt,
+    seed: int = SynthSeedOpt,
+    severity: float = typer.Option(
+        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
+    ),
+    overwrite: bool = SynthOverwriteOpt,
+):
+    """Write one synthetic DAGM texture in the KolektorSDD or KolektorSDD2 layout (images with label masks)."""
+    from dataonomy.datasets.synthetic import make_synthetic_kolektor
+
+    make_synthetic_kolektor(
+        out,
+        layout=layout,
+        texture=texture,
+        items=items,
+        parts=parts,
+        images_per_split=images_per_split,
+        defect_fraction=defect_fraction,
+        size=size,
+        seed=seed,
+        severity=severity,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset kolektor --root {out})")
 
 
 @synth_app.command("source")

@@ -365,7 +365,7 @@ def test_cli_synth_options_have_help(capsys):
     import typer.main
 
     group = typer.main.get_command(dataonomy_app).commands["synth"]
-    assert set(group.commands) == {"dagm", "source"}
+    assert set(group.commands) == {"dagm", "kolektor", "mvtec", "source"}
     for name, cmd in group.commands.items():
         assert cmd.get_short_help_str().strip()
         for param in cmd.params:

@@ -2,7 +2,13 @@
 
 Readers follow torchvision's conventions (``root``, ``transform``, ``target_transform``,
 ``__getitem__ -> (image, target)``, ``classes``, ``class_to_idx``) so they plug into a
-``DataLoader`` unchanged, and add what inspection needs: a defect flag and a mask path per sample.
+``DataLoader`` unchanged, and add what inspection needs: a defect flag, a mask path, a group and the
+dataset's own split per sample.
+
+Masks are binarised by one rule for every reader (:func:`binarize_mask`): the mask is read as one
+gray channel; when its brightest pixel is below 128 (0/1 masks, class-index masks, dim colours) every
+non-zero pixel is a defect, otherwise a pixel is a defect when its value is above 127 (0/255 masks;
+anti-aliased 0..255 edges are cut at half).
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 class Sample:
     """One image of a dataset.
 
-    ``label`` is the class name the dataset uses (a wnid, ``Class3``, a folder name),
-    ``target`` its index in the reader's ``classes``; ``defect`` is True/False where the
-    dataset says whether the image shows a defect (None where it does not), and ``mask``
-    the path of its defect mask where there is one.
+    ``label`` is the class name the dataset uses (a wnid, ``Class3``, an MVTec category, a folder
+    name), ``target`` its index in the reader's ``classes`` (the defect readers' ``classes`` are
+    ``["ok", "defect"]``, so there ``target`` is the defect flag); ``defect`` is True/False where the
+    dataset says whether the image shows a defect (None where it does not), and ``mask`` the path of
+    its defect mask where there is one.
+
+    ``group`` names the finest unit a per-group table reports on (``Class1`` for DAGM,
+    ``bottle/broken_large`` for an MVTec category and defect type, ``kos01`` for a KolektorSDD item);
+    the defect readers always set it (to ``label`` where the dataset has nothing finer). ``split`` is
+    the dataset's own split the file belongs to (``train`` or ``test``; None where the dataset has
+    none): where the file lives, not the fold a reader was asked for.
     """
 
     path: Path
@@ -36,6 +49,8 @@ class Sample:
     target: int
     defect: bool | None = None
     mask: Path | None = None
+    group: str | None = None
+    split: str | None = None
 
 
 def open_image(path: Path, mode: str | None = None) -> Image.Image:
@@ -65,12 +80,54 @@ def image_size(path: Path) -> tuple[int, int]:
         raise BadImageError(f"{path}: unreadable image ({exc})") from None
 
 
+# Single-channel modes whose values are used as they are; every other mode is converted to "L".
+_RAW_MASK_MODES = ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def binarize_mask(values: np.ndarray) -> np.ndarray:
+    """The defect pixels of a one-channel mask, as a bool array of the same shape.
+
+    The rule every reader uses: when the brightest pixel is below 128 (0/1 masks, class-index
+    masks 0..K, dim colours), every non-zero pixel is a defect; otherwise a pixel is a defect when
+    its value is above 127 (0/255 masks such as DAGM's, MVTec's and Kolektor's; anti-aliased
+    0..255 edges are cut at half). An all-zero mask has no defect pixel.
+    """
+    values = np.asarray(values)
+    if values.size == 0 or values.max() < 128:
+        return values > 0
+    return values > 127
+
+
 def load_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """A defect mask as a boolean array (H, W); ``size`` (width, height) is checked when given."""
-    im = open_image(path, "L")
+    """A defect mask as a boolean array (H, W); ``size`` (width, height) is checked when given.
+
+    Gray masks (8-bit, 16-bit, 1-bit) are used as stored; colour and palette masks are converted to
+    8-bit gray (``L``) first. Pixels are then binarised by :func:`binarize_mask`: below 128 at
+    most, any non-zero pixel is a defect; else values above 127 are.
+    """
+    im = open_image(path)
     if size is not None and im.size != tuple(size):
         raise BadImageError(f"{path}: mask is {im.size[0]}x{im.size[1]}, image is {size[0]}x{size[1]}")
-    return np.asarray(im) > 127
+    if im.mode not in _RAW_MASK_MODES:
+        im = im.convert("L")
+    return binarize_mask(np.asarray(im))
+
+
+def mask_has_defect(path: Path, size: tuple[int, int] | None = None) -> bool:
+    """Whether a mask has any defect pixel (see :func:`load_mask`); ``size`` is checked when given."""
+    return bool(load_mask(path, size).any())
+
+
+def check_mask_sizes(samples: Sequence[Sample]) -> None:
+    """Fail on the first mask whose size differs from its image's (header reads only: cheap)."""
+    for s in samples:
+        if s.mask is not None:
+            size = image_size(s.path)
+            msize = image_size(s.mask)
+            if msize != size:
+                raise BadImageError(
+                    f"{s.mask}: mask is {msize[0]}x{msize[1]}, image {s.path.name} is {size[0]}x{size[1]}"
+                )
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -127,6 +184,7 @@ class SampleDataset(VisionDataset):
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         image_mode: str = "RGB",
+        notes: Sequence[str] | None = None,
     ):
         super().__init__(str(root), transform=transform, target_transform=target_transform)
         self.samples = samples
@@ -134,6 +192,9 @@ class SampleDataset(VisionDataset):
         self.class_names = class_names or list(classes)
         self.class_to_idx = {c: i for i, c in enumerate(classes)}
         self.image_mode = image_mode
+        # What the reader decided about the files it found (pairs made, files skipped), one line
+        # each; `dataonomy inspect` prints them.
+        self.notes = list(notes or [])
 
     @property
     def targets(self) -> list[int]:
@@ -164,14 +225,25 @@ class SampleDataset(VisionDataset):
         return None
 
     def summary(self) -> dict:
-        """Counts a person checks first: images, classes, defective images, masks."""
+        """Counts a person checks first: images, classes, defective images, masks; images per
+        class (``label``), per dataset split and per group (with their defective images)."""
         per_class: dict[str, int] = {}
+        per_split: dict[str, int] = {}
+        per_group: dict[str, dict[str, int]] = {}
         for s in self.samples:
             per_class[s.label] = per_class.get(s.label, 0) + 1
+            if s.split is not None:
+                per_split[s.split] = per_split.get(s.split, 0) + 1
+            if s.group is not None:
+                g = per_group.setdefault(s.group, {"images": 0, "defective": 0})
+                g["images"] += 1
+                g["defective"] += int(bool(s.defect))
         return {
             "images": len(self.samples),
             "classes": len(self.classes),
             "defective": sum(1 for s in self.samples if s.defect),
             "masks": sum(1 for s in self.samples if s.mask is not None),
             "per_class": per_class,
+            "per_split": per_split,
+            "per_group": per_group,
         }

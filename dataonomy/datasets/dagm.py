@@ -11,7 +11,9 @@ Two layouts are read:
 
 ``root`` may be the dataset folder (holding ``ClassN`` folders), one ``ClassN`` folder, or one split
 folder (``ClassN/Test``). ``target`` is the defect flag (0 ok, 1 defect): the fine-tuning task;
-``label`` is the texture class (``Class1``): the target classes of Dataonomy's affinity.
+``label`` is the texture class (``Class1``): the target classes of Dataonomy's affinity. Every sample's
+``group`` is its class too, and its ``split`` the folder it lives in (``Train`` -> ``train``,
+``Test`` -> ``test``; None in the 2007 layout, which has no split).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    check_mask_sizes,
     image_size,
     require_dir,
     seeded_subsample,
     verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
-from dataonomy.errors import BadImageError, DataonomyError
+from dataonomy.errors import DataonomyError
 
 SPLITS = ("all", "train", "val", "trainval", "test")
 _CLASS_RE = re.compile(r"^Class(\d+)$", re.IGNORECASE)
@@ -136,6 +139,8 @@ def _class_of(folder: Path) -> str:
 
 
 def _read_kaggle_split(split_dir: Path, label: str, labels_file: Path | None, allow_partial: bool) -> list:
+    folder = split_dir.name.lower()
+    split = folder if folder in _SPLIT_DIRS else None
     label_dir = split_dir / "Label"
     labels_file = labels_file or label_dir / "Labels.txt"
     if not labels_file.is_file():
@@ -165,12 +170,25 @@ def _read_kaggle_split(split_dir: Path, label: str, labels_file: Path | None, al
             mask = label_dir / r.mask
             if not mask.is_file():
                 raise DataonomyError(f"{mask}: mask named in {labels_file} is missing")
-        samples.append(Sample(path=path, label=label, target=int(r.defect), defect=r.defect, mask=mask))
+        samples.append(
+            Sample(
+                path=path,
+                label=label,
+                target=int(r.defect),
+                defect=r.defect,
+                mask=mask,
+                group=label,
+                split=split,
+            )
+        )
     return samples
 
 
 def _read_2007_class(class_dir: Path, label: str) -> list:
-    samples = [Sample(path=p, label=label, target=0, defect=False) for p in _images_in(class_dir).values()]
+    samples = [
+        Sample(path=p, label=label, target=0, defect=False, group=label)
+        for p in _images_in(class_dir).values()
+    ]
     def_dir = class_dir.with_name(class_dir.name + "_def")
     if def_dir.is_dir():
         labels_file = def_dir / "labels.txt"
@@ -187,7 +205,9 @@ def _read_2007_class(class_dir: Path, label: str) -> list:
             k = str(int(stem)) if stem.isdigit() else stem
             if k not in by_number:
                 raise DataonomyError(f"{labels_file}: image {key} is listed but missing in {def_dir}")
-            samples.append(DAGMSample(path=by_number.pop(k), label=label, target=1, defect=True, ellipse=e))
+            samples.append(
+                DAGMSample(path=by_number.pop(k), label=label, target=1, defect=True, group=label, ellipse=e)
+            )
         if by_number:
             first = sorted(by_number.values())[0]
             raise DataonomyError(f"{first}: defective image has no ellipse in {labels_file}")
@@ -393,14 +413,7 @@ class DAGM(SampleDataset):
     @staticmethod
     def _check_masks(samples: list[Sample]) -> None:
         # Header reads only: cheap, and a wrong-size mask is a labelling error worth failing early on.
-        for s in samples:
-            if s.mask is not None:
-                size = image_size(s.path)
-                msize = image_size(s.mask)
-                if msize != size:
-                    raise BadImageError(
-                        f"{s.mask}: mask is {msize[0]}x{msize[1]}, image {s.path.name} is {size[0]}x{size[1]}"
-                    )
+        check_mask_sizes(samples)
 
     def mask(self, index: int) -> np.ndarray | None:
         s = self.samples[index]

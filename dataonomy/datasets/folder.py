@@ -1,21 +1,40 @@
-"""Any ``class_name/*.{png,jpg,...}`` tree (torchvision's ImageFolder convention)."""
+"""Any ``class_name/*.{png,jpg,...}`` tree (torchvision's ImageFolder convention), masks recognised.
+
+Class folders are walked as torchvision's ``make_dataset`` walks them (sorted, sub-folders included).
+Within each folder, a file that is another file's mask is not an image of its own: a file whose stem is
+an image's stem plus a mask suffix (``_label``, ``_GT``, ``_mask``, any case), or a PNG/BMP with the
+same stem as a JPEG (``0001.jpg`` + ``0001.png``); see
+:func:`~dataonomy.datasets.pairs.pair_masks_in_folder`. Mask-named files without an image are
+skipped with a warning. ``notes`` says what was paired, skipped and ignored.
+
+Defect flags: with ``defect_classes``, an image is defective when its class folder is one of them
+(masks are attached but not read). Otherwise, when any mask was paired, every mask is read once here:
+an image is defective when its mask has a defect pixel (:func:`~dataonomy.datasets.base.load_mask`),
+and an image without a mask is defect-free. With neither, ``defect`` is None.
+``group`` is the class folder's name; ``split`` is None.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from torchvision.datasets.folder import find_classes, make_dataset
+from torchvision.datasets.folder import find_classes
 
 from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    check_mask_sizes,
+    image_size,
+    load_mask,
     require_dir,
     seeded_subsample,
     verify_samples,
 )
+from dataonomy.datasets.pairs import pair_masks_in_folder
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.errors import DataonomyError
 
@@ -27,9 +46,13 @@ class ImageFolderDataset(SampleDataset):
     Args:
         root: the folder holding one sub-folder per class.
         defect_classes: class folder names that hold defective images (e.g. ``["defect", "NG"]``);
-            when given, every sample gets a defect flag.
-        images_per_class: sample at most N images per class, seeded.
-        skip_bad: decode every image now and drop bad ones with a warning and a count.
+            when given, every sample gets a defect flag from its folder.
+        images_per_class: sample at most N images per class, seeded (masks never count as images).
+        skip_bad: decode every image (and mask) now and drop bad ones with a warning and a count.
+
+    Attributes:
+        pairing: ``{"paired": N, "skipped": [paths], "ignored": K}``: masks paired with their
+            images, mask-named files skipped (no image), files ignored (not images).
     """
 
     def __init__(
@@ -45,25 +68,61 @@ class ImageFolderDataset(SampleDataset):
     ):
         root = require_dir(Path(root), "image folder root")
         try:
-            classes, class_to_idx = find_classes(str(root))
+            classes, _ = find_classes(str(root))
         except FileNotFoundError as exc:
             raise DataonomyError(f"{root}: {exc}") from None
         if defect_classes is not None:
             unknown = sorted(set(defect_classes) - set(classes))
             if unknown:
                 raise DataonomyError(f"--defect-classes: '{unknown[0]}' is not a class folder of {root}")
-        try:
-            pairs = make_dataset(str(root), class_to_idx, extensions=IMAGE_EXTENSIONS)
-        except FileNotFoundError as exc:
-            raise DataonomyError(f"{root}: {exc}") from None
-        by_class: dict[int, list[str]] = {}
-        for path, target in pairs:
-            by_class.setdefault(target, []).append(path)
+        by_class: dict[str, list[Path]] = {}
+        masks: dict[Path, Path] = {}
+        skipped: list[tuple[Path, str]] = []
+        ignored: list[Path] = []
+        for cls in classes:
+            images = by_class.setdefault(cls, [])
+            for folder, _, names in sorted(os.walk(root / cls, followlinks=True)):
+                files = []
+                for name in sorted(names):
+                    p = Path(folder) / name
+                    (files if p.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(p)
+                found = pair_masks_in_folder(files)
+                images += found.images
+                masks.update(found.masks)
+                skipped += found.skipped
+        empty = [cls for cls in classes if not by_class[cls]]
+        if empty:
+            raise DataonomyError(
+                f"{root}: no image in class folder(s) {', '.join(empty)} "
+                f"(image extensions: {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        notes = []
+        if masks:
+            notes.append(
+                f"paired {len(masks)} masks with their images (same stem plus _label/_GT/_mask, "
+                "or a PNG/BMP beside a JPEG of the same stem)"
+            )
+        if skipped:
+            p, why = skipped[0]
+            warnings.warn(
+                f"{root}: skipped {len(skipped)} mask-named file(s) without an image (first: {p}: {why})",
+                stacklevel=2,
+            )
+        if ignored:
+            notes.append(f"ignored {len(ignored)} files that are not images (first: {ignored[0]})")
+        self.pairing = {"paired": len(masks), "skipped": [p for p, _ in skipped], "ignored": len(ignored)}
         samples = []
         for target, cls in enumerate(classes):
-            for p in seeded_subsample(by_class.get(target, []), images_per_class, seed, cls):
-                defect = None if defect_classes is None else cls in defect_classes
-                samples.append(Sample(path=Path(p), label=cls, target=target, defect=defect))
+            for p in seeded_subsample(by_class[cls], images_per_class, seed, cls):
+                mask = masks.get(p)
+                if defect_classes is not None:
+                    defect = cls in defect_classes
+                elif masks:
+                    defect = mask is not None and bool(load_mask(mask, image_size(p)).any())
+                else:
+                    defect = None
+                samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))
+        check_mask_sizes(samples)
         if skip_bad:
             samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
         super().__init__(
@@ -73,4 +132,5 @@ class ImageFolderDataset(SampleDataset):
             transform=transform,
             target_transform=target_transform,
             image_mode=image_mode,
+            notes=notes,
         )

@@ -36,11 +36,18 @@ def reader_options(
     labels_root=None,
     allow_partial: bool = False,
     skip_bad: bool = False,
+    masks=None,
+    mask_suffix: str | None = None,
+    normal_dir=None,
+    abnormal_dir=None,
+    mask_dir=None,
 ) -> dict[str, Any]:
     """The dataset options a command sets, for :func:`open_dataset` and feature-cache provenance.
 
     Options left unset are dropped, and so is ``seed`` unless something uses it (sampling, or a seeded
-    train/val split): an unused seed must not change a feature cache's identity.
+    train/val split): an unused seed must not change a feature cache's identity. ``masks``,
+    ``mask_suffix``, ``normal_dir``, ``abnormal_dir`` and ``mask_dir`` are the ``pairs`` reader's
+    (an empty ``mask_suffix`` is kept: it means masks named exactly as their images).
     """
     seeded = bool(images_per_class) or split in ("train", "val")
     options = {
@@ -51,5 +58,10 @@ def reader_options(
         "labels_root": labels_root,
         "allow_partial": allow_partial,
         "skip_bad": skip_bad,
+        "masks": masks,
+        "mask_suffix": mask_suffix,
+        "normal_dir": normal_dir,
+        "abnormal_dir": abnormal_dir,
+        "mask_dir": mask_dir,
     }
     return {k: v for k, v in options.items() if v is not None and v is not False}

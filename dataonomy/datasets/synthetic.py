@@ -10,6 +10,10 @@ thousand images take seconds.
   rings, grain...) and its own defect kind drawn inside a random ellipse (a dark smudge, spot or
   scratch, a local change of texture orientation or frequency). As in DAGM, the label is the ellipse
   rasterised into a 0/255 mask, a weak label that encloses the defect.
+* :func:`make_synthetic_mvtec` and :func:`make_synthetic_kolektor` write the same textures and defects
+  in the MVTec AD layout (``<category>/{train,test}/<type>/NNN.png``, ``ground_truth/<type>/NNN_mask.png``)
+  and the KolektorSDD layouts (``kosNN/PartK.jpg`` + ``PartK_label.bmp``; ``{train,test}/NNNNN.png`` +
+  ``NNNNN_GT.png``) that the ``mvtec`` and ``kolektor`` readers read.
 * :func:`make_synthetic_source` writes a labelled pool of 30 texture, pattern and shape classes in
   the ILSVRC train layout (``<wnid>/<wnid>_<i>.JPEG`` and ``LOC_synset_mapping.txt``) that the
   ``imagenet`` reader reads with names. Each class is a real WordNet synset naming what it shows, so
@@ -787,6 +791,246 @@ def make_synthetic_dagm(
                                 e.y,
                             ]
                 (split_dir / "Label" / "Labels.txt").write_bytes(labels_txt(rows).encode("ascii"))
+        write_json(stage / "synthetic.json", record)
+    return Path(out)
+
+
+# --- the synthetic target in the MVTec AD and KolektorSDD layouts --------------------------------
+
+_MVTEC_STREAMS = {"train": 2, "test": 3}
+_KSDD_STREAM = 4
+_KSDD2_STREAMS = {"train": 5, "test": 6}
+KOLEKTOR_LAYOUTS = ("ksdd", "ksdd2")
+
+
+def mvtec_category(class_number: int) -> str:
+    """The MVTec-style category name of synthetic DAGM class ``class_number``: its texture's name
+    (``vertical_fibres``)."""
+    return dagm_texture(class_number).name.replace(" ", "_")
+
+
+def _render_flags(
+    number: int, flags: np.ndarray, size: int, seed: int, stream: int, severity: float, start: int = 0
+) -> Iterator[tuple[int, np.ndarray, Ellipse | None]]:
+    """(index, gray image (H, W) uint8, ellipse or None) for images ``start .. start + len(flags) - 1``
+    of a synthetic DAGM class, rendered in chunks; ``flags`` says which get a defect."""
+    for first in range(0, len(flags), CHUNK):
+        count = min(CHUNK, len(flags) - first)
+        batch = render_dagm_class(
+            number,
+            count,
+            size,
+            seed,
+            stream=stream,
+            start=start + first,
+            defective=flags[first : first + count],
+            severity=severity,
+        )
+        for j in range(count):
+            yield first + j, batch.images[j], batch.ellipses[j]
+
+
+def _mask_image(size: int, e: Ellipse | None) -> Image.Image:
+    """The 0/255 mask of an ellipse (all zero for None), as an 8-bit gray image."""
+    mask = (
+        np.zeros((size, size), np.uint8)
+        if e is None
+        else rasterize_ellipse(size, size, e).astype(np.uint8) * 255
+    )
+    return Image.fromarray(mask, "L")
+
+
+def _seeded_flags(count: int, n_defective: int, key: Sequence[int]) -> np.ndarray:
+    flags = np.zeros(count, bool)
+    flags[np.random.default_rng(list(key)).permutation(count)[:n_defective]] = True
+    return flags
+
+
+def _check_severity(severity: float) -> None:
+    if not 0.0 < severity <= 4.0:
+        raise DataonomyError(f"--severity {severity}: must be in (0, 4]")
+
+
+def make_synthetic_mvtec(
+    out: str | Path,
+    classes: int | Sequence[int | str] = 2,
+    train_images: int = 10,
+    test_good: int = 4,
+    test_defective: int = 4,
+    size: int = 128,
+    seed: int = 0,
+    severity: float = 1.0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the synthetic DAGM textures in the MVTec AD layout; return ``out``.
+
+    One category per texture class (named by :func:`mvtec_category`): ``train/good/NNN.png``
+    (``train_images`` defect-free images), ``test/good/NNN.png`` (``test_good``),
+    ``test/<defect kind>/NNN.png`` (``test_defective``, the class's defect kind: smudge, scratch,
+    orientation or frequency) and ``ground_truth/<defect kind>/NNN_mask.png`` (0/255 ellipses). Images
+    are RGB PNGs (three equal channels). ``synthetic.json`` records the parameters and every ellipse.
+    """
+    numbers = _dagm_class_numbers(classes)
+    _check_common(size, seed)
+    _check_severity(severity)
+    for option, n, least in (
+        ("--train-images", train_images, 1),
+        ("--test-good", test_good, 0),
+        ("--test-defective", test_defective, 0),
+    ):
+        if n < least:
+            raise DataonomyError(f"{option} {n}: must be at least {least}")
+    if test_good + test_defective < 1:
+        raise DataonomyError("--test-good and --test-defective: the test split needs at least one image")
+    record = {
+        "generator": "dataonomy.datasets.synthetic.make_synthetic_mvtec",
+        "version": GENERATOR_VERSION,
+        "parameters": {
+            "classes": numbers,
+            "train_images": train_images,
+            "test_good": test_good,
+            "test_defective": test_defective,
+            "size": size,
+            "seed": seed,
+            "severity": severity,
+        },
+        "categories": {},
+        "ellipses": {},
+    }
+
+    def save(image: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.repeat(image[..., None], 3, axis=-1), "RGB").save(path)
+
+    with staged_folder(out, overwrite) as stage:
+        for number in numbers:
+            tex = dagm_texture(number)
+            category = stage / mvtec_category(number)
+            record["categories"][category.name] = {"class": number, "texture": tex.name, "defect": tex.defect}
+            flags = np.zeros(train_images, bool)
+            for i, image, _ in _render_flags(number, flags, size, seed, _MVTEC_STREAMS["train"], severity):
+                save(image, category / "train" / "good" / f"{i:03d}.png")
+            flags = np.array([False] * test_good + [True] * test_defective)
+            for i, image, e in _render_flags(number, flags, size, seed, _MVTEC_STREAMS["test"], severity):
+                if e is None:
+                    save(image, category / "test" / "good" / f"{i:03d}.png")
+                    continue
+                j = i - test_good
+                save(image, category / "test" / tex.defect / f"{j:03d}.png")
+                mask = category / "ground_truth" / tex.defect / f"{j:03d}_mask.png"
+                mask.parent.mkdir(parents=True, exist_ok=True)
+                _mask_image(size, e).save(mask)
+                key = f"{category.name}/test/{tex.defect}/{j:03d}.png"
+                record["ellipses"][key] = [e.semi_major, e.semi_minor, e.angle, e.x, e.y]
+        write_json(stage / "synthetic.json", record)
+    return Path(out)
+
+
+def make_synthetic_kolektor(
+    out: str | Path,
+    layout: str = "ksdd",
+    texture: int = 2,
+    items: int | None = None,
+    parts: int | None = None,
+    images_per_split: int | None = None,
+    defect_fraction: float = 0.25,
+    size: int = 128,
+    seed: int = 0,
+    severity: float = 1.0,
+    quality: int = 95,
+    overwrite: bool = False,
+) -> Path:
+    """Write one synthetic DAGM texture in a KolektorSDD layout; return ``out``.
+
+    ``layout`` ``ksdd``: ``kosNN/PartK.jpg`` (8-bit gray JPEG, ``quality``) with ``kosNN/PartK_label.bmp``
+    (0/255; all zero for a defect-free part), ``items`` folders (default 4) of ``parts`` images (default 8).
+    ``ksdd2``: ``{train,test}/NNNNN.png`` (RGB) with ``NNNNN_GT.png`` (0/255), ``images_per_split``
+    images per split (default 12), train numbered first. ``round(defect_fraction * images)`` images
+    are defective (which ones is seeded). ``texture`` is the synthetic DAGM class drawn (default 2,
+    vertical fibres with scratches, which looks most like a commutator). ``synthetic.json`` records
+    the parameters and every ellipse.
+    """
+    if layout not in KOLEKTOR_LAYOUTS:
+        raise DataonomyError(f"--layout '{layout}': must be one of {', '.join(KOLEKTOR_LAYOUTS)}")
+    tex = dagm_texture(texture)
+    _check_common(size, seed)
+    _check_severity(severity)
+    if not 0.0 <= defect_fraction <= 1.0:
+        raise DataonomyError(f"--defect-fraction {defect_fraction}: must be in [0, 1]")
+    if not 1 <= quality <= 100:
+        raise DataonomyError(f"--quality {quality}: must be 1-100")
+    if layout == "ksdd":
+        if images_per_split is not None:
+            raise DataonomyError("--images-per-split applies to --layout ksdd2 (KolektorSDD has no split)")
+        items, parts = 4 if items is None else items, 8 if parts is None else parts
+        if not 1 <= items <= 99:
+            raise DataonomyError(f"--items {items}: must be 1-99 (kos01..kos99)")
+        if parts < 1:
+            raise DataonomyError(f"--parts {parts}: must be at least 1")
+        counts = {"all": items * parts}
+    else:
+        for option, value in (("--items", items), ("--parts", parts)):
+            if value is not None:
+                raise DataonomyError(f"{option} applies to --layout ksdd (KolektorSDD2 has no items)")
+        images_per_split = 12 if images_per_split is None else images_per_split
+        if not 1 <= images_per_split <= 49999:
+            raise DataonomyError(
+                f"--images-per-split {images_per_split}: must be 1-49999 (5-digit file names)"
+            )
+        counts = {"train": images_per_split, "test": images_per_split}
+    record = {
+        "generator": "dataonomy.datasets.synthetic.make_synthetic_kolektor",
+        "version": GENERATOR_VERSION,
+        "parameters": {
+            "layout": layout,
+            "texture": int(texture),
+            "items": items,
+            "parts": parts,
+            "images_per_split": images_per_split,
+            "defect_fraction": defect_fraction,
+            "size": size,
+            "seed": seed,
+            "severity": severity,
+            "quality": quality,
+        },
+        "texture": {"name": tex.name, "defect": tex.defect},
+        "ellipses": {},
+    }
+
+    def keep(e: Ellipse | None, key: str) -> None:
+        if e is not None:
+            record["ellipses"][key] = [e.semi_major, e.semi_minor, e.angle, e.x, e.y]
+
+    with staged_folder(out, overwrite) as stage:
+        if layout == "ksdd":
+            total = counts["all"]
+            flags = _seeded_flags(
+                total, int(round(defect_fraction * total)), (seed, _KSDD_STREAM, texture, 1 << 20)
+            )
+            for i, image, e in _render_flags(int(texture), flags, size, seed, _KSDD_STREAM, severity):
+                folder = stage / f"kos{i // parts + 1:02d}"
+                folder.mkdir(exist_ok=True)
+                part = f"Part{i % parts}"
+                Image.fromarray(image, "L").save(folder / f"{part}.jpg", quality=quality)
+                _mask_image(size, e).save(folder / f"{part}_label.bmp")
+                keep(e, f"{folder.name}/{part}.jpg")
+        else:
+            first = 0
+            for split, count in counts.items():
+                stream = _KSDD2_STREAMS[split]
+                folder = stage / split
+                folder.mkdir()
+                flags = _seeded_flags(
+                    count, int(round(defect_fraction * count)), (seed, stream, texture, 1 << 20)
+                )
+                for i, image, e in _render_flags(int(texture), flags, size, seed, stream, severity):
+                    ident = f"{first + i:05d}"
+                    Image.fromarray(np.repeat(image[..., None], 3, axis=-1), "RGB").save(
+                        folder / f"{ident}.png"
+                    )
+                    _mask_image(size, e).save(folder / f"{ident}_GT.png")
+                    keep(e, f"{split}/{ident}.png")
+                first += count
         write_json(stage / "synthetic.json", record)
     return Path(out)
 
