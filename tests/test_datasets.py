@@ -11,7 +11,7 @@ from PIL import Image
 
 from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM, ImageNet, get_dataset, list_datasets
+from dataonomy.datasets import DAGM, ImageNet, Sample, get_dataset, list_datasets
 from dataonomy.datasets.dagm import Ellipse, rasterize_ellipse
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.wordnet import imagenet_classes, load_wordnet
@@ -436,3 +436,31 @@ def test_dagm_images_per_class_is_seeded(dagm_class1_test):
     assert [s.path for s in a.samples] != [s.path for s in c.samples]
     with pytest.raises(DataonomyError, match="--images-per-class 0"):
         DAGM(dagm_class1_test, images_per_class=0)
+
+
+def test_split_samples_is_the_dagm_readers_cut_for_any_samples(dagm_class1_test):
+    # The generic split (dataonomy.datasets.splits) on the samples of a reader gives DAGM's own folds.
+    from dataonomy.datasets.splits import split_samples
+
+    every = DAGM(dagm_class1_test).samples
+    for split in ("train", "val", "test"):
+        cut = split_samples(lambda which: every, split, own_split=False, folds=3, fold=1, seed=0)
+        assert cut == DAGM(dagm_class1_test, split=split, folds=3, fold=1).samples
+    # A dataset with its own train/test split: test is its own test files, train/val cut its train files.
+    own = [
+        Sample(path=Path(f"/x/{part}/{i:03d}.png"), label="a", target=int(i % 4 == 0), defect=i % 4 == 0,
+               split=part)
+        for part in ("train", "test")
+        for i in range(40)
+    ]  # fmt: skip
+
+    def read(which):
+        return [s for s in own if which == "all" or s.split == which]
+
+    test = split_samples(read, "test", own_split=True)
+    train, val = (split_samples(read, name, own_split=True, val_fraction=0.25) for name in ("train", "val"))
+    assert {s.split for s in test} == {"test"} and len(test) == 40
+    assert {s.split for s in train + val} == {"train"} and (len(train), len(val)) == (30, 10)
+    assert sum(s.defect for s in val) == 2 and not set(train) & set(val)
+    with pytest.raises(DataonomyError, match="--fold 3: must be in 0..2"):
+        split_samples(read, "test", own_split=True, folds=3, fold=3)

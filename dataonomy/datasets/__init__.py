@@ -10,13 +10,14 @@ from dataonomy.datasets.base import (
     mask_has_defect,
     open_image,
 )
-from dataonomy.datasets.dagm import DAGM, stratified_folds
+from dataonomy.datasets.dagm import DAGM
 from dataonomy.datasets.folder import ImageFolderDataset
 from dataonomy.datasets.imagenet import ImageNet
 from dataonomy.datasets.kolektor import KolektorSDD
 from dataonomy.datasets.mvtec import MVTecAD
 from dataonomy.datasets.pairs import ImageMaskPairs
 from dataonomy.datasets.registry import get_dataset, get_dataset_reader, list_datasets, register_dataset
+from dataonomy.datasets.splits import SPLITS, split_samples, stratified_folds
 
 __all__ = [
     "DAGM",
@@ -35,5 +36,7 @@ __all__ = [
     "mask_has_defect",
     "open_image",
     "register_dataset",
+    "SPLITS",
+    "split_samples",
     "stratified_folds",
 ]

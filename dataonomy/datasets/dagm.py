@@ -37,9 +37,9 @@ from dataonomy.datasets.base import (
     verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
+from dataonomy.datasets.splits import check_split_options, split_samples, stratified_folds
 from dataonomy.errors import DataonomyError
 
-SPLITS = ("all", "train", "val", "trainval", "test")
 _CLASS_RE = re.compile(r"^Class(\d+)$", re.IGNORECASE)
 _SPLIT_DIRS = {"train": "Train", "test": "Test"}
 
@@ -221,30 +221,6 @@ class DAGMSample(Sample):
     ellipse: Ellipse | None = None
 
 
-def stratified_folds(
-    samples: Sequence[Sample], fractions: dict[str, float], seed: int
-) -> dict[str, list[Sample]]:
-    """Split samples into named folds with the given fractions, stratified by (class, defect).
-
-    Each stratum is shuffled with its own seeded generator and cut by rounding, so every fold
-    gets its share of the rare defective images and the same seed gives the same folds.
-    """
-    names = list(fractions)
-    out: dict[str, list[Sample]] = {n: [] for n in names}
-    strata: dict[tuple, list[Sample]] = {}
-    for s in samples:
-        strata.setdefault((s.label, bool(s.defect)), []).append(s)
-    for i, key in enumerate(sorted(strata)):
-        group = strata[key]
-        order = np.random.default_rng([seed, i]).permutation(len(group))
-        cuts = np.round(np.cumsum([fractions[n] for n in names]) * len(group)).astype(int)
-        start = 0
-        for n, end in zip(names, cuts, strict=True):
-            out[n].extend(group[j] for j in order[start:end])
-            start = end
-    return {n: sorted(v, key=lambda s: str(s.path)) for n, v in out.items()}
-
-
 @register_dataset("dagm")
 class DAGM(SampleDataset):
     """DAGM-2007 as a torchvision dataset (``target`` = defect flag).
@@ -287,18 +263,7 @@ class DAGM(SampleDataset):
         target_transform: Callable | None = None,
         image_mode: str = "RGB",
     ):
-        if split not in SPLITS:
-            raise DataonomyError(f"--split '{split}': must be one of {', '.join(SPLITS)}")
-        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 <= f < 1.0:
-                raise DataonomyError(f"--{name.replace('_', '-')} {f}: must be in [0, 1)")
-        if folds is not None:
-            if folds < 2:
-                raise DataonomyError(f"--folds {folds}: must be at least 2")
-            if not 0 <= fold < folds:
-                raise DataonomyError(f"--fold {fold}: must be in 0..{folds - 1} (--folds {folds})")
-            if test_fraction > 0:
-                raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
+        check_split_options(split, val_fraction, test_fraction, folds, fold)
         root = require_dir(Path(root), "DAGM root")
         self.layout, pools = self._discover(root, classes)
         labels_root = Path(labels_root) if labels_root is not None else None
@@ -325,31 +290,16 @@ class DAGM(SampleDataset):
             return out
 
         single_pool = self.layout == "2007" or all(len(p[2]) == 1 and p[2].get("?") for p in pools)
-        if folds is not None:
-            samples = read("all")
-            parts = stratified_folds(samples, {i: 1.0 / folds for i in range(folds)}, seed)
-            rest = sorted((x for i in range(folds) if i != fold for x in parts[i]), key=lambda x: str(x.path))
-            cut = stratified_folds(rest, {"train": 1 - val_fraction, "val": val_fraction}, seed)
-            samples = {"all": samples, "test": parts[fold], "trainval": rest, **cut}[split]
-        elif test_fraction > 0 or single_pool:
-            samples = read("all")
-            folds = stratified_folds(
-                samples,
-                {
-                    "test": test_fraction,
-                    "train": (1 - test_fraction) * (1 - val_fraction),
-                    "val": (1 - test_fraction) * val_fraction,
-                },
-                seed,
-            )
-            folds["trainval"] = sorted(folds["train"] + folds["val"], key=lambda s: str(s.path))
-            folds["all"] = samples
-            samples = folds[split]
-        elif split in ("all", "test", "trainval"):
-            samples = read({"all": "all", "test": "test", "trainval": "train"}[split])
-        else:
-            folds = stratified_folds(read("train"), {"train": 1 - val_fraction, "val": val_fraction}, seed)
-            samples = folds[split]
+        samples = split_samples(
+            read,
+            split,
+            own_split=not single_pool,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+            folds=folds,
+            fold=fold,
+        )
         if not samples:
             raise DataonomyError(f"{root}: no DAGM images found for split '{split}'")
         if images_per_class is not None:

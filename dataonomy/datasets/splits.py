@@ -1,0 +1,108 @@
+"""Train / validation / test folds of a labelled defect set, the same for every reader.
+
+:func:`split_samples` cuts a reader's samples the way fine-tuning, evaluation and export read them: from the
+dataset's own train/test split where it has one, else (or with ``test_fraction`` / ``folds``) from seeded,
+stratified parts of every image found. Pure: it takes samples (through a ``read`` function) and returns samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from dataonomy.datasets.base import Sample
+from dataonomy.errors import DataonomyError
+
+SPLITS = ("all", "train", "val", "trainval", "test")
+
+
+def stratified_folds(
+    samples: Sequence[Sample], fractions: dict[str, float], seed: int
+) -> dict[str, list[Sample]]:
+    """Split samples into named folds with the given fractions, stratified by (class, defect).
+
+    Each stratum is shuffled with its own seeded generator and cut by rounding, so every fold
+    gets its share of the rare defective images and the same seed gives the same folds.
+    """
+    names = list(fractions)
+    out: dict[str, list[Sample]] = {n: [] for n in names}
+    strata: dict[tuple, list[Sample]] = {}
+    for s in samples:
+        strata.setdefault((s.label, bool(s.defect)), []).append(s)
+    for i, key in enumerate(sorted(strata)):
+        group = strata[key]
+        order = np.random.default_rng([seed, i]).permutation(len(group))
+        cuts = np.round(np.cumsum([fractions[n] for n in names]) * len(group)).astype(int)
+        start = 0
+        for n, end in zip(names, cuts, strict=True):
+            out[n].extend(group[j] for j in order[start:end])
+            start = end
+    return {n: sorted(v, key=lambda s: str(s.path)) for n, v in out.items()}
+
+
+def check_split_options(
+    split: str, val_fraction: float, test_fraction: float, folds: int | None, fold: int
+) -> None:
+    """One-line errors for split options that cannot be honoured, before any file is read."""
+    if split not in SPLITS:
+        raise DataonomyError(f"--split '{split}': must be one of {', '.join(SPLITS)}")
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= f < 1.0:
+            raise DataonomyError(f"--{name.replace('_', '-')} {f}: must be in [0, 1)")
+    if folds is not None:
+        if folds < 2:
+            raise DataonomyError(f"--folds {folds}: must be at least 2")
+        if not 0 <= fold < folds:
+            raise DataonomyError(f"--fold {fold}: must be in 0..{folds - 1} (--folds {folds})")
+        if test_fraction > 0:
+            raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
+
+
+def split_samples(
+    read: Callable[[str], list[Sample]],
+    split: str,
+    *,
+    own_split: bool,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    folds: int | None = None,
+    fold: int = 0,
+) -> list[Sample]:
+    """The samples of ``split`` (one of :data:`SPLITS`).
+
+    ``read(which)`` returns the samples of the dataset's own ``train`` or ``test`` split, or ``all`` of them;
+    ``own_split`` says whether the dataset has one. With ``folds``: K seeded, stratified parts of all the
+    images, part ``fold`` is ``test`` and ``train``/``val`` split the rest by ``val_fraction``. With
+    ``test_fraction`` > 0, or without an own split: ``test``, ``train`` and ``val`` are stratified parts of all
+    the images. Otherwise ``test`` and ``trainval`` are the dataset's own, and ``train``/``val`` a stratified
+    cut of its training images. Strata are (label, defect); the same seed gives the same folds.
+    """
+    check_split_options(split, val_fraction, test_fraction, folds, fold)
+    if folds is not None:
+        samples = read("all")
+        parts = stratified_folds(samples, {i: 1.0 / folds for i in range(folds)}, seed)
+        rest = sorted((x for i in range(folds) if i != fold for x in parts[i]), key=lambda x: str(x.path))
+        cut = stratified_folds(rest, {"train": 1 - val_fraction, "val": val_fraction}, seed)
+        return {"all": samples, "test": parts[fold], "trainval": rest, **cut}[split]
+    if test_fraction > 0 or not own_split:
+        samples = read("all")
+        parts = stratified_folds(
+            samples,
+            {
+                "test": test_fraction,
+                "train": (1 - test_fraction) * (1 - val_fraction),
+                "val": (1 - test_fraction) * val_fraction,
+            },
+            seed,
+        )
+        parts["trainval"] = sorted(parts["train"] + parts["val"], key=lambda s: str(s.path))
+        parts["all"] = samples
+        return parts[split]
+    if split in ("all", "test", "trainval"):
+        return read({"all": "all", "test": "test", "trainval": "train"}[split])
+    return stratified_folds(read("train"), {"train": 1 - val_fraction, "val": val_fraction}, seed)[split]
+
+
+__all__ = ["SPLITS", "check_split_options", "split_samples", "stratified_folds"]
