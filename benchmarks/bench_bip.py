@@ -199,6 +199,11 @@ def scale_problem(num_sources: int, num_targets: int, args) -> SelectionProblem:
     )
 
 
+def model_variables(problem: SelectionProblem, formulation: str) -> int:
+    """Variables of the programme: y, plus x[s][t] in the serve-variable form."""
+    return problem.num_sources * (1 + (problem.num_targets if formulation == "xy" else 0))
+
+
 def solve_with_deadline(problem: SelectionProblem, formulation: str, time_limit: float, deadline: float):
     """``(result, seconds)`` of ``solve_selection`` in a child process; ``(None, deadline)`` if killed at the deadline.
 
@@ -233,7 +238,7 @@ def scale_rows(args, targets: list[int], device) -> tuple[dict, str]:
         for t, problem in problems.items():
             for formulation in FORMULATIONS:
                 name = f"{t}/{formulation}"
-                variables = problem.num_sources * (1 + (problem.num_targets if formulation == "xy" else 0))
+                variables = model_variables(problem, formulation)
                 if variables > args.xy_max_variables:
                     skipped[name] = variables
                     continue
@@ -249,7 +254,7 @@ def scale_rows(args, targets: list[int], device) -> tuple[dict, str]:
     for t, problem in problems.items():
         for formulation in FORMULATIONS:
             name = f"{t}/{formulation}"
-            variables = problem.num_sources * (1 + (problem.num_targets if formulation == "xy" else 0))
+            variables = model_variables(problem, formulation)
             if name in skipped:
                 results[name] = {
                     "skipped": f"{variables} variables > --xy-max-variables {args.xy_max_variables}"

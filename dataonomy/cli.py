@@ -520,6 +520,16 @@ app.add_typer(synth_app, name="synth")
 SynthOutOpt = typer.Option(..., "--out", help="Folder to create (written as <out>.partial, then renamed).")
 SynthSizeOpt = typer.Option(128, "--size", help="Image side in pixels (square images).")
 SynthSeedOpt = typer.Option(0, "--seed", help="Seed: the same seed writes byte-identical files.")
+
+
+def _synth_classes(chosen: list[str] | None):
+    """``--classes`` of a synth command: one number is a count of classes, anything else a list of them."""
+    return int(chosen[0]) if chosen and len(chosen) == 1 and chosen[0].isdigit() else chosen
+
+
+SynthSeverityOpt = typer.Option(
+    1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
+)
 SynthOverwriteOpt = typer.Option(
     False, "--overwrite", help="Replace a non-empty --out folder (only once the new one is complete)."
 )
@@ -539,18 +549,16 @@ def synth_dagm_cmd(
     ),
     size: int = SynthSizeOpt,
     seed: int = SynthSeedOpt,
-    severity: float = typer.Option(
-        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
-    ),
+    severity: float = SynthSeverityOpt,
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
     from dataonomy.datasets.synthetic import make_synthetic_dagm
 
-    chosen = parse_list(classes) or []
+    chosen = _synth_classes(parse_list(classes) or [])
     make_synthetic_dagm(
         out,
-        classes=int(chosen[0]) if len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        classes=chosen,
         images_per_split=images_per_split,
         defect_fraction=defect_fraction,
         size=size,
@@ -579,18 +587,16 @@ def synth_mvtec_cmd(
     ),
     size: int = SynthSizeOpt,
     seed: int = SynthSeedOpt,
-    severity: float = typer.Option(
-        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
-    ),
+    severity: float = SynthSeverityOpt,
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write the synthetic DAGM textures in the MVTec AD layout (train/good, test/<type>, ground_truth)."""
     from dataonomy.datasets.synthetic import make_synthetic_mvtec
 
-    chosen = parse_list(classes) or []
+    chosen = _synth_classes(parse_list(classes) or [])
     make_synthetic_mvtec(
         out,
-        classes=int(chosen[0]) if len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        classes=chosen,
         train_images=train_images,
         test_good=test_good,
         test_defective=test_defective,
@@ -624,9 +630,7 @@ def synth_kolektor_cmd(
     ),
     size: int = SynthSizeOpt,
     seed: int = SynthSeedOpt,
-    severity: float = typer.Option(
-        1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
-    ),
+    severity: float = SynthSeverityOpt,
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write one synthetic DAGM texture in the KolektorSDD or KolektorSDD2 layout (images with label masks)."""
@@ -665,10 +669,10 @@ def synth_source_cmd(
     """Write a synthetic source pool (30 texture, pattern and shape classes) in the ILSVRC train layout."""
     from dataonomy.datasets.synthetic import make_synthetic_source
 
-    chosen = parse_list(classes)
+    chosen = _synth_classes(parse_list(classes))
     make_synthetic_source(
         out,
-        classes=int(chosen[0]) if chosen and len(chosen) == 1 and chosen[0].isdigit() else chosen,
+        classes=chosen,
         images_per_class=images_per_class,
         size=size,
         seed=seed,

@@ -139,6 +139,16 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
+def check_reader_options(
+    images_per_class: int | None, split: str | None = None, splits: Sequence[str] = ("all", "train", "test")
+) -> None:
+    """One-line errors for the options every reader takes: ``--images-per-class`` and (where given) ``--split``."""
+    if split is not None and split not in splits:
+        raise DataonomyError(f"--split '{split}': must be one of {', '.join(splits)}")
+    if images_per_class is not None and images_per_class < 1:
+        raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+
+
 def seeded_subsample(items: Sequence, n: int | None, seed: int, key: str) -> list:
     """Up to ``n`` items drawn without replacement, reproducibly.
 

@@ -31,6 +31,7 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_mask_sizes,
+    check_reader_options,
     image_size,
     require_dir,
     seeded_subsample,
@@ -303,8 +304,7 @@ class DAGM(SampleDataset):
         if not samples:
             raise DataonomyError(f"{root}: no DAGM images found for split '{split}'")
         if images_per_class is not None:
-            if images_per_class < 1:
-                raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+            check_reader_options(images_per_class)
             by_class: dict[str, list[Sample]] = {}
             for s in samples:
                 by_class.setdefault(s.label, []).append(s)

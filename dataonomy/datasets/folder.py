@@ -29,7 +29,7 @@ from dataonomy.datasets.base import (
     SampleDataset,
     check_mask_sizes,
     image_size,
-    load_mask,
+    mask_has_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -118,7 +118,7 @@ class ImageFolderDataset(SampleDataset):
                 if defect_classes is not None:
                     defect = cls in defect_classes
                 elif masks:
-                    defect = mask is not None and bool(load_mask(mask, image_size(p)).any())
+                    defect = mask is not None and mask_has_defect(mask, image_size(p))
                 else:
                     defect = None
                 samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))

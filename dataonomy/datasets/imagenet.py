@@ -21,6 +21,7 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    check_reader_options,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -80,8 +81,7 @@ class ImageNet(SampleDataset):
             raise DataonomyError(f"--layout '{layout}': must be one of {', '.join(LAYOUTS)}")
         if split not in ("train", "val"):
             raise DataonomyError(f"--split '{split}': must be train or val")
-        if images_per_class is not None and images_per_class < 1:
-            raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+        check_reader_options(images_per_class)
         if layout == "auto":
             layout = "tiny" if (root / "wnids.txt").is_file() else "ilsvrc"
         if layout == "tiny":

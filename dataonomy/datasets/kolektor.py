@@ -23,8 +23,9 @@ from pathlib import Path
 from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
+    check_reader_options,
     image_size,
-    load_mask,
+    mask_has_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -117,10 +118,7 @@ class KolektorSDD(SampleDataset):
         target_transform: Callable | None = None,
         image_mode: str = "RGB",
     ):
-        if split not in SPLITS:
-            raise DataonomyError(f"--split '{split}': must be one of {', '.join(SPLITS)}")
-        if images_per_class is not None and images_per_class < 1:
-            raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+        check_reader_options(images_per_class, split, SPLITS)
         root = require_dir(Path(root), "Kolektor root")
         self.layout, folders = detect_layout(root)
         if self.layout == KSDD and split != "all":
@@ -142,7 +140,7 @@ class KolektorSDD(SampleDataset):
             raise DataonomyError(f"{root}: no {self.layout} images found")
         samples = []
         for image, mask, group, split_name in seeded_subsample(listed, images_per_class, seed, label):
-            defect = bool(load_mask(mask, image_size(image)).any())
+            defect = mask_has_defect(mask, image_size(image))
             samples.append(
                 Sample(
                     path=image,

@@ -22,6 +22,7 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_mask_sizes,
+    check_reader_options,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -141,13 +142,10 @@ class MVTecAD(SampleDataset):
         target_transform: Callable | None = None,
         image_mode: str = "RGB",
     ):
-        if split not in SPLITS:
-            raise DataonomyError(f"--split '{split}': must be one of {', '.join(SPLITS)}")
+        check_reader_options(images_per_class, split, SPLITS)
         if classes is not None and categories is not None:
             raise DataonomyError("--classes and categories name the same thing: give one")
         wanted = classes if classes is not None else categories
-        if images_per_class is not None and images_per_class < 1:
-            raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
         root = require_dir(Path(root), "MVTec AD root")
         if _is_category(root):
             found = [root]

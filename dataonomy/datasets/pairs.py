@@ -34,8 +34,9 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_mask_sizes,
+    check_reader_options,
     image_size,
-    load_mask,
+    mask_has_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -228,8 +229,7 @@ class ImageMaskPairs(SampleDataset):
     ):
         root = require_dir(Path(root), "pairs root")
         label = Path(os.path.abspath(root)).name or str(root)
-        if images_per_class is not None and images_per_class < 1:
-            raise DataonomyError(f"--images-per-class {images_per_class}: must be at least 1")
+        check_reader_options(images_per_class)
         if normal_dir is not None or abnormal_dir is not None:
             if masks is not None:
                 raise DataonomyError(
@@ -288,7 +288,7 @@ class ImageMaskPairs(SampleDataset):
         samples = []
         for p in images:
             mask = pairing.get(p)
-            defect = mask is not None and bool(load_mask(mask, image_size(p)).any())
+            defect = mask is not None and mask_has_defect(mask, image_size(p))
             samples.append(
                 Sample(path=p, label=label, target=int(defect), defect=defect, mask=mask, group=label)
             )
