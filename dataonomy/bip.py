@@ -14,7 +14,8 @@ objective ``sum_t r_t sum_s P[t, s] x_{s,t}`` and coverage counted over x. Every
 raising any x_{s,t} to y_s never lowers the objective and never breaks coverage: some optimum has
 ``x = y`` and both programmes have the same optimal value and the same optimal y. The y-only form
 has S variables instead of S (T + 1) (19,000 instead of 1.9 million at ImageNet-21k scale with 100
-targets). :func:`solve_selection` solves it; ``formulation="xy"`` solves METHOD.md's form, kept as
+targets). :func:`solve_selection` solves it, handing it to PuLP's CBC as arrays (:mod:`dataonomy.cbc`: PuLP's
+per-term objects cost more than CBC at that scale); ``formulation="xy"`` solves METHOD.md's form, kept as
 the reference the tests and ``benchmarks/bench_bip.py`` compare against. Without coverage,
 diversity and budget the programme is a sort (the top k of ``c_s``); :func:`greedy_top_k` computes
 that answer, and :func:`check_constraints` lists what it (or any selection) violates.
@@ -38,7 +39,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pulp
+import scipy.sparse
 
+from dataonomy.cbc import ArrayProgramme, solve_arrays
 from dataonomy.errors import DataonomyError
 
 OPTION_NAMES = {
@@ -661,6 +664,53 @@ def _main_model(problem: SelectionProblem, relax: bool = False, formulation: str
     return prob, y, x
 
 
+def _y_programme(problem: SelectionProblem) -> ArrayProgramme:
+    """The y-only programme as arrays: the rows, order and coefficients ``_main_model`` gives PuLP."""
+    num_sources = problem.num_sources
+    rows: list[np.ndarray] = []  # column indices of each row
+    coefs: list[np.ndarray] = []
+    sense: list[str] = []
+    rhs: list[float] = []
+
+    def add(members, values, kind: str, bound: float) -> None:
+        rows.append(np.asarray(members, dtype=np.int64))
+        coefs.append(np.broadcast_to(np.asarray(values, dtype=float), (len(rows[-1]),)))
+        sense.append(kind)
+        rhs.append(float(bound))
+
+    everyone = np.arange(num_sources)
+    add(everyone, 1.0, "E", problem.k)
+    if problem.diversity_on:
+        allowed = problem.allowed
+        for members in problem.groups.values():
+            live = [s for s in members if allowed[s]]
+            if len(live) > problem.max_per_group:  # else it cannot bind
+                add(live, 1.0, "L", problem.max_per_group)
+    if problem.budget_on:
+        add(everyone, problem.image_counts, "L", problem.image_budget)
+    if problem.coverage_on:
+        for members in problem.eligible:
+            add(np.flatnonzero(members), 1.0, "G", problem.coverage)
+    matrix = scipy.sparse.csr_array(
+        (np.concatenate(coefs), np.concatenate(rows), np.cumsum([0] + [len(r) for r in rows])),
+        shape=(len(rows), num_sources),
+    )
+    upper = problem.allowed.astype(float)
+    lower = np.zeros(num_sources)
+    lower[list(problem.include)] = 1.0
+    return ArrayProgramme(
+        objective=problem.source_value,
+        matrix=matrix,
+        sense=sense,
+        rhs=np.array(rhs),
+        lower=lower,
+        upper=upper,
+        integer=np.ones(num_sources, dtype=bool),
+        column_names=[f"y_{s}" for s in range(num_sources)],
+        name="dataonomy_selection",
+    )
+
+
 def solve_selection(
     problem: SelectionProblem,
     *,
@@ -681,9 +731,18 @@ def solve_selection(
         return _aux_optimum(problem, families, goal, time_limit=time_limit, threads=threads)
 
     _precheck(problem, aux)
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
     start = time.perf_counter()
-    prob, y, x = _main_model(problem, formulation=formulation)
-    status, sol_status = _solve(prob, cbc_solver(time_limit=time_limit, threads=threads, msg=msg))
+    solver = cbc_solver(time_limit=time_limit, threads=threads, msg=msg)
+    if formulation == "y":  # straight from arrays: PuLP's objects cost more than CBC at 10^4 classes
+        solution = solve_arrays(_y_programme(problem), solver)
+        status, sol_status, x = solution.status, solution.sol_status, None
+        y_values = solution.values
+    else:
+        prob, y, x = _main_model(problem, formulation=formulation)
+        status, sol_status = _solve(prob, solver)
+        y_values = np.array([v.value() or 0.0 for v in y])
     elapsed = time.perf_counter() - start
     if status in (pulp.LpStatusInfeasible, pulp.LpStatusUndefined) or sol_status == pulp.LpSolutionInfeasible:
         raise _diagnose_infeasible(problem, aux)
@@ -692,7 +751,7 @@ def solve_selection(
             f"the solver found no selection within {OPTION_NAMES['time_limit']} {time_limit} s"
             f" (status {pulp.LpStatus[status]}); raise {OPTION_NAMES['time_limit']}"
         )
-    selected = [s for s in range(problem.num_sources) if (y[s].value() or 0.0) > 0.5]
+    selected = np.flatnonzero(y_values > 0.5).tolist()
     if x is None:  # every selected class serves every target (x = y)
         assignment = np.zeros((problem.num_sources, problem.num_targets))
         assignment[selected] = 1.0
@@ -708,9 +767,13 @@ def solve_selection(
         status_text, bound = "optimal", objective
     else:
         status_text = "feasible (time limit)"
-        relaxed, _, _ = _main_model(problem, relax=True, formulation=formulation)
-        relaxed.solve(cbc_solver(time_limit=time_limit, threads=threads, mip=False))
-        bound = float(pulp.value(relaxed.objective))
+        relaxed_solver = cbc_solver(time_limit=time_limit, threads=threads, mip=False)
+        if formulation == "y":
+            bound = float(problem.source_value @ solve_arrays(_y_programme(problem), relaxed_solver).values)
+        else:
+            relaxed, _, _ = _main_model(problem, relax=True, formulation=formulation)
+            relaxed.solve(relaxed_solver)
+            bound = float(pulp.value(relaxed.objective))
     gap = max(0.0, (bound - objective) / max(abs(objective), 1e-12))
     greedy_sel = greedy_top_k(problem)
     greedy = GreedyComparison(

@@ -146,6 +146,35 @@ def test_y_only_programme_has_the_optimum_of_the_serve_variable_reference():
     assert compared >= 8
 
 
+@pytest.mark.parametrize("relax", [False, True])
+def test_array_programme_writes_the_file_pulp_writes(tmp_path, relax):
+    # solve_selection hands CBC the y programme from arrays (dataonomy.cbc); PuLP's model of it is the
+    # reference: the same MPS bytes mean CBC solves the same programme and takes the same path.
+    from dataonomy import cbc
+
+    rng = np.random.default_rng(3)
+    problems = [_problem(p, k, **kw) for p, k, kw in (_random_instance(rng) for _ in range(29))]
+    # 25 sources: PuLP orders columns by name (y_10 before y_2), and so must the arrays writer.
+    n = rng.integers(10, 100, size=25)
+    problems.append(
+        _problem(rng.dirichlet(np.ones(25), size=4), 6, m=2, groups={"a": [3, 12, 20, 21], "b": list(range(9, 19))},
+                 q=2, n=n, budget=float(n.sum()), include=(14,), exclude=(2, 22))
+    )  # fmt: skip
+    checked = 0
+    for problem in problems:
+        prob, _, _ = bip._main_model(problem, relax=relax)
+        prob.writeMPS(str(tmp_path / "pulp.mps"), rename=1)
+        cbc.write_mps(bip._y_programme(problem), str(tmp_path / "arrays.mps"), mip=not relax)
+        pulp_text = (
+            (tmp_path / "pulp.mps")
+            .read_text()
+            .replace("NAME          dataonomy_selection", "NAME          MODEL")
+        )
+        assert (tmp_path / "arrays.mps").read_text() == pulp_text
+        checked += 1
+    assert checked == 30
+
+
 def test_unknown_formulation_is_refused():
     with pytest.raises(ValueError, match="formulation"):
         bip.solve_selection(bip.SelectionProblem(np.ones((1, 3)) / 3, 1), formulation="z")
