@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from _common import DAGM_CLASS1_TEST, finish, interleaved, median_ratio, parser, setup, stats, table
 
-from transfer.data import dagm_fold
+from transfer.data import DefectData, defect_fold
 from transfer.localize import heatmap_batched, heatmap_loop
 from transfer.models import build_model, model_spec
 from transfer.segdec import build_segdec
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         archs, args.images, args.batch_size, args.crop_size, args.output_stride = ["small_cnn"], 1, 1, 128, 8
         args.patch_size, args.stride = 64, 64
 
-    fold = dagm_fold(args.dagm, "all")
+    fold = defect_fold(DefectData(str(args.dagm)), "all")
     defective = [i for i, s in enumerate(fold.samples) if s.defect]
     clean = [i for i, s in enumerate(fold.samples) if not s.defect]
     chosen = (defective[: (args.images + 1) // 2] + clean[: args.images // 2])[: args.images]

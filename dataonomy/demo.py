@@ -188,7 +188,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     train(
         FinetuneConfig(
             **finetune_base_fields(str(pre_dir), None),
-            dagm=str(Path(dagm).resolve()),
+            data=str(Path(dagm).resolve()),
             epochs=cfg.finetune_epochs,
             batch_size=16,
             lr=0.02,
@@ -208,7 +208,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     from transfer.metrics import format_table
     from transfer.training import TABLE_COLUMNS
 
-    report = evaluate_run(fin_dir, str(dagm), "test", num_workers=0, device=cfg.device)
+    report = evaluate_run(fin_dir, None, "test", num_workers=0, device=cfg.device)
     stored = report["stored_threshold"]
     log(f"at the threshold chosen on validation ({stored['threshold']:.4g}):")
     log(format_table(stored["rows"], TABLE_COLUMNS))

@@ -163,7 +163,7 @@ def _frozen_probe(settings: Settings, fold_index: int) -> dict:
     import torch
 
     from transfer import metrics as M
-    from transfer.data import dagm_fold
+    from transfer.data import DefectData, defect_fold
     from transfer.segdec import build_segdec
 
     torch.manual_seed(0)
@@ -171,8 +171,8 @@ def _frozen_probe(settings: Settings, fold_index: int) -> dict:
     mean, std = (127 / 255,) * 3, (128 / 255,) * 3
     common = {"folds": settings.folds, "fold": fold_index, "seed": settings.split_seed}
     started = time.perf_counter()
-    train = dagm_fold(settings.dagm, "trainval", **common)
-    test = dagm_fold(settings.dagm, "test", **common)
+    train = defect_fold(DefectData(str(settings.dagm)), "trainval", **common)
+    test = defect_fold(DefectData(str(settings.dagm)), "test", **common)
     x_train, y_train, _ = _probe_features(model.trunk, train, mean, std)
     x_test, _, test_labels = _probe_features(model.trunk, test, mean, std)
     channels = x_train.shape[1]

@@ -273,7 +273,7 @@ def finetune(
     )
     config = FinetuneConfig(
         **finetune_base_fields(str(base) if base is not None else "scratch", cfg.arch),
-        dagm=str(root.resolve()),
+        data=str(root.resolve()),
         **split,
         patches=True,
         patch_size=cfg.patch_size,

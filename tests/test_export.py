@@ -21,7 +21,7 @@ from transfer.training import load_model, model_record, save_model
 def make_run(tmp_path, dagm_class1_test, arch: str, init: str = "scratch", **config_options):
     """A fine-tuning run folder holding an (untrained) model, as `transfer finetune` writes it."""
     config = FinetuneConfig(
-        base=init, arch=arch, dagm=str(dagm_class1_test), test_fraction=0.2, head="classify", **config_options
+        base=init, arch=arch, data=str(dagm_class1_test), test_fraction=0.2, head="classify", **config_options
     )
     torch.manual_seed(0)
     model = build_model(arch, 2, init)
@@ -44,7 +44,7 @@ def test_export_cli_small_cnn_parity_on_real_dagm_images(tmp_path, dagm_class1_t
     meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
     assert meta["transfer.threshold"] == 0.4 and meta["transfer.input_size"] == 64
     assert meta["transfer.mean"] == pytest.approx(
-        list(FinetuneConfig(base="scratch", arch="small_cnn", dagm="x").mean)
+        list(FinetuneConfig(base="scratch", arch="small_cnn", data="x").mean)
     )
     # The file answers like the model on real images, for any batch size (the batch axis is dynamic).
     loaded = load_model(run)
@@ -54,7 +54,7 @@ def test_export_cli_small_cnn_parity_on_real_dagm_images(tmp_path, dagm_class1_t
         reference = loaded.model(images).numpy()
     for batch in (images[:1], images):
         np.testing.assert_allclose(
-            export.onnx_logits(path, batch), reference[: len(batch)], rtol=1e-4, atol=1e-5
+            export.onnx_logits(path, batch)[0], reference[: len(batch)], rtol=1e-4, atol=1e-5
         )
 
 
@@ -62,9 +62,9 @@ def test_parity_failure_writes_nothing(tmp_path, dagm_class1_test, monkeypatch, 
     run = make_run(tmp_path, dagm_class1_test, "small_cnn", image_size=64)
     real_export = export.export_onnx
 
-    def export_another_model(model, path, input_size, opset=export.DEFAULT_OPSET):
+    def export_another_model(model, path, input_size, opset=export.DEFAULT_OPSET, **kwargs):
         other = build_model("small_cnn", 2)  # different weights: the check must catch it
-        return real_export(other, path, input_size, opset)
+        return real_export(other, path, input_size, opset, **kwargs)
 
     monkeypatch.setattr(export, "export_onnx", export_another_model)
     path = tmp_path / "model.onnx"

@@ -13,11 +13,11 @@ from dataonomy.cli_utils import run_app
 from dataonomy.datasets import DAGM
 from transfer import metrics
 from transfer.cli import app
-from transfer.data import PatchDataset, dagm_fold
+from transfer.data import DefectData, PatchDataset, defect_fold
 from transfer.models import get_model
 from transfer.training import (
-    dagm_scores,
     evaluation_report,
+    image_scores,
     load_model,
     max_patch_scores,
 )
@@ -92,14 +92,14 @@ def finetuned(tmp_path_factory, dagm_class1_test, tiny_imagenet) -> Path:
 def test_finetune_run_folds_weights_and_validation_threshold(finetuned, dagm_class1_test):
     record = torch.load(finetuned / "best.pt", map_location="cpu", weights_only=True)
     assert record["kind"] == "finetune" and record["arch"] == "small_cnn" and record["num_classes"] == 2
-    assert record["classes"] == ["ok", "defect"] and record["dagm_classes"] == ["Class1"]
+    assert record["classes"] == ["ok", "defect"] and record["groups"] == ["Class1"]
     config = json.loads((finetuned / "config.json").read_text())
     assert (
         config["base"].endswith("best.pt") and config["test_fraction"] == 0.2 and config["image_size"] == 48
     )
     # The three folds the tool carves are disjoint, cover Class1/Test, and each holds defects (stratified).
     folds = {
-        s: dagm_fold(dagm_class1_test, s, val_fraction=0.2, test_fraction=0.2, seed=1)
+        s: defect_fold(DefectData(str(dagm_class1_test)), s, val_fraction=0.2, test_fraction=0.2, seed=1)
         for s in ("train", "val", "test")
     }
     paths = {s: {x.path for x in ds.samples} for s, ds in folds.items()}
@@ -107,7 +107,7 @@ def test_finetune_run_folds_weights_and_validation_threshold(finetuned, dagm_cla
     assert [sum(x.defect for x in folds[s].samples) for s in ("train", "val", "test")] == [46, 11, 14]
     # The stored threshold is the one that maximises balanced accuracy on the validation fold's scores.
     loaded = load_model(finetuned)
-    val_scores = dagm_scores(loaded, folds["val"])
+    val_scores = image_scores(loaded, folds["val"])
     expected = metrics.best_threshold(val_scores, folds["val"].targets, "balanced_accuracy")
     assert record["threshold"] == pytest.approx(expected, abs=1e-6)
     lines = [json.loads(x) for x in (finetuned / "metrics.jsonl").read_text().splitlines()]
@@ -143,8 +143,8 @@ def test_evaluate_prints_table_and_saves_what_it_computed(finetuned, capsys):
     assert line.split()[4:8] == [str(tp), str(fp), str(tn), str(fn)]
     # The saved scores are the model's: re-score the first test images.
     loaded = load_model(finetuned)
-    fold = dagm_fold(
-        json.loads((finetuned / "config.json").read_text())["dagm"],
+    fold = defect_fold(
+        DefectData(str(json.loads((finetuned / "config.json").read_text())["data"])),
         "test",
         val_fraction=0.2,
         test_fraction=0.2,
@@ -152,7 +152,7 @@ def test_evaluate_prints_table_and_saves_what_it_computed(finetuned, capsys):
     )
     assert [str(s.path) for s in fold.samples] == [p["path"] for p in predictions]
     subset = torch.utils.data.Subset(fold, range(4))
-    np.testing.assert_allclose(dagm_scores(loaded, subset), scores[:4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(image_scores(loaded, subset), scores[:4], rtol=1e-5, atol=1e-6)
 
 
 def test_finetune_and_evaluate_bad_inputs(finetuned, dagm_class1_test, tmp_path, capsys):
@@ -164,7 +164,7 @@ def test_finetune_and_evaluate_bad_inputs(finetuned, dagm_class1_test, tmp_path,
         return err
 
     out = ["--out", str(tmp_path / "run"), "--device", "cpu"]
-    assert "--base and --dagm are required" in error("finetune", *out)
+    assert "--base and --data (or --dagm) are required" in error("finetune", *out)
     assert "checkpoint not found" in error(
         "finetune", "--base", str(tmp_path / "none.pt"), "--dagm", str(dagm_class1_test), *out
     )
@@ -207,7 +207,7 @@ def test_finetune_and_evaluate_bad_inputs(finetuned, dagm_class1_test, tmp_path,
 
 
 def test_patch_labels_follow_the_masks(dagm_class1_test):
-    fold = dagm_fold(dagm_class1_test, "val", val_fraction=0.2, test_fraction=0.2, seed=1)
+    fold = defect_fold(DefectData(str(dagm_class1_test)), "val", val_fraction=0.2, test_fraction=0.2, seed=1)
     patches = PatchDataset(fold, patch_size=128, stride=96, defect_fraction=0.1)
     counted = {"defective": 0, "clean": 0, "left_out": 0}
     kept = set(patches.patches)
@@ -234,7 +234,7 @@ def test_patch_labels_follow_the_masks(dagm_class1_test):
 def test_max_patch_scores_equal_a_loop_over_patches(dagm_class1_test):
     torch.manual_seed(0)
     model = get_model("small_cnn", 2).eval()
-    fold = dagm_fold(dagm_class1_test, "all")
+    fold = defect_fold(DefectData(str(dagm_class1_test)), "all")
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     images = torch.stack([pil_to_tensor(fold[i][0]) for i in (0, 1)]).float() / 255
@@ -270,7 +270,7 @@ def test_patch_finetune_decides_images_by_their_most_defective_patch(dagm_class1
     assert len(predictions) == 92  # the validation fold: 20 % of the 460 images left after the test fold
     # An image's score is its highest patch score, on the full-resolution patch grid.
     loaded = load_model(run)
-    fold = dagm_fold(dagm_class1_test, "val", val_fraction=0.2, test_fraction=0.2, seed=0)
+    fold = defect_fold(DefectData(str(dagm_class1_test)), "val", val_fraction=0.2, test_fraction=0.2, seed=0)
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     images = loaded.normalize(torch.stack([pil_to_tensor(fold[i][0]) for i in (0, 1)]))

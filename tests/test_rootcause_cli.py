@@ -96,9 +96,9 @@ def test_stream_reads_one_window_ahead_not_the_whole_batch(stamped, tmp_path, mo
     events = []
     real = rootcause_run.read_gray
 
-    def logged(path):
+    def logged(path, *args):
         events.append("read")
-        return real(path)
+        return real(path, *args)
 
     monkeypatch.setattr(rootcause_run, "read_gray", logged)
     report = rootcause_run.rootcause_stream(
@@ -153,3 +153,41 @@ def _empty(tmp_path: Path) -> Path:
     folder.mkdir()
     (folder / "notes.txt").write_text("no images")
     return folder
+
+
+def test_mixed_sizes_framed_tiles_bad_files_and_one_onset(production_run, stamped, tmp_path, capsys):
+    # Tiles with a dark frame line (as cut tiles often have) in different sizes, one unreadable file.
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    for i in range(40):
+        pixels = _png(production_run / f"frame{i}.png")[: 512 - 64 * (i % 2)].copy()
+        pixels[:2], pixels[-2:], pixels[:, :2], pixels[:, -2:] = 0, 0, 0, 0
+        Image.fromarray(pixels).save(tiles / f"tile{i}.png")
+    (tiles / "tile40.png").write_bytes(b"\x89PNG truncated")
+
+    def run(*options) -> tuple[int, str, str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        code = run_app(
+            app, ["rootcause", "--images", str(tiles), "--out", str(out), "--stride", "10", *options]
+        )
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, _, err = run("--skip-bad")
+    assert code == 2 and "give --resize W,H or --crop W,H" in err
+    code, _, err = run("--resize", "256")
+    assert code == 2 and "tile40.png: not an image file" in err
+    # The frame line sits at the same place in every tile: without the border band it is a "common defect".
+    code, out, err = run("--resize", "256", "--skip-bad", "--border", "0")
+    assert code == 0 and "common defect: yes" in out and "warning: the common defect" in out, err
+    code, out, err = run("--resize", "256", "--skip-bad")  # default band: 4 px
+    assert code == 0 and "common defect: no" in out
+    code, out, _ = run("--crop", "400,448", "--skip-bad")
+    assert code == 0 and "common defect: no" in out
+    # One onset: the closing line's, defined as the first detecting window's; window lines carry none.
+    code = run_app(app, ["rootcause", "--images", str(stamped / "images"), "--out", str(tmp_path / "s")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[-2].endswith(
+        f"onset: image {ONSET} ({stamped / 'images' / f'frame{ONSET}.png'})"
+    )
+    assert all("onset" not in line for line in lines[:-2])

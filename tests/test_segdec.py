@@ -12,7 +12,7 @@ from dataonomy.cli_utils import run_app
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
 from transfer.cli import app
-from transfer.data import dagm_fold
+from transfer.data import DefectData, defect_fold
 from transfer.segdec import SegDecNet, build_segdec, cut_trunk, upsample_map
 from transfer.segdec_task import MaskedImages, distance_weights, pixel_loss, segdec_loss, segdec_scores
 from transfer.training import load_model
@@ -173,8 +173,8 @@ def test_segdec_learns_real_dagm_defects_in_under_a_minute(dagm_class1_test):
     torch.manual_seed(0)
     common = {"folds": 3, "seed": 0}
     train_fold, test_fold = (
-        dagm_fold(dagm_class1_test, "trainval", **common),
-        dagm_fold(dagm_class1_test, "test", **common),
+        defect_fold(DefectData(str(dagm_class1_test)), "trainval", **common),
+        defect_fold(DefectData(str(dagm_class1_test)), "test", **common),
     )
 
     def balanced(fold, n):
@@ -240,10 +240,10 @@ def test_segdec_is_the_default_head_at_native_resolution(segdec_run, dagm_class1
     loaded = load_model(segdec_run)
     assert isinstance(loaded.model, SegDecNet) and loaded.record["output_stride"] == 8
     # The stored decision threshold is the best balanced accuracy on the validation images' decision scores.
-    from transfer.training import dagm_scores
+    from transfer.training import image_scores
 
-    val = dagm_fold(dagm_class1_test, "val", folds=3, fold=1, seed=0)
-    val_scores = dagm_scores(loaded, val)
+    val = defect_fold(DefectData(str(dagm_class1_test)), "val", folds=3, fold=1, seed=0)
+    val_scores = image_scores(loaded, val)
     assert loaded.threshold == pytest.approx(
         M.best_threshold(val_scores, val.targets, "balanced_accuracy"), abs=1e-6
     )
@@ -313,7 +313,23 @@ def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_export_says_segdec_runs_are_not_exported_yet(segdec_run, tmp_path, capsys):
-    code = run_app(app, ["export", "--model", str(segdec_run), "--onnx", str(tmp_path / "m.onnx")])
-    assert code == 2 and "a segdec run; ONNX export covers image classifiers" in capsys.readouterr().err
-    assert not (tmp_path / "m.onnx").exists()
+def test_export_writes_segdec_runs_for_images_of_any_size(segdec_run, dagm_class1_test, tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    code = run_app(app, ["export", "--model", str(segdec_run), "--onnx", str(path), "--images", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert "parity on 2 real images" in capsys.readouterr().out
+    import onnx
+
+    from transfer.export import onnx_logits
+
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert meta["transfer.output_stride"] == 8 and "sigmoid(score_logit)" in meta["transfer.output"]
+    # Another size than the traced one (512 x 512): the graph's height and width are dynamic.
+    loaded = load_model(segdec_run)
+    image = torch.randn(1, 3, 96, 160)
+    score, seg = onnx_logits(path, image)
+    with torch.no_grad():
+        reference = loaded.model(image)
+    assert seg.shape == (1, 1, 12, 20) and score.shape == (1,)
+    np.testing.assert_allclose(score, reference.image_logit.numpy(), atol=1e-4)
+    np.testing.assert_allclose(seg, reference.seg_logits.numpy(), atol=1e-4)

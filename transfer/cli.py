@@ -7,12 +7,12 @@ export), and prints a short report.
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
 from dataonomy.cli_utils import parse_list, run_app
-from dataonomy.datasets import DAGM
 from dataonomy.io import write_json
 from transfer.config import FinetuneConfig, PretrainConfig, finetune_base_fields
 
@@ -60,18 +60,124 @@ FoldOpt = typer.Option(
     0, "--fold", help="With --folds: the part held out as test (0..K-1); train/val split the rest."
 )
 AllowPartialOpt = typer.Option(
-    False, "--allow-partial", help="Accept a Labels.txt listing images missing on disk."
+    False, "--allow-partial", help="dagm: accept a Labels.txt listing images missing on disk."
 )
+DataOpt = typer.Option(
+    None,
+    "--data",
+    help="Defect set: its root folder, laid out as --format says (see the README's 'Your data').",
+)
+_FORMAT_HELP = (
+    "Layout of --data: dagm (ClassN/{Train,Test}/Label/Labels.txt), mvtec (<category>/{train,test,ground_truth}), "
+    "kolektor (KolektorSDD kosNN/ or KolektorSDD2 train/test), pairs (images + masks by file stem, or anomalib's "
+    "--normal-dir/--abnormal-dir/--mask-dir), folder (class folders; --defect-classes or masks beside the images)."
+)
+FormatOpt = typer.Option(
+    None, "--format", help=_FORMAT_HELP + " Default: dagm for finetune and split; the run's own elsewhere."
+)
+DagmOpt = typer.Option(None, "--dagm", help="Short for --data ROOT --format dagm.")
+MasksOpt = typer.Option(
+    None, "--masks", help="pairs: folder of masks named after the images (default: beside the images)."
+)
+MaskSuffixOpt = typer.Option(
+    None,
+    "--mask-suffix",
+    help="pairs: what a mask's file stem adds to its image's (_label, _GT, _mask, '' for none); default: found.",
+)
+NormalDirOpt = typer.Option(
+    None, "--normal-dir", help="pairs, anomalib layout: defect-free images (under --data)."
+)
+AbnormalDirOpt = typer.Option(
+    None, "--abnormal-dir", help="pairs, anomalib layout: defective images (under --data)."
+)
+MaskDirOpt = typer.Option(None, "--mask-dir", help="pairs, anomalib layout: the defective images' masks.")
+DefectClassesOpt = typer.Option(
+    None,
+    "--defect-classes",
+    help="folder: comma-separated class folders that hold defective images (NG,defect).",
+)
+SkipBadOpt = typer.Option(
+    False,
+    "--skip-bad",
+    help="Skip unreadable images and masks with a warning and a count instead of failing.",
+)
+
+
+def _defect_data(
+    data: Path | None,
+    dagm: Path | None,
+    format: str | None,
+    labels_root: Path | None = None,
+    allow_partial: bool = False,
+    masks: Path | None = None,
+    mask_suffix: str | None = None,
+    normal_dir: Path | None = None,
+    abnormal_dir: Path | None = None,
+    mask_dir: Path | None = None,
+    defect_classes: str | None = None,
+    default_format: str = "dagm",
+):
+    """The defect set the options name (``--dagm ROOT`` is ``--data ROOT --format dagm``), or None without one."""
+    from dataonomy.errors import DataonomyError
+    from transfer.data import DefectData
+
+    if data is not None and dagm is not None:
+        raise DataonomyError(
+            "--data and --dagm: give one (--dagm ROOT is short for --data ROOT --format dagm)"
+        )
+    if dagm is not None:
+        if format not in (None, "dagm"):
+            raise DataonomyError(f"--dagm with --format {format}: --dagm reads the dagm layout; use --data")
+        data, format = dagm, "dagm"
+    layout = {
+        "labels_root": labels_root, "masks": masks, "mask_suffix": mask_suffix, "normal_dir": normal_dir,
+        "abnormal_dir": abnormal_dir, "mask_dir": mask_dir, "defect_classes": defect_classes,
+    }  # fmt: skip
+    if data is None:
+        given = [k for k, v in layout.items() if v is not None] + (["allow_partial"] if allow_partial else [])
+        if given or format is not None:
+            option = "--format" if format is not None else "--" + given[0].replace("_", "-")
+            raise DataonomyError(f"{option}: describes the --data set; give --data (or --dagm) with it")
+        return None
+    path = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    return DefectData(
+        root=path(data),
+        format=format or default_format,
+        labels_root=path(labels_root),
+        allow_partial=allow_partial,
+        masks=str(masks)
+        if masks is not None
+        else None,  # relative to --data where it is there (pairs reader)
+        mask_suffix=mask_suffix,
+        normal_dir=str(normal_dir) if normal_dir is not None else None,
+        abnormal_dir=str(abnormal_dir) if abnormal_dir is not None else None,
+        mask_dir=str(mask_dir) if mask_dir is not None else None,
+        defect_classes=tuple(parse_list(defect_classes)) if defect_classes is not None else None,
+    )
+
+
+def _other_set(model: Path, data, dagm, format, *layout):
+    """The set a command on a fine-tuned run reads instead of the run's own (None: the run's own); its --format
+    defaults to the run's."""
+    default_format = "dagm"
+    config_path = (model if model.is_dir() else model.parent) / "config.json"
+    if data is not None and format is None and config_path.is_file():
+        import json
+
+        default_format = json.loads(config_path.read_text(encoding="utf-8")).get("format", "dagm")
+    return _defect_data(data, dagm, format, *layout, default_format=default_format)
 
 
 @app.command("split")
 def split_cmd(
-    dagm: Path = typer.Option(
-        ..., "--dagm", help="DAGM root, a ClassN folder, or one split folder (ClassN/Test)."
-    ),
+    data: Path = DataOpt,
+    format: str = FormatOpt,
+    dagm: Path = DagmOpt,
     out: Path = typer.Option(..., "--out", help="JSON file to write with the train/val/test file lists."),
     classes: str = typer.Option(
-        None, "--classes", help="Comma-separated DAGM classes (1,3 or Class1,Class3); default all."
+        None,
+        "--classes",
+        help="Comma-separated classes (DAGM: 1,3 or Class1,Class3; MVTec: categories); default all.",
     ),
     val_fraction: float = typer.Option(
         0.2, "--val-fraction", help="Share of the training images held out for validation."
@@ -79,35 +185,50 @@ def split_cmd(
     test_fraction: float = typer.Option(
         0.0,
         "--test-fraction",
-        help="Carve a test fold from the images found (for copies without a Test split).",
+        help="Carve a test fold from the images found (for sets without their own test split).",
     ),
     folds: int = FoldsOpt,
     fold: int = FoldOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
+    defect_classes: str = DefectClassesOpt,
 ):
-    """Write the seeded, stratified train/validation(/test) split of a DAGM copy that fine-tuning uses."""
+    """Write the seeded, stratified train/validation(/test) split of a defect set that fine-tuning uses."""
+    from dataonomy.errors import DataonomyError
+    from transfer.data import defect_fold
+
+    source = _defect_data(
+        data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir, mask_dir,
+        defect_classes,
+    )  # fmt: skip
+    if source is None:
+        raise DataonomyError("--data (or --dagm): which defect set to split")
     lists = {}
-    splits = ("train", "val", "test") if test_fraction > 0 or folds is not None else ("train", "val")
+    splits = ("train", "val", "test")
     for split in splits:
-        ds = DAGM(
-            dagm,
-            classes=parse_list(classes),
-            split=split,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            labels_root=labels_root,
-            allow_partial=allow_partial,
-            folds=folds,
-            fold=fold,
-        )
-        lists[split] = [{"path": str(s.path), "label": s.label, "defect": bool(s.defect)} for s in ds.samples]
+        try:
+            ds = defect_fold(
+                source, split, parse_list(classes), val_fraction, test_fraction, seed, folds, fold
+            )
+        except DataonomyError:
+            if split == "test":
+                continue  # a set without a test fold of its own, and none asked for
+            raise
+        lists[split] = [
+            {"path": str(s.path), "group": s.group or s.label, "defect": bool(s.defect)} for s in ds.samples
+        ]
         n_def = sum(r["defect"] for r in lists[split])
         typer.echo(f"{split}: {len(lists[split])} images, {n_def} defective")
     params = {
-        "dagm": str(dagm),
+        "data": source.root,
+        "format": source.format,
+        **source.reader_options(),
         "classes": classes,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
@@ -285,16 +406,16 @@ def finetune_cmd(
         "--base",
         help="Base model: a pretrain run folder or checkpoint, imagenet (ImageNet weights of --arch), or scratch.",
     ),
-    dagm: Path = typer.Option(
-        None,
-        "--dagm",
-        help="DAGM root, a ClassN folder, or one split folder (ClassN/Test with --test-fraction).",
-    ),
+    data: Path = DataOpt,
+    format: str = FormatOpt,
+    dagm: Path = DagmOpt,
     out: Path = typer.Option(
         ..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt."
     ),
     classes: str = typer.Option(
-        None, "--classes", help="Comma-separated DAGM classes (1,3 or Class1); default all."
+        None,
+        "--classes",
+        help="Comma-separated classes (DAGM: 1,3 or Class1; MVTec: categories); default all.",
     ),
     arch: str = typer.Option(
         None,
@@ -381,6 +502,12 @@ def finetune_cmd(
     ),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
+    defect_classes: str = DefectClassesOpt,
     patches: bool = typer.Option(
         False, "--patches", help="Train on full-resolution patches (for localisation)."
     ),
@@ -424,9 +551,15 @@ def finetune_cmd(
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
 ):
-    """Fine-tune every layer of a base model to find defects on DAGM (a defect map and an image score with --head
-    segdec, the default; an image classifier with --head classify); store the validation threshold."""
+    """Fine-tune every layer of a base model to find defects in a defect set of any layout (a defect map and an
+    image score with --head segdec, the default; an image classifier with --head classify); store the validation
+    threshold."""
     from dataonomy.errors import DataonomyError
+
+    source = _defect_data(
+        data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir, mask_dir,
+        defect_classes,
+    )  # fmt: skip
 
     options = {
         "epochs": epochs,
@@ -449,7 +582,6 @@ def finetune_cmd(
         "folds": folds,
         "fold": fold,
         "split_seed": split_seed,
-        "allow_partial": allow_partial,
         "patches": patches,
         "patch_size": patch_size,
         "patch_stride": patch_stride,
@@ -465,20 +597,20 @@ def finetune_cmd(
     }
     class_list = parse_list(classes)
 
+    data_fields = {}
+    if source is not None:
+        data_fields = {k: v for k, v in asdict(source).items() if k != "root"} | {"data": source.root}
+        if source.defect_classes is not None:
+            data_fields["defect_classes"] = list(source.defect_classes)
+
     def new_config():
-        if base is None or dagm is None:
-            raise DataonomyError("--base and --dagm are required (unless --resume)")
+        if base is None or source is None:
+            raise DataonomyError("--base and --data (or --dagm) are required (unless --resume)")
         return FinetuneConfig(
-            dagm=str(dagm.resolve()),
-            classes=class_list,
-            labels_root=str(labels_root.resolve()) if labels_root is not None else None,
-            **finetune_base_fields(base, arch),
-            **options,
+            classes=class_list, **data_fields, **finetune_base_fields(base, arch), **options
         )
 
-    requested = _given(ctx, options)
-    if dagm is not None:
-        requested["dagm"] = str(dagm.resolve())
+    requested = _given(ctx, options) | data_fields
     if class_list is not None:
         requested["classes"] = class_list
     if arch is not None:
@@ -505,12 +637,24 @@ def _print_threshold(out: Path) -> None:
 @app.command("evaluate")
 def evaluate_cmd(
     model: Path = typer.Option(..., "--model", help="A fine-tuning run folder (or its best.pt)."),
-    dagm: Path = typer.Option(
-        None, "--dagm", help="DAGM copy to evaluate on (default: the run's own, with its own split)."
-    ),
-    split: str = typer.Option("test", "--split", help="Fold to evaluate: test, val, train, trainval or all."),
+    data: Path = DataOpt,
+    format: str = FormatOpt,
+    dagm: Path = DagmOpt,
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
+    defect_classes: str = DefectClassesOpt,
+    split: str = typer.Option(
+        "test",
+        "--split",
+        help="Fold to evaluate: test, val, train, trainval or all (of the run's own set: its own cut; of another "
+        "--data set: that set's own split).",
+    ),
+    skip_bad: bool = SkipBadOpt,
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or patches) per forward pass."),
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
@@ -528,17 +672,23 @@ def evaluate_cmd(
         "(training error minus it).",
     ),
 ):
-    """Per DAGM class TPR/TNR (the paper's Table 1), accuracy, AP, AUROC at the stored and the best threshold,
-    and the training / validation / test errors side by side."""
+    """Per-group TPR/TNR (DAGM class, MVTec category/type, ...: the paper's Table 1), accuracy, AP, AUROC at the
+    stored and the best threshold, and the training / validation / test errors side by side.
+
+    Default data: the run's own set (--data of finetune, in its layout). --data evaluates another set; its
+    --format defaults to the run's."""
     from transfer.metrics import format_table
     from transfer.training import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
 
-    report = evaluate_run(
-        model, dagm, split, labels_root, allow_partial, batch_size, device, workers, errors, human_error
-    )
+    source = _other_set(
+        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
+        mask_dir, defect_classes,
+    )  # fmt: skip
+    report = evaluate_run(model, source, split, batch_size, device, workers, errors, human_error, skip_bad)
     stored = report["stored_threshold"]
     typer.echo(
-        f"{report['split']} split of {report['dagm']}: at the stored threshold {stored['threshold']:.4g} (chosen on validation)"
+        f"{report['split']} split of {report['data']} ({report['format']}): at the stored threshold "
+        f"{stored['threshold']:.4g} (chosen on validation)"
     )
     typer.echo(format_table(stored["rows"], TABLE_COLUMNS))
     typer.echo(f"\nat the best threshold per class ({OPTIMISTIC_NOTE})")
@@ -554,9 +704,17 @@ def evaluate_cmd(
 def export_cmd(
     model: Path = typer.Option(..., "--model", help="A pretrain or fine-tuning run folder (or its best.pt)."),
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (only when the parity check passes)."),
-    dagm: Path = typer.Option(
-        None, "--dagm", help="DAGM copy whose images check parity (default: the run's own)."
-    ),
+    data: Path = DataOpt,
+    format: str = FormatOpt,
+    dagm: Path = DagmOpt,
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
+    defect_classes: str = DefectClassesOpt,
     split: str = typer.Option(
         None, "--split", help="Fold the parity images come from (default: test, or val without a test fold)."
     ),
@@ -571,7 +729,11 @@ def export_cmd(
     """Export the run's best model to ONNX and check it against PyTorch on real images."""
     from transfer.export import export_run
 
-    result = export_run(model, onnx, dagm, split, images, tolerance, opset)
+    source = _other_set(
+        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
+        mask_dir, defect_classes,
+    )  # fmt: skip
+    result = export_run(model, onnx, source, split, images, tolerance, opset)
     typer.echo(
         f"parity on {result['images']} real images: max |logit difference| {result['max_abs_logit_diff']:.3g}, "
         f"max |probability difference| {result['max_abs_prob_diff']:.3g} "
@@ -591,14 +753,22 @@ def localize_cmd(
     images: str = typer.Option(
         None,
         "--images",
-        help="Image folder, file or glob (quote it) to localise, unlabelled. Default: a DAGM fold (--dagm/--split).",
+        help="Image folder, file or glob (quote it) to localise, unlabelled. Default: a fold of the run's set "
+        "(or of --data) with its masks.",
     ),
-    dagm: Path = typer.Option(
-        None,
-        "--dagm",
-        help="DAGM copy to localise, with its masks (default: the run's own copy and seeded split).",
-    ),
-    split: str = typer.Option("test", "--split", help="DAGM fold: test, val, train, trainval or all."),
+    data: Path = DataOpt,
+    format: str = FormatOpt,
+    dagm: Path = DagmOpt,
+    labels_root: Path = LabelsRootOpt,
+    allow_partial: bool = AllowPartialOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
+    defect_classes: str = DefectClassesOpt,
+    split: str = typer.Option("test", "--split", help="Fold: test, val, train, trainval or all."),
+    skip_bad: bool = SkipBadOpt,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: localize.json, heatmaps/*.npy, overlays/*.png, masks/*.png."
     ),
@@ -630,7 +800,12 @@ def localize_cmd(
         "--val-limit",
         help="Choose the threshold on a seeded sample of N validation images (default: the whole fold).",
     ),
-    limit: int = typer.Option(None, "--limit", help="Localise only the first N images."),
+    limit: int = typer.Option(
+        None,
+        "--limit",
+        help="Localise N images, taken evenly across the groups (defect types, classes; a file's folder for "
+        "--images) in a seeded order.",
+    ),
     batch_size: int = typer.Option(
         None,
         "--batch-size",
@@ -643,7 +818,7 @@ def localize_cmd(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
     ),
 ):
-    """Defect localisation: heatmaps, overlays, masks, one box per defect; with DAGM masks, P/R/F1, IoU, mean IoU, AR.
+    """Defect localisation: heatmaps, overlays, masks, one box per defect; with masks, P/R/F1, IoU, mean IoU, AR.
 
     segdec runs map each image in one pass; classifier runs by patches. The threshold is chosen on the run's
     validation fold by maximising the pooled pixel F1, stored in OUT/localize.json, and reused with
@@ -651,6 +826,10 @@ def localize_cmd(
     """
     from transfer.localize_run import format_localize_summary, localize_images
 
+    source = _other_set(
+        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
+        mask_dir, defect_classes,
+    )  # fmt: skip
     report = localize_images(
         model,
         images,
@@ -658,7 +837,7 @@ def localize_cmd(
         patch,
         stride,
         mode,
-        dagm=dagm,
+        data=source,
         split=split,
         threshold=threshold,
         threshold_from=threshold_from,
@@ -669,6 +848,7 @@ def localize_cmd(
         colormap=colormap,
         alpha=alpha,
         overwrite=overwrite,
+        skip_bad=skip_bad,
     )
     typer.echo(format_localize_summary(report))
 
@@ -694,9 +874,29 @@ def rootcause_cmd(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
     device: str = typer.Option(None, "--device", help="Device for the gradients and medians (default cpu)."),
+    resize: str = typer.Option(
+        None,
+        "--resize",
+        help="Scale every image to W,H (or S for S,S) pixels first: for images of different sizes.",
+    ),
+    crop: str = typer.Option(
+        None,
+        "--crop",
+        help="Cut the centre W,H (or S) of every image first (before --resize): keeps the pixels.",
+    ),
+    border: int = typer.Option(
+        4,
+        "--border",
+        help="Leave this many pixels along the frame out of the masks (edges from resizing, padding or tiling sit "
+        "at the same place in every image).",
+    ),
+    skip_bad: bool = SkipBadOpt,
 ):
-    """Common-defect (root-cause) analysis: median-gradient map over a sliding window, mask, verdict, onset."""
-    from transfer.rootcause_run import format_window, rootcause_stream
+    """Common-defect (root-cause) analysis: median-gradient map over a sliding window, mask, verdict, onset.
+
+    The onset is where the fault starts: in the first window that detects a common defect, the first image of the
+    run of images that carry it (an index into the images in name order, and its file)."""
+    from transfer.rootcause_run import format_window, parse_size, rootcause_stream
 
     report = rootcause_stream(
         images,
@@ -709,11 +909,17 @@ def rootcause_cmd(
         window_maps=window_maps,
         overwrite=overwrite,
         on_window=lambda entry: typer.echo(format_window(entry)),
+        resize=parse_size(resize, "--resize"),
+        crop=parse_size(crop, "--crop"),
+        border=border,
+        skip_bad=skip_bad,
     )
     verdict = f"common defect: {report['verdict']} (score {report['score']:.1f})"
     if report["onset_image"] is not None:
-        verdict += f", starting at image {report['onset']} ({report['onset_image']})"
+        verdict += f"; onset: image {report['onset']} ({report['onset_image']})"
     typer.echo(verdict)
+    if report.get("warning"):
+        typer.echo(f"warning: {report['warning']}")
     typer.echo(f"wrote {report['files']['report']}, windows.jsonl, map.npy, map.png, mask.png")
 
 

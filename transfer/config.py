@@ -142,12 +142,14 @@ class PretrainConfig(TrainConfig):
 
 @dataclass(kw_only=True)
 class FinetuneConfig(TrainConfig):
-    """Fine-tuning a base model to defect / no defect on DAGM, every layer trained, the last one replaced.
+    """Fine-tuning a base model to defect / no defect, every layer trained, the last one replaced.
 
-    ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). The folds are the
-    DAGM reader's seeded, stratified ``train``/``val`` (and ``test`` when ``test_fraction`` > 0, or fold ``fold`` of
-    ``folds``-fold cross-validation), cut with ``split_seed`` (default ``seed``: set it to train several seeds on
-    the same folds). With
+    ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). ``data`` is the
+    defect set's root in layout ``format`` (``dagm``, ``mvtec``, ``kolektor``, ``pairs``, ``folder``; the layout's
+    own options beside it, see :class:`transfer.data.DefectData`). The folds are
+    :func:`transfer.data.defect_fold`'s seeded, stratified ``train``/``val`` (and ``test`` when ``test_fraction``
+    > 0, or fold ``fold`` of ``folds``-fold cross-validation), cut with ``split_seed`` (default ``seed``: set it to
+    train several seeds on the same folds). With
     ``patches``, training examples are ``patch_size`` crops on a ``patch_stride`` grid at full resolution: a
     patch is defective when at least ``patch_defect_fraction`` of its pixels are in the mask, clean when none
     are, and left out otherwise (its label would be a guess). Early stopping watches ``monitor`` on validation
@@ -156,10 +158,17 @@ class FinetuneConfig(TrainConfig):
 
     kind: str = "finetune"
     base: str
-    dagm: str
+    data: str
+    format: str = "dagm"
     classes: list[str] | None = None
     labels_root: str | None = None
     allow_partial: bool = False
+    masks: str | None = None
+    mask_suffix: str | None = None
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    defect_classes: list[str] | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     folds: int | None = None
@@ -199,12 +208,30 @@ class FinetuneConfig(TrainConfig):
     def native_resolution(self) -> bool:
         return self.head == "segdec"
 
+    def defect_data(self):
+        """The run's defect set (:class:`transfer.data.DefectData`)."""
+        from transfer.data import DefectData
+
+        return DefectData(
+            root=self.data,
+            format=self.format,
+            labels_root=self.labels_root,
+            allow_partial=self.allow_partial,
+            masks=self.masks,
+            mask_suffix=self.mask_suffix,
+            normal_dir=self.normal_dir,
+            abnormal_dir=self.abnormal_dir,
+            mask_dir=self.mask_dir,
+            defect_classes=tuple(self.defect_classes) if self.defect_classes is not None else None,
+        )
+
     @property
     def input_size(self) -> int | None:
         return self.patch_size if self.patches else self.image_size
 
     def _check(self) -> None:
         super()._check()
+        self.defect_data()  # an unknown --format is refused here
         if not 0 < self.val_fraction < 1:
             raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
         if not 0 <= self.test_fraction < 1:
@@ -267,6 +294,11 @@ def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
         kind = data.get("kind") if isinstance(data, dict) else None
         raise DataonomyError(f"{where}: unknown run kind {kind!r} (expected pretrain or finetune)")
     cls = _KINDS[data["kind"]]
+    if data["kind"] == "finetune" and "dagm" in data and "data" not in data:
+        data = {k: v for k, v in data.items() if k != "dagm"} | {
+            "data": data["dagm"],
+            "format": "dagm",
+        }  # runs before --data
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

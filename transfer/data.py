@@ -1,4 +1,4 @@
-"""Training data: the manifest's source classes, DAGM folds and patches, and seeded augmentation.
+"""Training data: the manifest's source classes, defect-set folds (any layout) and patches, seeded augmentation.
 
 Augmentation is seeded per (run seed, epoch, sample index), not by the process's random state: a sample gets the
 same crop, flip and noise whichever process or data-loader worker loads it, and whether or not the run was
@@ -8,8 +8,10 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, stratified_folds
+from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, split_samples, stratified_folds
+from dataonomy.datasets.options import open_dataset
+from dataonomy.datasets.splits import check_split_options
 from dataonomy.errors import DataonomyError
 from dataonomy.manifest import SCHEMA as MANIFEST_SCHEMA
 from transfer.localize import patch_grid
@@ -204,81 +208,175 @@ def pretrain_folds(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# DAGM: images and patches
+# Defect data in any layout: folds, images and patches
 # --------------------------------------------------------------------------------------------------------------
 
+# The defect-set readers the transfer commands take (--format); each yields defect flags and masks.
+DEFECT_FORMATS = ("dagm", "mvtec", "kolektor", "pairs", "folder")
 
-def dagm_fold(
-    root: str | Path,
+
+@dataclass(frozen=True)
+class DefectData:
+    """Where a defect set lives and how it is laid out: ``--data ROOT --format F`` and the layout's options.
+
+    ``labels_root``/``allow_partial`` are the ``dagm`` reader's; ``masks``, ``mask_suffix``, ``normal_dir``,
+    ``abnormal_dir``, ``mask_dir`` the ``pairs`` reader's; ``defect_classes`` the ``folder`` reader's (which
+    class folders hold defective images). Options another layout does not take are refused by name.
+    """
+
+    root: str
+    format: str = "dagm"
+    labels_root: str | None = None
+    allow_partial: bool = False
+    masks: str | None = None
+    mask_suffix: str | None = None
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    defect_classes: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.format not in DEFECT_FORMATS:
+            raise DataonomyError(f"--format '{self.format}': must be one of {', '.join(DEFECT_FORMATS)}")
+
+    def reader_options(self) -> dict:
+        """The options set (not None, not False), as the reader's keyword arguments."""
+        names = (
+            "labels_root",
+            "allow_partial",
+            "masks",
+            "mask_suffix",
+            "normal_dir",
+            "abnormal_dir",
+            "mask_dir",
+        )
+        out = {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
+        if self.defect_classes is not None:
+            out["defect_classes"] = list(self.defect_classes)
+        return out
+
+    def same_set(self, other: DefectData) -> bool:
+        """Whether ``other`` names the same files the same way (then a run's folds apply to it)."""
+        return self.format == other.format and Path(self.root).resolve() == Path(other.root).resolve()
+
+
+def defect_fold(
+    data: DefectData,
     split: str,
     classes: Sequence[str] | None = None,
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
-    labels_root: str | Path | None = None,
-    allow_partial: bool = False,
     folds: int | None = None,
     fold: int = 0,
-) -> DAGM:
-    """One fold of a DAGM copy, as fine-tuning, evaluation and export read it (images as RGB PIL)."""
-    return DAGM(
-        root,
-        classes=classes,
-        split=split,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        labels_root=labels_root,
-        allow_partial=allow_partial,
-        folds=folds,
-        fold=fold,
+    skip_bad: bool = False,
+) -> SampleDataset:
+    """One fold of a defect set, as fine-tuning, evaluation, localisation and export read it (RGB PIL images).
+
+    The cut is :func:`dataonomy.datasets.split_samples`'s, the same for every layout: the dataset's own
+    train/test split where it has one (DAGM's Train/Test, MVTec's train/test, KolektorSDD2's), else seeded,
+    stratified parts of every image (``test_fraction``, or ``folds``/``fold``). Every sample's ``target`` is its
+    defect flag; ``group`` names the rows of per-group tables (DAGM class, MVTec category/type, Kolektor item).
+    """
+    options = data.reader_options()
+    if data.format == "dagm":  # DAGM's reader cuts its own folds (and rasterises 2007-layout ellipses)
+        return DAGM(
+            data.root, classes=classes, split=split, val_fraction=val_fraction, test_fraction=test_fraction,
+            seed=seed, folds=folds, fold=fold, skip_bad=skip_bad, **options,
+        )  # fmt: skip
+    check_split_options(split, val_fraction, test_fraction, folds, fold)
+    whole = open_dataset(data.format, data.root, classes=classes, skip_bad=skip_bad, **options)
+    unflagged = [s for s in whole.samples if s.defect is None]
+    if unflagged:
+        hint = (
+            " (name them with --defect-classes, or put masks beside the images)"
+            if data.format == "folder"
+            else ""
+        )
+        raise DataonomyError(
+            f"--data {data.root}: {len(unflagged)} images have no defect flag (first: {unflagged[0].path}); "
+            f"fine-tuning needs to know which images are defective{hint}"
+        )
+    samples = [
+        s if s.target == int(s.defect) else dataclasses.replace(s, target=int(s.defect))
+        for s in whole.samples
+    ]
+
+    def read(which: str) -> list:
+        return samples if which == "all" else [s for s in samples if s.split == which]
+
+    own_split = any(s.split for s in samples)
+    chosen = split_samples(
+        read, split, own_split=own_split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+        folds=folds, fold=fold,
+    )  # fmt: skip
+    if not chosen:
+        raise DataonomyError(f"--data {data.root}: no images in the '{split}' fold ({data.format} layout)")
+    dataset = SampleDataset(whole.root, chosen, ["ok", "defect"], notes=whole.notes)
+    dataset.split = split
+    return dataset
+
+
+def one_kind_error(
+    config, fold: str, n_defective: int, n: int, what: str, train: SampleDataset
+) -> DataonomyError:
+    """The error for a training or validation fold of one kind only (all defective or all clean); it says when
+    the set's own split is why (MVTec AD's train split holds good images only)."""
+    hint = ""
+    if config.folds is None and config.test_fraction == 0 and any(s.split for s in train.samples):
+        hint = (
+            f"; the {config.format} set's own train split is used: pool all its images into seeded folds with "
+            "--folds K or --test-fraction F"
+        )
+    return DataonomyError(
+        f"--data {config.data}: the {fold} fold has {n_defective} defective of {n} {what}; "
+        f"fine-tuning needs both defective and clean examples{hint}"
     )
 
 
 def run_fold(
     config,
     split: str,
-    dagm: str | Path | None = None,
-    labels_root: str | Path | None = None,
-    allow_partial: bool = False,
+    data: DefectData | None = None,
+    skip_bad: bool = False,
     instead: str = "--split val",
-) -> DAGM:
-    """``split`` of the DAGM copy a fine-tuning run (its :class:`transfer.config.FinetuneConfig`) names, cut as
-    the run cut it (its folds, fractions and split seed); ``split`` of another copy (``dagm``) as that copy has it
-    (its Test folders for ``test``). ``instead`` is what the error suggests when the run has no test fold."""
-    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+) -> SampleDataset:
+    """``split`` of the defect set a fine-tuning run (its :class:`transfer.config.FinetuneConfig`) names, cut as
+    the run cut it (its folds, fractions and split seed); ``split`` of another set (``data``) as that set has it
+    (its own test split for ``test``). ``instead`` is what the error suggests when the run has no test fold."""
+    # The run's own files (read with the layout options given now, if any) keep the run's cut.
+    same_set = data is None or config.defect_data().same_set(data)
     try:
-        return dagm_fold(
-            config.dagm if dagm is None else dagm,
+        return defect_fold(
+            config.defect_data() if data is None else data,
             split,
             config.classes,
             config.val_fraction,
-            config.test_fraction if same_copy else 0.0,
+            config.test_fraction if same_set else 0.0,
             config.split_seed if config.split_seed is not None else config.seed,
-            labels_root if labels_root is not None else config.labels_root,
-            allow_partial or config.allow_partial,
-            config.folds if same_copy else None,
+            config.folds if same_set else None,
             config.fold,
+            skip_bad,
         )
     except DataonomyError as exc:
-        no_test = same_copy and split == "test" and config.test_fraction == 0 and config.folds is None
-        if no_test and "no DAGM images found" in str(exc):
+        no_test = same_set and split == "test" and config.test_fraction == 0 and config.folds is None
+        if no_test and ("no DAGM images found" in str(exc) or "no images in the" in str(exc)):
             raise DataonomyError(
-                f"--split test: the run was fine-tuned on all of {config.dagm} (no --test-fraction or --folds), so "
-                f"it has no test fold there; pass --dagm with a copy that has Test folders, or {instead}"
+                f"--split test: the run was fine-tuned on all of {config.data} (no --test-fraction or --folds), so "
+                f"it has no test fold there; pass --data with a set that has its own test split, or {instead}"
             ) from None
         raise
 
 
 class PatchDataset(Dataset):
-    """Full-resolution ``patch_size`` crops of a DAGM fold on the localisation grid (:func:`patch_grid`).
+    """Full-resolution ``patch_size`` crops of a defect-set fold on the localisation grid (:func:`patch_grid`).
 
     A patch is defective (target 1) when at least ``defect_fraction`` of its pixels are in the image's mask,
     clean (0) when none are; patches in between are left out. Images are decoded once and kept in memory
     (8-bit, one channel for gray images); ``patches[i]`` is ``(image index, top, left)``.
     """
 
-    def __init__(self, images: DAGM, patch_size: int, stride: int, defect_fraction: float):
+    def __init__(self, images: SampleDataset, patch_size: int, stride: int, defect_fraction: float):
         self.images, self.patch_size = images, patch_size
         self.pixels: list[np.ndarray] = []
         patches, targets, groups = [], [], []
@@ -302,7 +400,7 @@ class PatchDataset(Dataset):
                         continue
                     patches.append((i, int(y), int(x)))
                     targets.append(int(fraction > 0))
-                    groups.append(sample.label)
+                    groups.append(sample.group or sample.label)
             self.pixels.append(pixels)
         self.patches, self.targets, self.groups = patches, targets, groups
 

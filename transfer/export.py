@@ -1,8 +1,10 @@
 """ONNX export of a trained run, with a parity check against PyTorch on real images.
 
-The exported graph takes normalised images ``image`` (batch, 3, S, S) with S the run's input size (the image
-size, or the patch size of a patch model) and returns the class logits ``logits`` (batch, num_classes); the batch
-dimension is dynamic. What a caller needs to prepare inputs and read outputs (mean, std, input size, classes,
+Classifier runs: the graph takes normalised images ``image`` (batch, 3, S, S) with S the run's input size (the
+image size, or the patch size of a patch model) and returns the class logits ``logits`` (batch, num_classes); the
+batch dimension is dynamic. Segdec runs (native resolution): ``image`` (batch, 3, H, W) with H and W dynamic, and
+two outputs, ``score_logit`` (batch,), the image's defect logit (probability: its sigmoid), and ``map_logits``
+(batch, 1, H / stride, W / stride), the defect map's logits. What a caller needs to prepare inputs and read outputs (mean, std, input size, classes,
 decision threshold) is stored in the ONNX file's metadata (``metadata_props``, values in JSON).
 
 The file is exported with the TorchScript-based exporter (``dynamo=False``): the torch.export-based one, torch's
@@ -27,12 +29,31 @@ DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
 
 
+SEGDEC_OUTPUTS = ("score_logit", "map_logits")
+
+
 def export_onnx(
-    model: torch.nn.Module, path: str | Path, input_size: int, opset: int = DEFAULT_OPSET
+    model: torch.nn.Module,
+    path: str | Path,
+    input_size: int | tuple[int, int],
+    opset: int = DEFAULT_OPSET,
+    segdec: bool = False,
 ) -> Path:
-    """Export ``model`` (eval mode, on CPU) to ONNX at ``path``: input ``image`` (N, 3, S, S), output ``logits``."""
+    """Export ``model`` (eval mode, on CPU) to ONNX at ``path``: input ``image`` (N, 3, S, S), output ``logits``;
+    with ``segdec``, input (N, 3, H, W) of any size (``input_size`` (H, W) is the traced example's) and outputs
+    ``score_logit``, ``map_logits``."""
     model = model.cpu().eval()
-    example = torch.zeros(1, 3, input_size, input_size)
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    example = torch.zeros(1, 3, height, width)
+    if segdec:
+        names = list(SEGDEC_OUTPUTS)
+        axes = {
+            "image": {0: "batch", 2: "height", 3: "width"},
+            "score_logit": {0: "batch"},
+            "map_logits": {0: "batch", 2: "map_height", 3: "map_width"},
+        }
+    else:
+        names, axes = ["logits"], {"image": {0: "batch"}, "logits": {0: "batch"}}
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation; it is the one that needs no onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -48,8 +69,8 @@ def export_onnx(
             str(path),
             dynamo=False,
             input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=names,
+            dynamic_axes=axes,
             opset_version=opset,
         )
     return Path(path)
@@ -68,32 +89,46 @@ def add_metadata(path: str | Path, metadata: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def onnx_logits(path: str | Path, images: torch.Tensor) -> np.ndarray:
-    """Logits of an exported model on ``images`` (normalised, (N, 3, S, S)) with ONNX Runtime on CPU."""
+def onnx_logits(path: str | Path, images: torch.Tensor) -> list[np.ndarray]:
+    """Every output of an exported model on ``images`` (normalised, (N, 3, H, W)) with ONNX Runtime on CPU:
+    ``[logits]`` for a classifier, ``[score_logit, map_logits]`` for a segdec model."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"image": images.detach().cpu().numpy().astype(np.float32)})[0]
+    return session.run(None, {"image": images.detach().cpu().numpy().astype(np.float32)})
 
 
-def parity(path: str | Path, model: torch.nn.Module, images: torch.Tensor) -> dict:
-    """How far ONNX Runtime's outputs are from PyTorch's on ``images``: max |difference| of logits and of
-    softmax probabilities, and the logits' scale ``max(1, max |PyTorch logit|)`` that the tolerance is relative to
-    (float32 rounding grows with the size of the numbers: an untrained Inception V3 has logits of 1e11)."""
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (softmax over classes) of classifier logits (N, C); per-entry sigmoids otherwise."""
+    x = torch.from_numpy(logits).double()
+    return (torch.softmax(x, dim=1) if x.ndim == 2 else torch.sigmoid(x)).numpy()
+
+
+def parity(path: str | Path, model: torch.nn.Module, images: torch.Tensor | list[torch.Tensor]) -> dict:
+    """How far ONNX Runtime's outputs are from PyTorch's on ``images`` (a batch, or a list of batches: segdec
+    images of different sizes): max |difference| of logits (every output) and of probabilities, and the logits'
+    scale ``max(1, max |PyTorch logit|)`` that the tolerance is relative to (float32 rounding grows with the size
+    of the numbers: an untrained Inception V3 has logits of 1e11)."""
     model = model.cpu().eval()
-    with torch.no_grad():
-        reference = model(images.cpu()).numpy()
-    exported = onnx_logits(path, images)
-    if exported.shape != reference.shape:
-        raise DataonomyError(f"{path}: ONNX output has shape {exported.shape}, PyTorch's {reference.shape}")
-    probabilities = [
-        torch.softmax(torch.from_numpy(x).double(), dim=1).numpy() for x in (reference, exported)
-    ]
+    batches = images if isinstance(images, list) else [images]
+    logit_diff = prob_diff = 0.0
+    scale = 1.0
+    for batch in batches:
+        with torch.no_grad():
+            out = model(batch.cpu())
+        reference = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        exported = onnx_logits(path, batch)
+        for ref, exp in zip(reference, exported, strict=True):
+            if exp.shape != ref.shape:
+                raise DataonomyError(f"{path}: ONNX output has shape {exp.shape}, PyTorch's {ref.shape}")
+            logit_diff = max(logit_diff, float(np.max(np.abs(exp - ref))))
+            prob_diff = max(prob_diff, float(np.max(np.abs(_probabilities(exp) - _probabilities(ref)))))
+            scale = max(scale, float(np.max(np.abs(ref))))
     return {
-        "images": int(images.shape[0]),
-        "max_abs_logit_diff": float(np.max(np.abs(exported - reference))),
-        "logit_scale": float(max(1.0, np.max(np.abs(reference)))),
-        "max_abs_prob_diff": float(np.max(np.abs(probabilities[0] - probabilities[1]))),
+        "images": int(sum(b.shape[0] for b in batches)),
+        "max_abs_logit_diff": logit_diff,
+        "logit_scale": scale,
+        "max_abs_prob_diff": prob_diff,
     }
 
 
@@ -108,11 +143,12 @@ def check_parity(result: dict, tolerance: float) -> None:
 
 
 def parity_images(
-    loaded: LoadedModel, dagm: str | Path | None = None, split: str | None = None, n: int = 8
-) -> torch.Tensor:
+    loaded: LoadedModel, data=None, split: str | None = None, n: int = 8
+) -> torch.Tensor | list[torch.Tensor]:
     """Up to ``n`` real images as the model takes them (normalised, input size), half of them defective where
-    there are defects: DAGM images (whole, resized) or patches for fine-tuned runs, source-pool validation images
-    for pretrain runs."""
+    there are defects: images of the defect set (``data``, a :class:`transfer.data.DefectData`, default the
+    run's own; whole, resized) or patches for fine-tuned runs, source-pool validation images for pretrain
+    runs. Segdec runs take images at their own size: a list of one-image batches."""
     from torchvision.transforms import v2
 
     from transfer.data import PatchDataset, pretrain_folds, run_fold
@@ -128,11 +164,11 @@ def parity_images(
             [v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
         )
         return loaded.normalize(torch.stack([transform(val[int(i)][0]) for i in pick]))
-    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
+    same_set = data is None or config.defect_data().same_set(data)
     split = split or (
-        "test" if config.test_fraction > 0 or config.folds is not None or not same_copy else "val"
+        "test" if config.test_fraction > 0 or config.folds is not None or not same_set else "val"
     )
-    fold = run_fold(config, split, dagm)
+    fold = run_fold(config, split, data)
     if record.get("input") == "patch":
         patches = PatchDataset(
             fold, record["patch_size"], record["patch_stride"], config.patch_defect_fraction
@@ -141,6 +177,10 @@ def parity_images(
         chosen = _balanced(targets, n)
         return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))
     chosen = _balanced(np.asarray(fold.targets), n)
+    if record.get("head") == "segdec":
+        resize = [v2.Resize((size, size), antialias=True)] if size is not None else []
+        transform = v2.Compose([v2.ToImage(), *resize])
+        return [loaded.normalize(transform(fold[int(i)][0])[None]) for i in chosen]
     transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
     return loaded.normalize(torch.stack([transform(fold[int(i)][0]) for i in chosen]))
 
@@ -156,7 +196,7 @@ def _balanced(targets: np.ndarray, n: int) -> np.ndarray:
 def export_run(
     run: str | Path,
     onnx_path: str | Path,
-    dagm: str | Path | None = None,
+    data=None,
     split: str | None = None,
     n_images: int = 8,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -170,12 +210,8 @@ def export_run(
         raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
     loaded = load_model(run, "cpu")
     record = loaded.record
-    if record.get("head") == "segdec":
-        # Its graph has two outputs and images of any size; the single-output, fixed-size export does not fit it.
-        raise DataonomyError(
-            f"--model {run}: a segdec run; ONNX export covers image classifiers (--head classify) so far"
-        )
-    images = parity_images(loaded, dagm, split, n_images)
+    segdec = record.get("head") == "segdec"
+    images = parity_images(loaded, data, split, n_images)
     metadata = {
         "transfer.arch": record["arch"],
         "transfer.kind": record["kind"],
@@ -187,9 +223,16 @@ def export_run(
         "transfer.threshold": record.get("threshold"),
         "transfer.output": "logits; the defect probability is softmax(logits)[:, 1]",
     }
+    if segdec:
+        metadata["transfer.output"] = (
+            "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
+            "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
+        )
+        metadata["transfer.output_stride"] = record.get("output_stride")
+    example = tuple(images[0].shape[-2:]) if segdec else record["input_size"]
     onnx_path = Path(onnx_path)
     with atomic_path(onnx_path) as tmp:
-        export_onnx(loaded.model, tmp, record["input_size"], opset)
+        export_onnx(loaded.model, tmp, example, opset, segdec=segdec)
         add_metadata(tmp, metadata)
         result = parity(tmp, loaded.model, images)
         check_parity(result, tolerance)

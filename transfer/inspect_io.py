@@ -11,6 +11,7 @@ import glob
 import math
 import os
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dataonomy.datasets.base import IMAGE_EXTENSIONS, image_size
+from dataonomy.datasets.base import IMAGE_EXTENSIONS, image_size, open_image
 from dataonomy.datasets.synthetic import staged_folder
 from dataonomy.errors import BadImageError, DataonomyError
 
@@ -95,6 +96,23 @@ def check_images(paths: Sequence[Path], option: str = "--images", same_size: boo
             )
         sizes.append(size)
     return sizes
+
+
+def drop_bad_images(paths: Sequence[Path]) -> list[Path]:
+    """The paths whose images decode fully; each bad one is skipped with a warning naming it, then a count."""
+    good, bad = [], 0
+    for path in paths:
+        try:
+            open_image(path)
+            good.append(path)
+        except BadImageError as exc:
+            bad += 1
+            warnings.warn(f"skipping {exc}", stacklevel=2)
+    if bad:
+        warnings.warn(f"skipped {bad} bad file(s) of {len(paths)}", stacklevel=2)
+    if not good:
+        raise DataonomyError(f"--skip-bad: none of the {len(paths)} images could be read")
+    return good
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,15 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from transfer import localize as L
 from transfer import metrics as M
-from transfer.inspect_io import check_images, finite, list_images, overlay_heatmap, save_png, staged_folder
+from transfer.inspect_io import (
+    check_images,
+    drop_bad_images,
+    finite,
+    list_images,
+    overlay_heatmap,
+    save_png,
+    staged_folder,
+)
 from transfer.inspect_io import unique_names as _unique_names
 
 REPORT_FORMAT = "transfer.localize/1"
@@ -235,34 +244,65 @@ def _image_tensor(loaded, pixels: np.ndarray, device: str) -> torch.Tensor:
 @dataclass(frozen=True)
 class _Item:
     path: Path
-    label: str | None
+    group: (
+        str | None
+    )  # the dataset's group (DAGM class, MVTec category/type); a file's folder for plain files
     mask: Callable[[], np.ndarray | None]
 
 
 def _dataset_items(dataset: SampleDataset) -> list[_Item]:
-    return [_Item(Path(s.path), s.label, lambda i=i: dataset.mask(i)) for i, s in enumerate(dataset.samples)]
+    return [
+        _Item(Path(s.path), s.group or s.label, lambda i=i: dataset.mask(i))
+        for i, s in enumerate(dataset.samples)
+    ]
 
 
-def _run_fold(loaded, dagm: str | Path | None, split: str):
-    """A DAGM fold as ``transfer evaluate`` reads it: the run's own split of its own copy (when ``dagm`` is None
-    or that copy), else ``split`` of another copy (its Test folders for ``test``)."""
+def _run_fold(loaded, data, split: str, skip_bad: bool = False):
+    """A fold as ``transfer evaluate`` reads it: the run's own split of its own set (when ``data`` is None or that
+    set), else ``split`` of another set (its own test split for ``test``)."""
     from transfer.data import run_fold
 
-    return run_fold(loaded.config, split, dagm, instead="--images")
+    return run_fold(loaded.config, split, data, skip_bad, instead="--images")
 
 
-def _items(loaded, images, dagm, split) -> tuple[list[_Item], dict]:
-    if images is not None and dagm is not None:
-        raise DataonomyError("--images and --dagm: give one of them, not both")
+def _items(loaded, images, data, split, skip_bad: bool = False) -> tuple[list[_Item], dict]:
+    if images is not None and data is not None:
+        raise DataonomyError("--images and --data: give one of them, not both")
     if isinstance(images, SampleDataset):
         return _dataset_items(images), {"source": "dataset", "root": str(images.root)}
     if images is not None:
         spec = images if isinstance(images, str | Path) else [str(p) for p in images]
         paths = list_images(images)
-        return [_Item(p, None, lambda: None) for p in paths], {"source": "files", "images": spec}
-    fold = _run_fold(loaded, dagm, split)
-    root = str(dagm) if dagm is not None else loaded.config.dagm
-    return _dataset_items(fold), {"source": "dagm", "dagm": root, "split": split}
+        if skip_bad:
+            paths = drop_bad_images(paths)
+        return [_Item(p, p.parent.name, lambda: None) for p in paths], {"source": "files", "images": spec}
+    fold = _run_fold(loaded, data, split, skip_bad)
+    config = loaded.config
+    root, layout = (data.root, data.format) if data is not None else (config.data, config.format)
+    return _dataset_items(fold), {"source": "data", "data": str(root), "format": layout, "split": split}
+
+
+def spread_sample(items: Sequence[_Item], limit: int | None, seed: int = 0) -> list[_Item]:
+    """At most ``limit`` items taken evenly across groups (round robin over the groups, in a seeded order within
+    each), returned in their original order: the first N files by name are often all one defect type."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    by_group: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        by_group.setdefault(str(item.group), []).append(i)
+    queues = [
+        [
+            members[j]
+            for j in np.random.default_rng([seed, zlib.crc32(group.encode())]).permutation(len(members))
+        ]
+        for group, members in sorted(by_group.items())
+    ]
+    chosen: list[int] = []
+    while len(chosen) < limit:
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return [items[i] for i in sorted(chosen)]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -283,7 +323,7 @@ def validation_threshold(
     validation images (faster, less exact). Heatmaps are reduced to pixel counts one image at a time, so memory
     does not grow with the fold.
     """
-    fold_description = f"the run's validation fold of {loaded.config.dagm}"
+    fold_description = f"the run's validation fold of {loaded.config.data}"
     try:
         fold = _run_fold(loaded, None, "val")
     except DataonomyError as exc:
@@ -318,7 +358,7 @@ def validation_threshold(
     chosen = {
         **best,
         "source": "validation",
-        "dagm": loaded.config.dagm,
+        "data": loaded.config.data,
         "split": "val",
         "n_images": len(indices),
         "n_defective": curves.n_defective,
@@ -396,7 +436,7 @@ def localize_images(
     stride: int | None = None,
     mode: str | None = None,
     *,
-    dagm: str | Path | None = None,
+    data=None,
     split: str = "test",
     threshold: float | None = None,
     threshold_from: str | Path | None = None,
@@ -407,6 +447,7 @@ def localize_images(
     colormap: str = "inferno",
     alpha: float = 0.45,
     overwrite: bool = False,
+    skip_bad: bool = False,
     progress: bool | None = None,
 ) -> dict:
     """Localise defects in images with a fine-tuned run; write ``out_dir`` (see the module docstring) and return
@@ -414,9 +455,11 @@ def localize_images(
 
     ``images``: a folder, file or glob of image files (unlabelled), a list of files, a dataset
     (:class:`dataonomy.datasets.SampleDataset`, e.g. a ``DAGM`` fold: labelled where it has masks), or None for a
-    DAGM fold: ``split`` of ``dagm``, or of the run's own copy and seeded split when ``dagm`` is None.
+    fold of a defect set: ``split`` of ``data`` (a :class:`transfer.data.DefectData`), or of the run's own set
+    and seeded split when ``data`` is None.
     ``patch`` defaults to the run's training patch size (patch-trained runs), ``stride`` to half the patch.
-    ``limit``: localise only the first N images. ``threshold``/``threshold_from``/``val_limit``: see the module
+    ``limit``: localise N images spread over the groups (:func:`spread_sample`, seeded by the run's seed).
+    ``skip_bad``: drop unreadable images (and masks) with a warning instead of failing. ``threshold``/``threshold_from``/``val_limit``: see the module
     docstring. ``overwrite``: replace a non-empty ``out_dir``. Every input is checked before anything is
     written; a bad one raises :class:`DataonomyError` and leaves no output.
     """
@@ -440,8 +483,8 @@ def localize_images(
 
     loaded = load_localization_model(model_run, device)
     settings = _settings(loaded, patch, stride, mode, batch_size, _device(device))
-    items, source = _items(loaded, images, dagm, split)
-    items = items[:limit] if limit is not None else items
+    items, source = _items(loaded, images, data, split, skip_bad)
+    items = spread_sample(items, limit, loaded.config.seed)
     sizes = check_images([item.path for item in items])
     for item, (width, height) in zip(items, sizes, strict=True):
         _check_fits(item.path, (height, width), settings.patch)
@@ -482,7 +525,7 @@ def localize_images(
             row = {
                 "image": str(item.path),
                 "name": name,
-                "label": item.label,
+                "group": item.group,
                 "defect": None if truth is None else bool(truth.any()),
                 "score": score,
                 "defect_pixels": int(predicted.sum()),
@@ -540,7 +583,7 @@ def format_localize_summary(report: dict) -> str:
         "given": "given",
         "file": f"from {chosen.get('file')}",
         "validation": (
-            f"chosen on {chosen.get('n_images')} validation images of {chosen.get('dagm')} "
+            f"chosen on {chosen.get('n_images')} validation images of {chosen.get('data', chosen.get('dagm'))} "
             f"by pooled pixel F1 ({chosen.get('f1', float('nan')):.3f})"
         ),
     }[chosen["source"]]

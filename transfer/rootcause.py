@@ -27,6 +27,9 @@ from dataonomy.errors import DataonomyError
 
 DEFAULT_Z_THRESHOLD = 5.0
 DEFAULT_MIN_AREA = 30
+# Pixels next to the frame are left out of the mask: padding, resizing and tiling leave the same edge at the
+# same place in every image, which the median keeps like a real common defect.
+DEFAULT_BORDER = 4
 # 1.4826 * MAD estimates the standard deviation of normally distributed noise.
 MAD_TO_SIGMA = 1.4826
 _SQUARE = np.ones((3, 3), bool)
@@ -228,6 +231,21 @@ def _onset(support: np.ndarray) -> int:
     return int(np.argmax(gain))
 
 
+def mask_border(defect_map: np.ndarray, border: int) -> np.ndarray:
+    """``defect_map`` with a band of ``border`` pixels along the frame set to the map's median (its noise floor):
+    no common defect can be found there, and the band does not change the z-scores of the rest."""
+    if border <= 0:
+        return defect_map
+    height, width = defect_map.shape
+    if 2 * border >= min(height, width):
+        raise DataonomyError(f"--border {border}: leaves nothing of a {width}x{height} image")
+    out = defect_map.copy()
+    inner = out[border:-border, border:-border]
+    floor = np.median(inner)
+    out[:border], out[-border:], out[:, :border], out[:, -border:] = floor, floor, floor, floor
+    return out
+
+
 def _analyse(
     gx: np.ndarray | torch.Tensor,
     gy: np.ndarray | torch.Tensor,
@@ -235,10 +253,12 @@ def _analyse(
     min_area: int,
     start: int,
     order: np.ndarray | None = None,
+    border: int = 0,
 ) -> CommonDefects:
-    """Analyse one window of gradients (w, H, W), numpy or torch; ``order``: the slots of gx/gy in time order."""
+    """Analyse one window of gradients (w, H, W), numpy or torch; ``order``: the slots of gx/gy in time order;
+    ``border``: the band along the frame left out (:func:`mask_border`)."""
     mx, my = window_median(gx), window_median(gy)
-    defect_map = _to_numpy(_hypot(mx, my))
+    defect_map = mask_border(_to_numpy(_hypot(mx, my)), border)
     mask, z = common_defect_mask(defect_map, z_threshold, min_area)
     count = gx.shape[0]
     support, onset, score = np.full(count, np.nan), None, 0.0
@@ -274,6 +294,7 @@ def find_common_defects(
     z_threshold: float = DEFAULT_Z_THRESHOLD,
     min_area: int = DEFAULT_MIN_AREA,
     device=None,
+    border: int = 0,
 ) -> CommonDefects:
     """Root-cause analysis of one window: ``images`` (w, H, W) stack or list of same-size grayscale images.
 
@@ -284,7 +305,7 @@ def find_common_defects(
     if stack.shape[0] < 3:
         raise DataonomyError(f"images: a window needs at least 3 images, got {stack.shape[0]}")
     gx, gy = _sobel(stack)
-    return _analyse(gx, gy, z_threshold, min_area, start=0)
+    return _analyse(gx, gy, z_threshold, min_area, start=0, border=border)
 
 
 def stream_common_defects(
@@ -294,6 +315,7 @@ def stream_common_defects(
     z_threshold: float = DEFAULT_Z_THRESHOLD,
     min_area: int = DEFAULT_MIN_AREA,
     device=None,
+    border: int = 0,
 ) -> Iterator[CommonDefects]:
     """Slide a window of ``window`` images by ``stride`` along a sequence and yield one result per window.
 
@@ -301,7 +323,7 @@ def stream_common_defects(
     images' gradients are kept). Windows start at 0, stride, 2*stride, ...; when the sequence does not end on
     a window boundary, a last window flush with its end is added, so every image is analysed. A defect that
     starts at image k first shows in a window holding more than half stamped images; that window's ``onset``
-    estimates k.
+    estimates k. ``border``: the band along the frame left out of every window's mask (:func:`mask_border`).
 
     Raises :class:`DataonomyError` when images differ in size or the sequence is shorter than the window.
     """
@@ -331,11 +353,11 @@ def stream_common_defects(
         start = count - window
         if start >= 0 and start % stride == 0:
             last_start = start
-            yield _analyse(*buffers, z_threshold, min_area, start, _time_order(count, window))
+            yield _analyse(*buffers, z_threshold, min_area, start, _time_order(count, window), border)
     if count < window:
         raise DataonomyError(f"--window {window} needs at least {window} images, got {count}")
     if last_start != count - window:
-        yield _analyse(*buffers, z_threshold, min_area, count - window, _time_order(count, window))
+        yield _analyse(*buffers, z_threshold, min_area, count - window, _time_order(count, window), border)
 
 
 def _empty_window(like, window: int):

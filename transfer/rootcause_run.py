@@ -15,9 +15,16 @@ window is reported as it is analysed. The output folder::
     mask.png         its binary mask of common defects, 0/255
     windows/         with ``window_maps``: ``<start>_map.npy`` and ``<start>_mask.png`` for every window
 
-The onset is where the fault starts: in the first window that detects it, the first image of the run of images
-that carry the defect up to the window's end (:class:`transfer.rootcause.CommonDefects`), reported as an index
-into the sorted images and as a path. The folder is written whole or not at all.
+**The onset** is where the fault starts, one definition for the whole batch: in the first window that detects a
+common defect, the first image of the run of images that carry it up to that window's end
+(:class:`transfer.rootcause.CommonDefects`), reported as an index into the sorted images and as a path. Each
+window entry's own ``onset`` (in the JSON) is that window's estimate; the report's ``onset`` is the batch's.
+The folder is written whole or not at all.
+
+Images of different sizes need ``resize`` (every image scaled to one size) or ``crop`` (the centre of every
+image cut to one size); a band of ``border`` pixels along the frame is left out of the masks (edges from
+padding, resizing or tiling sit at the same place in every image), and the report warns when a detected mask
+still hugs the frame.
 
 :func:`stamp_images` writes copies of images with a seeded systematic scratch or blot (:mod:`transfer.stamps`)
 from image ``start`` on, to try the analysis on one's own images.
@@ -38,7 +45,7 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from transfer import rootcause as R
 from transfer import stamps as S
-from transfer.inspect_io import check_images, finite, list_images, save_png, staged_folder
+from transfer.inspect_io import check_images, drop_bad_images, finite, list_images, save_png, staged_folder
 
 REPORT_FORMAT = "transfer.rootcause/1"
 REPORT_NAME = "rootcause.json"
@@ -53,13 +60,46 @@ __all__ = [
 ]
 
 
-def read_gray(path: Path) -> np.ndarray:
+def read_gray(
+    path: Path, resize: tuple[int, int] | None = None, crop: tuple[int, int] | None = None
+) -> np.ndarray:
     """One image as a 2-D array: 8- or 16-bit gray as stored (z-scores do not depend on the scale), anything
-    else converted to 8-bit luminance."""
+    else converted to 8-bit luminance; ``crop`` (width, height) cuts its centre, then ``resize`` (width, height)
+    scales it (bilinear)."""
     image = open_image(path)
     if image.mode not in ("L", "I;16", "I", "F"):
         image = image.convert("L")
+    if crop is not None:
+        width, height = image.size
+        if crop[0] > width or crop[1] > height:
+            raise DataonomyError(f"--crop {crop[0]},{crop[1]}: larger than {path} ({width}x{height})")
+        left, top = (width - crop[0]) // 2, (height - crop[1]) // 2
+        image = image.crop((left, top, left + crop[0], top + crop[1]))
+    if resize is not None and image.size != tuple(resize):
+        image = image.convert("F").resize(tuple(resize), resample=2)  # 2: bilinear, in float (no rounding)
     return np.asarray(image)
+
+
+def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
+    """``"256"`` -> (256, 256), ``"320,240"`` -> (320, 240) (width, height); one-line error otherwise."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in str(text).replace("x", ",").split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 8:
+        raise DataonomyError(f"{option} {text}: give one side or width,height in pixels (at least 8)")
+    return (values[0], values[-1])
+
+
+def _hugs_frame(mask: np.ndarray, border: int) -> bool:
+    """Whether a mask lies mostly along the frame, or runs along most of it (an outlined frame, filled)."""
+    edge = border + 3
+    frame = np.zeros_like(mask)
+    frame[:edge], frame[-edge:], frame[:, :edge], frame[:, -edge:] = True, True, True, True
+    on_frame = (mask & frame).sum()
+    return bool(mask.any()) and (on_frame > 0.5 * mask.sum() or on_frame > 0.5 * frame.sum())
 
 
 def _check_outputs(out_dir: Path, overwrite: bool) -> None:
@@ -84,8 +124,6 @@ def format_window(entry: dict) -> str:
         f"images {entry['start']}-{entry['stop'] - 1} ({first} .. {last}): {entry['verdict']:<3}  "
         f"score {entry['score']:6.1f}  peak z {entry['peak_z']:6.1f}  area {entry['area']}"
     )
-    if entry["onset"] is not None:
-        line += f"  onset {entry['onset']} ({Path(entry['onset_image']).name})"
     return line
 
 
@@ -127,6 +165,10 @@ def rootcause_stream(
     overwrite: bool = False,
     on_window: Callable[[dict], None] | None = None,
     progress: bool | None = None,
+    resize: tuple[int, int] | None = None,
+    crop: tuple[int, int] | None = None,
+    border: int = R.DEFAULT_BORDER,
+    skip_bad: bool = False,
 ) -> dict:
     """Common-defect analysis of a batch of images with a sliding window; write ``out_dir`` (see the module
     docstring) and return the report that ``out_dir/rootcause.json`` holds.
@@ -137,10 +179,14 @@ def rootcause_stream(
     threshold and smallest component (:func:`transfer.rootcause.common_defect_mask`). ``on_window`` is called
     with each window's entry as soon as it is analysed (the CLI prints it). The report holds ``verdict``
     (``yes`` when any window detects a common defect), ``score`` (the highest window score), ``onset`` and
-    ``onset_image`` (see the module docstring), ``headline`` (the window whose map is saved), ``windows``.
+    ``onset_image`` (see the module docstring), ``headline`` (the window whose map is saved), ``windows``, and a
+    ``warning`` when the detected mask hugs the frame. ``resize``/``crop`` (width, height) bring images of
+    different sizes to one; ``border`` pixels along the frame are left out; ``skip_bad`` drops unreadable
+    images with a warning.
 
     Checked before anything is written: at least ``window`` images, every file an image (from its header),
-    all the same size; a bad input raises :class:`DataonomyError` and leaves no output.
+    all the same size unless ``resize``/``crop`` is given; a bad input raises :class:`DataonomyError` and
+    leaves no output.
     """
     out_dir = Path(out_dir)
     _check_outputs(out_dir, overwrite)
@@ -150,21 +196,42 @@ def rootcause_stream(
         raise DataonomyError(f"--stride {stride}: must be at least 1")
     if min_area < 1:
         raise DataonomyError(f"--min-area {min_area}: must be at least 1")
+    if border < 0:
+        raise DataonomyError(f"--border {border}: must not be negative")
     spec = paths if isinstance(paths, str | Path) else [str(p) for p in paths]
     paths = list_images(paths)
+    if skip_bad:
+        paths = drop_bad_images(paths)
     if len(paths) < window:
         raise DataonomyError(
             f"--window {window}: needs at least {window} images, --images gives {len(paths)}"
         )
-    (width, height), *_ = check_images(paths, same_size=True)
+    sizes = check_images(paths)
+    if resize is None and crop is None and len(set(sizes)) > 1:
+        odd = next(i for i, size in enumerate(sizes) if size != sizes[0])
+        raise DataonomyError(
+            f"--images: {paths[odd]} is {sizes[odd][0]}x{sizes[odd][1]} but {paths[0]} is "
+            f"{sizes[0][0]}x{sizes[0][1]}; give --resize W,H or --crop W,H to bring them to one size"
+        )
+    if crop is not None:
+        small = next((i for i, (w, h) in enumerate(sizes) if w < crop[0] or h < crop[1]), None)
+        if small is not None:
+            raise DataonomyError(
+                f"--crop {crop[0]},{crop[1]}: larger than {paths[small]} ({sizes[small][0]}x{sizes[small][1]})"
+            )
+    width, height = resize or crop or sizes[0]
+    if 2 * border >= min(width, height):
+        raise DataonomyError(f"--border {border}: leaves nothing of {width}x{height} images")
 
     def images() -> Iterator[np.ndarray]:
         for path in tqdm(paths, desc="rootcause", unit="image", disable=_quiet(progress), leave=False):
-            yield read_gray(path)
+            yield read_gray(path, resize, crop)
 
     entries, first, headline = [], None, None
     with staged_folder(out_dir, overwrite=True) as stage:
-        for result in R.stream_common_defects(images(), window, stride, z_threshold, min_area, device):
+        for result in R.stream_common_defects(
+            images(), window, stride, z_threshold, min_area, device, border
+        ):
             entry = _window_entry(result, paths)
             entries.append(entry)
             if result.verdict and first is None:
@@ -199,6 +266,9 @@ def rootcause_stream(
                     "stride": stride,
                     "z_threshold": z_threshold,
                     "min_area": min_area,
+                    "resize": list(resize) if resize is not None else None,
+                    "crop": list(crop) if crop is not None else None,
+                    "border": border,
                 },
                 "verdict": "yes" if first is not None else "no",
                 "score": max(e["score"] for e in entries),
@@ -209,6 +279,11 @@ def rootcause_stream(
                 "windows": entries,
             }
         )
+        if first is not None and _hugs_frame(best.mask, border):
+            report["warning"] = (
+                f"the common defect of images {best.start}-{best.stop - 1} lies along the frame: often an edge "
+                "left by resizing, padding or tiling rather than a fault; look at map.png, or raise --border"
+            )
         write_json(stage / REPORT_NAME, report)
     report["files"] = {
         "folder": str(out_dir),

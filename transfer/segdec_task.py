@@ -33,7 +33,7 @@ from torchvision.transforms import v2
 from dataonomy.datasets import open_image
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
-from transfer.data import rot90, run_fold, seed_for
+from transfer.data import one_kind_error, rot90, run_fold, seed_for
 from transfer.segdec import SegDecOutput, build_segdec, upsample_map
 
 PIXEL_WEIGHTINGS = ("uniform", "distance")
@@ -80,7 +80,7 @@ class MaskedImages(Dataset):
 
     ``image``: normalised float (3, H, W); ``target``: ``{"label": float defect flag, "mask": float (1, H, W),
     "weight": float (1, H, W) per-pixel weights of defect pixels}``. ``images`` is a dataset with ``samples``
-    (path, defect flag) and ``mask(i)`` (the DAGM reader). ``crop_size`` crops (training), ``image_size``
+    (path, defect flag) and ``mask(i)`` (a defect reader). ``crop_size`` crops (training), ``image_size``
     resizes (None: native resolution). Call :meth:`set_epoch` before each epoch (the training loop does).
     """
 
@@ -217,7 +217,7 @@ def segdec_loss(
 
 
 class SegDecTask:
-    """Fine-tune a segdec model on the DAGM folds of a :class:`transfer.config.FinetuneConfig` (``head="segdec"``).
+    """Fine-tune a segdec model on the folds of a :class:`transfer.config.FinetuneConfig` (``head="segdec"``).
 
     Validation reports the image metrics (``val_ap``, ``val_auroc``: what early stopping watches), the defect
     map's own image ranking (``val_map_auroc``: the map's highest value as the score) and the decision
@@ -233,10 +233,7 @@ class SegDecTask:
         for name, split in (("training", "train"), ("validation", "val")):
             n_def = int(np.sum(folds[split].targets))
             if n_def == 0 or n_def == len(folds[split]):
-                raise DataonomyError(
-                    f"--dagm {c.dagm}: the {name} fold has {n_def} defective of {len(folds[split])} images; "
-                    "fine-tuning needs both defective and clean examples"
-                )
+                raise one_kind_error(c, name, n_def, len(folds[split]), "images", folds["train"])
         common = {"image_size": c.image_size, "pixel_weighting": c.pixel_weighting, "seed": c.seed}
         self.train_set = MaskedImages(
             folds["train"], c.mean, c.std, augment=c.augment, crop_size=c.crop_size, **common
@@ -244,7 +241,7 @@ class SegDecTask:
         self.val_set = MaskedImages(folds["val"], c.mean, c.std, **common)
         self.train_targets = np.asarray(self.train_set.targets)
         self.classes = ["ok", "defect"]
-        self.dagm_classes = sorted({s.label for s in folds["train"].samples})
+        self.groups = sorted({s.group or s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
         self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
 
@@ -299,7 +296,7 @@ class SegDecTask:
         c = self.config
         return {
             "classes": self.classes,
-            "dagm_classes": self.dagm_classes,
+            "groups": self.groups,
             "input": "image",
             "head": "segdec",
             "output_stride": c.output_stride,

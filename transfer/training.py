@@ -45,8 +45,10 @@ from dataonomy.io import atomic_path, write_json
 from transfer import metrics as M
 from transfer.config import FinetuneConfig, PretrainConfig, TrainConfig, config_differences, config_from_dict
 from transfer.data import (
+    DefectData,
     PatchDataset,
     SeededTransform,
+    one_kind_error,
     pretrain_folds,
     pretrain_transforms,
     run_fold,
@@ -270,7 +272,7 @@ class PretrainTask:
 
 
 class FinetuneTask:
-    """Defect / no defect on DAGM, class-weighted cross entropy, early stopping, validation threshold.
+    """Defect / no defect on a defect set, class-weighted cross entropy, early stopping, validation threshold.
 
     Scores are defect probabilities (softmax of the two logits). With ``patches`` the examples are patches and
     an image's score is its highest patch score (an image is defective when any patch is). The stored decision
@@ -298,10 +300,7 @@ class FinetuneTask:
             n_def = int(np.sum(ds.targets))
             if n_def == 0 or n_def == len(ds):
                 what = "patches" if c.patches else "images"
-                raise DataonomyError(
-                    f"--dagm {c.dagm}: the {name} fold has {n_def} defective of {len(ds)} {what}; "
-                    "fine-tuning needs both defective and clean examples"
-                )
+                raise one_kind_error(c, name, n_def, len(ds), what, folds["train"])
         self.train_set = SeededTransform(train, train_tf, c.seed)
         self.val_set = SeededTransform(val, eval_tf, c.seed)
         self.train_targets = np.asarray(train.targets)
@@ -310,7 +309,7 @@ class FinetuneTask:
             self.val_patch_image = np.array([i for i, _, _ in val.patches], dtype=np.int64)
             self.val_image_targets = np.asarray(folds["val"].targets)
         self.classes = ["ok", "defect"]
-        self.dagm_classes = sorted({s.label for s in folds["train"].samples})
+        self.groups = sorted({s.group or s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
         # Inverse class frequency, scaled so that a balanced set would get weights (1, 1).
         self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
@@ -367,7 +366,7 @@ class FinetuneTask:
         c = self.config
         meta = {
             "classes": self.classes,
-            "dagm_classes": self.dagm_classes,
+            "groups": self.groups,
             "input": "patch" if c.patches else "image",
         }
         if c.patches:
@@ -927,10 +926,10 @@ def max_patch_scores(
     return out
 
 
-def dagm_scores(
+def image_scores(
     loaded: LoadedModel, dataset, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None
 ) -> np.ndarray:
-    """Defect probabilities of every image of a DAGM dataset (PIL images), as the run's model sees them: segdec
+    """Defect probabilities of every image of a defect set (PIL images), as the run's model sees them: segdec
     models' decision scores at native resolution, whole images resized to a classifier's input size, or (patch
     models) the highest score of the image's patches."""
     from torchvision.transforms import v2
@@ -978,7 +977,7 @@ OPTIMISTIC_NOTE = "optimistic: each class's threshold is chosen on the evaluated
 
 
 def evaluation_report(scores, labels, groups, threshold: float, criterion: str = "balanced_accuracy") -> dict:
-    """Per-group (DAGM class) classification tables at the stored threshold and at the best threshold.
+    """Per-group (DAGM class, MVTec category/type, ...) classification tables at the stored threshold and at the best threshold.
 
     The stored threshold was chosen on validation data: its table is the honest one. The best-threshold table
     picks, per group, the threshold that maximises ``criterion`` on these very images, an upper bound reported
@@ -1060,21 +1059,22 @@ def plot_pr_curves(scores, labels, groups, threshold: float, path: Path, title: 
 
 def evaluate_run(
     run: str | Path,
-    dagm: str | Path | None = None,
+    data: DefectData | None = None,
     split: str = "test",
-    labels_root: str | Path | None = None,
-    allow_partial: bool = False,
     batch_size: int = 32,
     device: str | None = None,
     num_workers: int = 0,
     errors: bool = True,
     human_error: float | None = None,
+    skip_bad: bool = False,
 ) -> dict:
-    """Score a DAGM fold with a fine-tuned run and write ``eval_<split>.json`` and ``eval_<split>_pr.png`` into
-    the run folder; return the report (tables, per-image predictions, file paths).
+    """Score a fold of a defect set with a fine-tuned run and write ``eval_<split>.json`` and
+    ``eval_<split>_pr.png`` into the run folder; return the report (per-group tables, per-image predictions,
+    file paths).
 
-    With ``dagm`` left out (or the run's own copy) the fold is the run's own seeded split; another copy's
-    ``test`` split is its Test folders. ``errors``: on the run's own copy, also score its training and
+    With ``data`` left out (or the run's own set) the fold is the run's own seeded split; another set's
+    ``test`` split is its own test split. ``skip_bad`` drops unreadable images and masks with a warning
+    instead of failing. ``errors``: on the run's own set, also score its training and
     validation folds and report the error analysis (:func:`transfer.metrics.error_analysis`: error = 1 -
     accuracy at the stored threshold, per fold, with the gaps; ``human_error`` adds the avoidable bias).
     """
@@ -1084,18 +1084,18 @@ def evaluate_run(
     if loaded.record.get("kind") != "finetune":
         raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
     config = loaded.config
-    dataset = run_fold(config, split, dagm, labels_root, allow_partial)
-    scores = dagm_scores(loaded, dataset, batch_size, num_workers)
+    dataset = run_fold(config, split, data, skip_bad)
+    scores = image_scores(loaded, dataset, batch_size, num_workers)
     labels = np.asarray(dataset.targets)
-    groups = [s.label for s in dataset.samples]
+    groups = [s.group or s.label for s in dataset.samples]
     report = evaluation_report(scores, labels, groups, loaded.threshold, config.threshold_criterion)
-    same_copy = dagm is None or Path(dagm).resolve() == Path(config.dagm).resolve()
-    if errors and same_copy and split in ("train", "val", "test"):
+    same_set = data is None or config.defect_data().same_set(data)
+    if errors and same_set and split in ("train", "val", "test"):
         fold_errors = {split: _error(scores, labels, loaded.threshold)}
         for other in ("train", "val"):
             if other != split:
-                fold = run_fold(config, other)
-                fold_scores = dagm_scores(loaded, fold, batch_size, num_workers)
+                fold = run_fold(config, other, data, skip_bad)
+                fold_scores = image_scores(loaded, fold, batch_size, num_workers)
                 fold_errors[other] = _error(fold_scores, np.asarray(fold.targets), loaded.threshold)
         report["error_analysis"] = M.error_analysis(fold_errors, human_error)
     run_dir = loaded.path.parent
@@ -1103,11 +1103,12 @@ def evaluate_run(
     plot_pr_curves(scores, labels, groups, loaded.threshold, png_path, f"{run_dir.name}: {split} split")
     report = {
         "model": str(loaded.path),
-        "dagm": str(dagm if dagm is not None else config.dagm),
+        "data": str(data.root if data is not None else config.data),
+        "format": data.format if data is not None else config.format,
         "split": split,
         **report,
         "predictions": [
-            {"path": str(s.path), "label": s.label, "defect": int(t), "score": float(v)}
+            {"path": str(s.path), "group": s.group or s.label, "defect": int(t), "score": float(v)}
             for s, t, v in zip(dataset.samples, labels, scores, strict=True)
         ],
         "files": {"json": str(json_path), "pr_curve": str(png_path)},
@@ -1137,7 +1138,7 @@ __all__ = [
     "FinetuneTask",
     "LoadedModel",
     "TABLE_COLUMNS",
-    "dagm_scores",
+    "image_scores",
     "evaluate_run",
     "evaluation_report",
     "load_model",
