@@ -64,7 +64,7 @@ SkipBadOpt = typer.Option(
 MasksOpt = typer.Option(
     None,
     "--masks",
-    help="pairs: folder of masks named after the images (--root is the images folder); default: masks "
+    help="pairs: folder of masks named after the images (--root or --target-root is the images folder); default: masks "
     "lie beside the images. Relative folders are looked up under --root first.",
 )
 MaskSuffixOpt = typer.Option(
@@ -182,6 +182,11 @@ def features_cmd(
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
     skip_bad: bool = SkipBadOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     device: str = typer.Option(
         "auto",
@@ -208,7 +213,8 @@ def features_cmd(
 
     options = reader_options(
         classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
-        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad,
+        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
+        mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
     )  # fmt: skip
     backbone, why = resolve_backbone(backbone, weights)
     if why:
@@ -320,6 +326,12 @@ def select_cmd(
     ),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
+    skip_bad: bool = SkipBadOpt,
+    masks: Path = MasksOpt,
+    mask_suffix: str = MaskSuffixOpt,
+    normal_dir: Path = NormalDirOpt,
+    abnormal_dir: Path = AbnormalDirOpt,
+    mask_dir: Path = MaskDirOpt,
     seed: int = typer.Option(0, "--seed", help="Seed for source sampling and target splits."),
     time_limit: float = typer.Option(
         600.0,
@@ -363,6 +375,12 @@ def select_cmd(
         target_images_per_class=target_images_per_class,
         target_labels_root=labels_root,
         target_allow_partial=allow_partial,
+        target_skip_bad=skip_bad,
+        target_masks=masks,
+        target_mask_suffix=mask_suffix,
+        target_normal_dir=normal_dir,
+        target_abnormal_dir=abnormal_dir,
+        target_mask_dir=mask_dir,
         images_per_class=images_per_class or None,
         seed=seed,
         backbone=backbone,

@@ -40,6 +40,13 @@ class SelectConfig:
     target_split: str | None = None
     target_labels_root: Path | None = None
     target_allow_partial: bool = False
+    # The pairs reader's options (images + masks folders, or anomalib's normal/abnormal/mask trio).
+    target_masks: Path | None = None
+    target_mask_suffix: str | None = None
+    target_normal_dir: Path | None = None
+    target_abnormal_dir: Path | None = None
+    target_mask_dir: Path | None = None
+    target_skip_bad: bool = False
     source_classes: list[str] | None = None
     images_per_class: int | None = 50
     target_images_per_class: int | None = None
@@ -79,7 +86,18 @@ class SelectConfig:
             "out",
         ):
             d.pop(key)
+        # Reader options added later are recorded only when set, so a manifest made without them reads
+        # the same as before they existed.
+        for key in _LATER_TARGET_OPTIONS:
+            if d[key] is None or d[key] is False:
+                d.pop(key)
         return d
+
+
+_LATER_TARGET_OPTIONS = (
+    "target_masks", "target_mask_suffix", "target_normal_dir", "target_abnormal_dir", "target_mask_dir",
+    "target_skip_bad",
+)  # fmt: skip
 
 
 @dataclass
@@ -146,6 +164,8 @@ def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
     target = reader_options(
         classes=cfg.target_classes, split=cfg.target_split, images_per_class=cfg.target_images_per_class,
         seed=cfg.seed, labels_root=cfg.target_labels_root, allow_partial=cfg.target_allow_partial,
+        skip_bad=cfg.target_skip_bad, masks=cfg.target_masks, mask_suffix=cfg.target_mask_suffix,
+        normal_dir=cfg.target_normal_dir, abnormal_dir=cfg.target_abnormal_dir, mask_dir=cfg.target_mask_dir,
     )  # fmt: skip
     source = reader_options(classes=cfg.source_classes, images_per_class=cfg.images_per_class, seed=cfg.seed)
     # Paths as strings: the options are part of the cache's JSON provenance.

@@ -333,3 +333,35 @@ def test_export_writes_segdec_runs_for_images_of_any_size(segdec_run, dagm_class
     assert seg.shape == (1, 1, 12, 20) and score.shape == (1,)
     np.testing.assert_allclose(score, reference.image_logit.numpy(), atol=1e-4)
     np.testing.assert_allclose(seg, reference.seg_logits.numpy(), atol=1e-4)
+
+
+def test_pad_collate_pads_by_reflection_and_pixel_loss_ignores_the_padding():
+    from transfer.data import scaled_size, size_batches
+    from transfer.segdec_task import pad_collate, pixel_loss
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.rand(3, 5, 7, generator=g)
+    big = torch.rand(3, 9, 4, generator=g)
+    masks = [torch.zeros(1, 5, 7), torch.zeros(1, 9, 4)]
+    masks[0][0, 1:3, 2:4] = 1
+    batch = [(small, {"label": torch.tensor(1.0), "mask": masks[0], "weight": masks[0]}),
+             (big, {"label": torch.tensor(0.0), "mask": masks[1], "weight": masks[1]})]  # fmt: skip
+    x, y = pad_collate(batch)
+    assert x.shape == (2, 3, 9, 7) and y["valid"].shape == (2, 1, 9, 7)
+    torch.testing.assert_close(x[0, :, :5, :7], small)  # the image itself untouched, at the top left
+    torch.testing.assert_close(x[0, :, 5:9, :], small.flip(1)[:, 1:5, :])  # below it: its reflection
+    torch.testing.assert_close(x[1, :, :, 4:7], big.flip(2)[:, :, 1:4])  # a 4-wide image padded by 3
+    assert y["valid"][0].sum() == 35 and y["valid"][1].sum() == 36 and y["mask"][0, 0, 5:].sum() == 0
+    # The padded pixels carry no loss: the batch's loss equals the loss over the real pixels alone.
+    logits = torch.randn(2, 1, 9, 7, generator=g)
+    with_pad = pixel_loss(logits, y["mask"], y["weight"], y["valid"])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y["mask"], reduction="none")
+    real = y["valid"].bool()
+    defect, clean = real & (y["mask"] > 0), real & (y["mask"] == 0)
+    torch.testing.assert_close(with_pad, 0.5 * (bce[defect].mean() + bce[clean].mean()))
+    assert not torch.isclose(with_pad, pixel_loss(logits, y["mask"], y["weight"]))
+
+    # --image-size keeps the aspect ratio (torchvision's rule); evaluation batches hold one size each.
+    assert scaled_size(512, 256, 128) == (128, 64) and scaled_size(300, 1000, 100) == (30, 100)
+    assert scaled_size(40, 60, None) == (40, 60) and scaled_size(1, 5000, 10) == (1, 10)
+    assert size_batches([(2, 2), (3, 3), (2, 2), (2, 2), (3, 3)], 2) == [[0, 2], [3], [1, 4]]

@@ -200,3 +200,129 @@ def _source_fields(args: list[str]) -> dict:
         if flag in names:
             out[names[flag]] = value
     return out
+
+
+@pytest.mark.parametrize("layout", ["anomalib", "ksdd", "mvtec", "pairs"])
+def test_select_reads_each_layout_as_its_target(layout, real, tmp_path, capsys):
+    # `dataonomy select --target <format>` with the same folder options as the transfer commands; the pool
+    # is the ImageNet-1k classifier, so only the 20 target images are embedded.
+    from dataonomy.cli import app as dataonomy_app
+    from dataonomy.manifest import read_manifest
+
+    data, args, _ = LAYOUTS[layout](tmp_path / layout, real)
+    fmt = args[1]
+    options = [a for pair in zip(args[2::2], args[3::2], strict=True) if pair[0] != "--folds" for a in pair]
+    out = tmp_path / "m.json"
+    argv = [
+        "select", "--target", fmt, "--target-root", str(data), *options, "--k", "5",
+        "--backbone", "efficientnet_lite0", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        "--num-workers", "0",
+    ]  # fmt: skip
+    code = run_app(dataonomy_app, argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    m = read_manifest(out)
+    assert m["target"]["images"] == N_CLEAN + N_DEFECT and len(m["selected"]) == 5
+    assert m["parameters"]["target"] == fmt
+    for flag, value in zip(options[::2], options[1::2], strict=True):  # every folder option is recorded
+        assert m["parameters"]["target_" + flag[2:].replace("-", "_")] == value
+
+
+# ------------------------------------------------------------------ images of different sizes in one set (segdec)
+
+SHAPES = [(96, 96), (64, 96), (96, 72), (80, 80)]  # (height, width), cycled over the 20 images
+
+
+def _mixed_pairs(root: Path, real) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for j, (name, image, mask) in enumerate(real):
+        height, width = SHAPES[j % len(SHAPES)]
+        image.resize((width, height), Image.BILINEAR).save(root / "images" / f"{name}.png")
+        if mask is not None:
+            small = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+            assert small.any()
+            Image.fromarray(small).save(root / "masks" / f"{name}_mask.png")
+    return root / "images"
+
+
+def test_mixed_sizes_train_padded_score_by_size_and_map_each_image_at_its_own_size(real, tmp_path, capsys):
+    from transfer.data import DefectData, defect_fold
+    from transfer.training import image_scores, load_model
+
+    images = _mixed_pairs(tmp_path / "mixed", real)
+    data_args = ["--data", str(images), "--format", "pairs", "--masks", str(images.parent / "masks"), "--folds", "2"]
+    common = ["--base", "scratch", "--arch", "small_cnn", *data_args, "--epochs", "1", "--batch-size", "4",
+              "--output-stride", "8", "--head-channels", "8", "--device", "cpu", "--no-amp"]  # fmt: skip
+    native, resized = tmp_path / "native", tmp_path / "resized"
+    _run(["finetune", *common, "--out", str(native)], capsys)  # batches of mixed sizes: padded, not refused
+    _run(["finetune", *common, "--out", str(resized), "--image-size", "48"], capsys)
+
+    fold = defect_fold(DefectData(str(images), format="pairs", masks=str(images.parent / "masks")), "test", folds=2)
+    for run in (native, resized):
+        loaded = load_model(run, "cpu")
+        # An image's score does not depend on the images batched with it: one at a time == batched by size.
+        one = image_scores(loaded, fold, batch_size=1, progress=False)
+        many = image_scores(loaded, fold, batch_size=8, progress=False)
+        np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-6)
+
+        loc = tmp_path / f"loc_{run.name}"
+        _run(["localize", "--model", str(run), "--out", str(loc), "--device", "cpu"], capsys)
+        report = json.loads((loc / "localize.json").read_text())
+        assert len(report["images"]) == len(fold)
+        for entry in report["images"]:
+            heat = np.load(loc / "heatmaps" / f"{entry['name']}.npy")
+            with Image.open(entry["image"]) as im:
+                assert heat.shape == (im.height, im.width)  # written back at the image's own size
+            with Image.open(loc / "masks" / f"{entry['name']}.png") as predicted:
+                assert predicted.size == (heat.shape[1], heat.shape[0])
+        _run(["evaluate", "--model", str(run), "--device", "cpu", "--no-errors"], capsys)
+        assert len(json.loads((run / "eval_test.json").read_text())["predictions"]) == len(fold)
+
+
+# --------------------------------------------------- every image defective (cracks): decisions from the masks
+
+N_ALL_DEFECTIVE = 16
+
+
+@pytest.fixture(scope="module")
+def cracks(dagm_class1_test, tmp_path_factory):
+    """A pairs set of 16 real defective Class1 images at SIZE px, each with its mask: no clean image."""
+    root = tmp_path_factory.mktemp("cracks")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for s in [s for s in DAGM(dagm_class1_test).samples if s.defect][:N_ALL_DEFECTIVE]:
+        Image.open(s.path).convert("L").resize((SIZE, SIZE), Image.BILINEAR).save(root / "images" / s.path.name)
+        mask = Image.open(s.mask).convert("L").resize((SIZE, SIZE), Image.NEAREST)
+        mask.save(root / "masks" / f"{s.path.stem}_mask.png")
+    return root
+
+
+@pytest.mark.parametrize("head, unit", [("segdec", "cell"), ("classify", "patch")])
+def test_a_set_without_clean_images_trains_and_decides_from_its_masks(cracks, head, unit, tmp_path, capsys):
+    data_args = ["--data", str(cracks / "images"), "--format", "pairs", "--masks", str(cracks / "masks"),
+                 "--folds", "2"]  # fmt: skip
+    model = (
+        ["--output-stride", "8", "--head-channels", "8"]
+        if head == "segdec"
+        else ["--head", "classify", "--patches", "--patch-size", "32", "--patch-stride", "16"]
+    )
+    run = tmp_path / "run"
+    _run(["finetune", "--base", "scratch", "--arch", "small_cnn", *data_args, *model, "--out", str(run),
+          "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-amp"], capsys)  # fmt: skip
+    record_decision = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 < record_decision["val_threshold"] < 1 and record_decision["val_tnr"] == record_decision["val_tnr"]
+
+    out = _run(["evaluate", "--model", str(run), "--device", "cpu", "--no-errors"], capsys)
+    report = json.loads((run / "eval_test.json").read_text())
+    assert report["unit"] == unit and f"rows count {unit}s" in out
+    (everything,) = report["stored_threshold"]["rows"]  # one group: the images folder
+    # Cells/patches of both kinds, so TPR, TNR, AP and AUROC are all defined though every image is defective.
+    assert 0 < everything["n_defective"] < everything["n"]
+    for key in ("tpr", "tnr", "ap", "auroc"):
+        assert everything[key] is not None and 0 <= everything[key] <= 1
+    assert len(report["predictions"]) == N_ALL_DEFECTIVE // 2 and all(p["defect"] for p in report["predictions"])
+
+    loc = tmp_path / "loc"
+    _run(["localize", "--model", str(run), "--out", str(loc), "--device", "cpu", "--limit", "4"], capsys)
+    assert len(json.loads((loc / "localize.json").read_text())["images"]) == 4

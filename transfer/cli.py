@@ -480,8 +480,9 @@ def finetune_cmd(
     image_size: int = typer.Option(
         None,
         "--image-size",
-        help="Resize images to this square side. Default: native resolution for --head segdec, the "
-        "architecture's input size for --head classify.",
+        help="--head segdec: resize each image's longer side to this, keeping its aspect ratio (default: every "
+        "image at its own size; a set of mixed sizes is padded per training batch, never stretched). --head "
+        "classify: the square input side (default: the architecture's).",
     ),
     val_fraction: float = typer.Option(
         _default(FinetuneConfig, "val_fraction"),
@@ -690,6 +691,11 @@ def evaluate_cmd(
         f"{report['split']} split of {report['data']} ({report['format']}): at the stored threshold "
         f"{stored['threshold']:.4g} (chosen on validation)"
     )
+    if report["unit"] != "image":
+        typer.echo(
+            f"rows count {report['unit']}s, not images: the run's validation fold held one kind of image, so its "
+            f"threshold was chosen on the masks' {report['unit']}s (image scores are in the JSON)"
+        )
     typer.echo(format_table(stored["rows"], TABLE_COLUMNS))
     typer.echo(f"\nat the best threshold per class ({OPTIMISTIC_NOTE})")
     typer.echo(format_table(report["best_threshold"]["rows"], TABLE_COLUMNS))

@@ -39,6 +39,31 @@ def seed_for(*keys: int) -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def scaled_size(height: int, width: int, longer: int | None) -> tuple[int, int]:
+    """(height, width) with the longer side scaled to ``longer``, the aspect ratio kept (the shorter side truncated,
+    as torchvision's ``Resize(size=None, max_size=longer)``, and at least 1 pixel); the size unchanged when
+    ``longer`` is None. The segdec policy for ``--image-size``: never distort."""
+    if longer is None:
+        return height, width
+    if height >= width:
+        return longer, max(1, int(longer * width / height))
+    return max(1, int(longer * height / width)), longer
+
+
+def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Positions 0..n-1 in batches of at most ``batch_size`` whose images share one size: each size's positions in
+    order, sizes in order of first appearance. Evaluation batches images this way, so that no image is padded or
+    resized to fit another and a score never depends on its batch."""
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for position, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(position)
+    return [
+        positions[begin : begin + batch_size]
+        for positions in by_size.values()
+        for begin in range(0, len(positions), batch_size)
+    ]
+
+
 def read_manifest_wnids(path: str | Path) -> list[str]:
     """The wnids of a manifest's ``selected`` classes, in manifest order.
 

@@ -151,7 +151,7 @@ def parity_images(
     runs. Segdec runs take images at their own size: a list of one-image batches."""
     from torchvision.transforms import v2
 
-    from transfer.data import PatchDataset, pretrain_folds, run_fold
+    from transfer.data import PatchDataset, pretrain_folds, run_fold, scaled_size
 
     config, record = loaded.config, loaded.record
     size = record["input_size"]
@@ -178,9 +178,13 @@ def parity_images(
         return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))
     chosen = _balanced(np.asarray(fold.targets), n)
     if record.get("head") == "segdec":
-        resize = [v2.Resize((size, size), antialias=True)] if size is not None else []
-        transform = v2.Compose([v2.ToImage(), *resize])
-        return [loaded.normalize(transform(fold[int(i)][0])[None]) for i in chosen]
+        # Each image at its own size, or its longer side at the training size (the segdec policy).
+        out = []
+        for i in chosen:
+            x = v2.functional.to_image(fold[int(i)][0])
+            x = v2.functional.resize(x, list(scaled_size(*x.shape[-2:], size)), antialias=True)
+            out.append(loaded.normalize(x[None]))
+        return out
     transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
     return loaded.normalize(torch.stack([transform(fold[int(i)][0]) for i in chosen]))
 

@@ -52,6 +52,7 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from transfer import localize as L
 from transfer import metrics as M
+from transfer.data import scaled_size
 from transfer.inspect_io import (
     check_images,
     drop_bad_images,
@@ -165,9 +166,9 @@ class LocalizeSettings:
 
             height, width = image.shape[-2:]
             x = image[None]
-            if self.input_size is not None:
+            if self.input_size is not None:  # longer side to the training size, aspect kept (segdec policy)
                 x = torch.nn.functional.interpolate(
-                    x, size=(self.input_size,) * 2, mode="bilinear", antialias=True
+                    x, size=scaled_size(height, width, self.input_size), mode="bilinear", antialias=True
                 )
             score, heat = segdec_scores(model, x)
             if heat.shape[-2:] != (height, width):

@@ -1,9 +1,15 @@
 """Fine-tuning the segmentation-decision model (:mod:`transfer.segdec`) from defect masks and image labels.
 
-Data (:class:`MaskedImages`): whole images at native resolution (or resized with ``image_size``), or, with
-``crop_size``, random crops of them for training (a defective image's crop always holds one of its defect pixels,
-so every defective image teaches a defect). Image and mask are augmented together (flips, 90-degree rotations;
+Data (:class:`MaskedImages`): whole images at native resolution (or with ``image_size``, the longer side resized
+to it, the aspect ratio kept), or, with ``crop_size``, random crops of them for training (a defective image's crop
+always holds one of its defect pixels, so every defective image teaches a defect). Image and mask are augmented together (flips, 90-degree rotations;
 brightness/contrast and noise on the image only), seeded per (seed, epoch, sample) like every other run.
+
+Images of different sizes in one set (the policy; nothing is ever stretched): a training batch is padded at the
+bottom and right to its largest height and width (:func:`pad_collate`; the image by reflection, so the decision
+head sees texture, not a frame), and the padded pixels carry no pixel loss. Validation and evaluation batch only
+images of one size (:func:`transfer.data.size_batches`), so an image's score never depends on its batch-mates,
+and every defect map is upsampled to its own image's size.
 
 Losses (:func:`segdec_loss`), a documented blend: ``seg_loss_weight * L_pixel + image_loss_weight * L_image``.
 
@@ -15,6 +21,13 @@ Losses (:func:`segdec_loss`), a documented blend: ``seg_loss_weight * L_pixel + 
   labels are loose ellipses, whose rim is mostly clean texture.
 * ``L_image``: binary cross entropy of the decision logit against the image label, each class weighted by its
   inverse frequency in the training set (as the classifier's cross entropy).
+
+Sets where every image is defective (road cracks: most of each image is clean) or whose validation fold holds
+one kind of image only are learnt and thresholded from the masks (``decision = "cell"``): the image loss is
+dropped when the training fold has one kind of image, an image's score is its defect map's highest value, and the
+stored threshold is chosen on the defect map's cells (one per output-stride cell; a cell is defective when at
+least half its pixels are, clean when none is, left out otherwise) of the validation images. ``transfer
+evaluate`` then reports TPR/TNR/AP/AUROC over the cells of the test images.
 
 The decision head sees detached features (:class:`transfer.segdec.SegDecNet`), so ``L_image`` trains only the
 decision layer and ``L_pixel`` alone shapes the trunk.
@@ -33,7 +46,8 @@ from torchvision.transforms import v2
 from dataonomy.datasets import open_image
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
-from transfer.data import one_kind_error, rot90, run_fold, seed_for
+from dataonomy.datasets.base import image_size as header_size
+from transfer.data import one_kind_error, rot90, run_fold, scaled_size, seed_for
 from transfer.segdec import SegDecOutput, build_segdec, upsample_map
 
 PIXEL_WEIGHTINGS = ("uniform", "distance")
@@ -81,7 +95,7 @@ class MaskedImages(Dataset):
     ``image``: normalised float (3, H, W); ``target``: ``{"label": float defect flag, "mask": float (1, H, W),
     "weight": float (1, H, W) per-pixel weights of defect pixels}``. ``images`` is a dataset with ``samples``
     (path, defect flag) and ``mask(i)`` (a defect reader). ``crop_size`` crops (training), ``image_size``
-    resizes (None: native resolution). Call :meth:`set_epoch` before each epoch (the training loop does).
+    resizes the longer side, keeping the aspect ratio (None: native resolution). Call :meth:`set_epoch` before each epoch (the training loop does).
     """
 
     def __init__(
@@ -114,6 +128,17 @@ class MaskedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images.samples)
 
+    def sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every sample as the model gets it (before the augmentation's 90-degree turns), read
+        from the image headers."""
+        if self.crop_size is not None:
+            return [(self.crop_size, self.crop_size)] * len(self)
+        out = []
+        for sample in self.images.samples:
+            width, height = header_size(sample.path)
+            out.append(scaled_size(height, width, self.image_size))
+        return out
+
     def pixels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 image (3, H, W) and bool mask (1, H, W) of sample ``index``, before any transform."""
         sample = self.images.samples[index]
@@ -140,7 +165,7 @@ class MaskedImages(Dataset):
             mask = mask[:, top : top + self.crop_size, left : left + self.crop_size]
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         if self.image_size is not None:
-            size = [self.image_size, self.image_size]
+            size = list(scaled_size(*image.shape[-2:], self.image_size))
             image = v2.functional.resize(image, size, antialias=True)
             mask = v2.functional.resize(mask, size, interpolation=v2.InterpolationMode.NEAREST)
         if self.augment:
@@ -176,15 +201,46 @@ class MaskedImages(Dataset):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def pixel_loss(seg_logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def pad_collate(batch: list) -> tuple[torch.Tensor, dict]:
+    """Stack ``(image, target)`` pairs of possibly different sizes: each image padded at the bottom and right to
+    the batch's largest height and width by reflection, masks and weights with zeros, and ``target["valid"]``
+    (B, 1, H, W) marking the real pixels. A batch of one size is stacked as it is."""
+    height = max(x.shape[-2] for x, _ in batch)
+    width = max(x.shape[-1] for x, _ in batch)
+    images, targets = [], {"label": [], "mask": [], "weight": [], "valid": []}
+    for x, target in batch:
+        pad = (0, width - x.shape[-1], 0, height - x.shape[-2])
+        images.append(_reflect_pad(x, pad))
+        targets["label"].append(target["label"])
+        for key in ("mask", "weight"):
+            targets[key].append(nn.functional.pad(target[key], pad))
+        targets["valid"].append(nn.functional.pad(torch.ones_like(target["mask"]), pad))
+    return torch.stack(images), {k: torch.stack(v) for k, v in targets.items()}
+
+
+def _reflect_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """Pad (C, H, W) by reflection; a pad wider than the image reflects again (torch's reflect needs pad < size)."""
+    right, bottom = pad[1], pad[3]
+    while right > 0 or bottom > 0:
+        step_r, step_b = min(right, x.shape[-1] - 1), min(bottom, x.shape[-2] - 1)
+        if step_r == 0 and step_b == 0:  # a 1-pixel image: nothing to reflect
+            return nn.functional.pad(x, (0, right, 0, bottom), mode="replicate")
+        x = nn.functional.pad(x[None], (0, step_r, 0, step_b), mode="reflect")[0]
+        right, bottom = right - step_r, bottom - step_b
+    return x
+
+
+def pixel_loss(
+    seg_logits: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Class-balanced BCE of the defect map (B, 1, h, w) upsampled to the masks' size (B, 1, H, W): the
     (weighted) mean over defect pixels and the mean over clean pixels, averaged; clean pixels only when the
-    batch has no defect pixel."""
+    batch has no defect pixel. ``valid`` (B, 1, H, W) leaves out padding."""
     logits = nn.functional.interpolate(
         seg_logits.float(), size=mask.shape[-2:], mode="bilinear", align_corners=False
     )
     bce = nn.functional.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    clean = 1.0 - mask
+    clean = 1.0 - mask if valid is None else (1.0 - mask) * valid
     clean_loss = (bce * clean).sum() / clean.sum().clamp_min(1.0)
     positive = weight * mask
     if positive.sum() <= 0:
@@ -206,7 +262,8 @@ def segdec_loss(
     )
     image = image * len(labels) / weights.sum()
     return (
-        seg_loss_weight * pixel_loss(outputs.seg_logits, targets["mask"], targets["weight"])
+        seg_loss_weight
+        * pixel_loss(outputs.seg_logits, targets["mask"], targets["weight"], targets.get("valid"))
         + image_loss_weight * image
     )
 
@@ -214,6 +271,45 @@ def segdec_loss(
 # --------------------------------------------------------------------------------------------------------------
 # The task (what transfer.training's loop asks of a run)
 # --------------------------------------------------------------------------------------------------------------
+
+
+# Cell scores are binned in logit space for validation (fixed-size per-image histograms that gather across
+# processes): 0.01 wide between -20 and 20, far finer than any threshold needs.
+CELL_EDGES = torch.linspace(-20.0, 20.0, 4001)
+CELL_CENTRES = ((CELL_EDGES[:-1] + CELL_EDGES[1:]) / 2).numpy().astype(np.float64)
+DEFECT_CELL_SHARE = 0.5
+
+
+def cell_labels(mask: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
+    """Labels of the defect map's cells from a mask (B, 1, H, W): 1 where at least half the cell's pixels are
+    defective, 0 where none is, -1 (left out) in between."""
+    share = nn.functional.adaptive_avg_pool2d(mask.float(), map_size)
+    labels = torch.full_like(share, -1.0)
+    labels[share >= DEFECT_CELL_SHARE] = 1.0
+    labels[share == 0] = 0.0
+    return labels
+
+
+def cell_histograms(seg_logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image (B, len(CELL_CENTRES)) counts of defective and of clean cells in each logit bin."""
+    labels = cell_labels(mask, tuple(seg_logits.shape[-2:])).flatten(1)
+    edges = CELL_EDGES.to(seg_logits.device)
+    bins = torch.bucketize(seg_logits.float().flatten(1).clamp(-20.0, 20.0), edges[1:-1])
+    n = len(CELL_CENTRES)
+    pos = torch.stack([torch.bincount(b[l == 1], minlength=n) for b, l in zip(bins, labels, strict=True)])
+    neg = torch.stack([torch.bincount(b[l == 0], minlength=n) for b, l in zip(bins, labels, strict=True)])
+    return pos.float(), neg.float()
+
+
+def binned_cells(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logit scores, labels) of the cells counted in summed histograms, each at its bin's centre."""
+    pos, neg = np.asarray(pos).astype(np.int64), np.asarray(neg).astype(np.int64)
+    scores = np.r_[np.repeat(CELL_CENTRES, pos), np.repeat(CELL_CENTRES, neg)]
+    return scores, np.r_[np.ones(pos.sum(), dtype=np.int64), np.zeros(neg.sum(), dtype=np.int64)]
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
 
 
 class SegDecTask:
@@ -225,15 +321,21 @@ class SegDecTask:
     """
 
     mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
+    collate_fn = staticmethod(pad_collate)
 
     def __init__(self, config):
         self.config = c = config
         self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
         folds = {split: run_fold(c, split) for split in ("train", "val")}
+        kinds = {}
         for name, split in (("training", "train"), ("validation", "val")):
-            n_def = int(np.sum(folds[split].targets))
-            if n_def == 0 or n_def == len(folds[split]):
-                raise one_kind_error(c, name, n_def, len(folds[split]), "images", folds["train"])
+            n_def, n = int(np.sum(folds[split].targets)), len(folds[split])
+            if n_def == 0:  # nothing defective to learn from or to validate on
+                raise one_kind_error(c, name, n_def, n, "images", folds["train"])
+            kinds[split] = n_def < n
+        # Both kinds in both folds: the decision head's score, thresholded on validation images. Otherwise the
+        # masks decide: the map's cells (see the module's docstring).
+        self.decision = "image" if all(kinds.values()) else "cell"
         common = {"image_size": c.image_size, "pixel_weighting": c.pixel_weighting, "seed": c.seed}
         self.train_set = MaskedImages(
             folds["train"], c.mean, c.std, augment=c.augment, crop_size=c.crop_size, **common
@@ -243,7 +345,9 @@ class SegDecTask:
         self.classes = ["ok", "defect"]
         self.groups = sorted({s.group or s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
-        self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+        # Inverse class frequency; with one kind of training image the image loss has nothing to tell apart.
+        self.image_loss_weight = c.image_loss_weight if kinds["train"] else 0.0
+        self.class_weights = torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
 
     def build_model(self):
         c = self.config
@@ -254,7 +358,7 @@ class SegDecTask:
 
     def loss(self, outputs: SegDecOutput, targets: dict, criterion=None, aux_weight=None):
         c = self.config
-        loss = segdec_loss(outputs, targets, self.class_weights, c.seg_loss_weight, c.image_loss_weight)
+        loss = segdec_loss(outputs, targets, self.class_weights, c.seg_loss_weight, self.image_loss_weight)
         return loss, outputs
 
     @staticmethod
@@ -265,32 +369,47 @@ class SegDecTask:
         labels = targets["label"]
         logits = outputs.image_logit.float()
         weights = self.class_weights.to(labels.device)[labels.long()]
-        return {
-            "score": torch.sigmoid(logits),
-            "map_max": torch.sigmoid(outputs.seg_logits.float().amax((1, 2, 3))),
+        map_max = torch.sigmoid(outputs.seg_logits.float().amax((1, 2, 3)))
+        out = {
+            "score": torch.sigmoid(logits) if self.decision == "image" else map_max,
+            "map_max": map_max,
             "weighted_loss": nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
             * weights,
             "weight": weights,
         }
+        if self.decision == "cell":
+            out["cell_pos"], out["cell_neg"] = cell_histograms(outputs.seg_logits, targets["mask"])
+        return out
+
+    def _decisions(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(scores, labels, in logits) the threshold is chosen on: validation images, or their map cells."""
+        if self.decision == "image":
+            return outputs["score"], np.asarray(self.val_set.targets), False
+        scores, labels = binned_cells(outputs["cell_pos"].sum(0), outputs["cell_neg"].sum(0))
+        return scores, labels, True
+
+    def _threshold(self, outputs: dict[str, np.ndarray]) -> float:
+        scores, labels, logits = self._decisions(outputs)
+        threshold = M.best_threshold(scores, labels, self.config.threshold_criterion)
+        return _sigmoid(threshold) if logits else threshold
 
     def val_metrics(self, outputs: dict[str, np.ndarray], targets) -> dict:
-        scores, labels = outputs["score"], np.asarray(self.val_set.targets)
+        scores, labels, logits = self._decisions(outputs)
         threshold = M.best_threshold(scores, labels, self.config.threshold_criterion)
         counts = M.confusion(scores, labels, threshold)
+        image_labels = np.asarray(self.val_set.targets)
         return {
             "val_loss": float(outputs["weighted_loss"].sum() / outputs["weight"].sum()),
             "val_ap": M.average_precision(scores, labels),
             "val_auroc": M.auroc(scores, labels),
-            "val_map_auroc": M.auroc(outputs["map_max"], labels),
-            "val_threshold": threshold,
+            "val_map_auroc": M.auroc(outputs["map_max"], image_labels),
+            "val_threshold": _sigmoid(threshold) if logits else threshold,
             "val_tpr": counts.tpr,
             "val_tnr": counts.tnr,
         }
 
     def best_extras(self, outputs, targets) -> dict:
-        labels = np.asarray(self.val_set.targets)
-        threshold = M.best_threshold(outputs["score"], labels, self.config.threshold_criterion)
-        return {"threshold": threshold, "threshold_criterion": self.config.threshold_criterion}
+        return {"threshold": self._threshold(outputs), "threshold_criterion": self.config.threshold_criterion}
 
     def model_meta(self) -> dict:
         c = self.config
@@ -301,7 +420,46 @@ class SegDecTask:
             "head": "segdec",
             "output_stride": c.output_stride,
             "head_channels": c.head_channels,
+            "decision": self.decision,
         }
+
+
+def map_cells(loaded, dataset, batch_size: int = 8, num_workers: int = 0, progress: bool | None = None) -> dict:
+    """The defect-map cells of every image of a defect set (with masks), as a ``decision = "cell"`` run is
+    thresholded: ``scores`` (probabilities) and ``labels`` of the labelled cells, ``image`` (each cell's image
+    index), and ``image_scores`` (each image's highest map value). Images are batched by size."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from transfer.data import size_batches
+
+    record, model = loaded.record, loaded.model
+    device = next(model.parameters()).device
+    images = MaskedImages(dataset, record["mean"], record["std"], image_size=record.get("input_size"))
+    batches = size_batches(images.sizes(), batch_size)
+    loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
+    scores, labels, owner = [], [], []
+    image_scores = np.zeros(len(images), dtype=np.float64)
+    with torch.no_grad():
+        for (x, y), batch in tqdm(
+            zip(loader, batches, strict=True), total=len(batches), desc="map cells",
+            disable=None if progress is not False else True, leave=False,
+        ):  # fmt: skip
+            seg = model(x.to(device)).seg_logits.float().cpu()
+            probs = torch.sigmoid(seg).flatten(1)
+            cells = cell_labels(y["mask"], tuple(seg.shape[-2:])).flatten(1)
+            image_scores[batch] = probs.amax(1).double().numpy()
+            for index, p, label in zip(batch, probs, cells, strict=True):
+                keep = label >= 0
+                scores.append(p[keep].double().numpy())
+                labels.append(label[keep].long().numpy())
+                owner.append(np.full(int(keep.sum()), index, dtype=np.int64))
+    return {
+        "scores": np.concatenate(scores),
+        "labels": np.concatenate(labels),
+        "image": np.concatenate(owner),
+        "image_scores": image_scores,
+    }
 
 
 def segdec_scores(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +473,10 @@ __all__ = [
     "PIXEL_WEIGHTINGS",
     "MaskedImages",
     "SegDecTask",
+    "cell_labels",
     "distance_weights",
+    "map_cells",
+    "pad_collate",
     "pixel_loss",
     "segdec_loss",
     "segdec_scores",

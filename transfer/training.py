@@ -52,7 +52,9 @@ from transfer.data import (
     pretrain_folds,
     pretrain_transforms,
     run_fold,
+    scaled_size,
     seed_for,
+    size_batches,
     texture_transforms,
 )
 from transfer.models import ClassifierNet, build_model, model_loss, read_checkpoint, replace_head
@@ -279,6 +281,8 @@ class FinetuneTask:
     threshold decides images, so it is chosen on the validation images' scores: a threshold chosen on patches
     sits too low for the maximum over dozens of patches and flags nearly every image. Validation reports the
     patch metrics (``val_ap``, ``val_auroc``, what early stopping watches) and the image ones (``val_image_*``).
+    When the validation images are all of one kind (every image defective) there is no image threshold to
+    choose: it is chosen on the patches (``decision = "patch"``), and evaluation reports patches.
     """
 
     mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
@@ -308,6 +312,10 @@ class FinetuneTask:
             # Which validation image each patch comes from, and the images' labels: image-level decisions.
             self.val_patch_image = np.array([i for i, _, _ in val.patches], dtype=np.int64)
             self.val_image_targets = np.asarray(folds["val"].targets)
+        # A validation fold of one kind of image (every image defective, as road cracks) cannot place an image
+        # threshold: the patches' own labels do (decision "patch"; evaluate then reports patches).
+        one_kind = c.patches and self.val_image_targets.min() == self.val_image_targets.max()
+        self.decision = "patch" if one_kind else "image"
         self.classes = ["ok", "defect"]
         self.groups = sorted({s.group or s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
@@ -335,7 +343,7 @@ class FinetuneTask:
         self, outputs: dict[str, np.ndarray], targets: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, labels) of the validation images: the examples' own, or each image's highest patch score."""
-        if not self.config.patches:
+        if not self.config.patches or self.decision == "patch":
             return outputs["score"], targets
         images = np.zeros(len(self.val_image_targets), dtype=np.float64)  # every image has a clean patch
         np.maximum.at(images, self.val_patch_image, outputs["score"].astype(np.float64))
@@ -349,7 +357,7 @@ class FinetuneTask:
             "val_auroc": M.auroc(scores, targets),
         }
         images, labels = self.decision_scores(outputs, targets)
-        if self.config.patches:
+        if self.config.patches and self.decision == "image":
             metrics.update(
                 val_image_ap=M.average_precision(images, labels), val_image_auroc=M.auroc(images, labels)
             )
@@ -370,7 +378,7 @@ class FinetuneTask:
             "input": "patch" if c.patches else "image",
         }
         if c.patches:
-            meta.update(patch_size=c.patch_size, patch_stride=c.patch_stride)
+            meta.update(patch_size=c.patch_size, patch_stride=c.patch_stride, decision=self.decision)
         return meta
 
 
@@ -439,9 +447,17 @@ def predict(
     channels_last: bool,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-sample outputs (``task.per_sample``) and targets over ``dataset``, each process taking every W-th
-    sample, gathered in dataset order on every process."""
+    sample, gathered in dataset order on every process. A dataset that knows its samples' ``sizes()`` (segdec's)
+    is batched by size, so that no image is padded for another."""
     indices = list(range(procs.rank, len(dataset), procs.world_size))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
+    if hasattr(dataset, "sizes"):
+        sizes = dataset.sizes()
+        batches = size_batches([sizes[i] for i in indices], batch_size)
+        indices = [indices[p] for batch in batches for p in batch]
+        batches = [list(range(b, b + len(batch))) for b, batch in zip(_starts(batches), batches, strict=True)]
+        loader = DataLoader(Subset(dataset, indices), batch_sampler=batches, num_workers=num_workers)
+    else:
+        loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=num_workers)
     was_training = model.training
     model.eval()
     parts: dict[str, list] = {}
@@ -463,6 +479,11 @@ def predict(
     order = np.argsort(merged.pop("_index"), kind="stable")
     targets_all = merged.pop("_target")[order]
     return {k: v[order] for k, v in merged.items()}, targets_all
+
+
+def _starts(batches: list[list]) -> list[int]:
+    """Where each batch begins in the concatenation of ``batches``."""
+    return np.cumsum([0] + [len(b) for b in batches[:-1]]).tolist()
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
@@ -685,6 +706,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         "num_workers": runtime.num_workers,
         "pin_memory": procs.device.type == "cuda",
         "worker_init_fn": _ignore_sigint if runtime.num_workers else None,
+        "collate_fn": getattr(task, "collate_fn", None),  # segdec: pads images of different sizes
     }
 
     def save_checkpoint() -> None:
@@ -940,12 +962,19 @@ def image_scores(
     device = next(model.parameters()).device
     patch_mode = record.get("input") == "patch"
     segdec = record.get("head") == "segdec"
-    # segdec runs see images at their own size unless they were trained resized; classifiers at their input size.
     size = record.get("input_size")
-    resize = [] if patch_mode or size is None else [v2.Resize((size, size), antialias=True)]
+    if segdec:
+        # segdec runs see each image at its own size, or with its longer side at the size they were trained
+        # with; batches hold images of one size (nothing padded or stretched to fit another).
+        sizes = []
+        for s in dataset.samples:
+            width, height = image_size(s.path)
+            sizes.append(scaled_size(height, width, size))
+        resize = []  # per image, below
+    else:
+        sizes = [(0, 0)] * len(dataset)  # classifiers: every image resized to the input size, one batch shape
+        resize = [] if patch_mode or size is None else [v2.Resize((size, size), antialias=True)]
     to_tensor = v2.Compose([v2.ToImage(), *resize])
-    if segdec and size is None and len({image_size(s.path) for s in dataset.samples}) > 1:
-        batch_size = 1  # images of several sizes: one at a time, each at its own size
 
     class _Tensors(torch.utils.data.Dataset):
         def __len__(self):
@@ -953,9 +982,14 @@ def image_scores(
 
         def __getitem__(self, i):
             image, target = dataset[i]
-            return to_tensor(image), target
+            x = to_tensor(image)
+            if segdec and tuple(x.shape[-2:]) != sizes[i]:
+                x = v2.functional.resize(x, list(sizes[i]), antialias=True)
+            return x, target
 
-    loader = DataLoader(_Tensors(), batch_size=1 if patch_mode else batch_size, num_workers=num_workers)
+    batches = size_batches(sizes, 1 if patch_mode else batch_size)
+    order = [i for batch in batches for i in batch]
+    loader = DataLoader(_Tensors(), batch_sampler=batches, num_workers=num_workers)
     scores = []
     with torch.no_grad():
         for images, _ in tqdm(
@@ -970,7 +1004,9 @@ def image_scores(
                 scores.append(torch.sigmoid(model(x).image_logit.float()))
             else:
                 scores.append(torch.softmax(model(x).float(), dim=1)[:, 1])
-    return torch.cat(scores).cpu().numpy().astype(np.float64)
+    out = np.empty(len(order), dtype=np.float64)
+    out[order] = torch.cat(scores).cpu().numpy() if scores else []
+    return out
 
 
 OPTIMISTIC_NOTE = "optimistic: each class's threshold is chosen on the evaluated images themselves"
@@ -1084,37 +1120,81 @@ def evaluate_run(
     if loaded.record.get("kind") != "finetune":
         raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
     config = loaded.config
+    unit = decision_unit(loaded.record)
     dataset = run_fold(config, split, data, skip_bad)
-    scores = image_scores(loaded, dataset, batch_size, num_workers)
-    labels = np.asarray(dataset.targets)
-    groups = [s.group or s.label for s in dataset.samples]
+    decided = _decided(loaded, dataset, unit, batch_size, num_workers)
+    image_groups = [s.group or s.label for s in dataset.samples]
+    groups = [image_groups[i] for i in decided["image"]]
+    scores, labels = decided["scores"], decided["labels"]
     report = evaluation_report(scores, labels, groups, loaded.threshold, config.threshold_criterion)
     same_set = data is None or config.defect_data().same_set(data)
     if errors and same_set and split in ("train", "val", "test"):
         fold_errors = {split: _error(scores, labels, loaded.threshold)}
         for other in ("train", "val"):
             if other != split:
-                fold = run_fold(config, other, data, skip_bad)
-                fold_scores = image_scores(loaded, fold, batch_size, num_workers)
-                fold_errors[other] = _error(fold_scores, np.asarray(fold.targets), loaded.threshold)
+                fold = _decided(loaded, run_fold(config, other, data, skip_bad), unit, batch_size, num_workers)
+                fold_errors[other] = _error(fold["scores"], fold["labels"], loaded.threshold)
         report["error_analysis"] = M.error_analysis(fold_errors, human_error)
     run_dir = loaded.path.parent
     json_path, png_path = run_dir / f"eval_{split}.json", run_dir / f"eval_{split}_pr.png"
-    plot_pr_curves(scores, labels, groups, loaded.threshold, png_path, f"{run_dir.name}: {split} split")
+    title = f"{run_dir.name}: {split} split" + ("" if unit == "image" else f" ({unit}s)")
+    plot_pr_curves(scores, labels, groups, loaded.threshold, png_path, title)
     report = {
         "model": str(loaded.path),
         "data": str(data.root if data is not None else config.data),
         "format": data.format if data is not None else config.format,
         "split": split,
+        "unit": unit,
         **report,
         "predictions": [
-            {"path": str(s.path), "group": s.group or s.label, "defect": int(t), "score": float(v)}
-            for s, t, v in zip(dataset.samples, labels, scores, strict=True)
+            {"path": str(s.path), "group": g, "defect": int(t), "score": float(v)}
+            for s, g, t, v in zip(
+                dataset.samples, image_groups, dataset.targets, decided["image_scores"], strict=True
+            )
         ],
         "files": {"json": str(json_path), "pr_curve": str(png_path)},
     }
     write_json(json_path, _nan_to_none(report))
     return report
+
+
+def decision_unit(record: dict) -> str:
+    """What a run's stored threshold decides: ``image``, or (sets where validation could not hold both kinds of
+    image) a segdec map ``cell`` or a classifier ``patch``."""
+    return record.get("decision", "image")
+
+
+def _decided(loaded: LoadedModel, dataset, unit: str, batch_size: int, num_workers: int) -> dict:
+    """Scores and labels of what the run's threshold decides (images, map cells or patches) over ``dataset``,
+    each with its image's index, and every image's own score."""
+    if unit == "cell":
+        from transfer.segdec_task import map_cells
+
+        return map_cells(loaded, dataset, batch_size, num_workers)
+    scores = image_scores(loaded, dataset, batch_size, num_workers)
+    if unit == "patch":
+        return {**patch_scores(loaded, dataset, batch_size, num_workers), "image_scores": scores}
+    index = np.arange(len(dataset))
+    return {"scores": scores, "labels": np.asarray(dataset.targets), "image": index, "image_scores": scores}
+
+
+def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_workers: int = 0) -> dict:
+    """Defect probabilities and labels of a patch run's training patches (the fine-tuning's own patch rule) over
+    ``dataset``, with each patch's image index."""
+    record, config = loaded.record, loaded.config
+    patches = PatchDataset(dataset, record["patch_size"], record["patch_stride"], config.patch_defect_fraction)
+    _, eval_tf = texture_transforms(None, record["mean"], record["std"], False)
+    loader = DataLoader(SeededTransform(patches, eval_tf, 0), batch_size=batch_size, num_workers=num_workers)
+    device = next(loaded.model.parameters()).device
+    scores = []
+    with torch.no_grad():
+        for x, _ in loader:
+            scores.append(torch.softmax(loaded.model(x.to(device)).float(), dim=1)[:, 1].cpu())
+    return {
+        "scores": torch.cat(scores).double().numpy(),
+        "labels": np.asarray(patches.targets),
+        "image": np.array([i for i, _, _ in patches.patches], dtype=np.int64),
+    }
 
 
 def _error(scores, labels, threshold: float) -> float:
