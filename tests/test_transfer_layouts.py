@@ -326,3 +326,43 @@ def test_a_set_without_clean_images_trains_and_decides_from_its_masks(cracks, he
     loc = tmp_path / "loc"
     _run(["localize", "--model", str(run), "--out", str(loc), "--device", "cpu", "--limit", "4"], capsys)
     assert len(json.loads((loc / "localize.json").read_text())["images"]) == 4
+
+
+# ------------------------------------------------- the synthetic generator's layouts, end to end (no downloads)
+
+SYNTH = {
+    "mvtec": (["--classes", "1", "--train-images", "6", "--test-good", "4", "--test-defective", "10"],
+              ["--format", "mvtec", "--folds", "2"]),
+    "ksdd": (["--layout", "ksdd", "--items", "4", "--parts", "5", "--defect-fraction", "0.4"],
+             ["--format", "kolektor", "--folds", "2"]),
+    "ksdd2": (["--layout", "ksdd2", "--images-per-split", "10", "--defect-fraction", "0.4"],
+              ["--format", "kolektor"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", sorted(SYNTH))
+def test_synth_writes_each_layout_and_every_command_reads_it(layout, tmp_path, capsys):
+    from dataonomy.cli import app as dataonomy_app
+
+    write, read = SYNTH[layout]
+    command = "mvtec" if layout == "mvtec" else "kolektor"
+    root = tmp_path / layout
+    assert run_app(dataonomy_app, ["synth", command, "--out", str(root), "--size", "64", *write]) == 0
+    capsys.readouterr()
+    data_args = ["--data", str(root), *read]
+    _run(["split", *data_args, "--out", str(tmp_path / "split.json")], capsys)
+    folds = json.loads((tmp_path / "split.json").read_text())["folds"]
+    listed = [r for split in folds.values() for r in split]
+    pattern = {"mvtec": "*/ground_truth/*/*_mask.png", "ksdd": "kos*/*_label.bmp", "ksdd2": "*/*_GT.png"}[layout]
+    written = [p for p in root.glob(pattern) if np.asarray(Image.open(p)).any()]  # the defects on disk
+    assert len(listed) == len({r["path"] for r in listed}) and sum(r["defect"] for r in listed) == len(written) > 0
+    run = tmp_path / "run"
+    _run(["finetune", "--base", "scratch", "--arch", "small_cnn", *data_args, "--out", str(run), "--epochs", "1",
+          "--batch-size", "4", "--output-stride", "8", "--head-channels", "8", "--device", "cpu", "--no-amp"],
+         capsys)  # fmt: skip
+    _run(["evaluate", "--model", str(run), "--device", "cpu", "--no-errors"], capsys)
+    report = json.loads((run / "eval_test.json").read_text())
+    assert len(report["predictions"]) == len(folds["test"]) and report["format"] == read[1]
+    _run(["localize", "--model", str(run), "--out", str(tmp_path / "loc"), "--limit", "3", "--device", "cpu"], capsys)
+    _run(["export", "--model", str(run), "--onnx", str(tmp_path / "m.onnx"), "--images", "2"], capsys)
+    assert (tmp_path / "m.onnx").is_file()
