@@ -124,7 +124,7 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class GaussianStats:
-    """Per-class diagonal Gaussians: ``counts`` (C,), ``means`` (C, D), ``variances`` (C, D)."""
+    """Per-class diagonal Gaussians: ``counts`` (C,), ``means`` (C, D), ``variances`` (C, D), float64."""
 
     counts: torch.Tensor
     means: torch.Tensor
@@ -216,7 +216,7 @@ def class_gaussians(
         variances = torch.where(dof[:, None] > 0, sq_dev / dof.clamp_min(1)[:, None], pooled)
     pooled_mean = float(pooled.mean())
     variances = variances.clamp_min(variance_floor * (pooled_mean if pooled_mean > 0 else 1.0))
-    return GaussianStats(counts=counts, means=means.float(), variances=variances.float())
+    return GaussianStats(counts=counts, means=means, variances=variances)
 
 
 def target_moments(
@@ -235,7 +235,7 @@ def target_moments(
     dev = resolve_device(device, features)
     _check_matrix("target features", features)
     counts, means, sq_dev = _class_moments(features, labels, num_classes, dev, block_size, "target")
-    return GaussianStats(counts=counts, means=means.float(), variances=(sq_dev / counts[:, None]).float())
+    return GaussianStats(counts=counts, means=means, variances=sq_dev / counts[:, None])
 
 
 def _require_all_classes_present(role: str, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -271,10 +271,12 @@ def softmax_scores(
     num_logits = target_logits.shape[1]
     if index.ndim != 1:
         raise DataonomyError(f"source logit indices must be 1-D, got shape {tuple(index.shape)}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_logits):
+    bad = torch.nonzero((index < 0) | (index >= num_logits)).flatten()
+    if bad.numel():  # name the offending entry itself (a negative one is as wrong as one too large)
+        first = int(bad[0])
         raise DataonomyError(
-            f"source logit index {int(index.max())} is outside the backbone's {num_logits} logits"
-            " (is the source pool an ImageNet-1k subset?)"
+            f"source logit index {int(index[first])} (source class {first}) is outside the backbone's"
+            f" {num_logits} logits 0..{num_logits - 1} (is the source pool an ImageNet-1k subset?)"
         )
     out = torch.empty(target_logits.shape[0], index.numel(), dtype=torch.float32, device=dev)
     for start in range(0, target_logits.shape[0], block_size):
@@ -318,30 +320,32 @@ def gaussian_scores(
 ) -> torch.Tensor:
     """``scores[i, s]`` = mean over dimensions of log N(x_i,d; mu_s,d, sigma_s,d^2).
 
-    ``target_features`` (N, D) and :class:`GaussianStats` of the S source classes -> (N, S) float32.
-    Computed as three matrix products per block (x^2 / sigma^2, x mu / sigma^2 and a per-class
-    constant) after centring features and means on the mean of the source means, which keeps the
-    float32 expansion of the squared distance free of cancellation between large terms.
+    ``target_features`` (N, D) and :class:`GaussianStats` of the S source classes -> (N, S) float64 on
+    ``device``. Computed as three matrix products per block (x^2 / sigma^2, x mu / sigma^2 and a
+    per-class constant) after centring features and means on the mean of the source means, in float64
+    on the CPU whatever ``device`` is: the expansion of the squared distance subtracts large terms, and
+    float32 lost about 1 % of the score at extreme feature scales (GPUs are slow in float64; these
+    products are small next to feature extraction).
     """
     dev = resolve_device(device, target_features)
     _check_matrix("target features", target_features, source_stats.means.shape[1])
+    cpu = torch.device("cpu")
     dim = source_stats.means.shape[1]
-    centre = source_stats.means.to(dev).double().mean(0)
-    means = source_stats.means.to(dev).double() - centre
-    inv_var = 1.0 / source_stats.variances.to(dev).double()
-    weighted_means = (means * inv_var).float()
-    const = ((means**2 * inv_var).sum(1) + torch.log(source_stats.variances.to(dev).double()).sum(1)).float()
-    const = const + dim * math.log(2 * math.pi)
-    inv_var = inv_var.float()
-    centre = centre.float()
-    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float32, device=dev)
+    means = source_stats.means.to(cpu, torch.float64)
+    variances = source_stats.variances.to(cpu, torch.float64)
+    centre = means.mean(0)
+    means = means - centre
+    inv_var = 1.0 / variances
+    weighted_means = means * inv_var
+    const = (means**2 * inv_var).sum(1) + torch.log(variances).sum(1) + dim * math.log(2 * math.pi)
+    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float64, device=cpu)
     for start in range(0, target_features.shape[0], block_size):
-        x = as_tensor(target_features[start : start + block_size], dev, torch.float32)
+        x = as_tensor(target_features[start : start + block_size], cpu, torch.float64)
         _check_finite("target features", x)
         x = x - centre
         sq = (x * x) @ inv_var.T - 2.0 * (x @ weighted_means.T) + const
         out[start : start + x.shape[0]] = -0.5 * sq / dim
-    return out
+    return out.to(dev)
 
 
 def frechet_scores(
@@ -357,26 +361,29 @@ def frechet_scores(
 
     ``scores[i, s] = -(||x_i - mu_s||^2 + ||sigma_s||^2 - 2 tau_t . sigma_s) / D`` with t = label of i;
     the mean of ``scores[:, s]`` over the images of t equals ``-frechet_distance(t, s) / D``.
+    (N, S) float64 on ``device``, computed in float64 on the CPU.
     """
     dev = resolve_device(device, target_features)
     dim = source_stats.means.shape[1]
     _check_matrix("target features", target_features, dim)
-    labels = _label_tensor("target labels", target_labels, num_targets, target_features.shape[0], dev)
-    target = target_moments(target_features, labels, num_targets, device=dev, block_size=block_size)
-    src_std = source_stats.variances.to(dev).double().sqrt()
-    tgt_std = target.variances.double().sqrt()
+    # float64 on the CPU, as gaussian_scores (float32 lost about 1 % at extreme feature scales).
+    cpu = torch.device("cpu")
+    labels = _label_tensor("target labels", target_labels, num_targets, target_features.shape[0], cpu)
+    target = target_moments(target_features, labels, num_targets, device=cpu, block_size=block_size)
+    src_std = source_stats.variances.to(cpu, torch.float64).sqrt()
+    tgt_std = target.variances.to(cpu, torch.float64).sqrt()
     # Per (t, s) offset: ||sigma_s||^2 - 2 tau_t . sigma_s, shape (T, S).
-    offset = ((src_std**2).sum(1)[None, :] - 2.0 * tgt_std @ src_std.T).float()
-    centre = source_stats.means.to(dev).double().mean(0)
-    means = (source_stats.means.to(dev).double() - centre).float()
+    offset = (src_std**2).sum(1)[None, :] - 2.0 * tgt_std @ src_std.T
+    means = source_stats.means.to(cpu, torch.float64)
+    centre = means.mean(0)
+    means = means - centre
     mean_sq = (means * means).sum(1)
-    centre = centre.float()
-    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float32, device=dev)
+    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float64, device=cpu)
     for start in range(0, target_features.shape[0], block_size):
-        x = as_tensor(target_features[start : start + block_size], dev, torch.float32) - centre
+        x = as_tensor(target_features[start : start + block_size], cpu, torch.float64) - centre
         sq_dist = (x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T) + mean_sq
         out[start : start + x.shape[0]] = -(sq_dist + offset[labels[start : start + x.shape[0]]]) / dim
-    return out
+    return out.to(dev)
 
 
 def frechet_distance(target: GaussianStats, source: GaussianStats) -> torch.Tensor:

@@ -438,6 +438,22 @@ def _fmt(v: float | None) -> str:
     return "unknown (the search for it did not finish)" if v is None else _num(v)
 
 
+def precheck_selection(
+    problem: SelectionProblem, *, time_limit: float | None = DEFAULT_TIME_LIMIT, threads: int | None = None
+) -> None:
+    """The closed-form infeasibility checks of :func:`solve_selection`, without solving.
+
+    ``dataonomy select`` runs them on the pool's class list before extracting features (with
+    coverage off: it needs the affinities), so that a k larger than the pool, an include list over a
+    diversity cap or an unreachable image budget fails in seconds, not after the extraction.
+    """
+
+    def aux(families, goal):
+        return _aux_optimum(problem, families, goal, time_limit=time_limit, threads=threads)
+
+    _precheck(problem, aux)
+
+
 def _precheck(problem: SelectionProblem, aux) -> None:
     """Closed-form infeasibility checks; raise the family's error (with the best feasible value)."""
     k, num_sources = problem.k, problem.num_sources

@@ -104,13 +104,27 @@ def inspect_cmd(
         None, "--out", help="Write the sample list (path, class, defect, mask, group, split) as JSON here."
     ),
 ):
-    """Read a dataset, check it, and print its counts (optionally write its sample list)."""
+    """Read a dataset, decode every image and mask, and print its counts (optionally write its sample list)."""
+    import warnings
+
+    from dataonomy.datasets.base import verify_samples
+    from dataonomy.errors import BadImageError
+
+    if out is not None and out.is_dir():  # before reading anything: decoding a large set takes a while
+        raise DataonomyError(f"--out {out}: is a folder, expected a file name such as samples.json")
     options = reader_options(
         classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
         labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
         mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
     )  # fmt: skip
-    ds = open_dataset(dataset, root, **options)
+    try:
+        ds = open_dataset(dataset, root, **options)
+        if not skip_bad:
+            # Listing the files vouches for names and labels only; inspect vouches for the pixels too, as
+            # --skip-bad already does (the readers decode every file then, and skip bad ones).
+            verify_samples(ds.samples, False, lambda m: warnings.warn(m, stacklevel=2))
+    except BadImageError as exc:
+        raise BadImageError(f"{exc} (pass --skip-bad to report and skip every bad file)") from None
     summary = ds.summary()
     typer.echo(
         f"{dataset} at {root}: {summary['images']} images in {len(summary['per_class'])} classes, "
@@ -202,7 +216,7 @@ def features_cmd(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Replace a cache or interrupted extraction made for other inputs instead of refusing.",
+        help="Replace a cache or interrupted extraction made for other inputs, or damaged, instead of refusing.",
     ),
 ):
     """Embed a dataset with a pretrained backbone into an HDF5 feature cache (resumable; torchrun splits the work)."""
@@ -233,6 +247,8 @@ def features_cmd(
         num_workers=num_workers,
         dtype=dtype,
         overwrite=overwrite,
+        overwrite_option="--overwrite",
+        log=lambda message: typer.echo(message, err=True),
     )
     if os.environ.get("RANK", "0") == "0":
         logits = "no logits" if fs.logits is None else f"{fs.logits.shape[1]} logits"
@@ -277,7 +293,10 @@ def select_cmd(
         help="At most this many source images in the selected classes (off by default).",
     ),
     diversity_depth: int = typer.Option(
-        None, "--diversity-depth", help="WordNet depth whose nodes group classes for --diversity-max."
+        None,
+        "--diversity-depth",
+        help="WordNet depth (shortest is-a path from the root, 0 to 18) whose nodes group classes for "
+        "--diversity-max; some source class must lie that deep.",
     ),
     diversity_max: int = typer.Option(
         None,
@@ -485,8 +504,10 @@ def graph_cmd(
         raise DataonomyError(f"--depth must be >= 1 (got {depth})")
     if max_sources < 1:
         raise DataonomyError(f"--max-sources must be >= 1 (got {max_sources})")
+    if out is not None and out.is_dir():
+        raise DataonomyError(f"--out {out}: is a folder; give a file name (e.g. {out / ('taxonomy.' + fmt)})")
     data = read_manifest(manifest)
-    g = graph_from_manifest(data)
+    g = graph_from_manifest(data, where=str(manifest))
     if fmt == "png":
         n_classes = len(data["selected"])
         if depth is None and n_classes > AUTO_DEPTH_ABOVE:

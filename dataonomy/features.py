@@ -10,12 +10,17 @@ weights, preprocessing):
 * attributes: ``provenance`` (JSON: dataset name/root/options and a hash of its sample list, backbone
   name, ``weights_id`` and preprocessing, storage dtype, code version), ``fingerprint`` (SHA-256 of
   the provenance), and, outside the fingerprint, ``created`` and ``runs`` (device, precision, ranks).
+* checksums: ``row_sha256`` (N, 32) holds the SHA-256 of each row (its position, then its feature and
+  logit bytes as stored), written with the row, so a resumed extraction checks only what it wrote; the
+  ``meta_sha256`` attribute covers the per-image and per-class datasets. Every read of a cache (reuse,
+  resume, merge) checks them: a damaged, truncated or foreign file is reported, never used.
 
 The file is written as ``<out>.partial`` and renamed to ``<out>`` only when every image is done, so a
 file at ``<out>`` is always complete. Rerunning after an interruption (Ctrl-C, SIGTERM, a crash)
 continues with the images not done yet; a partial file made for other inputs is refused (or
 discarded with ``overwrite``); a complete file with the same fingerprint is reused without
-computation, without even loading the weights.
+computation, without even loading the weights. Creating a cache holds an exclusive lock on
+``<out>.lock``, so a second run on the same file waits for the first and then reuses its cache.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) rank k extracts images k, k + W, ... into
 ``<out>.rank<k>.partial`` (resumable the same way); after all ranks are done, rank 0 merges the shards
@@ -25,10 +30,13 @@ between nodes.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,7 +59,8 @@ from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.io import atomic_path
 from dataonomy.manifest import fingerprint_json
 
-FORMAT = "dataonomy-features/1"
+# /2: row and metadata checksums (a /1 cache has none, so it is refused as made for other inputs).
+FORMAT = "dataonomy-features/2"
 STORAGE_DTYPES = ("float32", "float16")
 #: Row blocks for copying shards and reading caches: bounded memory for any N.
 _BLOCK_ROWS = 8192
@@ -248,6 +257,124 @@ def _mismatch(path: Path, stored: str | None, provenance: dict, what: str) -> st
     return f"{path}: {what} was made for other inputs (differs in: {', '.join(diff[:6]) or 'fingerprint'})"
 
 
+def _remedy(overwrite_option: str | None) -> str:
+    """What to do about a cache that cannot be used, in terms of the command the user ran."""
+    if overwrite_option:
+        return f"pass {overwrite_option} to extract the features again, or delete the file"
+    return "delete the file and rerun to extract the features again"
+
+
+# --- checksums ----------------------------------------------------------------------------------
+
+#: Per-image and per-class datasets covered by the ``meta_sha256`` attribute, in hashing order.
+_META = ("index", "paths", "labels", "targets", "defects", "classes", "class_names", "imagenet_indices")
+#: What h5py raises on a file whose structure is damaged (besides a failed open).
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
+
+
+class DamagedCacheError(DataonomyError):
+    """A feature cache (or interrupted extraction) that cannot be read or fails its checksums."""
+
+
+class _Damage(Exception):
+    """Internal: what is wrong with a file, turned into a :class:`DamagedCacheError` by the caller."""
+
+
+def _little(a: np.ndarray) -> np.ndarray:
+    # Hash the bytes as stored (little-endian) whatever the host's order; no copy on usual hosts.
+    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+
+
+def row_digests(positions: np.ndarray, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
+    """SHA-256 of each row as stored: its position in the file, its feature bytes, its logit bytes.
+
+    ``features``/``logits`` hold the rows at ``positions`` in the storage dtype; returns (B, 32) uint8.
+    The position is hashed too, so rows that trade places fail as well.
+    """
+    features = _little(features)
+    logits = None if logits is None else _little(logits)
+    out = np.empty((len(positions), 32), dtype=np.uint8)
+    for i, position in enumerate(positions):
+        h = hashlib.sha256(int(position).to_bytes(8, "little"))
+        h.update(features[i])
+        if logits is not None:
+            h.update(logits[i])
+        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return out
+
+
+def _meta_digest(f: h5py.File) -> str:
+    """SHA-256 over the per-image and per-class datasets, as read back from the file."""
+    h = hashlib.sha256()
+    for name in _META:
+        if name not in f:
+            continue
+        data = f[name][:]
+        h.update(f"{name}:{data.shape}\n".encode())
+        if data.dtype.kind == "O":  # variable-length strings: length-prefixed bytes
+            for value in data:
+                raw = value if isinstance(value, bytes) else str(value).encode()
+                h.update(len(raw).to_bytes(8, "little") + raw)
+        else:
+            h.update(_little(data).tobytes())
+    return h.hexdigest()
+
+
+def _check_header(f: h5py.File) -> None:
+    """The fingerprint matches the stored provenance and the metadata its checksum (raises _Damage)."""
+    try:
+        consistent = fingerprint(json.loads(f.attrs["provenance"])) == f.attrs["fingerprint"]
+    except (KeyError, ValueError, TypeError):
+        consistent = False
+    if not consistent:
+        raise _Damage("its provenance does not match its fingerprint")
+    if "meta_sha256" not in f.attrs or "row_sha256" not in f:
+        raise _Damage("it has no checksums")
+    if _meta_digest(f) != f.attrs["meta_sha256"]:
+        raise _Damage("its image list fails its checksum")
+
+
+def _check_rows(
+    start: int, features: np.ndarray, logits: np.ndarray | None, stored: np.ndarray, paths=None
+) -> None:
+    """Rows ``start``, ``start + 1``, ... against their stored checksums (raises _Damage naming the first bad one)."""
+    positions = np.arange(start, start + len(features), dtype=np.int64)
+    bad = np.flatnonzero((row_digests(positions, features, logits) != stored).any(axis=1))
+    if bad.size:
+        first = int(positions[bad[0]])
+        image = f", {paths[first]}" if paths is not None else ""
+        raise _Damage(f"{bad.size} row(s) fail their checksum, the first is row {first}{image}")
+
+
+def _check_done_rows(f: h5py.File) -> None:
+    """Every row flagged done in a (partial or shard) file against its checksum, block by block."""
+    done = f["done"][:]
+    has_logits = "logits" in f
+    for start in range(0, len(done), _BLOCK_ROWS):
+        stop = min(len(done), start + _BLOCK_ROWS)
+        rows = np.flatnonzero(done[start:stop])
+        if rows.size == 0:
+            continue
+        last = start + int(rows[-1]) + 1
+        features = f["features"][start:last]
+        logits = f["logits"][start:last] if has_logits else None
+        stored = f["row_sha256"][start:last]
+        # Only the done rows: the others hold nothing yet (they are extracted on this resume).
+        positions = start + rows
+        digests = row_digests(positions, features[rows], None if logits is None else logits[rows])
+        bad = np.flatnonzero((digests != stored[rows]).any(axis=1))
+        if bad.size:
+            raise _Damage(f"{bad.size} row(s) fail their checksum, the first is row {int(positions[bad[0]])}")
+
+
+def _self_consistent(stored: str | None, stored_provenance: str | None) -> bool:
+    """Whether a file's fingerprint is the hash of its own provenance (else an attribute is damaged)."""
+    try:
+        return stored is not None and fingerprint(json.loads(stored_provenance)) == stored
+    except (TypeError, ValueError):
+        return False
+
+
 # --- the cache file -----------------------------------------------------------------------------
 
 
@@ -309,6 +436,9 @@ def _create_cache_file(
         if num_logits:
             f.create_dataset("logits", (n, num_logits), dtype=dtype)
         f.create_dataset("done", (n,), dtype=bool, fillvalue=False)
+        # Contiguous and fixed in size like the rows it covers: writing a row's checksum changes no
+        # HDF5 structure, so a kill mid-batch cannot damage the file's metadata.
+        f.create_dataset("row_sha256", (n, 32), dtype=np.uint8)
         f.create_dataset("index", data=indices.astype(np.int64))
         f.create_dataset("paths", data=_strings(os.path.abspath(s.path) for s in samples))
         f.create_dataset("labels", data=_strings(s.label for s in samples))
@@ -322,43 +452,64 @@ def _create_cache_file(
             f.create_dataset(
                 "imagenet_indices", data=np.array([-1 if i is None else i for i in inet], dtype=np.int64)
             )
+        f.attrs["meta_sha256"] = _meta_digest(f)
 
 
 def _open_for_update(
-    path: Path, provenance: dict, shard: tuple[int, int], overwrite: bool
+    path: Path, provenance: dict, shard: tuple[int, int], overwrite: bool, overwrite_option: str | None = None
 ) -> h5py.File | None:
     """Open an existing partial file to resume it, or return None when there is none to resume.
 
-    A partial made for other inputs, for another shard layout, or unreadable is refused, or with
-    ``overwrite`` removed so that extraction starts over.
+    A partial made for other inputs or for another shard layout, unreadable, or whose done rows fail
+    their checksums is refused, or with ``overwrite`` removed so that extraction starts over.
     """
     if not path.exists():
         return None
+    remedy = (
+        f"pass {overwrite_option} to discard it and start again, or delete it"
+        if overwrite_option
+        else "delete it and rerun to start the extraction again"
+    )
     try:
         f = h5py.File(path, "r+")
     except OSError as exc:
         if overwrite:
             path.unlink()
             return None
-        raise DataonomyError(
-            f"{path}: cannot open this interrupted extraction ({exc}); another process may be writing it, "
-            "or it was damaged - remove it or pass --overwrite"
+        if isinstance(exc, BlockingIOError) or "unable to lock file" in str(exc):
+            # Runs of one process each wait on <out>.lock; this is a writer that did not (torchrun jobs).
+            raise DataonomyError(
+                f"{path}: another process is writing this interrupted extraction; wait for it to finish"
+            ) from None
+        raise DamagedCacheError(
+            f"{path}: this interrupted extraction is damaged (not a readable HDF5 file: {exc}); {remedy}"
         ) from None
     problem = None
-    if f.attrs.get("fingerprint") != fingerprint(provenance):
-        problem = _mismatch(path, f.attrs.get("provenance"), provenance, "this interrupted extraction")
-    elif (int(f.attrs.get("shard_rank", -1)), int(f.attrs.get("shard_world_size", -1))) != shard:
-        problem = (
-            f"{path}: this interrupted extraction is shard {f.attrs.get('shard_rank')} of "
-            f"{f.attrs.get('shard_world_size')}, this run needs shard {shard[0]} of {shard[1]}"
-        )
+    try:
+        if f.attrs.get("fingerprint") != fingerprint(provenance):
+            if _self_consistent(f.attrs.get("fingerprint"), f.attrs.get("provenance")):
+                problem = _mismatch(
+                    path, f.attrs.get("provenance"), provenance, "this interrupted extraction"
+                )
+            else:
+                raise _Damage("its provenance does not match its fingerprint")
+        elif (int(f.attrs.get("shard_rank", -1)), int(f.attrs.get("shard_world_size", -1))) != shard:
+            problem = (
+                f"{path}: this interrupted extraction is shard {f.attrs.get('shard_rank')} of "
+                f"{f.attrs.get('shard_world_size')}, this run needs shard {shard[0]} of {shard[1]}"
+            )
+        else:
+            _check_header(f)
+            _check_done_rows(f)
+    except (_Damage, *_READ_ERRORS) as exc:
+        problem = f"{path}: this interrupted extraction is damaged ({exc})"
     if problem is None:
         return f
     f.close()
     if overwrite:
         path.unlink()
         return None
-    raise DataonomyError(f"{problem}; pass --overwrite to discard it and start again")
+    raise DataonomyError(f"{problem}; {remedy}")
 
 
 def _write_rows(dset: h5py.Dataset, positions: np.ndarray, values: np.ndarray) -> None:
@@ -403,6 +554,7 @@ def fill_partial(
     overwrite: bool = False,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    overwrite_option: str | None = None,
 ) -> int:
     """Create or resume ``path`` (the rows of ``shard`` = (rank, world_size)) and extract what is not done.
 
@@ -412,7 +564,7 @@ def fill_partial(
     rank, world = shard
     indices = np.arange(rank, len(dataset), world, dtype=np.int64)
     description = provenance["backbone"]
-    f = _open_for_update(path, provenance, shard, overwrite)
+    f = _open_for_update(path, provenance, shard, overwrite, overwrite_option)
     if f is not None:
         with f:
             if f["done"][:].all():
@@ -446,9 +598,14 @@ def fill_partial(
         try:
             for batch in extract_features(backbone, dataset, batch_size, num_workers, indices=todo):
                 positions = (batch.indices - rank) // world
-                _write_rows(f["features"], positions, batch.features.astype(dtype, copy=False))
-                if batch.logits is not None:
-                    _write_rows(f["logits"], positions, batch.logits.astype(dtype, copy=False))
+                features = batch.features.astype(dtype, copy=False)
+                logits = None if batch.logits is None else batch.logits.astype(dtype, copy=False)
+                _write_rows(f["features"], positions, features)
+                if logits is not None:
+                    _write_rows(f["logits"], positions, logits)
+                # Checksums of the values as computed (not as read back), so damage on disk shows.
+                _write_rows(f["row_sha256"], positions, row_digests(positions, features, logits))
+                f.flush()
                 # Flags last: a row counts as done only once its values are in the file.
                 _write_rows(f["done"], positions, np.ones(len(positions), dtype=bool))
                 f.flush()
@@ -483,6 +640,29 @@ def _finalize(partial: Path, out: Path) -> None:
     os.replace(partial, out)
 
 
+def _checked_shard_rows(shard_path: Path, rank: int, expected: str, runs: list) -> Iterator[tuple]:
+    """A finished shard's rows, block by block, each checked against its checksums: (start, features,
+    logits). Its runs are appended to ``runs``. Read problems are reported as a damaged shard (only
+    reads happen here, so a failed write in the caller is not mistaken for one)."""
+    try:
+        with h5py.File(shard_path, "r") as src:
+            if src.attrs.get("fingerprint") != expected or not src["done"][:].all():
+                raise DataonomyError(f"{shard_path}: shard {rank} is incomplete or for other inputs")
+            _check_header(src)
+            runs += json.loads(src.attrs.get("runs", "[]"))
+            n = src["index"].shape[0]
+            for start in range(0, n, _BLOCK_ROWS):
+                stop = min(n, start + _BLOCK_ROWS)
+                features = src["features"][start:stop]
+                logits = src["logits"][start:stop] if "logits" in src else None
+                _check_rows(start, features, logits, src["row_sha256"][start:stop])
+                yield start, features, logits
+    except (_Damage, *_READ_ERRORS) as exc:
+        raise DamagedCacheError(
+            f"{shard_path}: shard {rank} is damaged ({exc}); delete it and rerun to extract it again"
+        ) from None
+
+
 def merge_shards(shard_paths: Sequence[Path], dataset, provenance: dict, partial: Path, out: Path) -> None:
     """Rank 0's step: copy every rank's rows (rank k holds images k, k + W, ...) into one cache at ``out``."""
     world = len(shard_paths)
@@ -499,17 +679,18 @@ def merge_shards(shard_paths: Sequence[Path], dataset, provenance: dict, partial
     runs = []
     with h5py.File(partial, "r+") as dst:
         for rank, shard_path in enumerate(shard_paths):
-            with h5py.File(shard_path, "r") as src:
-                if src.attrs.get("fingerprint") != dst.attrs["fingerprint"] or not src["done"][:].all():
-                    raise DataonomyError(f"{shard_path}: shard {rank} is incomplete or for other inputs")
-                runs += json.loads(src.attrs.get("runs", "[]"))
-                n = src["index"].shape[0]
-                for start in range(0, n, _BLOCK_ROWS):
-                    stop = min(n, start + _BLOCK_ROWS)
-                    rows = slice(rank + world * start, rank + world * (stop - 1) + 1, world)
-                    for name in ("features", "logits"):
-                        if name in src:
-                            dst[name][rows] = src[name][start:stop]
+            for start, features, logits in _checked_shard_rows(
+                shard_path, rank, dst.attrs["fingerprint"], runs
+            ):
+                positions = np.arange(
+                    rank + world * start, rank + world * (start + len(features) - 1) + 1, world
+                )
+                rows = slice(int(positions[0]), int(positions[-1]) + 1, world)
+                dst["features"][rows] = features
+                if logits is not None:
+                    dst["logits"][rows] = logits
+                # Re-hashed for their place in the merged file, from the values just checked.
+                dst["row_sha256"][rows] = row_digests(positions, features, logits)
         dst["done"][:] = True
         dst.attrs["runs"] = json.dumps(runs)
     _finalize(partial, out)
@@ -517,8 +698,11 @@ def merge_shards(shard_paths: Sequence[Path], dataset, provenance: dict, partial
         shard_path.unlink()
 
 
-def load_features(path: str | Path) -> FeatureSet:
-    """Read a complete feature cache; a missing, foreign or incomplete file is a one-line error."""
+def load_features(path: str | Path, overwrite_option: str | None = None) -> FeatureSet:
+    """Read a complete feature cache, checking every checksum; a missing, foreign or incomplete file is a
+    one-line error, and a damaged one (unreadable, truncated, failing a checksum) a one-line
+    :class:`DamagedCacheError` saying what to do (``overwrite_option``: the caller's option that
+    replaces the file; without it, the advice is to delete the file)."""
     path = Path(path)
     if not path.is_file():
         partial = path.with_name(path.name + ".partial")
@@ -526,30 +710,58 @@ def load_features(path: str | Path) -> FeatureSet:
             f" ({partial.name} exists: the extraction was interrupted; rerun it)" if partial.exists() else ""
         )
         raise DataonomyError(f"{path}: feature cache not found{hint}")
+    damaged = f"{path}: feature cache is damaged"
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise DataonomyError(f"{path}: not a readable HDF5 feature cache ({exc})") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise DataonomyError(f"{path}: not a dataonomy feature cache (format {f.attrs.get('format')!r})")
-        if "shard_rank" in f.attrs or not f["done"][:].all():
-            raise DataonomyError(f"{path}: incomplete feature cache (an interrupted extraction); rerun it")
-        inet = f["imagenet_indices"][:].tolist() if "imagenet_indices" in f else None
-        return FeatureSet(
-            path=path,
-            features=f["features"][:],
-            logits=f["logits"][:] if "logits" in f else None,
-            paths=f["paths"].asstr()[:].tolist(),
-            labels=f["labels"].asstr()[:].tolist(),
-            targets=f["targets"][:],
-            defects=f["defects"][:],
-            classes=f["classes"].asstr()[:].tolist(),
-            class_names=f["class_names"].asstr()[:].tolist(),
-            imagenet_indices=None if inet is None else [None if i < 0 else i for i in inet],
-            provenance=json.loads(f.attrs["provenance"]),
-            attrs={k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()},
-        )
+        raise DamagedCacheError(
+            f"{damaged} (not a readable HDF5 file: {exc}); {_remedy(overwrite_option)}"
+        ) from None
+    try:
+        with f:
+            return _read_complete(f, path, overwrite_option)
+    except _Damage as exc:
+        raise DamagedCacheError(f"{damaged} ({exc}); {_remedy(overwrite_option)}") from None
+    except _READ_ERRORS as exc:
+        raise DamagedCacheError(f"{damaged} (unreadable: {exc}); {_remedy(overwrite_option)}") from None
+
+
+def _read_complete(f: h5py.File, path: Path, overwrite_option: str | None) -> FeatureSet:
+    fmt = f.attrs.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("dataonomy-features/"):
+            raise DataonomyError(
+                f"{path}: feature cache in format {fmt!r}, this version reads {FORMAT!r}; "
+                f"{_remedy(overwrite_option)}"
+            )
+        raise DataonomyError(f"{path}: not a dataonomy feature cache (format {fmt!r})")
+    done = f["done"][:]
+    if "shard_rank" in f.attrs:  # partial and shard files carry it until they are finished
+        raise DataonomyError(f"{path}: incomplete feature cache (an interrupted extraction); rerun it")
+    if not done.all():  # a finished file had every row done when it was renamed into place
+        raise _Damage(f"{int((~done).sum())} row(s) are flagged not done")
+    _check_header(f)
+    features = f["features"][:]
+    logits = f["logits"][:] if "logits" in f else None
+    paths = f["paths"].asstr()[:].tolist()
+    if not (len(features) == len(paths) == len(done) and (logits is None or len(logits) == len(paths))):
+        raise _Damage("its datasets disagree on the number of images")
+    _check_rows(0, features, logits, f["row_sha256"][:], paths)
+    inet = f["imagenet_indices"][:].tolist() if "imagenet_indices" in f else None
+    return FeatureSet(
+        path=path,
+        features=features,
+        logits=logits,
+        paths=paths,
+        labels=f["labels"].asstr()[:].tolist(),
+        targets=f["targets"][:],
+        defects=f["defects"][:],
+        classes=f["classes"].asstr()[:].tolist(),
+        class_names=f["class_names"].asstr()[:].tolist(),
+        imagenet_indices=None if inet is None else [None if i < 0 else i for i in inet],
+        provenance=json.loads(f.attrs["provenance"]),
+        attrs={k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()},
+    )
 
 
 def stored_fingerprint(path: Path) -> tuple[str | None, str | None]:
@@ -648,6 +860,8 @@ def ensure_features(
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     dataset=None,
+    overwrite_option: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FeatureSet:
     """The features of a dataset in the cache ``out``: reused when complete, else extracted or resumed.
 
@@ -657,6 +871,12 @@ def ensure_features(
     Under torchrun each rank extracts its shard and rank 0 merges them; every rank returns the set.
     ``dataset``: the reader already opened from (``dataset_name``, ``root``, ``dataset_options``), so that a
     caller that checked its inputs first does not list a large pool twice.
+
+    A cache made for other inputs, or damaged (unreadable, truncated, failing a checksum), is refused
+    with advice for the caller's command: ``overwrite_option`` names its option that sets ``overwrite``
+    (``dataonomy features --overwrite``); without one the advice is to delete the file. While this
+    process creates the cache it holds ``<out>.lock``; another process waits there (saying so once
+    through ``log``, default stderr) and then reuses the finished cache.
     """
     if dtype not in STORAGE_DTYPES:
         raise DataonomyError(f"--dtype {dtype}: must be one of {', '.join(STORAGE_DTYPES)}")
@@ -683,15 +903,9 @@ def ensure_features(
             return get_backbone(backbone, weights, device=device, progress=progress)
 
     provenance = feature_provenance(dataset_name, root, dataset_options, dataset.samples, description, dtype)
-    if out.exists():
-        stored, stored_provenance = stored_fingerprint(out)
-        if stored == fingerprint(provenance):
-            return load_features(out)
-        if not overwrite:
-            raise DataonomyError(
-                _mismatch(out, stored_provenance, provenance, "the existing feature cache")
-                + "; pass --overwrite to replace it, or choose another --out"
-            )
+    reused = _reusable(out, provenance, overwrite, overwrite_option)
+    if reused is not None:
+        return reused
     out.parent.mkdir(parents=True, exist_ok=True)
     if num_workers is None:
         num_workers = default_num_workers(backbone.device if isinstance(backbone, Backbone) else device)
@@ -703,13 +917,30 @@ def ensure_features(
 
         def fill() -> int:
             return fill_partial(
-                own, dataset, build, provenance, shard, batch_size, num_workers, overwrite, progress, on_batch
+                own,
+                dataset,
+                build,
+                provenance,
+                shard,
+                batch_size,
+                num_workers,
+                overwrite,
+                progress,
+                on_batch,
+                overwrite_option,
             )
 
         if ranks.world == 1:
-            extracted = fill()
-            _finalize(partial, out)
+            with _exclusive(out, log or _to_stderr):
+                # Another run may have finished (or replaced) the cache while this one waited.
+                reused = _reusable(out, provenance, overwrite, overwrite_option)
+                if reused is not None:
+                    return reused
+                extracted = fill()
+                _finalize(partial, out)
         else:
+            # Ranks of one job write separate shard files and meet in all_reduce, so no file lock here
+            # (ranks waiting on each other's lock would deadlock); one job per cache at a time.
             extracted = _run_everywhere(
                 ranks, fill, False, "another rank failed; this rank's finished rows are kept for a rerun"
             )
@@ -722,6 +953,96 @@ def ensure_features(
             )
     finally:
         ranks.close()
-    features = load_features(out)
+    features = load_features(out, overwrite_option)
     features.extracted = extracted
     return features
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _reusable(
+    out: Path, provenance: dict, overwrite: bool, overwrite_option: str | None
+) -> FeatureSet | None:
+    """The complete cache at ``out`` if it was made for these inputs and passes its checksums; None when
+    there is none, or when ``overwrite`` says to replace it. Otherwise a one-line error: made for other
+    inputs, or damaged."""
+    if not out.exists():
+        return None
+    expected = fingerprint(provenance)
+    stored, stored_provenance = stored_fingerprint(out)
+    try:
+        if stored != expected and _self_consistent(stored, stored_provenance):
+            advice = (
+                f"pass {overwrite_option} to replace it, or choose another --out"
+                if overwrite_option
+                else "delete it and rerun to extract the features again"
+            )
+            raise DataonomyError(
+                _mismatch(out, stored_provenance, provenance, "the existing feature cache") + f"; {advice}"
+            )
+        # Same inputs, or attributes that cannot be read or disagree with each other: a full read
+        # says which (damaged, not a cache, incomplete) or, if all is well, returns the set.
+        features = load_features(out, overwrite_option)
+        if features.attrs.get("fingerprint") != expected:
+            raise DataonomyError(_mismatch(out, stored_provenance, provenance, "the existing feature cache"))
+        return features
+    except DataonomyError:
+        if overwrite:
+            return None
+        raise
+
+
+@contextmanager
+def _exclusive(out: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<out>.lock`` while this process creates ``out``.
+
+    A second run on the same cache waits here (saying so once) instead of failing on the HDF5 file
+    the first one is writing. The lock file is removed on release; a waiter that then holds a lock on
+    the removed file tries again on a fresh one, so two runs never both hold it.
+    """
+    lock = out.with_name(out.name + ".lock")
+    said = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise DataonomyError(
+                f"{lock}: cannot create the lock file beside the cache ({exc.strerror})"
+            ) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    log(f"waiting for {out} (another run is writing it)")
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                # A file system without locks: go on unlocked, as before locking existed.
+                yield
+                return
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            mine, now = os.fstat(fd), os.stat(lock)
+            held = (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+        except FileNotFoundError:
+            held = False
+        if held:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        # Removed while still held (see above), so no lock file is left beside the cache.
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -19,11 +19,12 @@ from dataonomy import __version__
 from dataonomy.affinity import AffinityInputs, class_affinity, get_affinity, per_image_scores
 from dataonomy.ahp import ahp_normalize
 from dataonomy.backbones import resolve_backbone
-from dataonomy.bip import SelectionProblem, SelectionResult, solve_selection
+from dataonomy.bip import SelectionProblem, SelectionResult, precheck_selection, solve_selection
+from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.features import FeatureSet, ensure_features, feature_cache_path
-from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, write_manifest
+from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
 from dataonomy.taxonomy import export_graph, graph_from_manifest
 from dataonomy.wordnet import imagenet_classes, imagenet_index, load_wordnet
 
@@ -129,7 +130,10 @@ def diversity_groups(wnids: list[str], depth: int) -> dict[str, list[int]]:
     for i, w in enumerate(wnids):
         if w not in wn:
             continue
-        for node in wn.ancestors_at_depth(w, depth):
+        # Sorted: a set's order changes with PYTHONHASHSEED, and the groups' order reaches the solver's rows
+        # and the greedy violations, so an unsorted walk gave other bytes (or, with ties, another
+        # selection) in another process.
+        for node in sorted(wn.ancestors_at_depth(w, depth)):
             # Keyed by "wnid (name)" so solver messages say which group is over its cap.
             groups.setdefault(f"{node} ({wn.name(node)})", []).append(i)
     return groups
@@ -158,6 +162,138 @@ def read_class_list(path: Path, known: list[str], option: str) -> list[int]:
             raise DataonomyError(f"{option} {path}:{lineno}: '{wnid}' is not a class of the source pool")
         out.append(index[wnid])
     return out
+
+
+def _class_lists(cfg: SelectConfig, classes: list[str], names: list[str]) -> tuple[list[int], list[int]]:
+    """--include / --exclude as source indices; a class in both is an error naming its wnid and files."""
+    found = {}
+    for option, files in (("--include", cfg.include), ("--exclude", cfg.exclude)):
+        found[option] = {}
+        for f in files:
+            for i in read_class_list(f, classes, option):
+                found[option].setdefault(i, f)
+    both = sorted(set(found["--include"]) & set(found["--exclude"]))
+    if both:
+        i = both[0]
+        raise DataonomyError(
+            f"--include {found['--include'][i]} and --exclude {found['--exclude'][i]} both list {classes[i]}"
+            f" ({names[i]})" + (f" and {len(both) - 1} more classes" if len(both) > 1 else "")
+        )
+    return sorted(found["--include"]), sorted(found["--exclude"])
+
+
+def check_options(cfg: SelectConfig) -> None:
+    """Every check that needs no dataset: a bad option fails here, before any listing or extraction."""
+    if cfg.k < 1:
+        raise DataonomyError(f"--k {cfg.k}: must be at least 1")
+    if cfg.coverage < 0:
+        raise DataonomyError(f"--coverage {cfg.coverage}: must be >= 0 (0 turns coverage off)")
+    if cfg.coverage > cfg.k:
+        raise DataonomyError(
+            f"--coverage {cfg.coverage} cannot be met: each target can be served by at most --k {cfg.k} sources;"
+            f" largest feasible coverage is at most {cfg.k}"
+        )
+    if cfg.coverage_floor is not None and not np.isfinite(cfg.coverage_floor):
+        raise DataonomyError(f"--coverage-floor {cfg.coverage_floor}: must be a finite number")
+    if cfg.image_budget is not None and cfg.image_budget < 0:
+        raise DataonomyError(f"--image-budget {cfg.image_budget}: must be >= 0")
+    if cfg.time_limit is None or not cfg.time_limit > 0:
+        raise DataonomyError(f"--time-limit {cfg.time_limit}: must be more than 0 seconds")
+    if (cfg.diversity_depth is None) != (cfg.diversity_max is None):
+        raise DataonomyError("--diversity-depth and --diversity-max must be given together")
+    if cfg.diversity_depth is not None:
+        deepest = load_wordnet().max_depth
+        # Out of range the groups would be empty and the cap silently off while the manifest records it.
+        if not 0 <= cfg.diversity_depth <= deepest:
+            raise DataonomyError(
+                f"--diversity-depth {cfg.diversity_depth}: must be between 0 (the WordNet root) and {deepest}"
+                " (the deepest WordNet node)"
+            )
+        if cfg.diversity_max < 0:
+            raise DataonomyError(f"--diversity-max {cfg.diversity_max}: must be >= 0")
+    get_affinity(cfg.affinity)  # an unknown measure fails before any work
+    for option, name in (("--target", cfg.target), ("--source", cfg.source)):
+        if name not in list_datasets():
+            raise DataonomyError(
+                f"{option} '{name}': unknown dataset reader (known: {', '.join(list_datasets())})"
+            )
+    for option, files in (("--include", cfg.include), ("--exclude", cfg.exclude)):
+        for f in files:
+            read_wnids(f, option)  # unreadable files fail now
+    check_outputs(Path(cfg.out))
+
+
+def check_outputs(out: Path) -> tuple[Path, Path]:
+    """The manifest path and its GraphML beside it; a folder in the way is an error, before any work."""
+    graph = out.with_suffix(".graphml")
+    if graph == out:
+        raise DataonomyError(
+            f"--out {out}: the manifest is JSON; its GraphML goes beside it (give e.g. {out.with_suffix('.json')})"
+        )
+    for path in (out, graph):
+        if path.is_dir():
+            raise DataonomyError(
+                f"--out {out}: {path} is a folder; give a file name (e.g. {path / 'selection.json'})"
+            )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataonomyError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    return out, graph
+
+
+def _open_reader(option: str, name: str, root, opts: dict):
+    """open_dataset, with reader-option errors naming the option `select` takes (--target-classes, ...)."""
+    try:
+        return open_dataset(name, root, **opts)
+    except DataonomyError as exc:
+        text = str(exc)
+        if option == "--target" and " is not an option of the " in text:
+            for key in ("classes", "split", "images-per-class"):
+                text = text.replace(f"--{key} is not", f"--target-{key} is not", 1)
+            raise DataonomyError(text) from None
+        raise
+
+
+def _pool_precheck(
+    cfg: SelectConfig, classes: list[str], names: list[str], counts
+) -> tuple[list[int], list[int], dict]:
+    """What the pool's class list decides, checked before any feature is extracted.
+
+    --include/--exclude files, k against the pool, the diversity groups, the image budget: the same
+    closed-form checks the solver runs later, without affinities (coverage is checked once they exist).
+    Returns (include, exclude, groups).
+    """
+    include, exclude = _class_lists(cfg, classes, names)
+    groups = {}
+    if cfg.diversity_depth is not None:
+        groups = diversity_groups(classes, cfg.diversity_depth)
+        if not groups:
+            wn = load_wordnet()
+            depths = [wn.depth(w) for w in classes if w in wn]
+            where = (
+                f"its classes lie at WordNet depths {min(depths)}..{max(depths)}"
+                if depths
+                else "none of its classes is in WordNet"
+            )
+            raise DataonomyError(
+                f"--diversity-depth {cfg.diversity_depth}: no source class of the pool has a WordNet node at that depth"
+                f" ({where}), so --diversity-max would constrain nothing"
+            )
+    problem = SelectionProblem(
+        affinity=np.ones((1, len(classes))),
+        k=cfg.k,
+        groups=groups,
+        max_per_group=cfg.diversity_max,
+        image_counts=counts,
+        image_budget=cfg.image_budget,
+        include=include,
+        exclude=exclude,
+        source_names=[f"{w} ({n})" for w, n in zip(classes, names, strict=True)],
+    )
+    precheck_selection(problem, time_limit=cfg.time_limit, threads=1)
+    return include, exclude, groups
 
 
 def _dataset_options(cfg: SelectConfig) -> tuple[dict, dict]:
@@ -239,8 +375,9 @@ def classifier_pool(source_classes: list[str] | None = None) -> SourcePool:
     )
 
 
-def image_pool(sf: FeatureSet) -> SourcePool:
-    """A pool read from source images: its classes, their logit columns and their image counts on disk."""
+def image_pool(sf: FeatureSet, counts: np.ndarray | None = None) -> SourcePool:
+    """A pool read from source images: its classes, their logit columns and their image counts on disk
+    (``counts``: already counted from the reader; else from the cache's paths)."""
     logit_index = None
     if sf.imagenet_indices is not None and all(i is not None for i in sf.imagenet_indices):
         logit_index = np.array(sf.imagenet_indices, dtype=np.int64)
@@ -249,7 +386,7 @@ def image_pool(sf: FeatureSet) -> SourcePool:
         classes=list(sf.classes),
         names=list(sf.class_names),
         logit_index=logit_index,
-        image_counts=_full_class_counts_from_paths(sf),
+        image_counts=_full_class_counts_from_paths(sf) if counts is None else counts,
         features=sf,
     )
 
@@ -273,11 +410,7 @@ def _check_classifier_pool(cfg: SelectConfig) -> None:
 
 def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     """Run the whole selection; write the manifest (and its GraphML) atomically; return what was found."""
-    if cfg.k < 1:
-        raise DataonomyError(f"--k {cfg.k}: must be at least 1")
-    if (cfg.diversity_depth is None) != (cfg.diversity_max is None):
-        raise DataonomyError("--diversity-depth and --diversity-max must be given together")
-    get_affinity(cfg.affinity)  # an unknown measure fails before any work
+    check_options(cfg)
     backbone, why = resolve_backbone(cfg.backbone, cfg.weights)
     if why:
         log(f"[backbone] {why}")
@@ -290,7 +423,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
 
     # Both listings first, so that a bad --source-root or --source-classes fails now, not after the target's
     # features; the readers then go to feature extraction, which would otherwise list them again.
-    readers = {"target": open_dataset(cfg.target, cfg.target_root, **target_opts)}
+    readers = {"target": _open_reader("--target", cfg.target, cfg.target_root, target_opts)}
     roles = [("target", cfg.target, cfg.target_root, target_opts, cfg.target_features)]
     if from_classifier:
         pool = classifier_pool(cfg.source_classes)
@@ -299,11 +432,29 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         )
     else:
         try:
-            readers["source"] = open_dataset(cfg.source, cfg.source_root, **source_opts)
+            readers["source"] = _open_reader("--source", cfg.source, cfg.source_root, source_opts)
         except DataonomyError as exc:
             where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
             raise DataonomyError(f"{where}: {exc}") from None
         roles.append(("source", cfg.source, cfg.source_root, source_opts, cfg.source_features))
+    # Every option the pool's class list decides (--include/--exclude, k, diversity, budget) is checked
+    # now: extraction can take hours, a bad option must not wait for it.
+    if from_classifier:
+        pool_classes, pool_names, pool_counts = pool.classes, pool.names, None
+    else:
+        reader = readers["source"]
+        pool_classes, pool_names = list(reader.classes), list(getattr(reader, "class_names", reader.classes))
+        pool_counts = _class_counts(reader.samples, len(pool_classes))
+        inet = getattr(reader, "imagenet_indices", None)
+        outside = [
+            w for w, i in zip(pool_classes, inet or [None] * len(pool_classes), strict=True) if i is None
+        ]
+        if cfg.affinity == "softmax" and outside:
+            raise DataonomyError(
+                f"--affinity softmax needs a source pool of ImageNet-1k classes; this pool has {len(outside)} classes"
+                f" outside ImageNet-1k ('{outside[0]}', ...): use --affinity prototype, gaussian or frechet"
+            )
+    include, exclude, groups = _pool_precheck(cfg, pool_classes, pool_names, pool_counts)
 
     # 1. Features (cached in HDF5; extracted only where missing; `dataonomy features` writes the same caches).
     feats: dict[str, FeatureSet] = {}
@@ -325,8 +476,12 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         log(f"[features] {role}: {len(feats[role])} images, {feats[role].extracted} extracted now")
     tf = feats["target"]
     if not from_classifier:
-        pool = image_pool(feats["source"])
+        pool = image_pool(feats["source"], pool_counts)
     source_classes, source_names = pool.classes, pool.names
+    if source_classes != pool_classes:  # a --source-features cache of another pool
+        raise DataonomyError(
+            f"--source-features {cfg.source_features}: its classes differ from the pool at --source-root {cfg.source_root}"
+        )
     target_classes, target_labels = _target_groups(list(tf.labels))
     if cfg.affinity == "softmax" and pool.logit_index is None:
         raise DataonomyError(
@@ -363,7 +518,6 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
 
     # 4. The integer programme.
     counts = pool.image_counts
-    groups = diversity_groups(source_classes, cfg.diversity_depth) if cfg.diversity_depth is not None else {}
     problem = SelectionProblem(
         affinity=P,
         k=cfg.k,
@@ -373,8 +527,8 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         max_per_group=cfg.diversity_max,
         image_counts=counts,
         image_budget=cfg.image_budget,
-        include=[i for f in cfg.include for i in read_class_list(f, source_classes, "--include")],
-        exclude=[i for f in cfg.exclude for i in read_class_list(f, source_classes, "--exclude")],
+        include=include,
+        exclude=exclude,
         target_names=target_classes,
         source_names=source_names,
     )
@@ -385,17 +539,32 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
 
     # 5. Manifest and taxonomy graph.
     manifest = build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, problem, result)
-    out = Path(cfg.out)
-    graph_path = out.with_suffix(".graphml")
+    out, graph_path = check_outputs(Path(cfg.out))
     graph = graph_from_manifest(manifest)
+    validate_manifest(manifest, str(out))
     export_graph(graph, "graphml", graph_path)
-    write_manifest(out, manifest)  # last: a manifest on disk means everything it names is there
+    try:
+        write_manifest(out, manifest)  # last: a manifest on disk means everything it names is there
+    except BaseException:
+        graph_path.unlink(missing_ok=True)  # no GraphML without its manifest
+        raise
     report = {
         "solve_time_s": result.solve_time,
         "wall_time_s": time.perf_counter() - t0,
         "extracted": {"target": tf.extracted, "source": 0 if sf is None else sf.extracted},
     }
     return SelectionRun(manifest, result, source_classes, target_classes, P, raw, cr, report, out, graph_path)
+
+
+def _class_counts(samples, num_classes: int) -> np.ndarray:
+    """Images per source class on disk (not just the sample), from a reader's samples: each class's folder."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    seen: dict[int, Path] = {}
+    for sample in samples:
+        seen.setdefault(int(sample.target), Path(sample.path).parent)
+    for t, folder in sorted(seen.items()):
+        counts[t] = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
+    return counts
 
 
 def _full_class_counts_from_paths(sf: FeatureSet) -> np.ndarray:

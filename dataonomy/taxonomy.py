@@ -5,6 +5,12 @@ Pure graph building (:func:`build_taxonomy_graph`) is separate from export and d
 takes plain lists and arrays, so it can be used without a manifest. :func:`taxonomy_tree` (the nested
 tree the HTML view shows) and :func:`collapse_taxonomy` / :func:`auto_depth` (the grouped PNG of a
 large selection) are pure functions of the graph as well.
+
+WordNet is a DAG: the graph holds every ancestor of every selected class and every is-a edge among
+them (cardigan is clothing through "covering" and through "consumer goods"). A node's ``depth`` is its
+*shortest* is-a distance from the WordNet root (entity = 0), the depth ``--diversity-depth`` uses; an
+is-a edge can therefore join two nodes of the same depth or go from a deeper parent to a shallower
+child. Views that need a tree (the HTML page, the collapsed PNG) say how they make one.
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ def build_taxonomy_graph(
         affinity: (T, k) normalised affinity of each target class to each selected source.
         min_affinity: drop target->source edges below this weight (keeps pictures readable).
 
-    Nodes carry ``kind`` (``target`` | ``source`` | ``wordnet``), ``label`` and, for WordNet
-    nodes, ``depth``; ``is_a`` edges run parent -> child along one shortest path to the root per
-    source class, ``affinity`` edges run target -> source with ``weight``.
+    Nodes carry ``kind`` (``target`` | ``source`` | ``wordnet``), ``label`` and ``depth`` (the shortest
+    is-a distance from the WordNet root; -1 for targets and classes outside WordNet); ``is_a`` edges
+    run parent -> child: every WordNet edge among the source classes and all their ancestors (a DAG,
+    every is-a path to the root); ``affinity`` edges run target -> source with ``weight``. Nodes and
+    edges are added in a fixed order (sources as given, then ancestors by depth and wnid), so the
+    exported files are the same bytes in every process.
     """
     affinity = np.asarray(affinity, dtype=float)
     if affinity.shape != (len(target_classes), len(source_wnids)):
@@ -54,15 +63,19 @@ def build_taxonomy_graph(
         )
     wordnet = wordnet or load_wordnet()
     g = nx.DiGraph()
+    g.graph["depth"] = "shortest is-a path from the WordNet root (entity = 0)"
+    above: set[str] = set()
     for wnid, name in zip(source_wnids, source_names, strict=True):
         depth = wordnet.depth(wnid) if wnid in wordnet else -1
         g.add_node(wnid, kind="source", label=name, depth=depth)
-        if wnid not in wordnet:
-            continue
-        chain = wordnet.path_to_root(wnid)
-        for child, parent in zip(chain, chain[1:], strict=False):
-            if parent not in g:
-                g.add_node(parent, kind="wordnet", label=wordnet.name(parent), depth=wordnet.depth(parent))
+        if wnid in wordnet:
+            above |= wordnet.ancestors(wnid)
+    # Sorted: nx.ancestors is a set, whose order changes with PYTHONHASHSEED.
+    for v in sorted(above - set(g), key=lambda v: (wordnet.depth(v), v)):
+        g.add_node(v, kind="wordnet", label=wordnet.name(v), depth=wordnet.depth(v))
+    in_wordnet = [v for v in g if v in wordnet]
+    for child in in_wordnet:
+        for parent in wordnet.parents(child):  # sorted; every parent of a node in g is in g
             g.add_edge(parent, child, kind="is_a", weight=1.0)
     for t, name in enumerate(target_classes):
         node = f"target:{name}"
@@ -74,10 +87,26 @@ def build_taxonomy_graph(
     return g
 
 
-def graph_from_manifest(manifest: dict, wordnet: WordNet | None = None) -> nx.DiGraph:
-    """The taxonomy graph of a manifest (selected classes and their per-target affinities)."""
+def _is_wnid(name: str) -> bool:
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
+def graph_from_manifest(
+    manifest: dict, wordnet: WordNet | None = None, where: str = "manifest"
+) -> nx.DiGraph:
+    """The taxonomy graph of a manifest (selected classes and their per-target affinities).
+
+    A wnid that is not in ImageNet's WordNet is an error (a typo or a damaged file would otherwise be
+    drawn as a class outside WordNet); class names that are not wnids (a folder pool) are kept as such.
+    """
+    wordnet = wordnet or load_wordnet()
     targets = list(manifest["target"]["classes"])
     selected = manifest["selected"]
+    for i, e in enumerate(selected):
+        if _is_wnid(e["wnid"]) and e["wnid"] not in wordnet:
+            raise DataonomyError(
+                f"{where}: selected[{i}].wnid '{e['wnid']}' ({e['name']}) is not in ImageNet's WordNet hierarchy"
+            )
     affinity = np.array([[entry["affinity"].get(t, 0.0) for entry in selected] for t in targets])
     g = build_taxonomy_graph(
         targets, [e["wnid"] for e in selected], [e["name"] for e in selected], affinity, wordnet
@@ -114,19 +143,27 @@ def summarize_graph(g: nx.DiGraph, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def is_a_tree(g: nx.DiGraph) -> dict[str, str | None]:
-    """The parent of every WordNet node and selected class along the ``is_a`` edges: a tree.
+def is_a_parents(g: nx.DiGraph, v: str) -> list[str]:
+    """The is-a parents of ``v`` in ``g``, sorted."""
+    return sorted(u for u, _, d in g.in_edges(v, data=True) if d.get("kind") == "is_a")
 
-    The graph holds one shortest chain to the root per selected class; where two chains reach a node
-    through different parents (WordNet is a DAG; this does not happen among the ImageNet-1k classes),
-    the parent with the smallest wnid is kept, and WordNet nodes then left without a selected class
-    beneath are dropped. Tops (the WordNet root, classes outside WordNet) map to None.
+
+def is_a_tree(g: nx.DiGraph) -> dict[str, str | None]:
+    """One parent per WordNet node and selected class: a spanning tree of the is-a DAG.
+
+    Used where a view needs one place per class (the collapsed PNG's boxes, the layout). The parent is
+    one on a shortest path from the root (``depth`` one less; the smallest wnid among those), so a node
+    sits in the tree at its own depth; WordNet nodes then left without a selected class beneath are
+    dropped. Tops (the WordNet root, classes outside WordNet) map to None. The graph itself keeps every
+    parent (:func:`build_taxonomy_graph`).
     """
     parent: dict[str, str | None] = {}
-    for v, kind in g.nodes(data="kind"):
-        if kind != "target":
-            preds = sorted(u for u, _, d in g.in_edges(v, data=True) if d.get("kind") == "is_a")
-            parent[v] = preds[0] if preds else None
+    for v, data in g.nodes(data=True):
+        if data.get("kind") != "target":
+            preds = is_a_parents(g, v)
+            depth = data.get("depth", -1)
+            shortest = [u for u in preds if g.nodes[u].get("depth", -2) == depth - 1]
+            parent[v] = (shortest or preds or [None])[0]
     keep: set[str] = set()
     for v, kind in g.nodes(data="kind"):
         node = v if kind == "source" else None
@@ -136,14 +173,6 @@ def is_a_tree(g: nx.DiGraph) -> dict[str, str | None]:
     return {v: p for v, p in parent.items() if v in keep}
 
 
-def _children(parent: dict[str, str | None]) -> dict[str, list[str]]:
-    children: dict[str, list[str]] = {v: [] for v in parent}
-    for v, p in parent.items():
-        if p is not None:
-            children[p].append(v)
-    return children
-
-
 def _tree_order(node: dict) -> tuple:
     return (-node["affinity_sum"], node["name"], node["wnid"] or "")
 
@@ -151,14 +180,20 @@ def _tree_order(node: dict) -> tuple:
 def taxonomy_tree(g: nx.DiGraph) -> dict:
     """The selection as one nested tree: WordNet nodes over the selected classes, with counts and sums.
 
+    WordNet is a DAG and a tree has one parent per node: a node with several is-a parents appears
+    under each of them, with its whole subtree (cardigan under "covering" and under "consumer goods"),
+    and lists them in ``parents`` (their names). So a class can be a leaf more than once; counts and
+    sums never count it twice: ``classes`` is the number of distinct selected classes at or below a node
+    and ``affinity`` sums over those distinct classes.
+
     Every node is a dict: ``wnid``, ``name``, ``kind`` (``wordnet``; ``source`` for a selected class;
-    ``root`` for a top node added when the classes share no WordNet root), ``depth`` (WordNet depth,
-    -1 outside WordNet), ``classes`` (selected classes at or below it), ``affinity`` (target class ->
-    affinity, summed over those classes) and ``affinity_sum`` (summed over the targets as well).
-    Internal nodes have ``children``, strongest ``affinity_sum`` first. A selected class that is also
-    an ancestor of other selected classes becomes an internal node (``selected``: true) whose first
-    child is the class itself, so the leaves are exactly the selected classes. The top node also
-    lists ``targets``, the target class names in the graph's order.
+    ``root`` for a top node added when the classes share no WordNet root), ``depth`` (shortest is-a
+    distance from the WordNet root, -1 outside WordNet), ``classes``, ``affinity`` (target class ->
+    affinity) and ``affinity_sum`` (summed over the targets as well). Internal nodes have ``children``,
+    strongest ``affinity_sum`` first. A selected class that is also an ancestor of other selected
+    classes becomes an internal node (``selected``: true) whose first child is the class itself, so
+    the leaves are exactly the selected classes. The top node also lists ``targets``, the target class
+    names in the graph's order.
     """
     targets = [(v, d["label"]) for v, d in g.nodes(data=True) if d.get("kind") == "target"]
     names = [label for _, label in targets]
@@ -167,20 +202,29 @@ def taxonomy_tree(g: nx.DiGraph) -> dict:
         for _, s, d in g.out_edges(node, data=True):
             if d.get("kind") == "affinity" and s in aff:
                 aff[s][label] += float(d["weight"])
-    parent = is_a_tree(g)
-    children = _children(parent)
+    is_a = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d.get("kind") == "is_a")
+    is_a.add_nodes_from(v for v, kind in g.nodes(data="kind") if kind != "target")
+    # The distinct selected classes at or below each node (a class reached by two paths counts once).
+    under: dict[str, frozenset] = {}
+    for v in reversed(list(nx.topological_sort(is_a))):
+        below = {v} if v in aff else set()
+        for c in is_a.successors(v):
+            below |= under[c]
+        under[v] = frozenset(below)
 
-    def internal(base: dict, kids: list[dict]) -> dict:
-        total = {t: sum(k["affinity"][t] for k in kids) for t in names}
-        return {
-            **base,
-            "classes": sum(k["classes"] for k in kids),
-            "affinity": total,
-            "affinity_sum": sum(total.values()),
-            "children": kids,
-        }
+    def sums(classes) -> dict:
+        return {t: sum(aff[s][t] for s in sorted(classes)) for t in names}
+
+    def internal(base: dict, kids: list[dict], classes) -> dict:
+        total = sums(classes)
+        return {**base, "classes": len(classes), "affinity": total, "affinity_sum": sum(total.values()),
+                "children": kids}  # fmt: skip
+
+    memo: dict[str, dict] = {}
 
     def build(v: str) -> dict:
+        if v in memo:  # a node with several parents: the same subtree under each
+            return memo[v]
         data = g.nodes[v]
         base = {
             "wnid": v,
@@ -188,20 +232,31 @@ def taxonomy_tree(g: nx.DiGraph) -> dict:
             "kind": data["kind"],
             "depth": int(data.get("depth", -1)),
         }
-        kids = sorted((build(c) for c in children[v]), key=_tree_order)
+        parents = sorted(is_a.predecessors(v))
+        if len(parents) > 1:
+            base["parents"] = [g.nodes[p].get("label", p) for p in parents]
+        kids = sorted((build(c) for c in sorted(is_a.successors(v)) if under[c]), key=_tree_order)
         if data["kind"] != "source":
-            return internal(base, kids)
-        leaf = {**base, "classes": 1, "affinity": dict(aff[v]), "affinity_sum": sum(aff[v].values())}
-        if not kids:
-            return leaf
-        return internal({**base, "kind": "wordnet", "selected": True}, [leaf, *kids])
+            node = internal(base, kids, under[v])
+        else:
+            leaf = {**base, "classes": 1, "affinity": dict(aff[v]), "affinity_sum": sum(aff[v].values())}
+            node = (
+                leaf
+                if not kids
+                else internal({**base, "kind": "wordnet", "selected": True}, [leaf, *kids], under[v])
+            )
+        memo[v] = node
+        return node
 
-    tops = sorted(v for v, p in parent.items() if p is None)
+    tops = sorted(v for v in is_a if is_a.in_degree(v) == 0 and under[v])
     if len(tops) == 1:
         tree = build(tops[0])
     else:
         base = {"wnid": None, "name": "selected classes", "kind": "root", "depth": -1}
-        tree = internal(base, sorted((build(v) for v in tops), key=_tree_order))
+        tree = internal(
+            base, sorted((build(v) for v in tops), key=_tree_order), set().union(*(under[v] for v in tops))
+        )
+    tree = dict(tree)  # the top node gets its own key below; memoised subtrees stay as they are
     tree["targets"] = names
     return tree
 
@@ -224,7 +279,10 @@ def collapse_taxonomy(g: nx.DiGraph, depth: int) -> nx.DiGraph:
     Each node at ``depth`` with two or more selected classes at or below it becomes a ``group`` node
     (``classes``: how many; its affinity edges carry the sum of theirs, per target); the WordNet
     nodes and classes beneath it are removed. A branch with a single class keeps the class itself,
-    and classes above ``depth`` stay as they are. Pure: ``g`` is not modified.
+    and classes above ``depth`` stay as they are. Boxes follow :func:`is_a_tree` (each class in one box,
+    under its ancestor at ``depth`` on a shortest path); every WordNet ancestor of what is kept stays,
+    with every is-a edge among the kept nodes, so a box with a second parent (clothing under consumer
+    goods as well as covering) shows it. Pure: ``g`` is not modified.
     """
     if depth < 1:
         raise DataonomyError(f"--depth must be >= 1 (got {depth})")
@@ -246,9 +304,21 @@ def collapse_taxonomy(g: nx.DiGraph, depth: int) -> nx.DiGraph:
         h.add_node(v, **data)
         if v in groups:
             h.nodes[v].update(kind="group", classes=len(groups[v]))
+    # Every WordNet ancestor of what is kept, in g's order (a set's order varies between processes).
+    is_a = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d.get("kind") == "is_a")
+    above = set()
+    for v in h:
+        if v in is_a:
+            above |= nx.ancestors(is_a, v)
+    h.add_nodes_from(
+        (v, data) for v, data in g.nodes(data=True) if v in above and v not in folded and v not in h
+    )
     for v, p in parent.items():
         if p is not None and v in h and p in h:
             h.add_edge(p, v, kind="is_a", weight=1.0)
+    for u, v, data in g.edges(data=True):  # the DAG's other parents of what is kept
+        if data.get("kind") == "is_a" and u in h and v in h and not h.has_edge(u, v):
+            h.add_edge(u, v, kind="is_a", weight=1.0)
     for t, s, data in g.edges(data=True):
         if data.get("kind") == "affinity":
             v = where.get(s, s)
@@ -295,16 +365,33 @@ def _tree_positions(g: nx.DiGraph) -> dict:
     x = {v: float(i) for i, v in enumerate(order)}
     for v in reversed(list(nx.topological_sort(is_a))):
         if v not in x:
-            xs = [x[c] for c in is_a.successors(v) if c in x]
-            x[v] = float(np.mean(xs)) if xs else 0.0
-    depths = [d for v, d in g.nodes(data="depth") if kinds[v] == "wordnet"]
-    top = min(depths, default=0)
-    bottom = max(depths, default=0) + 1
+            kids = [c for c in is_a.successors(v) if c in x]
+            x[v] = float(np.mean([x[c] for c in kids])) if kids else 0.0
+            if len(kids) == 1 and is_a.in_degree(kids[0]) > 1:
+                # One of several parents of one child (a DAG): side by side above it, not on one line.
+                others = sorted(is_a.predecessors(kids[0]))
+                x[v] += 0.6 * (others.index(v) - (len(others) - 1) / 2)
+    # Rows by WordNet depth (shortest path), pushed down where a parent is as deep or deeper (a second,
+    # longer is-a path): every is-a edge then points down the picture.
+    row: dict[str, int] = {}
+    for v in nx.topological_sort(is_a):
+        parents = [row[p] + 1 for p in is_a.predecessors(v)]
+        row[v] = max([int(g.nodes[v].get("depth", 0))] + parents)
+    rows = [row[v] for v in row if kinds[v] == "wordnet"]
+    top = min(rows, default=0)
+    bottom = max(rows, default=0) + 1
     y = {}
     for v, k in kinds.items():
-        y[v] = (
-            -(bottom + 2.5) if k == "target" else -(bottom if k in LEAF_KINDS else g.nodes[v]["depth"] - top)
-        )
+        y[v] = -(bottom + 2.5) if k == "target" else -(bottom if k in LEAF_KINDS else row[v] - top)
+    # WordNet nodes of one row closer than a label's width (parents of one child in a DAG): spread apart.
+    by_row: dict[float, list[str]] = {}
+    for v in sorted(v for v, k in kinds.items() if k == "wordnet"):
+        by_row.setdefault(y[v], []).append(v)
+    for same in by_row.values():
+        same.sort(key=lambda v: (x[v], v))
+        for a, b in zip(same, same[1:], strict=False):
+            if x[b] - x[a] < 0.9:
+                x[b] = x[a] + 0.9
     targets = sorted(v for v, k in kinds.items() if k == "target")
     span = max(len(order) - 1, 1)
     for i, t in enumerate(targets):
@@ -348,12 +435,18 @@ def draw_taxonomy(
     keep = set(keep_sources) | {v for v, k in kinds.items() if k == "target"}
     for s in keep_sources:
         keep |= nx.ancestors(g, s) - {v for v, k in kinds.items() if k == "target"}
-    sub = g.subgraph(keep).copy()
-    # Drop the long single-child chains near the root: they carry no grouping information.
+    # Built in g's order: g.subgraph(set) iterates the set, whose order changes with PYTHONHASHSEED.
+    sub = nx.DiGraph(**g.graph)
+    sub.add_nodes_from((v, dict(d)) for v, d in g.nodes(data=True) if v in keep)
+    sub.add_edges_from((u, v, dict(d)) for u, v, d in g.edges(data=True) if u in keep and v in keep)
+    # Drop the long single-child chains near the root: they carry no grouping information. A node that is
+    # one of several parents of its child stays: it names a second is-a path (consumer goods -> clothing).
     for v in list(nx.topological_sort(sub)):
         if sub.nodes[v]["kind"] == "wordnet" and sub.out_degree(v) == 1 and sub.in_degree(v) <= 1:
             parents = list(sub.predecessors(v))
             child = next(iter(sub.successors(v)))
+            if len(is_a_parents(sub, child)) > 1:
+                continue
             sub.remove_node(v)
             for p in parents:
                 sub.add_edge(p, child, kind="is_a", weight=1.0)

@@ -15,6 +15,10 @@ In the page, every tree node is an element with ``class="node internal"`` (a ``<
 with the class ``hit``, opens the path to each, and writes the count into ``#hits``
 (``data-hits``: matching nodes, ``data-leaf-hits``: matching selected classes). The page reads a
 search from its address: ``view.html#search=tabby``, ``#q=tabby`` or ``?q=tabby``.
+
+WordNet is a DAG, the page a tree: a node with several is-a parents appears under each of them
+(with ``data-parents``, and "also under ..." on its line), and the page says so above the tree.
+Counts are of distinct classes, so a class shown twice is counted once.
 """
 
 from __future__ import annotations
@@ -241,6 +245,9 @@ __SUMMARY__
 <span id="hits" data-hits="0" data-leaf-hits="0"></span>
 </div>
 </header>
+<p class="dagnote">WordNet is not a tree: a node with several is-a parents appears under each of them
+(marked &ldquo;also under&rdquo;); counts and sums count each selected class once. Depth is the shortest is-a
+path from the root.</p>
 <main id="tree"></main>
 <noscript><p class="noscript">The tree is drawn by JavaScript; its data is in the taxonomy-data block of this file.</p></noscript>
 <script type="application/json" id="taxonomy-data">__DATA__</script>
@@ -284,6 +291,8 @@ summary { cursor: pointer; padding: 1px 0; }
 .t .tn { color: #444; margin-right: 4px; }
 .hit > summary > .name, .hit > .line > .name { background: #fff2a8; outline: 1px solid #d9b700; }
 .hidden { display: none; }
+.dagnote { color: #666; font-size: 12.5px; margin: 6px 16px 0; }
+.also { color: #777; font-size: 12px; margin-left: 8px; font-style: italic; }
 .noscript { padding: 16px; }
 """
 
@@ -322,9 +331,13 @@ _JS = r"""
     if (text !== undefined && text !== null) e.textContent = text;
     return e;
   }
-  function head(d, into) {
+  function head(d, into, parentName) {
     into.appendChild(make("span", "name", d.name));
     if (d.wnid) into.appendChild(make("code", "wnid", d.wnid));
+    if (d.parents && d.parents.length > 1) {
+      var others = d.parents.filter(function (p) { return p !== parentName; });
+      into.appendChild(make("span", "also", "also under " + others.join(", ")));
+    }
   }
   function bar(d) {
     var share = rootSum > 0 ? 100 * d.affinity_sum / rootSum : 0;
@@ -349,7 +362,7 @@ _JS = r"""
       e = make("details", "node internal" + (d.selected ? " selected" : ""));
       e.open = open;
       var s = make("summary");
-      head(d, s);
+      head(d, s, parent ? parent.d.name : null);
       s.appendChild(make("span", "count", d.classes + (d.classes === 1 ? " class" : " classes")));
       s.appendChild(make("span", "aff", "\u03a3 affinity " + fmt(d.affinity_sum)));
       s.appendChild(bar(d));
@@ -361,7 +374,7 @@ _JS = r"""
     } else {
       e = make("div", "node leaf");
       var line = make("div", "line");
-      head(d, line);
+      head(d, line, parent && parent.d.wnid !== d.wnid ? parent.d.name : (parent && parent.parent ? parent.parent.d.name : null));
       line.appendChild(make("span", "aff", "\u03a3 affinity " + fmt(d.affinity_sum)));
       line.appendChild(bar(d));
       e.appendChild(line);
@@ -380,6 +393,7 @@ _JS = r"""
       e.appendChild(cells);
     }
     if (d.wnid) e.setAttribute("data-wnid", d.wnid);
+    if (d.parents) e.setAttribute("data-parents", d.parents.join("|"));
     e.setAttribute("data-name", d.name);
     e.setAttribute("data-classes", String(d.classes));
     e.setAttribute("data-depth", String(d.depth));
@@ -391,14 +405,19 @@ _JS = r"""
   function search(raw, rememberInUrl) {
     var text = (raw || "").trim();
     var q = text.toLowerCase();
-    var hits = 0, leafHits = 0, first = null, i, r;
+    var hits = 0, leafHits = 0, first = null, i, r, seen = {};
     for (i = 0; i < records.length; i++) {
       r = records[i];
       r.hit = q !== "" && r.key.indexOf(q) >= 0;
       r.el.classList.toggle("hit", r.hit);
       if (r.hit) {
-        hits++;
-        if (!r.d.children) leafHits++;
+        // A node shown under several parents is one match.
+        var id = (r.d.children ? "n:" : "l:") + (r.d.wnid || r.d.name);
+        if (!seen[id]) {
+          seen[id] = true;
+          hits++;
+          if (!r.d.children) leafHits++;
+        }
         if (!first) first = r;
       }
     }
@@ -420,7 +439,11 @@ _JS = r"""
     status.setAttribute("data-leaf-hits", String(leafHits));
     status.setAttribute("data-query", text);
     if (q === "") {
-      status.textContent = root.classes + " selected classes, " + (records.length - root.classes) + " WordNet nodes";
+      var seen = {}, wordnet = 0;
+      records.forEach(function (r) {
+        if (r.d.children && r.d.wnid && !seen[r.d.wnid]) { seen[r.d.wnid] = true; wordnet++; }
+      });
+      status.textContent = root.classes + " selected classes, " + wordnet + " WordNet nodes";
     } else if (hits === 0) {
       status.textContent = "no match for \u201c" + text + "\u201d";
     } else {

@@ -58,8 +58,11 @@ class WordNet:
         self.graph.add_edges_from(edges)
         self.names = names
         self.root = root
-        # Depth = shortest is-a distance from the root; computed once for every node.
+        # Depth = shortest is-a distance from the root (NLTK's min_depth); computed once for every node.
+        # WordNet is a DAG, so a node can also be reached by longer paths: the shortest one is the
+        # depth everywhere (diversity groups, the taxonomy graph's ``depth`` attribute, --depth cuts).
         self._depth = nx.single_source_shortest_path_length(self.graph, root)
+        self.max_depth = max(self._depth.values(), default=0)
 
     def _check(self, wnid: str) -> None:
         if wnid not in self.graph:
@@ -90,7 +93,11 @@ class WordNet:
         return self._depth[wnid]
 
     def ancestors_at_depth(self, wnid: str, depth: int) -> set[str]:
-        """Ancestors (or the node itself) whose depth is exactly ``depth``."""
+        """Ancestors (or the node itself) whose depth is exactly ``depth``.
+
+        A set: callers whose output depends on the order must sort it (set order varies with
+        PYTHONHASHSEED between processes).
+        """
         nodes = self.ancestors(wnid) | {wnid}
         return {n for n in nodes if self._depth.get(n) == depth}
 

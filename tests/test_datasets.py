@@ -316,6 +316,80 @@ def test_bad_truncated_and_unreadable_images(small_split, capsys, tmp_path):
         assert len(DAGM(small_split, skip_bad=True)) == 3
 
 
+def _damage(path: Path, kind: str) -> None:
+    data = path.read_bytes()
+    if kind == "zero-byte":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # a text file under an image's name
+        path.write_text("this is not a PNG\n")
+
+
+@pytest.mark.parametrize(
+    "file, kind, message",
+    [
+        ("0001.PNG", "zero-byte", "not an image file"),
+        ("0001.PNG", "truncated", "unreadable or truncated image"),
+        ("0003.PNG", "text", "not an image file"),
+        ("Label/0002_label.PNG", "truncated", "unreadable or truncated image"),
+        ("Label/0010_label.PNG", "zero-byte", "not an image file"),
+    ],
+)
+def test_inspect_decodes_every_image_and_mask(small_split, tmp_path, capsys, file, kind, message):
+    # Listing the split succeeds (names and Labels.txt agree); only decoding finds the bad file.
+    bad = small_split / file
+    _damage(bad, kind)
+    out = tmp_path / "samples.json"
+    argv = ["inspect", "--dataset", "dagm", "--root", str(small_split), "--out", str(out)]
+    code, err = _cli(dataonomy_app, argv, capsys)
+    _assert_clean_failure(code, err, out, f"{bad}: {message}", "--skip-bad")
+    # --skip-bad reports the file and leaves its image out of what inspect vouches for.
+    with pytest.warns(UserWarning) as warned:
+        code, err = _cli(dataonomy_app, [*argv, "--skip-bad"], capsys)
+    assert code == 0 and out.is_file()
+    messages = [str(w.message) for w in warned]
+    assert any(m.startswith(f"skipping {bad}: {message}") for m in messages)
+    assert "skipped 1 bad file(s) of 4" in messages
+    import json
+
+    listed = json.loads(out.read_text())["samples"]
+    assert len(listed) == 3 and str(bad) not in {r["path"] for r in listed} | {r["mask"] for r in listed}
+
+
+@pytest.mark.parametrize("kind, message", [("truncated", "truncated"), ("zero-byte", "not an image file")])
+def test_inspect_decodes_every_jpeg_of_an_imagenet_pool(tiny_imagenet, tmp_path, capsys, kind, message):
+    folder = tmp_path / "train" / "n01443537"
+    folder.mkdir(parents=True)
+    for src in sorted((tiny_imagenet / "train" / "n01443537" / "images").glob("*.JPEG"))[:3]:
+        shutil.copy(src, folder / src.name)
+    bad = sorted(folder.iterdir())[1]
+    _damage(bad, kind)
+    out = tmp_path / "samples.json"
+    argv = ["inspect", "--dataset", "imagenet", "--root", str(tmp_path), "--out", str(out)]
+    code, err = _cli(dataonomy_app, argv, capsys)
+    _assert_clean_failure(code, err, out, str(bad), message)
+    with pytest.warns(UserWarning, match=r"skipped 1 bad file\(s\) of 3"):
+        code, err = _cli(dataonomy_app, [*argv, "--skip-bad"], capsys)
+    import json
+
+    assert code == 0 and json.loads(out.read_text())["summary"]["images"] == 2
+
+
+def test_inspect_out_naming_a_folder_is_one_line(small_split, tmp_path, capsys):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    argv = ["inspect", "--dataset", "dagm", "--root", str(small_split), "--out", str(folder)]
+    code, err = _cli(dataonomy_app, argv, capsys)
+    assert (
+        code == 2 and err == f"error: --out {folder}: is a folder, expected a file name such as samples.json"
+    )
+    assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "Class1",
+        "reports",
+    ]
+
+
 def test_bad_mask_size(small_split, capsys):
     mask = small_split / "Label" / "0002_label.PNG"
     Image.fromarray(np.zeros((256, 256), dtype=np.uint8)).save(mask)

@@ -140,15 +140,22 @@ def test_caches_for_other_inputs_are_refused(lite0, tiny_imagenet, tmp_path):
         ensure_features("imagenet", tiny_imagenet, options, lite0, out, batch_size=2, on_batch=stop)
     # Resuming with another sample (seed) or storage type would mix two caches in one file.
     other = {**options, "seed": 1}
-    with pytest.raises(DataonomyError, match=r"tiny.h5.partial: .*other inputs.*samples_sha256.*--overwrite"):
+    # The advice fits the command: `select` has no --overwrite (the library default), `features` has.
+    with pytest.raises(DataonomyError, match=r"tiny.h5.partial: .*other inputs.*samples_sha256.*delete it"):
         ensure_features("imagenet", tiny_imagenet, other, lite0, out, batch_size=2)
+    with pytest.raises(DataonomyError, match=r"other inputs.*; pass --overwrite to discard it"):
+        ensure_features(
+            "imagenet", tiny_imagenet, other, lite0, out, batch_size=2, overwrite_option="--overwrite"
+        )
     with pytest.raises(DataonomyError, match="differs in: storage_dtype"):
         ensure_features("imagenet", tiny_imagenet, options, lite0, out, dtype="float16")
     fs = ensure_features("imagenet", tiny_imagenet, options, lite0, out, dtype="float16", overwrite=True)
     assert fs.extracted == 4 and fs.features.dtype == np.float16 and fs.logits.dtype == np.float16
     # A complete cache for other inputs is refused too, naming what differs.
-    with pytest.raises(DataonomyError, match=r"existing feature cache .*storage_dtype.*--overwrite"):
+    with pytest.raises(DataonomyError, match=r"existing feature cache .*storage_dtype.*delete it and rerun"):
         ensure_features("imagenet", tiny_imagenet, options, lite0, out)
+    with pytest.raises(DataonomyError, match=r"existing feature cache .*; pass --overwrite to replace it"):
+        ensure_features("imagenet", tiny_imagenet, options, lite0, out, overwrite_option="--overwrite")
     with pytest.warns(UserWarning, match="random weights"):
         random = get_backbone("efficientnet_lite0", "none")
     with pytest.raises(DataonomyError, match="backbone.weights_id"):

@@ -170,7 +170,7 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
     assert f"threshold {chosen['value']:.3g} (chosen on {len(val)} validation images" in terminal
     header = next(line for line in terminal.splitlines() if "precision" in line)
     assert header.split() == ["n_images", "n_defective_images", "threshold", "precision", "recall", "f1", "iou",
-                              "mean_iou", "ar", "detected"]  # fmt: skip
+                              "mean_iou", "mean_iou_defective", "ar", "detected"]  # fmt: skip
 
 
 def test_loop_gives_the_batched_numbers_and_dense_its_own_threshold(batched, tmp_path, capsys):

@@ -357,6 +357,30 @@ def test_kolektor_bad_trees(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("reader", ["kolektor", "folder", "pairs"])
+def test_skip_bad_skips_a_bad_mask_that_the_reader_reads_while_listing(reader, tmp_path, capsys):
+    # kolektor, folder and pairs read every mask to tell defective images from clean ones: a bad mask must be
+    # skipped there under --skip-bad too, not stop the listing (and inspect names it without).
+    if reader == "kolektor":
+        root = make_synthetic_kolektor(tmp_path / "k1", items=1, parts=3, size=32)
+        bad = root / "kos01" / "Part1_label.bmp"
+        bad.write_bytes(b"")
+    else:  # folder: class folders of JPEGs with PNG masks beside them; pairs: one such folder
+        root = tmp_path / "lots"
+        images = root / "ok" if reader == "folder" else root
+        images.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(images / f"{i}.jpg")
+            Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / f"{i}.png")
+        bad = images / "1.png"
+        bad.write_bytes(bad.read_bytes()[:40])  # a truncated mask whose header no longer reads
+    argv = ["inspect", "--dataset", reader, "--root", str(root)]
+    _one_line_error(argv, capsys, str(bad))
+    with pytest.warns(UserWarning, match=f"skipping {bad}"):
+        code, out, _ = _cli([*argv, "--skip-bad"], capsys)
+    assert code == 0 and "2 images" in out
+
+
 # --- pairs --------------------------------------------------------------------------------------------
 
 

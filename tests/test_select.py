@@ -4,7 +4,10 @@ class), EfficientNet-Lite0 ImageNet weights (offline package), and `dataonomy gr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,34 @@ def test_same_inputs_same_manifest(selection, dagm_class1_test, tiny_imagenet):
     assert out.read_bytes() == (root / "first.json").read_bytes()
 
 
+def test_same_bytes_in_every_process(selection, dagm_class1_test, tiny_imagenet):
+    # Set and dict orders change with PYTHONHASHSEED between processes (the diversity groups came from a
+    # set): two processes with other seeds must write the same manifest and GraphML bytes. The features
+    # come from the fixture's cache, so each run is seconds.
+    root, _ = selection
+    written = []
+    for seed in ("1", "4"):
+        out = root / f"hashseed{seed}" / "m.json"
+        argv = [
+            sys.executable, "-m", "dataonomy.cli", "select", "--target", "dagm", "--target-root", str(dagm_class1_test),
+            "--source", "imagenet", "--source-root", str(tiny_imagenet), "--k", str(K), "--backbone",
+            "efficientnet_lite0", "--weights", "imagenet", "--images-per-class", "10", "--affinity", "softmax",
+            "--coverage", str(COVERAGE), "--diversity-depth", str(DEPTH), "--diversity-max", str(QMAX),
+            "--cache-dir", str(root / "cache"), "--out", str(out), "--num-workers", "2",
+        ]  # fmt: skip
+        proc = subprocess.run(
+            argv, env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "0 extracted now" in proc.stdout
+        written.append((out.read_bytes(), out.with_suffix(".graphml").read_bytes()))
+    assert written[0][0] == written[1][0]
+    assert written[0][1] == written[1][1]
+    # ... and the greedy violations name the groups in a fixed order (sorted WordNet nodes per class).
+    violations = json.loads(written[0][0])["greedy"]["violations"]
+    assert [v["family"] for v in violations] == ["diversity"] * len(violations)
+
+
 def test_infeasible_requests_write_nothing(selection, dagm_class1_test, tiny_imagenet, capsys):
     root, _ = selection
     out = root / "bad.json"
@@ -90,6 +121,23 @@ def test_infeasible_requests_write_nothing(selection, dagm_class1_test, tiny_ima
     err = capsys.readouterr().err
     assert code == 2 and "--diversity-max" in err and not out.exists()
     assert not out.with_suffix(".graphml").exists()
+
+
+def test_a_failed_manifest_write_leaves_no_orphan_graphml(
+    selection, dagm_class1_test, tiny_imagenet, monkeypatch
+):
+    # The GraphML is written first, then the manifest: if the manifest cannot be written, the GraphML goes too.
+    import dataonomy.selection as selection_module
+    from dataonomy.errors import DataonomyError
+
+    def refuse(path, manifest):
+        raise DataonomyError(f"{path}: cannot write (disk full)")
+
+    monkeypatch.setattr(selection_module, "write_manifest", refuse)
+    root, _ = selection
+    out = root / "orphan" / "m.json"
+    assert _select(dagm_class1_test, tiny_imagenet, root / "cache", out) == 2
+    assert not out.exists() and not out.with_suffix(".graphml").exists()
 
 
 def test_source_classes_restrict_the_pool_and_bad_lists_fail_before_extraction(

@@ -80,28 +80,39 @@ def test_tree_counts_and_sums_on_real_manifest(manifest, graph):
     nodes = list(_walk(tree))
     leaves = [n for n in nodes if "children" not in n]
     internal = [n for n in nodes if "children" in n]
-    # The leaves are exactly the selected classes, with their own affinities; the internal nodes are
-    # exactly the WordNet nodes of the taxonomy graph.
+    # The leaves are exactly the selected classes (a class under a node with two parents shows under
+    # each), with their own affinities; the internal nodes are exactly the WordNet nodes of the graph.
     by_wnid = {e["wnid"]: e for e in manifest["selected"]}
-    assert sorted(n["wnid"] for n in leaves) == sorted(by_wnid)
+    assert sorted({n["wnid"] for n in leaves}) == sorted(by_wnid) and len(leaves) > len(by_wnid)
     for leaf in leaves:
         assert leaf["kind"] == "source" and leaf["classes"] == 1
         assert leaf["name"] == by_wnid[leaf["wnid"]]["name"]
         assert leaf["affinity"] == pytest.approx(by_wnid[leaf["wnid"]]["affinity"])
     assert {n["wnid"] for n in internal} == _wordnet_nodes(graph)
+
+    def below(node):
+        return {n["wnid"] for n in _walk(node) if "children" not in n}
+
     for node in internal:
         kids = node["children"]
-        assert node["classes"] == sum(c["classes"] for c in kids) >= 1
-        assert node["affinity_sum"] == pytest.approx(sum(c["affinity_sum"] for c in kids))
+        # Distinct classes: a class reached through two children counts once.
+        assert node["classes"] == len(below(node)) >= 1
+        assert node["affinity_sum"] == pytest.approx(
+            sum(by_wnid[w]["affinity"]["Class1"] for w in below(node))
+        )
         assert [c["affinity_sum"] for c in kids] == sorted((c["affinity_sum"] for c in kids), reverse=True)
-        assert all(c["depth"] == node["depth"] + 1 for c in kids)  # one shortest chain per class
+        # Every is-a parent, so a child can be shallower than a parent on a longer path (depth = shortest).
+        assert all(c["depth"] <= node["depth"] + 1 for c in kids)
+        assert sorted(c["wnid"] for c in kids if c["wnid"] != node["wnid"]) == sorted(
+            v for v in graph.successors(node["wnid"]) if graph[node["wnid"]][v]["kind"] == "is_a"
+        )
     clothing = next(n for n in internal if n["name"] == "clothing")
     assert clothing["classes"] == 4  # poncho, cardigan, sock, sombrero (the BIP's diversity limit is 4)
 
 
 def test_tree_of_a_dag_and_of_classes_outside_wordnet():
-    # x reaches s1 through a and through b: one parent is kept (a), b is left empty and dropped. s1 is also
-    # an ancestor of the selected s2: it becomes an internal node with itself as first leaf.
+    # s1 has two parents, a and b: it appears under each, and the root counts it once. s1 is also an
+    # ancestor of the selected s2: it becomes an internal node with itself as first leaf.
     g = nx.DiGraph()
     g.add_node("r", kind="wordnet", label="root", depth=0)
     for v in ("a", "b"):
@@ -115,10 +126,12 @@ def test_tree_of_a_dag_and_of_classes_outside_wordnet():
     g.add_edge("target:T", "s2", kind="affinity", weight=0.5)
     tree = taxonomy_tree(g)
     assert tree["wnid"] == "r" and tree["classes"] == 2 and tree["affinity"] == {"T": 0.75}
-    (a,) = tree["children"]
-    (s1,) = a["children"]
-    assert a["wnid"] == "a" and s1["selected"] and s1["classes"] == 2
-    assert [(c["wnid"], "children" in c) for c in s1["children"]] == [("s1", False), ("s2", False)]
+    a, b = tree["children"]
+    assert (a["wnid"], b["wnid"]) == ("a", "b")
+    for parent in (a, b):
+        (s1,) = parent["children"]
+        assert s1["selected"] and s1["classes"] == 2 and s1["parents"] == ["a", "b"]
+        assert [(c["wnid"], "children" in c) for c in s1["children"]] == [("s1", False), ("s2", False)]
     # Classes outside WordNet: a top node joins them to the WordNet tree.
     wn = load_wordnet()
     g2 = build_taxonomy_graph(
@@ -226,17 +239,24 @@ def test_html_in_headless_chromium_draws_every_node_and_searches_from_the_url(gr
     assert run_app(app, ["graph", str(MANIFEST), "--format", "html", "--out", str(page)]) == 0
     dom = _dump_dom(page, "", tmp_path / "profile")
     classes = [set(a["class"].split()) for _, a in dom.nodes]
-    assert sum("leaf" in c for c in classes) == 20  # k
-    assert sum("internal" in c for c in classes) == len(_wordnet_nodes(graph)) == 54
+    # Every node of the tree view (a node with two parents is drawn under each), every distinct class.
+    tree = list(_walk(taxonomy_tree(graph)))
+    assert sum("leaf" in c for c in classes) == sum("children" not in n for n in tree) > 20
+    assert sum("internal" in c for c in classes) == sum("children" in n for n in tree)
+    assert {a["data-wnid"] for _, a in dom.nodes if "internal" in a["class"]} == _wordnet_nodes(graph)
+    assert len(_wordnet_nodes(graph)) == 61
     leaves = {a["data-wnid"] for _, a in dom.nodes if "leaf" in a["class"]}
     assert leaves == {v for v, k in graph.nodes(data="kind") if k == "source"}
+    # A node with two parents says so.
+    assert any(a.get("data-parents") == "consumer goods|covering" for _, a in dom.nodes)
     assert dom.hits["data-hits"] == "0" and not any("hit" in c for c in classes)
 
     # A search in the address: the hit is marked, counted, and the path down to it is open.
     dom = _dump_dom(page, "#search=poncho", tmp_path / "profile")
     assert (dom.hits["data-hits"], dom.hits["data-leaf-hits"]) == ("1", "1")
     hits = [a for _, a in dom.nodes if "hit" in a["class"].split()]
-    assert [(a["data-wnid"], a["data-name"]) for a in hits] == [("n03980874", "poncho")]
+    # poncho is under clothing, which has two parents: marked in both places, counted once.
+    assert [(a["data-wnid"], a["data-name"]) for a in hits] == [("n03980874", "poncho")] * 2
     ancestors = nx.ancestors(graph, "n03980874") - {"target:Class1"}
     details = {a["data-wnid"]: a for tag, a in dom.nodes if tag == "details"}
     assert ancestors and all("open" in details[v] for v in ancestors)
@@ -278,7 +298,10 @@ def test_collapse_folds_branches_into_boxes(graph, manifest):
     # Affinity is carried over: per target, the boxes' summed affinity is the selection's.
     total = sum(d["weight"] for _, _, d in h.edges(data=True) if d["kind"] == "affinity")
     assert total == pytest.approx(sum(e["affinity"]["Class1"] for e in manifest["selected"]))
-    assert nx.is_tree(nx.DiGraph([(u, v) for u, v, d in h.edges(data=True) if d["kind"] == "is_a"]))
+    # The boxes follow one shortest path per class (a tree); the DAG's other parents of kept nodes stay.
+    isa = nx.DiGraph([(u, v) for u, v, d in h.edges(data=True) if d["kind"] == "is_a"])
+    assert nx.is_directed_acyclic_graph(isa)
+    assert sorted(isa.predecessors(clothing)) == sorted(load_wordnet().parents(clothing))
     assert graph.number_of_nodes() > h.number_of_nodes()  # the input graph is untouched
     assert sum(1 for _, kind in graph.nodes(data="kind") if kind == "source") == k
     # The automatic depth: the deepest cut with at most the allowed boxes.

@@ -42,6 +42,12 @@ ResumeOpt = typer.Option(False, "--resume", help="Continue the run in --out from
 TrainDeviceOpt = typer.Option(None, "--device", help=_DEVICE_HELP)
 TrainWorkersOpt = typer.Option(None, "--workers", help=_WORKERS_HELP)
 StopAfterStepsOpt = typer.Option(None, "--stop-after-steps", help=_STOP_HELP)
+LogEveryOpt = typer.Option(
+    30.0,
+    "--log-every",
+    help="When stderr is not a terminal (no progress bar), print a progress line (step, loss, images/s) to it "
+    "every N seconds.",
+)
 StepsPerEpochOpt = typer.Option(
     None,
     "--steps-per-epoch",
@@ -95,6 +101,12 @@ DefectClassesOpt = typer.Option(
     None,
     "--defect-classes",
     help="folder: comma-separated class folders that hold defective images (NG,defect).",
+)
+AllowOverlapOpt = typer.Option(
+    False,
+    "--allow-overlap",
+    help="Score a test fold even when it holds images the run was trained or validated on (matched by file "
+    "content), with a warning; refused otherwise.",
 )
 SkipBadOpt = typer.Option(
     False,
@@ -203,6 +215,7 @@ def split_cmd(
     from dataonomy.errors import DataonomyError
     from transfer.data import defect_fold
 
+    check_output_file(out, "--out")
     source = _defect_data(
         data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir, mask_dir,
         defect_classes,
@@ -245,6 +258,20 @@ def split_cmd(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file path that names a folder or lies under a file."""
+    from dataonomy.errors import DataonomyError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataonomyError(f"{option} {path}: is a folder; name the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataonomyError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
 def _default(config_cls, name: str):
     """The config dataclass's default for ``name``: the one place defaults live."""
     from dataclasses import MISSING, fields
@@ -277,14 +304,17 @@ def _run_training(config_or_none, out: Path, resume: bool, requested: dict, runt
         )
 
 
-def _runtime(device, workers, stop_after_steps):
+def _runtime(device, workers, stop_after_steps, log_every=30.0):
     import torch
 
+    from dataonomy.errors import DataonomyError
     from transfer.training import Runtime
 
     if workers is None:
         workers = 4 if torch.cuda.is_available() else 0
-    return Runtime(device=device, num_workers=workers, stop_after_steps=stop_after_steps)
+    if log_every is not None and log_every < 0:
+        raise DataonomyError(f"--log-every {log_every}: must not be negative")
+    return Runtime(device=device, num_workers=workers, stop_after_steps=stop_after_steps, log_every=log_every)
 
 
 @app.command("pretrain")
@@ -310,7 +340,12 @@ def pretrain_cmd(
         "--batch-size",
         help="Global batch size (divided among torchrun processes).",
     ),
-    lr: float = typer.Option(_default(PretrainConfig, "lr"), "--lr", help="Peak learning rate (SGD)."),
+    lr: float = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate (SGD). Default 0.1 x batch size / 256 with --init scratch, 10x lower from "
+        "trained weights (imagenet or a file); config.json records the value used.",
+    ),
     momentum: float = typer.Option(_default(PretrainConfig, "momentum"), "--momentum", help="SGD momentum."),
     weight_decay: float = typer.Option(
         _default(PretrainConfig, "weight_decay"), "--weight-decay", help="Weight decay (not on biases/norms)."
@@ -354,6 +389,7 @@ def pretrain_cmd(
     device: str = TrainDeviceOpt,
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
+    log_every: float = LogEveryOpt,
 ):
     """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes)."""
     from dataonomy.errors import DataonomyError
@@ -395,7 +431,7 @@ def pretrain_cmd(
     for name, value in (("manifest", manifest), ("source_root", source_root)):
         if value is not None:
             requested[name] = str(value.resolve())
-    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
+    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
 
 
 @app.command("finetune")
@@ -547,10 +583,16 @@ def finetune_cmd(
         help="Save a checkpoint every N steps.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, data order, augmentation and new head."),
+    allow_incomplete_base: bool = typer.Option(
+        False,
+        "--allow-incomplete-base",
+        help="Accept a --base run whose training never finished (killed or stopped part-way); refused otherwise.",
+    ),
     resume: bool = ResumeOpt,
     device: str = TrainDeviceOpt,
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
+    log_every: float = LogEveryOpt,
 ):
     """Fine-tune every layer of a base model to find defects in a defect set of any layout (a defect map and an
     image score with --head segdec, the default; an image classifier with --head classify); store the validation
@@ -608,7 +650,10 @@ def finetune_cmd(
         if base is None or source is None:
             raise DataonomyError("--base and --data (or --dagm) are required (unless --resume)")
         return FinetuneConfig(
-            classes=class_list, **data_fields, **finetune_base_fields(base, arch), **options
+            classes=class_list,
+            **data_fields,
+            **finetune_base_fields(base, arch, allow_incomplete_base),
+            **options,
         )
 
     requested = _given(ctx, options) | data_fields
@@ -616,7 +661,7 @@ def finetune_cmd(
         requested["classes"] = class_list
     if arch is not None:
         requested["arch"] = arch
-    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps))
+    _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
     _print_threshold(out)
 
 
@@ -633,6 +678,16 @@ def _print_threshold(out: Path) -> None:
                 f"decision threshold {record['threshold']:.4g} ({record['threshold_criterion']} on validation, "
                 f"epoch {record['epoch']})"
             )
+
+
+def _overlap_line(overlap: dict) -> str:
+    """One line on how many evaluated images the run was trained or validated on (matched by content)."""
+    if not overlap.get("checked"):
+        return f"overlap with the run's training images: not checked ({overlap.get('reason')})"
+    return (
+        f"overlap with the run's training images (by file content): {overlap['train']} training and "
+        f"{overlap['val']} validation images of {overlap['images']}"
+    )
 
 
 @app.command("evaluate")
@@ -656,6 +711,7 @@ def evaluate_cmd(
         "--data set: that set's own split).",
     ),
     skip_bad: bool = SkipBadOpt,
+    allow_overlap: bool = AllowOverlapOpt,
     batch_size: int = typer.Option(32, "--batch-size", help="Images (or patches) per forward pass."),
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
@@ -685,12 +741,15 @@ def evaluate_cmd(
         model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
         mask_dir, defect_classes,
     )  # fmt: skip
-    report = evaluate_run(model, source, split, batch_size, device, workers, errors, human_error, skip_bad)
+    report = evaluate_run(
+        model, source, split, batch_size, device, workers, errors, human_error, skip_bad, allow_overlap
+    )
     stored = report["stored_threshold"]
     typer.echo(
         f"{report['split']} split of {report['data']} ({report['format']}): at the stored threshold "
         f"{stored['threshold']:.4g} (chosen on validation)"
     )
+    typer.echo(_overlap_line(report["overlap"]))
     if report["unit"] != "image":
         typer.echo(
             f"rows count {report['unit']}s, not images: the run's validation fold held one kind of image, so its "
@@ -731,15 +790,21 @@ def export_cmd(
         help="Largest accepted |ONNX - PyTorch| logit difference, relative to max(1, largest |logit|).",
     ),
     opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    allow_incomplete: bool = typer.Option(
+        False,
+        "--allow-incomplete",
+        help="Export the best model of a run whose training never finished (killed or stopped); refused otherwise.",
+    ),
 ):
     """Export the run's best model to ONNX and check it against PyTorch on real images."""
     from transfer.export import export_run
 
+    check_output_file(onnx, "--onnx")
     source = _other_set(
         model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
         mask_dir, defect_classes,
     )  # fmt: skip
-    result = export_run(model, onnx, source, split, images, tolerance, opset)
+    result = export_run(model, onnx, source, split, images, tolerance, opset, allow_incomplete)
     typer.echo(
         f"parity on {result['images']} real images: max |logit difference| {result['max_abs_logit_diff']:.3g}, "
         f"max |probability difference| {result['max_abs_prob_diff']:.3g} "
@@ -775,6 +840,7 @@ def localize_cmd(
     defect_classes: str = DefectClassesOpt,
     split: str = typer.Option("test", "--split", help="Fold: test, val, train, trainval or all."),
     skip_bad: bool = SkipBadOpt,
+    allow_overlap: bool = AllowOverlapOpt,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: localize.json, heatmaps/*.npy, overlays/*.png, masks/*.png."
     ),
@@ -855,6 +921,7 @@ def localize_cmd(
         alpha=alpha,
         overwrite=overwrite,
         skip_bad=skip_bad,
+        allow_overlap=allow_overlap,
     )
     typer.echo(format_localize_summary(report))
 

@@ -116,6 +116,7 @@ class PretrainConfig(TrainConfig):
     ``wnids`` are the manifest's selected classes (recorded, so the run is reproducible without the manifest);
     ``init`` is ``scratch``, ``imagenet`` or a weights file. Validation uses the pool's labelled ``val`` split
     where it has one (the Tiny ImageNet layout), else ``val_fraction`` of each class's training images, seeded.
+    ``lr`` left at None is :func:`default_pretrain_lr` of the batch size and init (the config records the value).
     """
 
     kind: str = "pretrain"
@@ -124,11 +125,16 @@ class PretrainConfig(TrainConfig):
     wnids: list[str]
     init: str = "scratch"
     epochs: int = 90
-    lr: float = 0.1
+    lr: float | None = None
     batch_size: int = 64
     label_smoothing: float = 0.1
     val_fraction: float = 0.05
     images_per_class: int | None = None
+
+    def __post_init__(self):
+        if self.lr is None and isinstance(self.batch_size, int):
+            self.lr = default_pretrain_lr(self.batch_size, self.init)
+        super().__post_init__()
 
     def _check(self) -> None:
         super()._check()
@@ -288,6 +294,14 @@ class FinetuneConfig(TrainConfig):
 _KINDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
+def default_pretrain_lr(batch_size: int, init: str) -> float:
+    """Pretraining's default peak learning rate: 0.1 x batch / 256 from scratch (Goyal et al.'s linear scaling
+    rule), 10 x lower from trained weights (``imagenet`` or a file), which a scratch rate wipes out: at 0.1 and
+    batch 32 an ImageNet-initialised Inception stayed at chance where 0.01 learned."""
+    lr = 0.1 * batch_size / 256
+    return lr if init == "scratch" else lr / 10
+
+
 def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     """Rebuild a saved config; unknown kinds or fields are one-line errors naming ``where``."""
     if not isinstance(data, dict) or data.get("kind") not in _KINDS:
@@ -334,14 +348,18 @@ __all__ = [
     "TrainConfig",
     "config_differences",
     "config_from_dict",
+    "default_pretrain_lr",
     "finetune_base_fields",
     "replace",
 ]
 
 
-def finetune_base_fields(base: str, arch: str | None) -> dict:
-    """Config fields implied by --base: the architecture and input normalisation of the base model."""
-    from transfer.models import read_checkpoint
+def finetune_base_fields(base: str, arch: str | None, allow_incomplete: bool = False) -> dict:
+    """Config fields implied by --base: the architecture and input normalisation of the base model.
+
+    A base whose training never finished (a pretrain killed or stopped part-way) is refused unless
+    ``allow_incomplete`` (``--allow-incomplete-base``)."""
+    from transfer.models import read_checkpoint, unfinished_run
 
     if base in ("imagenet", "scratch"):
         arch = arch or "inception_v3"
@@ -371,6 +389,13 @@ def finetune_base_fields(base: str, arch: str | None) -> dict:
         )
     if arch is not None and arch != saved_arch:
         raise DataonomyError(f"--arch {arch}: --base {base} holds a {saved_arch} model")
+    why = unfinished_run(record, path)
+    if why is not None and not allow_incomplete:
+        kind = record.get("kind") if record.get("kind") in ("pretrain", "finetune") else "pretrain"
+        raise DataonomyError(
+            f"--base {base}: {why}; finish it with `transfer {kind} --out {path.parent} --resume`, or pass "
+            "--allow-incomplete-base to fine-tune from it as it is"
+        )
     return {
         "base": str(path.resolve()),
         "arch": saved_arch,

@@ -9,7 +9,9 @@ uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,18 +395,103 @@ def run_fold(
         raise
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Which images a run has seen, by content
+# --------------------------------------------------------------------------------------------------------------
+
+IMAGE_HASH = "sha256"  # of each image file's bytes: what identifies an image across copies of a set
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise DataonomyError(f"{path}: cannot read the file to hash it ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def seen_images(folds: dict[str, SampleDataset]) -> dict:
+    """What a fine-tuning run stores in ``best.pt`` as ``seen_images``: the content hashes of its ``train`` and
+    ``val`` images (sorted, unique). Paths would not do: another copy of the same set, or a set whose own
+    split differs from the run's folds (``--folds``, ``--test-fraction`` pool Train and Test), names the same
+    images by other paths."""
+    out: dict = {"hash": IMAGE_HASH}
+    for name in ("train", "val"):
+        out[name] = sorted({file_sha256(s.path) for s in folds[name].samples})
+    return out
+
+
+def training_overlap(record: dict, paths: Sequence[str | Path]) -> dict:
+    """How many of ``paths`` (the images about to be evaluated) a run was trained or validated on, by content.
+
+    Returns ``{"checked": True, "images", "train", "val", "first"}`` (``first``: the first such path, or None),
+    or ``{"checked": False, "images", "reason"}`` for a run that recorded no hashes.
+    """
+    seen = record.get("seen_images")
+    if not isinstance(seen, dict) or seen.get("hash") != IMAGE_HASH:
+        return {
+            "checked": False,
+            "images": len(paths),
+            "reason": "the run's best.pt records no image hashes (fine-tuned before they were recorded)",
+        }
+    train, val = set(seen.get("train", ())), set(seen.get("val", ()))
+    counts, first = {"train": 0, "val": 0}, None
+    for path in paths:
+        digest = file_sha256(path)
+        fold = "train" if digest in train else "val" if digest in val else None
+        if fold is not None:
+            counts[fold] += 1
+            first = first or str(path)
+    return {"checked": True, "images": len(paths), **counts, "first": first}
+
+
+def check_overlap(overlap: dict, what: str, allow: bool) -> None:
+    """Refuse to score held-out images (``what``: e.g. "the test split of DATA") that the run was trained or
+    validated on; with ``allow`` (``--allow-overlap``) warn instead. The counts go into the report either way."""
+    if not overlap.get("checked"):
+        return
+    n = overlap["train"] + overlap["val"]
+    if n == 0:
+        return
+    message = (
+        f"{what}: {overlap['train']} of its {overlap['images']} images were training images of the run and "
+        f"{overlap['val']} validation images (same file content; first: {overlap['first']})"
+    )
+    if not allow:
+        raise DataonomyError(
+            f"{message}; its metrics would not be held-out ones: evaluate images the run has not seen, or pass "
+            "--allow-overlap to go on with a warning"
+        )
+    overlap["warning"] = message
+    warnings.warn(message + "; its metrics are not held-out ones", stacklevel=3)
+
+
 class PatchDataset(Dataset):
     """Full-resolution ``patch_size`` crops of a defect-set fold on the localisation grid (:func:`patch_grid`).
 
     A patch is defective (target 1) when at least ``defect_fraction`` of its pixels are in the image's mask,
-    clean (0) when none are; patches in between are left out. Images are decoded once and kept in memory
-    (8-bit, one channel for gray images); ``patches[i]`` is ``(image index, top, left)``.
+    clean (0) when none are; patches in between are left out, or with ``every_patch`` kept with target 1 and
+    flagged in ``ambiguous`` (validation: an image's score is its highest patch over the whole grid, as
+    :func:`transfer.training.image_scores` scores test images, while patch metrics skip the ambiguous ones).
+    Images are decoded once and kept in memory (8-bit, one channel for gray images); ``patches[i]`` is
+    ``(image index, top, left)``.
     """
 
-    def __init__(self, images: SampleDataset, patch_size: int, stride: int, defect_fraction: float):
+    def __init__(
+        self,
+        images: SampleDataset,
+        patch_size: int,
+        stride: int,
+        defect_fraction: float,
+        every_patch: bool = False,
+    ):
         self.images, self.patch_size = images, patch_size
         self.pixels: list[np.ndarray] = []
-        patches, targets, groups = [], [], []
+        patches, targets, groups, ambiguous = [], [], [], []
         for i, sample in enumerate(tqdm(images.samples, desc="reading patches", disable=None, leave=False)):
             im = open_image(sample.path)
             im = im if im.mode in ("L", "RGB") else im.convert("RGB")
@@ -421,13 +508,16 @@ class PatchDataset(Dataset):
                     fraction = (
                         0.0 if mask is None else float(mask[y : y + patch_size, x : x + patch_size].mean())
                     )
-                    if 0 < fraction < defect_fraction:
+                    unsure = 0 < fraction < defect_fraction
+                    if unsure and not every_patch:
                         continue
                     patches.append((i, int(y), int(x)))
                     targets.append(int(fraction > 0))
                     groups.append(sample.group or sample.label)
+                    ambiguous.append(unsure)
             self.pixels.append(pixels)
         self.patches, self.targets, self.groups = patches, targets, groups
+        self.ambiguous = np.asarray(ambiguous, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.patches)

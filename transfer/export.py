@@ -205,14 +205,19 @@ def export_run(
     n_images: int = 8,
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int = DEFAULT_OPSET,
+    allow_incomplete: bool = False,
 ) -> dict:
     """Export a run's best model to ``onnx_path``, check parity on ``n_images`` real images, and return the
-    parity numbers. Nothing is written when the check fails."""
+    parity numbers. Nothing is written when the check fails. A run whose training never finished is refused
+    unless ``allow_incomplete``."""
+    onnx_path = Path(onnx_path)
+    if onnx_path.is_dir():  # checked before any work (the rename at the end would fail)
+        raise DataonomyError(f"--onnx {onnx_path}: is a folder; name the file to write")
     if n_images < 1:
         raise DataonomyError(f"--images {n_images}: must be at least 1")
     if tolerance < 0:
         raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
-    loaded = load_model(run, "cpu")
+    loaded = load_model(run, "cpu", allow_incomplete, "--allow-incomplete")
     record = loaded.record
     segdec = record.get("head") == "segdec"
     images = parity_images(loaded, data, split, n_images)
@@ -234,7 +239,6 @@ def export_run(
         )
         metadata["transfer.output_stride"] = record.get("output_stride")
     example = tuple(images[0].shape[-2:]) if segdec else record["input_size"]
-    onnx_path = Path(onnx_path)
     with atomic_path(onnx_path) as tmp:
         export_onnx(loaded.model, tmp, example, opset, segdec=segdec)
         add_metadata(tmp, metadata)

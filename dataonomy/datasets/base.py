@@ -13,14 +13,17 @@ anti-aliased 0..255 edges are cut at half).
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import VisionDataset
+from tqdm.auto import tqdm
 
 from dataonomy.errors import BadImageError, DataonomyError
 
@@ -118,12 +121,32 @@ def mask_has_defect(path: Path, size: tuple[int, int] | None = None) -> bool:
     return bool(load_mask(path, size).any())
 
 
+def listed_mask_defect(mask: Path, image: Path, skip_bad: bool, warn: Callable[[str], None]) -> bool | None:
+    """Whether ``image``'s mask has a defect pixel, for readers that read masks while listing; with
+    ``skip_bad`` a bad image or mask is reported through ``warn`` and None returned (skip the sample)."""
+    try:
+        return mask_has_defect(mask, image_size(image))
+    except BadImageError as exc:
+        if not skip_bad:
+            raise
+        warn(f"skipping {exc}")
+        return None
+
+
 def check_mask_sizes(samples: Sequence[Sample]) -> None:
-    """Fail on the first mask whose size differs from its image's (header reads only: cheap)."""
+    """Fail on the first mask whose size differs from its image's (header reads only: cheap).
+
+    A file whose header cannot be read is passed over here: it is a decoding problem, reported where
+    files are decoded (``verify_samples``: ``--skip-bad`` skips it, ``inspect`` names it), like every
+    other unreadable image; failing here would stop ``--skip-bad`` from skipping it.
+    """
     for s in samples:
         if s.mask is not None:
-            size = image_size(s.path)
-            msize = image_size(s.mask)
+            try:
+                size = image_size(s.path)
+                msize = image_size(s.mask)
+            except BadImageError:
+                continue
             if msize != size:
                 raise BadImageError(
                     f"{s.mask}: mask is {msize[0]}x{msize[1]}, image {s.path.name} is {size[0]}x{size[1]}"
@@ -163,20 +186,49 @@ def seeded_subsample(items: Sequence, n: int | None, seed: int, key: str) -> lis
     return [items[i] for i in chosen]
 
 
-def verify_samples(samples: list[Sample], skip_bad: bool, warn: Callable[[str], None]) -> list[Sample]:
-    """Decode every image and mask; raise on the first bad one, or drop bad ones with a warning."""
+def _decode_sample(s: Sample) -> BadImageError | None:
+    """Decode a sample's image and mask (checking the mask's size); the problem, or None."""
+    try:
+        size = open_image(s.path).size
+        if s.mask is not None:
+            load_mask(s.mask, size)
+    except BadImageError as exc:
+        return exc
+    return None
+
+
+def verify_samples(
+    samples: list[Sample], skip_bad: bool, warn: Callable[[str], None], progress: bool | None = None
+) -> list[Sample]:
+    """Decode every image and mask; raise on the first bad one, or drop bad ones with a warning.
+
+    Files are decoded by a few threads (PIL decodes without holding the GIL), in order, a chunk at a
+    time so memory stays bounded. ``progress``: show a progress bar (None: only on a terminal).
+    """
     good, bad = [], 0
-    for s in samples:
-        try:
-            size = open_image(s.path).size
-            if s.mask is not None:
-                load_mask(s.mask, size)
-            good.append(s)
-        except BadImageError as exc:
-            if not skip_bad:
-                raise
-            bad += 1
-            warn(f"skipping {exc}")
+    workers = max(1, min(8, os.cpu_count() or 1))
+    chunk = 64 * workers
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(
+            total=len(samples),
+            desc="decoding",
+            unit="img",
+            leave=False,
+            disable=None if progress is None else not progress,
+        ) as bar,
+    ):
+        for start in range(0, len(samples), chunk):
+            part = samples[start : start + chunk]
+            for s, problem in zip(part, pool.map(_decode_sample, part), strict=True):
+                if problem is None:
+                    good.append(s)
+                elif not skip_bad:
+                    raise problem
+                else:
+                    bad += 1
+                    warn(f"skipping {problem}")
+            bar.update(len(part))
     if bad:
         warn(f"skipped {bad} bad file(s) of {len(samples)}")
     return good

@@ -22,7 +22,7 @@ import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
@@ -74,6 +74,16 @@ class LabelRow:
     mask: str | None
 
 
+def _inside(name: str) -> bool:
+    """Whether a file name from a labels file stays below the folder it is read from: relative (POSIX or
+    Windows spelling) and without '..' parts. Labels files are data, and data must not point the reader at
+    files outside the dataset."""
+    posix, windows = PurePosixPath(name), PureWindowsPath(name)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        return False
+    return ".." not in windows.parts  # PureWindowsPath splits on both / and \
+
+
 def parse_labels_txt(path: Path) -> list[LabelRow]:
     """Parse a Kaggle-layout ``Labels.txt``; errors name the file and line."""
     try:
@@ -93,6 +103,12 @@ def parse_labels_txt(path: Path) -> list[LabelRow]:
             )
         ident, flag, image = parts[0], parts[1] == "1", parts[2]
         mask = parts[4] if len(parts) >= 5 and parts[4] != "0" else None
+        for what, name in (("image", image), ("mask", mask)):
+            if name is not None and not _inside(name):
+                raise DataonomyError(
+                    f"{path}:{lineno}: {what} path {name!r} leaves the dataset folder "
+                    "(absolute or '..'); name files inside it"
+                )
         if flag and mask is None:
             raise DataonomyError(f"{path}:{lineno}: image {image} is flagged defective but names no mask")
         if not flag and mask is not None:

@@ -28,8 +28,7 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_mask_sizes,
-    image_size,
-    mask_has_defect,
+    listed_mask_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -118,7 +117,11 @@ class ImageFolderDataset(SampleDataset):
                 if defect_classes is not None:
                     defect = cls in defect_classes
                 elif masks:
-                    defect = mask is not None and mask_has_defect(mask, image_size(p))
+                    defect = mask is not None and listed_mask_defect(
+                        mask, p, skip_bad, lambda m: warnings.warn(m, stacklevel=3)
+                    )
+                    if defect is None:  # a bad file, reported and skipped (--skip-bad)
+                        continue
                 else:
                     defect = None
                 samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))

@@ -24,8 +24,7 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_reader_options,
-    image_size,
-    mask_has_defect,
+    listed_mask_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -140,7 +139,9 @@ class KolektorSDD(SampleDataset):
             raise DataonomyError(f"{root}: no {self.layout} images found")
         samples = []
         for image, mask, group, split_name in seeded_subsample(listed, images_per_class, seed, label):
-            defect = mask_has_defect(mask, image_size(image))
+            defect = listed_mask_defect(mask, image, skip_bad, lambda m: warnings.warn(m, stacklevel=3))
+            if defect is None:  # a bad file, reported and skipped (--skip-bad)
+                continue
             samples.append(
                 Sample(
                     path=image,

@@ -35,8 +35,7 @@ from dataonomy.datasets.base import (
     SampleDataset,
     check_mask_sizes,
     check_reader_options,
-    image_size,
-    mask_has_defect,
+    listed_mask_defect,
     require_dir,
     seeded_subsample,
     verify_samples,
@@ -243,7 +242,9 @@ class ImageMaskPairs(SampleDataset):
             if mask_dir is not None:
                 raise DataonomyError("--mask-dir goes with --normal-dir/--abnormal-dir (use --masks here)")
             self.layout = "pairs"
-            samples, notes = self._read_pairs(root, label, masks, mask_suffix, images_per_class, seed)
+            samples, notes = self._read_pairs(
+                root, label, masks, mask_suffix, images_per_class, seed, skip_bad
+            )
         if skip_bad:
             samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
         super().__init__(
@@ -257,7 +258,9 @@ class ImageMaskPairs(SampleDataset):
         )
 
     @staticmethod
-    def _read_pairs(root, label, masks, mask_suffix, images_per_class, seed) -> tuple[list, list]:
+    def _read_pairs(
+        root, label, masks, mask_suffix, images_per_class, seed, skip_bad=False
+    ) -> tuple[list, list]:
         notes = []
         if masks is not None:
             masks_dir = resolve_folder(root, masks, "--masks")
@@ -288,7 +291,11 @@ class ImageMaskPairs(SampleDataset):
         samples = []
         for p in images:
             mask = pairing.get(p)
-            defect = mask is not None and mask_has_defect(mask, image_size(p))
+            defect = mask is not None and listed_mask_defect(
+                mask, p, skip_bad, lambda m: warnings.warn(m, stacklevel=4)
+            )
+            if defect is None:  # a bad file, reported and skipped (--skip-bad)
+                continue
             samples.append(
                 Sample(path=p, label=label, target=int(defect), defect=defect, mask=mask, group=label)
             )

@@ -7,6 +7,7 @@ stratified parts of every image found. Pure: it takes samples (through a ``read`
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -22,17 +23,20 @@ def stratified_folds(
 ) -> dict[str, list[Sample]]:
     """Split samples into named folds with the given fractions, stratified by (class, defect).
 
-    Each stratum is shuffled with its own seeded generator and cut by rounding, so every fold
-    gets its share of the rare defective images and the same seed gives the same folds.
+    Each stratum is shuffled with its own generator, seeded by (seed, class name, defect flag), and cut by
+    rounding, so every fold gets its share of the rare defective images, the same seed gives the same folds,
+    and a class's folds do not depend on which other classes are read with it.
     """
     names = list(fractions)
     out: dict[str, list[Sample]] = {n: [] for n in names}
     strata: dict[tuple, list[Sample]] = {}
     for s in samples:
         strata.setdefault((s.label, bool(s.defect)), []).append(s)
-    for i, key in enumerate(sorted(strata)):
-        group = strata[key]
-        order = np.random.default_rng([seed, i]).permutation(len(group))
+    for label, defect in sorted(strata, key=lambda k: (str(k[0]), k[1])):
+        group = strata[(label, defect)]
+        # Seeded by the stratum's own name, not its position: adding a class must not reshuffle another.
+        rng = np.random.default_rng([seed, zlib.crc32(str(label).encode()), int(defect)])
+        order = rng.permutation(len(group))
         cuts = np.round(np.cumsum([fractions[n] for n in names]) * len(group)).astype(int)
         start = 0
         for n, end in zip(names, cuts, strict=True):
