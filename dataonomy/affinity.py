@@ -394,18 +394,6 @@ def frechet_distance(target: GaussianStats, source: GaussianStats) -> torch.Tens
     return torch.cdist(mt, ms) ** 2 + torch.cdist(st, ss) ** 2
 
 
-def gaussian_kl(target: GaussianStats, source: GaussianStats) -> torch.Tensor:
-    """KL(N_t || N_s) between diagonal Gaussians for every (t, s): (T, S), in nats."""
-    dev = target.means.device
-    mt, vt = target.means.double(), target.variances.double()
-    ms, vs = source.means.to(dev).double(), source.variances.to(dev).double()
-    inv = 1.0 / vs
-    quad = (mt**2) @ inv.T - 2.0 * mt @ (ms * inv).T + (ms**2 * inv).sum(1)[None, :]
-    trace = vt @ inv.T
-    logdet = torch.log(vs).sum(1)[None, :] - torch.log(vt).sum(1)[:, None]
-    return 0.5 * (trace + quad - mt.shape[1] + logdet)
-
-
 def class_affinity(scores: ArrayLike, target_labels: ArrayLike, num_targets: int) -> torch.Tensor:
     """Raw class-level affinity ``A[t, s]`` = mean of ``scores[i, s]`` over the images i of class t.
 

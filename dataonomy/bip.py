@@ -807,12 +807,3 @@ def solve_selection(
         solve_time=elapsed,
         greedy=greedy,
     )
-
-
-def select_sources(
-    affinity: np.ndarray, k: int, *, time_limit=DEFAULT_TIME_LIMIT, threads=None, msg=False, **constraints
-):
-    """Shorthand: ``solve_selection(SelectionProblem(affinity, k, **constraints), ...)``."""
-    return solve_selection(
-        SelectionProblem(affinity, k, **constraints), time_limit=time_limit, threads=threads, msg=msg
-    )

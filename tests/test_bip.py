@@ -12,6 +12,10 @@ from dataonomy import bip
 from dataonomy.errors import DataonomyError
 
 
+def _select(affinity, k, **constraints):
+    return bip.solve_selection(bip.SelectionProblem(affinity, k, **constraints))
+
+
 def _brute_force(
     p, k, *, r=None, m=0, floor=None, groups=None, q=None, n=None, budget=None, include=(), exclude=()
 ):
@@ -183,7 +187,7 @@ def test_unknown_formulation_is_refused():
 def test_without_side_constraints_the_programme_is_a_sort():
     rng = np.random.default_rng(1)
     p = rng.dirichlet(np.ones(40), size=4)
-    result = bip.select_sources(p, 7)
+    result = _select(p, 7)
     assert result.selected == bip.greedy_top_k(bip.SelectionProblem(p, 7))
     assert result.selected == sorted(np.argsort(-p.sum(0))[:7].tolist())
     assert result.greedy.violations == [] and result.greedy.objective == pytest.approx(result.objective)
@@ -191,8 +195,8 @@ def test_without_side_constraints_the_programme_is_a_sort():
 
 def test_target_weights_change_the_answer():
     p = np.array([[0.5, 0.3, 0.1, 0.1], [0.1, 0.1, 0.3, 0.5]])
-    assert bip.select_sources(p, 2, target_weights=[1.0, 0.0]).selected == [0, 1]
-    assert bip.select_sources(p, 2, target_weights=[0.0, 1.0]).selected == [2, 3]
+    assert _select(p, 2, target_weights=[1.0, 0.0]).selected == [0, 1]
+    assert _select(p, 2, target_weights=[0.0, 1.0]).selected == [2, 3]
 
 
 def test_bip_meets_coverage_that_greedy_violates():
@@ -232,14 +236,14 @@ def test_bip_meets_diversity_that_greedy_violates():
 
 def test_include_and_exclude_are_honoured():
     p = np.array([[0.4, 0.3, 0.2, 0.1]])
-    result = bip.select_sources(p, 2, include=[3], exclude=[0])
+    result = _select(p, 2, include=[3], exclude=[0])
     assert result.selected == [1, 3]
     assert result.greedy.selected == [1, 3]  # greedy honours the user's lists too
 
 
 def test_image_budget_is_respected():
     p = np.array([[0.4, 0.3, 0.2, 0.1]])
-    result = bip.select_sources(p, 2, image_counts=[1000, 900, 100, 100], image_budget=1100)
+    result = _select(p, 2, image_counts=[1000, 900, 100, 100], image_budget=1100)
     assert result.selected == [0, 2]
     assert [v.family for v in result.greedy.violations] == ["budget"]
 
@@ -272,11 +276,11 @@ def test_k_larger_than_pool_names_the_pool():
         DataonomyError,
         match=r"^--k 30 is larger than the source pool \(20 classes\); largest feasible k is 20$",
     ):
-        bip.select_sources(p, 30)
+        _select(p, 30)
     with pytest.raises(
         DataonomyError, match=r"left after --exclude \(17 of 20 classes\); largest feasible k is 17"
     ):
-        bip.select_sources(p, 18, exclude=[0, 1, 2])
+        _select(p, 18, exclude=[0, 1, 2])
 
 
 def test_coverage_that_a_target_cannot_reach_names_the_target_and_largest_coverage():
@@ -290,7 +294,7 @@ def test_coverage_that_a_target_cannot_reach_names_the_target_and_largest_covera
         match=r"^--coverage 5 cannot be met: target 'Class3' has only 2 sources above the floor 0\.05;"
         r" largest feasible coverage is 2$",
     ):
-        bip.select_sources(p, 8, coverage=5, target_names=names)
+        _select(p, 8, coverage=5, target_names=names)
 
 
 def test_coverage_larger_than_k():
@@ -298,7 +302,7 @@ def test_coverage_larger_than_k():
     with pytest.raises(
         DataonomyError, match=r"^--coverage 4 cannot be met: .*--k 3.*largest feasible coverage is 3$"
     ):
-        bip.select_sources(p, 3, coverage=4, coverage_floor=0.0)
+        _select(p, 3, coverage=4, coverage_floor=0.0)
 
 
 def test_diversity_that_makes_k_impossible_gives_largest_k_and_smallest_q():
@@ -309,9 +313,9 @@ def test_diversity_that_makes_k_impossible_gives_largest_k_and_smallest_q():
         match=r"^--k 10 cannot be reached with --diversity-max 2 \(diversity\); largest feasible k is 8,"
         r" or smallest feasible --diversity-max is 3$",
     ):
-        bip.select_sources(p, 10, groups=groups, max_per_group=2)
+        _select(p, 10, groups=groups, max_per_group=2)
     with pytest.raises(DataonomyError, match=r"--include puts 3 classes in group 'g1'"):
-        bip.select_sources(p, 6, groups=groups, max_per_group=2, include=[5, 6, 7])
+        _select(p, 6, groups=groups, max_per_group=2, include=[5, 6, 7])
 
 
 def test_combination_found_infeasible_by_the_solver_names_the_family():
@@ -324,7 +328,7 @@ def test_combination_found_infeasible_by_the_solver_names_the_family():
         DataonomyError,
         match=r"^--coverage 3 cannot be met together with diversity; largest feasible coverage is 2$",
     ):
-        bip.select_sources(p, 4, coverage=3, coverage_floor=0.1, groups=groups, max_per_group=2)
+        _select(p, 4, coverage=3, coverage_floor=0.1, groups=groups, max_per_group=2)
 
 
 def test_budget_that_cannot_be_met():
@@ -334,7 +338,7 @@ def test_budget_that_cannot_be_met():
         match=r"^--image-budget 250 cannot be met \(budget\): the cheapest 3 classes allowed need 300 images;"
         r" smallest feasible budget is 300 images, or largest feasible k is 2$",
     ):
-        bip.select_sources(p, 3, image_counts=[100, 100, 100, 200, 300], image_budget=250)
+        _select(p, 3, image_counts=[100, 100, 100, 200, 300], image_budget=250)
 
 
 def test_user_list_conflicts():
@@ -342,11 +346,11 @@ def test_user_list_conflicts():
     with pytest.raises(
         DataonomyError, match="--include lists 3 classes but --k is 2; smallest feasible k is 3"
     ):
-        bip.select_sources(p, 2, include=[0, 1, 2])
+        _select(p, 2, include=[0, 1, 2])
     with pytest.raises(DataonomyError, match="--include and --exclude both list 1"):
-        bip.select_sources(p, 2, include=[1], exclude=[1])
+        _select(p, 2, include=[1], exclude=[1])
     with pytest.raises(DataonomyError, match="--exclude lists source index 7, outside 0..4"):
-        bip.select_sources(p, 2, exclude=[7])
+        _select(p, 2, exclude=[7])
 
 
 def test_check_constraints_reports_each_family():

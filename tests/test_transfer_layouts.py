@@ -251,14 +251,25 @@ def test_mixed_sizes_train_padded_score_by_size_and_map_each_image_at_its_own_si
     from transfer.training import image_scores, load_model
 
     images = _mixed_pairs(tmp_path / "mixed", real)
-    data_args = ["--data", str(images), "--format", "pairs", "--masks", str(images.parent / "masks"), "--folds", "2"]
+    data_args = [
+        "--data",
+        str(images),
+        "--format",
+        "pairs",
+        "--masks",
+        str(images.parent / "masks"),
+        "--folds",
+        "2",
+    ]
     common = ["--base", "scratch", "--arch", "small_cnn", *data_args, "--epochs", "1", "--batch-size", "4",
               "--output-stride", "8", "--head-channels", "8", "--device", "cpu", "--no-amp"]  # fmt: skip
     native, resized = tmp_path / "native", tmp_path / "resized"
     _run(["finetune", *common, "--out", str(native)], capsys)  # batches of mixed sizes: padded, not refused
     _run(["finetune", *common, "--out", str(resized), "--image-size", "48"], capsys)
 
-    fold = defect_fold(DefectData(str(images), format="pairs", masks=str(images.parent / "masks")), "test", folds=2)
+    fold = defect_fold(
+        DefectData(str(images), format="pairs", masks=str(images.parent / "masks")), "test", folds=2
+    )
     for run in (native, resized):
         loaded = load_model(run, "cpu")
         # An image's score does not depend on the images batched with it: one at a time == batched by size.
@@ -292,7 +303,9 @@ def cracks(dagm_class1_test, tmp_path_factory):
     (root / "images").mkdir()
     (root / "masks").mkdir()
     for s in [s for s in DAGM(dagm_class1_test).samples if s.defect][:N_ALL_DEFECTIVE]:
-        Image.open(s.path).convert("L").resize((SIZE, SIZE), Image.BILINEAR).save(root / "images" / s.path.name)
+        Image.open(s.path).convert("L").resize((SIZE, SIZE), Image.BILINEAR).save(
+            root / "images" / s.path.name
+        )
         mask = Image.open(s.mask).convert("L").resize((SIZE, SIZE), Image.NEAREST)
         mask.save(root / "masks" / f"{s.path.stem}_mask.png")
     return root
@@ -311,7 +324,9 @@ def test_a_set_without_clean_images_trains_and_decides_from_its_masks(cracks, he
     _run(["finetune", "--base", "scratch", "--arch", "small_cnn", *data_args, *model, "--out", str(run),
           "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--no-amp"], capsys)  # fmt: skip
     record_decision = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert 0 < record_decision["val_threshold"] < 1 and record_decision["val_tnr"] == record_decision["val_tnr"]
+    assert (
+        0 < record_decision["val_threshold"] < 1 and record_decision["val_tnr"] == record_decision["val_tnr"]
+    )
 
     out = _run(["evaluate", "--model", str(run), "--device", "cpu", "--no-errors"], capsys)
     report = json.loads((run / "eval_test.json").read_text())
@@ -321,7 +336,9 @@ def test_a_set_without_clean_images_trains_and_decides_from_its_masks(cracks, he
     assert 0 < everything["n_defective"] < everything["n"]
     for key in ("tpr", "tnr", "ap", "auroc"):
         assert everything[key] is not None and 0 <= everything[key] <= 1
-    assert len(report["predictions"]) == N_ALL_DEFECTIVE // 2 and all(p["defect"] for p in report["predictions"])
+    assert len(report["predictions"]) == N_ALL_DEFECTIVE // 2 and all(
+        p["defect"] for p in report["predictions"]
+    )
 
     loc = tmp_path / "loc"
     _run(["localize", "--model", str(run), "--out", str(loc), "--device", "cpu", "--limit", "4"], capsys)
@@ -353,9 +370,14 @@ def test_synth_writes_each_layout_and_every_command_reads_it(layout, tmp_path, c
     _run(["split", *data_args, "--out", str(tmp_path / "split.json")], capsys)
     folds = json.loads((tmp_path / "split.json").read_text())["folds"]
     listed = [r for split in folds.values() for r in split]
-    pattern = {"mvtec": "*/ground_truth/*/*_mask.png", "ksdd": "kos*/*_label.bmp", "ksdd2": "*/*_GT.png"}[layout]
+    pattern = {"mvtec": "*/ground_truth/*/*_mask.png", "ksdd": "kos*/*_label.bmp", "ksdd2": "*/*_GT.png"}[
+        layout
+    ]
     written = [p for p in root.glob(pattern) if np.asarray(Image.open(p)).any()]  # the defects on disk
-    assert len(listed) == len({r["path"] for r in listed}) and sum(r["defect"] for r in listed) == len(written) > 0
+    assert (
+        len(listed) == len({r["path"] for r in listed})
+        and sum(r["defect"] for r in listed) == len(written) > 0
+    )
     run = tmp_path / "run"
     _run(["finetune", "--base", "scratch", "--arch", "small_cnn", *data_args, "--out", str(run), "--epochs", "1",
           "--batch-size", "4", "--output-stride", "8", "--head-channels", "8", "--device", "cpu", "--no-amp"],
@@ -363,6 +385,9 @@ def test_synth_writes_each_layout_and_every_command_reads_it(layout, tmp_path, c
     _run(["evaluate", "--model", str(run), "--device", "cpu", "--no-errors"], capsys)
     report = json.loads((run / "eval_test.json").read_text())
     assert len(report["predictions"]) == len(folds["test"]) and report["format"] == read[1]
-    _run(["localize", "--model", str(run), "--out", str(tmp_path / "loc"), "--limit", "3", "--device", "cpu"], capsys)
+    _run(
+        ["localize", "--model", str(run), "--out", str(tmp_path / "loc"), "--limit", "3", "--device", "cpu"],
+        capsys,
+    )
     _run(["export", "--model", str(run), "--onnx", str(tmp_path / "m.onnx"), "--images", "2"], capsys)
     assert (tmp_path / "m.onnx").is_file()

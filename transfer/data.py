@@ -527,17 +527,3 @@ class PatchDataset(Dataset):
         crop = torch.from_numpy(self.pixels[i][y : y + self.patch_size, x : x + self.patch_size].copy())
         crop = crop.expand(3, -1, -1) if crop.ndim == 2 else crop.permute(2, 0, 1)
         return crop.contiguous(), self.targets[index]
-
-
-class ImagePixels(Dataset):
-    """The images of a dataset as uint8 tensors (3, H, W), target = defect flag (for patch scoring)."""
-
-    def __init__(self, images: SampleDataset):
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        image, target = self.images[index]
-        return v2.functional.pil_to_tensor(image), target

@@ -128,12 +128,6 @@ def _to_numpy(values) -> np.ndarray:
     return values.cpu().numpy() if isinstance(values, torch.Tensor) else values
 
 
-def common_defect_map(images, device=None) -> np.ndarray:
-    """Magnitude of the per-pixel median (over the window) of the x and y gradients: (H, W) float32."""
-    gx, gy = _sobel(_as_stack(images, device))
-    return _to_numpy(_hypot(window_median(gx), window_median(gy)))
-
-
 def _hypot(x, y):
     return np.hypot(x, y) if isinstance(x, np.ndarray) else torch.hypot(x, y)
 

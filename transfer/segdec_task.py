@@ -426,7 +426,9 @@ class SegDecTask:
         }
 
 
-def map_cells(loaded, dataset, batch_size: int = 8, num_workers: int = 0, progress: bool | None = None) -> dict:
+def map_cells(
+    loaded, dataset, batch_size: int = 8, num_workers: int = 0, progress: bool | None = None
+) -> dict:
     """The defect-map cells of every image of a defect set (with masks), as a ``decision = "cell"`` run is
     thresholded: ``scores`` (probabilities) and ``labels`` of the labelled cells, ``image`` (each cell's image
     index), and ``image_scores`` (each image's highest map value). Images are batched by size."""

@@ -1331,7 +1331,9 @@ def evaluate_run(
         fold_errors = {split: _error(scores, labels, loaded.threshold)}
         for other in ("train", "val"):
             if other != split:
-                fold = _decided(loaded, run_fold(config, other, data, skip_bad), unit, batch_size, num_workers)
+                fold = _decided(
+                    loaded, run_fold(config, other, data, skip_bad), unit, batch_size, num_workers
+                )
                 fold_errors[other] = _error(fold["scores"], fold["labels"], loaded.threshold)
         report["error_analysis"] = M.error_analysis(fold_errors, human_error)
     run_dir = loaded.path.parent
@@ -1382,7 +1384,9 @@ def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_worker
     """Defect probabilities and labels of a patch run's training patches (the fine-tuning's own patch rule) over
     ``dataset``, with each patch's image index."""
     record, config = loaded.record, loaded.config
-    patches = PatchDataset(dataset, record["patch_size"], record["patch_stride"], config.patch_defect_fraction)
+    patches = PatchDataset(
+        dataset, record["patch_size"], record["patch_stride"], config.patch_defect_fraction
+    )
     _, eval_tf = texture_transforms(None, record["mean"], record["std"], False)
     loader = DataLoader(SeededTransform(patches, eval_tf, 0), batch_size=batch_size, num_workers=num_workers)
     device = next(loaded.model.parameters()).device
