@@ -379,7 +379,7 @@ def select_cmd(
     top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
 ):
     """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP)."""
-    from dataonomy.selection import SelectConfig, read_wnids, run_selection
+    from dataonomy.selection import SelectConfig, format_selection_report, read_wnids, run_selection
 
     cfg = SelectConfig(
         target_root=target_root,
@@ -426,31 +426,6 @@ def select_cmd(
         raise DataonomyError("--source-features needs --source-root (the images the cache was made from)")
     run = run_selection(cfg, log=typer.echo)
     typer.echo(format_selection_report(run, top))
-
-
-def format_selection_report(run, top: int = 5) -> str:
-    """The short report: solver, greedy comparison, and each target's strongest selected sources."""
-    m, r = run.manifest, run.result
-    lines = [
-        f"selected {len(m['selected'])} of {m['source']['classes']} source classes -> {run.manifest_path}",
-        f"solver: {r.status}, objective {r.objective:.6f}, gap {r.gap:.2e}, {r.solve_time:.2f} s",
-        f"greedy top-k: objective {m['greedy']['objective']:.6f} "
-        f"({100 * (m['greedy']['objective_ratio_to_bip'] or 0):.2f}% of the BIP's), "
-        f"{m['greedy']['overlap_with_bip']} classes in common, "
-        + (
-            "violates " + "; ".join(v["message"] for v in m["greedy"]["violations"])
-            if m["greedy"]["violations"]
-            else "no constraint violated"
-        ),
-    ]
-    for t in m["target"]["classes"]:
-        best = sorted(m["selected"], key=lambda e: -e["affinity"][t])[:top]
-        cr = m["ahp"]["consistency_ratio"][t]
-        lines.append(
-            f"  {t} (AHP CR {cr:.3f}): " + ", ".join(f"{e['name']} {e['affinity'][t]:.4f}" for e in best)
-        )
-    lines.append(f"taxonomy graph: {run.graph_path}")
-    return "\n".join(lines)
 
 
 @app.command("graph")
@@ -524,23 +499,6 @@ def graph_cmd(
             typer.echo(result)
     if out is not None:
         typer.echo(f"wrote {out}")
-
-
-@app.command("demo")
-def demo_cmd(
-    out: Path = typer.Option(
-        Path("demo_out"), "--out", help="Folder for everything the demo writes (must be new or empty)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data, sampling and training."),
-    quick: bool = typer.Option(
-        False, "--quick", help="Reduced sizes (every stage, less data): about a minute."
-    ),
-):
-    """Run the whole pipeline on built-in synthetic data: select, pretrain, fine-tune, evaluate, localise, root cause."""
-    from dataonomy.demo import DemoConfig, run_demo
-
-    cfg = DemoConfig.quick(out, seed) if quick else DemoConfig(out=out, seed=seed)
-    run_demo(cfg, log=typer.echo)
 
 
 @app.command("datasets")

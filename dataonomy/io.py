@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from dataonomy.errors import DataonomyError
 
 
 @contextmanager
@@ -39,3 +42,37 @@ def write_json(path: str | Path, obj, indent: int = 2) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(path)
+
+
+@contextmanager
+def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield ``<out>.partial`` to write a whole folder into; on success it replaces ``out``.
+
+    A non-empty ``out`` is refused unless ``overwrite``; the old folder is only removed once the
+    new one is complete. An error leaves ``out`` untouched and no partial folder behind.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataonomyError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataonomyError(f"--out {out}: folder is not empty (pass --overwrite to replace it)")
+    partial = out.with_name(out.name + ".partial")
+    if partial.is_dir():
+        shutil.rmtree(partial)  # left by an interrupted run
+    elif partial.exists():
+        partial.unlink()
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(out.name + ".replaced")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, out)

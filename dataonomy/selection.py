@@ -650,3 +650,28 @@ def build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, pro
         "greedy": greedy,
         "fingerprint": fingerprint_json(inputs),
     }
+
+
+def format_selection_report(run, top: int = 5) -> str:
+    """The short report: solver, greedy comparison, and each target's strongest selected sources."""
+    m, r = run.manifest, run.result
+    lines = [
+        f"selected {len(m['selected'])} of {m['source']['classes']} source classes -> {run.manifest_path}",
+        f"solver: {r.status}, objective {r.objective:.6f}, gap {r.gap:.2e}, {r.solve_time:.2f} s",
+        f"greedy top-k: objective {m['greedy']['objective']:.6f} "
+        f"({100 * (m['greedy']['objective_ratio_to_bip'] or 0):.2f}% of the BIP's), "
+        f"{m['greedy']['overlap_with_bip']} classes in common, "
+        + (
+            "violates " + "; ".join(v["message"] for v in m["greedy"]["violations"])
+            if m["greedy"]["violations"]
+            else "no constraint violated"
+        ),
+    ]
+    for t in m["target"]["classes"]:
+        best = sorted(m["selected"], key=lambda e: -e["affinity"][t])[:top]
+        cr = m["ahp"]["consistency_ratio"][t]
+        lines.append(
+            f"  {t} (AHP CR {cr:.3f}): " + ", ".join(f"{e['name']} {e['affinity'][t]:.4f}" for e in best)
+        )
+    lines.append(f"taxonomy graph: {run.graph_path}")
+    return "\n".join(lines)

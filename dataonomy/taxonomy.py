@@ -583,13 +583,12 @@ def draw_taxonomy(
     return Path(path)
 
 
-def export_graph(
-    g: nx.DiGraph, fmt: str, path: str | Path | None = None, manifest: dict | None = None
-) -> str | Path:
-    """Export as ``text`` (returned), ``graphml``, ``json`` (node-link), ``dot``, ``png`` or ``html``
-    (one self-contained page; its summary line comes from ``manifest`` when given)."""
-    if fmt not in FORMATS:
-        raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
+def export_graph(g: nx.DiGraph, fmt: str, path: str | Path | None = None) -> str | Path:
+    """Export as ``text`` (returned), ``graphml``, ``json`` (node-link), ``dot`` or ``png``. The ``html`` page is
+    :func:`dataonomy.taxonomy_html.write_taxonomy_html`'s (it builds on this module, not the other way round)."""
+    if fmt not in FORMATS or fmt == "html":
+        exported = ", ".join(f for f in FORMATS if f != "html")
+        raise DataonomyError(f"--format '{fmt}': export_graph writes {exported}; html: write_taxonomy_html")
     if fmt == "text":
         text = summarize_graph(g)
         if path is not None:
@@ -600,10 +599,6 @@ def export_graph(
         raise DataonomyError(f"--out is required for --format {fmt}")
     if fmt == "png":
         return draw_taxonomy(g, path)
-    if fmt == "html":
-        from dataonomy.taxonomy_html import write_taxonomy_html
-
-        return write_taxonomy_html(g, path, manifest)
     # GraphML and DOT want plain attribute values; graph-level attrs are strings already.
     with atomic_path(path) as tmp:
         if fmt == "graphml":

@@ -8,9 +8,9 @@ import networkx as nx
 import numpy as np
 from PIL import Image
 
-from dataonomy.cli import app
 from dataonomy.cli_utils import run_app
 from dataonomy.manifest import read_manifest
+from dataonomy_demo.cli import app
 
 
 def _png(path) -> np.ndarray:

@@ -20,8 +20,8 @@ from PIL import Image
 from scipy import ndimage
 
 from dataonomy.datasets.base import IMAGE_EXTENSIONS, image_size, open_image
-from dataonomy.datasets.synthetic import staged_folder
 from dataonomy.errors import BadImageError, DataonomyError
+from dataonomy.io import staged_folder
 
 __all__ = [
     "PREDICTED_COLOUR",

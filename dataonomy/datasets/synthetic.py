@@ -29,11 +29,8 @@ image), so a larger ``size`` draws the same kinds of pictures at the same scales
 
 from __future__ import annotations
 
-import os
-import shutil
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +40,7 @@ from PIL import Image
 
 from dataonomy.datasets.dagm import Ellipse, rasterize_ellipse
 from dataonomy.errors import DataonomyError
-from dataonomy.io import write_json
+from dataonomy.io import staged_folder, write_json
 from dataonomy.wordnet import load_wordnet
 
 GENERATOR_VERSION = 1
@@ -667,40 +664,6 @@ def _check_common(size: int, seed: int) -> None:
         raise DataonomyError(f"--size {size}: must be at least {MIN_SIZE} pixels")
     if seed < 0:
         raise DataonomyError(f"--seed {seed}: must be a non-negative integer")
-
-
-@contextmanager
-def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield ``<out>.partial`` to write a whole folder into; on success it replaces ``out``.
-
-    A non-empty ``out`` is refused unless ``overwrite``; the old folder is only removed once the
-    new one is complete. An error leaves ``out`` untouched and no partial folder behind.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataonomyError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataonomyError(f"--out {out}: folder is not empty (pass --overwrite to replace it)")
-    partial = out.with_name(out.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)  # left by an interrupted run
-    elif partial.exists():
-        partial.unlink()
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(out.name + ".replaced")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)
 
 
 def make_synthetic_dagm(

@@ -146,7 +146,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         ),
         log=log,
     )
-    from dataonomy.cli import format_selection_report
+    from dataonomy.selection import format_selection_report
 
     log(format_selection_report(run, top=3))
     graph_png = draw_taxonomy(
