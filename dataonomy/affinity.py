@@ -69,8 +69,9 @@ DEFAULT_VARIANCE_FLOOR = 1e-4
 # helpers
 
 
-def resolve_device(device: torch.device | str | None, *arrays: ArrayLike | None) -> torch.device:
-    """The device to compute on: ``device`` if given, else that of the first torch tensor, else CPU."""
+def array_device(device: torch.device | str | None, *arrays: ArrayLike | None) -> torch.device:
+    """The device to compute on: ``device`` if given (already resolved, see :mod:`dataonomy.devices`), else that of
+    the first torch tensor, else CPU."""
     if device is not None:
         return torch.device(device)
     for a in arrays:
@@ -144,7 +145,7 @@ def class_prototypes(
     ``features`` (M, D), ``labels`` (M,) in 0..num_classes-1 -> (num_classes, D) float32 on ``device``.
     Every class needs at least one image.
     """
-    dev = resolve_device(device, features)
+    dev = array_device(device, features)
     _check_matrix("source features", features)
     lab = _label_tensor("source labels", labels, num_classes, features.shape[0], dev)
     _require_all_classes_present("source", lab, num_classes)
@@ -204,7 +205,7 @@ def class_gaussians(
     """
     if shrinkage < 0:
         raise DataonomyError(f"shrinkage must be >= 0, got {shrinkage}")
-    dev = resolve_device(device, features)
+    dev = array_device(device, features)
     _check_matrix("source features", features)
     counts, means, sq_dev = _class_moments(features, labels, num_classes, dev, block_size, "source")
     dof = (counts - 1).double()  # degrees of freedom of each class's own variance estimate
@@ -232,7 +233,7 @@ def target_moments(
     These are the moments of the target sample itself, which is what makes the per-image
     ``gaussian`` and ``frechet`` scores average exactly to their class-level divergences.
     """
-    dev = resolve_device(device, features)
+    dev = array_device(device, features)
     _check_matrix("target features", features)
     counts, means, sq_dev = _class_moments(features, labels, num_classes, dev, block_size, "target")
     return GaussianStats(counts=counts, means=means, variances=sq_dev / counts[:, None])
@@ -265,7 +266,7 @@ def softmax_scores(
     ``target_logits`` (N, C) (C = 1000 for ImageNet-1k), ``source_logit_index`` (S,) -> (N, S) float32.
     The softmax runs over all C logits, so the probabilities of the chosen columns need not sum to 1.
     """
-    dev = resolve_device(device, target_logits)
+    dev = array_device(device, target_logits)
     _check_matrix("target logits", target_logits)
     index = as_tensor(source_logit_index, dev).long()
     num_logits = target_logits.shape[1]
@@ -299,7 +300,7 @@ def prototype_scores(
 
     ``target_features`` (N, D), ``source_features`` (M, D), ``source_labels`` (M,) -> (N, S) in [-1, 1].
     """
-    dev = resolve_device(device, target_features, source_features)
+    dev = array_device(device, target_features, source_features)
     _check_matrix("target features", target_features)
     _check_matrix("source features", source_features, target_features.shape[1])
     protos = class_prototypes(source_features, source_labels, num_sources, device=dev, block_size=block_size)
@@ -327,7 +328,7 @@ def gaussian_scores(
     float32 lost about 1 % of the score at extreme feature scales (GPUs are slow in float64; these
     products are small next to feature extraction).
     """
-    dev = resolve_device(device, target_features)
+    dev = array_device(device, target_features)
     _check_matrix("target features", target_features, source_stats.means.shape[1])
     cpu = torch.device("cpu")
     dim = source_stats.means.shape[1]
@@ -363,7 +364,7 @@ def frechet_scores(
     the mean of ``scores[:, s]`` over the images of t equals ``-frechet_distance(t, s) / D``.
     (N, S) float64 on ``device``, computed in float64 on the CPU.
     """
-    dev = resolve_device(device, target_features)
+    dev = array_device(device, target_features)
     dim = source_stats.means.shape[1]
     _check_matrix("target features", target_features, dim)
     # float64 on the CPU, as gaussian_scores (float32 lost about 1 % at extreme feature scales).
@@ -400,7 +401,7 @@ def class_affinity(scores: ArrayLike, target_labels: ArrayLike, num_targets: int
     ``scores`` (N, S), ``target_labels`` (N,) -> (T, S) float32 on the scores' device. Sums are
     accumulated in float64. Every target class needs at least one image.
     """
-    dev = resolve_device(None, scores)
+    dev = array_device(None, scores)
     sc = as_tensor(scores, dev)
     _check_matrix("scores", sc)
     labels = _label_tensor("target labels", target_labels, num_targets, sc.shape[0], dev)
@@ -477,7 +478,7 @@ def _prototype_measure(inputs: AffinityInputs, *, device=None, block_size=DEFAUL
 
 
 def _source_gaussians(inputs: AffinityInputs, device, block_size, shrinkage, variance_floor) -> GaussianStats:
-    dev = resolve_device(device, inputs.target_features, inputs.source_features)
+    dev = array_device(device, inputs.target_features, inputs.source_features)
     _check_matrix("target features", inputs.target_features)
     _check_matrix("source features", inputs.source_features, inputs.target_features.shape[1])
     return class_gaussians(

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dataonomy.affinity import ArrayLike, as_tensor, resolve_device
+from dataonomy.affinity import ArrayLike, array_device, as_tensor
 from dataonomy.errors import DataonomyError
 
 CLIP_LOW, CLIP_HIGH = 0.001, 0.999
@@ -112,7 +112,7 @@ def win_fractions(
     for their synchronisation - on 2 cores N = 500, S = 1000 took 0.15 s of CPU with one thread and
     1-4 s with two.
     """
-    dev = resolve_device(device, scores)
+    dev = array_device(device, scores)
     x = as_tensor(scores, dev)
     if x.ndim != 2:
         raise DataonomyError(
@@ -274,7 +274,7 @@ def ahp_classes(
 
     ``options`` are those of :func:`ahp_class`. Every target class needs at least one image.
     """
-    dev = resolve_device(options.get("device"), scores)
+    dev = array_device(options.get("device"), scores)
     labels = as_tensor(target_labels, dev)
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
         raise DataonomyError(

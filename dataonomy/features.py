@@ -53,8 +53,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import dataonomy
-from dataonomy.backbones import Backbone, describe_backbone, get_backbone, resolve_device
+from dataonomy.backbones import Backbone, describe_backbone, get_backbone
 from dataonomy.datasets.options import open_dataset
+from dataonomy.devices import resolve_device
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.io import atomic_path
 from dataonomy.manifest import fingerprint_json

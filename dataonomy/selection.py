@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dataonomy import __version__
 from dataonomy.affinity import AffinityInputs, class_affinity, get_affinity, per_image_scores
@@ -22,6 +21,7 @@ from dataonomy.backbones import resolve_backbone
 from dataonomy.bip import SelectionProblem, SelectionResult, precheck_selection, solve_selection
 from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset, reader_options
+from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.features import FeatureSet, ensure_features, feature_cache_path
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
@@ -494,7 +494,7 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         )
 
     # 2. Affinity: per-image scores, raw class affinity.
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)  # the extraction's device (cuda:N included), not a guess of its own
     sf = pool.features
     inputs = AffinityInputs(
         target_features=tf.features,

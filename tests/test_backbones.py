@@ -13,9 +13,9 @@ from dataonomy.backbones import (
     describe_backbone,
     get_backbone,
     list_backbones,
-    resolve_device,
     torch_cache_file,
 )
+from dataonomy.devices import resolve_device
 from dataonomy.datasets import ImageNet
 from dataonomy.errors import DataonomyError
 

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 
 from dataonomy.datasets import SampleDataset, open_image
 from dataonomy.datasets.base import seeded_subsample
+from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from transfer import localize as L
@@ -125,7 +126,7 @@ def load_localization_model(run: str | Path, device: str | None = None):
 
 
 def _device(device: str | None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return str(resolve_device(device))
 
 
 def _sha256(path: Path) -> str:

@@ -53,6 +53,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
+from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, write_json
 from transfer import metrics as M
@@ -141,12 +142,8 @@ class Processes:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dev = resolve_device(device)  # cuda without an index: this rank's GPU
         if dev.type == "cuda":
-            if not torch.cuda.is_available():
-                raise DataonomyError(f"--device {device}: CUDA is not available here")
-            if dev.index is None:
-                dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(dev)
         owns_group = False
         if world_size > 1 and not dist.is_initialized():
@@ -1310,8 +1307,7 @@ def evaluate_run(
     on), or with ``allow_overlap`` scored with a warning.
     """
     run = Path(run)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = load_model(run, device)
+    loaded = load_model(run, resolve_device(device))
     if loaded.record.get("kind") != "finetune":
         raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
     config = loaded.config
