@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -76,3 +77,14 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(partial, out)
+
+
+def json_safe(obj):
+    """``obj`` with NaN and infinite floats as None (JSON has no NaN), through dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

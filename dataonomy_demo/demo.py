@@ -77,7 +77,8 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``cfg.out``; return the summary (also written as ``summary.json``)."""
     from transfer.config import FinetuneConfig, PretrainConfig, finetune_base_fields
-    from transfer.training import Runtime, evaluate_run, train
+    from transfer.evaluate import evaluate_run
+    from transfer.training import Runtime, train
 
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
@@ -205,8 +206,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     done("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)")
 
     stage("5/7 evaluate on the Test split")
+    from transfer.evaluate import TABLE_COLUMNS
     from transfer.metrics import format_table
-    from transfer.training import TABLE_COLUMNS
 
     report = evaluate_run(fin_dir, None, "test", num_workers=0, device=cfg.device)
     stored = report["stored_threshold"]

@@ -108,8 +108,8 @@ def _sha256(path: Path) -> str:
 
 
 def _evaluate_now(run: str, localize: bool) -> dict:
+    from transfer.evaluate import evaluate_run
     from transfer.localize_run import localize_images
-    from transfer.training import evaluate_run
 
     started = time.perf_counter()
     report = evaluate_run(run, split="test")

@@ -292,7 +292,7 @@ def finetune(
 
 def evaluate(cfg: ExperimentConfig, run_dir: Path) -> dict:
     """Image-level metrics on the run's test fold at the threshold chosen on validation."""
-    from transfer.training import evaluate_run
+    from transfer.evaluate import evaluate_run
 
     path = run_dir / "eval_test.json"
     report = (

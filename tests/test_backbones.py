@@ -15,8 +15,8 @@ from dataonomy.backbones import (
     list_backbones,
     torch_cache_file,
 )
-from dataonomy.devices import resolve_device
 from dataonomy.datasets import ImageNet
+from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 
 

@@ -227,7 +227,8 @@ def _patch_set(root: Path) -> tuple[Path, Path]:
 def test_patch_validation_image_scores_equal_image_scores(tmp_path):
     from transfer.config import FinetuneConfig
     from transfer.data import PatchDataset, run_fold
-    from transfer.training import FinetuneTask, LoadedModel, Processes, image_scores, predict
+    from transfer.evaluate import image_scores
+    from transfer.training import FinetuneTask, LoadedModel, Processes, predict
 
     images, masks = _patch_set(tmp_path)
     config = FinetuneConfig(

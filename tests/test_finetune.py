@@ -14,13 +14,9 @@ from dataonomy.datasets import DAGM
 from transfer import metrics
 from transfer.cli import app
 from transfer.data import DefectData, PatchDataset, defect_fold
+from transfer.evaluate import evaluation_report, image_scores, max_patch_scores
 from transfer.models import get_model
-from transfer.training import (
-    evaluation_report,
-    image_scores,
-    load_model,
-    max_patch_scores,
-)
+from transfer.training import load_model
 
 # --- the report on a hand-checked confusion matrix -------------------------------------------------------------
 

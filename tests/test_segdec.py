@@ -240,7 +240,7 @@ def test_segdec_is_the_default_head_at_native_resolution(segdec_run, dagm_class1
     loaded = load_model(segdec_run)
     assert isinstance(loaded.model, SegDecNet) and loaded.record["output_stride"] == 8
     # The stored decision threshold is the best balanced accuracy on the validation images' decision scores.
-    from transfer.training import image_scores
+    from transfer.evaluate import image_scores
 
     val = defect_fold(DefectData(str(dagm_class1_test)), "val", folds=3, fold=1, seed=0)
     val_scores = image_scores(loaded, val)

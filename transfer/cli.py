@@ -735,7 +735,7 @@ def evaluate_cmd(
     Default data: the run's own set (--data of finetune, in its layout). --data evaluates another set; its
     --format defaults to the run's."""
     from transfer.metrics import format_table
-    from transfer.training import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
+    from transfer.evaluate import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
 
     source = _other_set(
         model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,

@@ -476,7 +476,7 @@ class PatchDataset(Dataset):
     A patch is defective (target 1) when at least ``defect_fraction`` of its pixels are in the image's mask,
     clean (0) when none are; patches in between are left out, or with ``every_patch`` kept with target 1 and
     flagged in ``ambiguous`` (validation: an image's score is its highest patch over the whole grid, as
-    :func:`transfer.training.image_scores` scores test images, while patch metrics skip the ambiguous ones).
+    :func:`transfer.evaluate.image_scores` scores test images, while patch metrics skip the ambiguous ones).
     Images are decoded once and kept in memory (8-bit, one channel for gray images); ``patches[i]`` is
     ``(image index, top, left)``.
     """
