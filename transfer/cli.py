@@ -14,7 +14,14 @@ import typer
 
 from dataonomy.cli_utils import parse_list, run_app
 from dataonomy.io import write_json
-from transfer.config import FinetuneConfig, PretrainConfig, finetune_base_fields
+from transfer.config import (
+    ARCH_DEFAULTS,
+    FinetuneConfig,
+    PretrainConfig,
+    TrainConfig,
+    finetune_base_fields,
+    read_config_file,
+)
 
 app = typer.Typer(
     help="Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects.",
@@ -48,6 +55,23 @@ LogEveryOpt = typer.Option(
     help="When stderr is not a terminal (no progress bar), print a progress line (step, loss, images/s) to it "
     "every N seconds.",
 )
+ConfigOpt = typer.Option(
+    None,
+    "--config",
+    help="A run's config.json: rerun it with the options given here changed (--out names the new run).",
+)
+DropoutOpt = typer.Option(
+    None, "--dropout", help="Dropout before the last layer (default: the architecture's)."
+)
+AuxWeightOpt = typer.Option(
+    TrainConfig.aux_weight, "--aux-weight", help="Weight of the auxiliary head's loss (Inception V3)."
+)
+AuxLogitsOpt = typer.Option(
+    None,
+    "--aux-logits/--no-aux-logits",
+    help="Train the auxiliary head (Inception V3; default: on where the input size allows it, off for segdec).",
+)
+SyncBnOpt = typer.Option(False, "--sync-bn", help="Synchronise batch norm across torchrun processes.")
 StepsPerEpochOpt = typer.Option(
     None,
     "--steps-per-epoch",
@@ -180,6 +204,26 @@ def _other_set(model: Path, data, dagm, format, *layout):
     return _defect_data(data, dagm, format, *layout, default_format=default_format)
 
 
+_DATA_OPTIONS = (
+    "data", "dagm", "format", "labels_root", "allow_partial", "masks", "mask_suffix", "normal_dir", "abnormal_dir",
+    "mask_dir", "defect_classes",
+)  # fmt: skip
+
+
+def _data_args(params: dict, given: set[str], saved: dict | None) -> dict:
+    """:func:`_defect_data`'s arguments from the options; with a --config file, its values for those not given."""
+    args = {name: params[name] for name in _DATA_OPTIONS}
+    if saved is None:
+        return args
+    for name in set(_DATA_OPTIONS) - given - {"dagm"}:
+        value = saved.get(name)
+        args[name] = ",".join(value) if name == "defect_classes" and value is not None else value
+    if "dagm" in given:  # --dagm names the set and its layout anew
+        args["data"] = params["data"] if "data" in given else None
+        args["format"] = params["format"] if "format" in given else None
+    return args
+
+
 @app.command("split")
 def split_cmd(
     data: Path = DataOpt,
@@ -282,9 +326,37 @@ def _default(config_cls, name: str):
     raise KeyError(name)
 
 
-def _given(ctx: typer.Context, values: dict) -> dict:
-    """The options among ``values`` that were typed on the command line (not left at their defaults)."""
-    return {k: v for k, v in values.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+def _given(ctx: typer.Context) -> set[str]:
+    """The options given explicitly (not left at their defaults, even where a value equals the default)."""
+    return {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
+
+
+def _field_options(ctx: typer.Context, config_cls, special: tuple[str, ...]) -> dict:
+    """The options named after a field of ``config_cls``, but the ``special`` ones the command converts itself."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_cls)} - set(special)
+    return {k: v for k, v in ctx.params.items() if k in names}
+
+
+def _forget_arch_defaults(fields: dict, old_arch: str, given: set[str]) -> None:
+    """With --config and another architecture, its own defaults replace the file's (the old ones may not fit)."""
+    if fields.get("arch") != old_arch:
+        for name in ARCH_DEFAULTS:
+            if name not in given:
+                fields.pop(name, None)
+
+
+def _triple(value: str | None, option: str) -> tuple[float, float, float] | None:
+    """``"0.5,0.5,0.5"`` -> three floats (the config checks there are three)."""
+    from dataonomy.errors import DataonomyError
+
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in parse_list(value) or [])
+    except ValueError:
+        raise DataonomyError(f"{option} {value}: give three comma-separated numbers (R,G,B)") from None
 
 
 def _run_training(config_or_none, out: Path, resume: bool, requested: dict, runtime) -> None:
@@ -320,6 +392,7 @@ def _runtime(device, workers, stop_after_steps, log_every=30.0):
 @app.command("pretrain")
 def pretrain_cmd(
     ctx: typer.Context,
+    config: Path = ConfigOpt,
     manifest: Path = typer.Option(
         None, "--manifest", help="Manifest JSON from `dataonomy select`; its selected classes are trained on."
     ),
@@ -361,6 +434,15 @@ def pretrain_cmd(
     image_size: int = typer.Option(
         None, "--image-size", help="Training resolution (default: the architecture's)."
     ),
+    mean: str = typer.Option(
+        None, "--mean", help="Input normalisation mean R,G,B (default: the architecture's)."
+    ),
+    std: str = typer.Option(
+        None, "--std", help="Input normalisation std R,G,B (default: the architecture's)."
+    ),
+    dropout: float = DropoutOpt,
+    aux_weight: float = AuxWeightOpt,
+    aux_logits: bool = AuxLogitsOpt,
     val_fraction: float = typer.Option(
         _default(PretrainConfig, "val_fraction"),
         "--val-fraction",
@@ -376,9 +458,7 @@ def pretrain_cmd(
     ),
     amp: bool = AmpOpt,
     channels_last: bool = ChannelsLastOpt,
-    sync_bn: bool = typer.Option(
-        False, "--sync-bn", help="Synchronise batch norm across torchrun processes."
-    ),
+    sync_bn: bool = SyncBnOpt,
     checkpoint_every: int = typer.Option(
         _default(PretrainConfig, "checkpoint_every"),
         "--checkpoint-every",
@@ -391,52 +471,46 @@ def pretrain_cmd(
     stop_after_steps: int = StopAfterStepsOpt,
     log_every: float = LogEveryOpt,
 ):
-    """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes)."""
+    """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes).
+
+    With --config, the saved run's fields are the defaults and the options given here change them."""
     from dataonomy.errors import DataonomyError
     from transfer.data import read_manifest_wnids
 
-    options = {
-        "arch": arch,
-        "init": init,
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "label_smoothing": label_smoothing,
-        "image_size": image_size,
-        "val_fraction": val_fraction,
-        "images_per_class": images_per_class,
-        "augment": augment,
-        "amp": amp,
-        "channels_last": channels_last,
-        "sync_bn": sync_bn,
-        "checkpoint_every": checkpoint_every,
-        "seed": seed,
-    }
+    given = _given(ctx)
+    options = _field_options(ctx, PretrainConfig, ("manifest", "source_root", "mean", "std"))
+    options.update(mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
+    saved = read_config_file(config, "pretrain") if config is not None else None
 
-    def new_config():
-        if manifest is None or source_root is None:
-            raise DataonomyError("--manifest and --source-root are required (unless --resume)")
-        return PretrainConfig(
-            manifest=str(manifest.resolve()),
-            source_root=str(source_root.resolve()),
-            wnids=read_manifest_wnids(manifest),
-            **options,
-        )
+    def run_fields() -> dict:
+        # Without --config the options are the whole config; with it, only those given replace the file's.
+        fields = dict(saved or {})
+        fields.update({k: v for k, v in options.items() if saved is None or k in given})
+        if saved is not None:
+            _forget_arch_defaults(fields, saved["arch"], given)
+        if manifest is not None:
+            fields.update(manifest=str(manifest.resolve()), wnids=read_manifest_wnids(manifest))
+        if source_root is not None:
+            fields["source_root"] = str(source_root.resolve())
+        if "manifest" not in fields or "source_root" not in fields:
+            raise DataonomyError("--manifest and --source-root are required (unless --resume or --config)")
+        return fields
 
-    requested = _given(ctx, options)
-    for name, value in (("manifest", manifest), ("source_root", source_root)):
-        if value is not None:
-            requested[name] = str(value.resolve())
+    if saved is not None:
+        requested = run_fields()  # --resume with --config: the whole file must agree with the run's
+    else:
+        requested = {k: v for k, v in options.items() if k in given}
+        for name, value in (("manifest", manifest), ("source_root", source_root)):
+            if value is not None:
+                requested[name] = str(value.resolve())
+    new_config = lambda: PretrainConfig(**run_fields())  # noqa: E731
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
 
 
 @app.command("finetune")
 def finetune_cmd(
     ctx: typer.Context,
+    config: Path = ConfigOpt,
     base: str = typer.Option(
         None,
         "--base",
@@ -513,6 +587,12 @@ def finetune_cmd(
         "--image-loss-weight",
         help="segdec: weight of the image (decision) loss.",
     ),
+    label_smoothing: float = typer.Option(
+        _default(FinetuneConfig, "label_smoothing"), "--label-smoothing", help="Label smoothing of the loss."
+    ),
+    dropout: float = DropoutOpt,
+    aux_weight: float = AuxWeightOpt,
+    aux_logits: bool = AuxLogitsOpt,
     image_size: int = typer.Option(
         None,
         "--image-size",
@@ -577,6 +657,7 @@ def finetune_cmd(
     ),
     amp: bool = AmpOpt,
     channels_last: bool = ChannelsLastOpt,
+    sync_bn: bool = SyncBnOpt,
     checkpoint_every: int = typer.Option(
         _default(FinetuneConfig, "checkpoint_every"),
         "--checkpoint-every",
@@ -596,71 +677,52 @@ def finetune_cmd(
 ):
     """Fine-tune every layer of a base model to find defects in a defect set of any layout (a defect map and an
     image score with --head segdec, the default; an image classifier with --head classify); store the validation
-    threshold."""
+    threshold.
+
+    With --config, the saved run's fields are the defaults and the options given here change them."""
     from dataonomy.errors import DataonomyError
 
-    source = _defect_data(
-        data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir, mask_dir,
-        defect_classes,
-    )  # fmt: skip
-
-    options = {
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "warmup_epochs": warmup_epochs,
-        "image_size": image_size,
-        "head": head,
-        "output_stride": output_stride,
-        "head_channels": head_channels,
-        "crop_size": crop_size,
-        "pixel_weighting": pixel_weighting,
-        "seg_loss_weight": seg_loss_weight,
-        "image_loss_weight": image_loss_weight,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "folds": folds,
-        "fold": fold,
-        "split_seed": split_seed,
-        "patches": patches,
-        "patch_size": patch_size,
-        "patch_stride": patch_stride,
-        "patch_defect_fraction": patch_defect_fraction,
-        "patience": patience,
-        "monitor": monitor,
-        "threshold_criterion": threshold_criterion,
-        "augment": augment,
-        "amp": amp,
-        "channels_last": channels_last,
-        "checkpoint_every": checkpoint_every,
-        "seed": seed,
-    }
+    given = _given(ctx)
+    saved = read_config_file(config, "finetune") if config is not None else None
+    options = _field_options(ctx, FinetuneConfig, ("base", "arch", "classes", *_DATA_OPTIONS))
+    source = _defect_data(**_data_args(ctx.params, given, saved))
     class_list = parse_list(classes)
-
     data_fields = {}
     if source is not None:
         data_fields = {k: v for k, v in asdict(source).items() if k != "root"} | {"data": source.root}
         if source.defect_classes is not None:
             data_fields["defect_classes"] = list(source.defect_classes)
 
-    def new_config():
-        if base is None or source is None:
-            raise DataonomyError("--base and --data (or --dagm) are required (unless --resume)")
-        return FinetuneConfig(
-            classes=class_list,
-            **data_fields,
-            **finetune_base_fields(base, arch, allow_incomplete_base),
-            **options,
-        )
+    def run_fields() -> dict:
+        # Without --config the options are the whole config; with it, only those given replace the file's.
+        fields = dict(saved or {})
+        if saved is None or {"base", "arch"} & given:
+            new_base = base if saved is None or "base" in given else saved["base"]
+            if new_base is None or source is None:
+                raise DataonomyError(
+                    "--base and --data (or --dagm) are required (unless --resume or --config)"
+                )
+            # imagenet/scratch keep the file's architecture; a pretrain run as base brings its own.
+            keep_arch = saved is not None and "arch" not in given and new_base in ("imagenet", "scratch")
+            new_arch = saved["arch"] if keep_arch else arch
+            fields.update(finetune_base_fields(new_base, new_arch, allow_incomplete_base))
+            if saved is not None:
+                _forget_arch_defaults(fields, saved["arch"], given)
+        fields.update(data_fields)
+        if saved is None or "classes" in given:
+            fields["classes"] = class_list
+        fields.update({k: v for k, v in options.items() if saved is None or k in given})
+        return fields
 
-    requested = _given(ctx, options) | data_fields
-    if class_list is not None:
-        requested["classes"] = class_list
-    if arch is not None:
-        requested["arch"] = arch
+    if saved is not None:
+        requested = run_fields()  # --resume with --config: the whole file must agree with the run's
+    else:
+        requested = {k: v for k, v in options.items() if k in given} | data_fields
+        if class_list is not None:
+            requested["classes"] = class_list
+        if arch is not None:
+            requested["arch"] = arch
+    new_config = lambda: FinetuneConfig(**run_fields())  # noqa: E731
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
     _print_threshold(out)
 
@@ -734,8 +796,8 @@ def evaluate_cmd(
 
     Default data: the run's own set (--data of finetune, in its layout). --data evaluates another set; its
     --format defaults to the run's."""
-    from transfer.metrics import format_table
     from transfer.evaluate import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
+    from transfer.metrics import format_table
 
     source = _other_set(
         model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
@@ -844,11 +906,14 @@ def localize_cmd(
     out: Path = typer.Option(
         ..., "--out", help="Output folder: localize.json, heatmaps/*.npy, overlays/*.png, masks/*.png."
     ),
-    patch: int = typer.Option(
+    patch_size: int = typer.Option(
         None,
-        "--patch",
         "--patch-size",
         help="Patch side in pixels (default: the run's training patch size, for patch-trained runs).",
+    ),
+    # The old name (finetune says --patch-size), hidden: scripts written with it still run.
+    old_patch: int = typer.Option(
+        None, "--patch", hidden=True, help="Old name of --patch-size (still accepted)."
     ),
     stride: int = typer.Option(None, "--stride", help="Step between patches (default: half the patch)."),
     mode: str = typer.Option(
@@ -896,8 +961,11 @@ def localize_cmd(
     validation fold by maximising the pooled pixel F1, stored in OUT/localize.json, and reused with
     --threshold-from.
     """
+    from dataonomy.errors import DataonomyError
     from transfer.localize_run import format_localize_summary, localize_images
 
+    if patch_size is not None and old_patch is not None:
+        raise DataonomyError("--patch-size and --patch: the same option (--patch is its old name); give one")
     source = _other_set(
         model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
         mask_dir, defect_classes,
@@ -906,7 +974,7 @@ def localize_cmd(
         model,
         images,
         out,
-        patch,
+        patch_size if patch_size is not None else old_patch,
         stride,
         mode,
         data=source,

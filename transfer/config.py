@@ -293,6 +293,44 @@ class FinetuneConfig(TrainConfig):
 
 _KINDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
+# `transfer pretrain`/`finetune` have one option per config field, named after it, except for the fields below;
+# tests/test_config_cli.py holds the commands to these lists so options and fields cannot drift apart.
+# Fields without an option: the run kind is the command, and the rest follow from another option.
+DERIVED_FIELDS = {
+    "pretrain": {"kind": "the command", "wnids": "--manifest's selected classes"},
+    "finetune": {"kind": "the command", "mean": "--base's normalisation", "std": "--base's normalisation"},
+}
+# Options without a field: where and how a run is carried out, which does not change its result (--config
+# only supplies the fields), and --dagm, short for the --data and --format fields.
+RUN_OPTIONS = {
+    "pretrain": ("out", "config", "resume", "device", "workers", "stop_after_steps", "log_every"),
+    "finetune": (
+        "out", "config", "resume", "device", "workers", "stop_after_steps", "log_every", "allow_incomplete_base",
+        "dagm",
+    ),
+}  # fmt: skip
+# Fields whose defaults come from the architecture: a --config rerun with another --arch takes the new one's.
+ARCH_DEFAULTS = ("image_size", "mean", "std", "dropout", "aux_logits")
+
+
+def read_config_file(path: Path, kind: str) -> dict:
+    """The fields (kind left out) of the ``kind`` run config saved in ``path`` (a run's config.json), checked
+    as :func:`config_from_dict` checks them; any problem is a one-line error naming the file."""
+    import json
+
+    where = f"--config {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataonomyError(f"{where}: not a readable config ({type(exc).__name__})") from None
+    if isinstance(data, dict) and data.get("kind") in _KINDS and data["kind"] != kind:
+        raise DataonomyError(
+            f"{where}: a {data['kind']} run's config; `transfer {kind}` takes a {kind} run's"
+        )
+    fields_ = config_from_dict(data, where).to_dict()
+    fields_.pop("kind")
+    return fields_
+
 
 def default_pretrain_lr(batch_size: int, init: str) -> float:
     """Pretraining's default peak learning rate: 0.1 x batch / 256 from scratch (Goyal et al.'s linear scaling
@@ -341,8 +379,11 @@ def replace(config: TrainConfig, **changes) -> TrainConfig:
 
 
 __all__ = [
+    "ARCH_DEFAULTS",
+    "DERIVED_FIELDS",
     "HEADS",
     "MONITORS",
+    "RUN_OPTIONS",
     "FinetuneConfig",
     "PretrainConfig",
     "TrainConfig",
@@ -350,6 +391,7 @@ __all__ = [
     "config_from_dict",
     "default_pretrain_lr",
     "finetune_base_fields",
+    "read_config_file",
     "replace",
 ]
 
