@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from dataonomy.errors import DataonomyError
+from dataonomy.registry import Registry
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -254,6 +255,18 @@ def _require_all_classes_present(role: str, labels: torch.Tensor, num_classes: i
 # per-image scores
 
 
+def _score_blocks(
+    rows: ArrayLike, num_columns: int, device: torch.device, dtype: torch.dtype, block_size: int, score
+) -> torch.Tensor:
+    """(N, ``num_columns``) scores of the N ``rows``, ``block_size`` rows at a time: ``score(start, block)``
+    of each block (as ``dtype`` on ``device``; ``start``: its first row), so memory stays bounded."""
+    out = torch.empty(rows.shape[0], num_columns, dtype=dtype, device=device)
+    for start in range(0, rows.shape[0], block_size):
+        block = as_tensor(rows[start : start + block_size], device, dtype)
+        out[start : start + block.shape[0]] = score(start, block)
+    return out
+
+
 def softmax_scores(
     target_logits: ArrayLike,
     source_logit_index: ArrayLike,
@@ -279,12 +292,12 @@ def softmax_scores(
             f"source logit index {int(index[first])} (source class {first}) is outside the backbone's"
             f" {num_logits} logits 0..{num_logits - 1} (is the source pool an ImageNet-1k subset?)"
         )
-    out = torch.empty(target_logits.shape[0], index.numel(), dtype=torch.float32, device=dev)
-    for start in range(0, target_logits.shape[0], block_size):
-        block = as_tensor(target_logits[start : start + block_size], dev, torch.float32)
+
+    def score(start: int, block: torch.Tensor) -> torch.Tensor:
         _check_finite("target logits", block)
-        out[start : start + block.shape[0]] = torch.softmax(block, dim=1)[:, index]
-    return out
+        return torch.softmax(block, dim=1)[:, index]
+
+    return _score_blocks(target_logits, index.numel(), dev, torch.float32, block_size, score)
 
 
 def prototype_scores(
@@ -304,12 +317,12 @@ def prototype_scores(
     _check_matrix("target features", target_features)
     _check_matrix("source features", source_features, target_features.shape[1])
     protos = class_prototypes(source_features, source_labels, num_sources, device=dev, block_size=block_size)
-    out = torch.empty(target_features.shape[0], num_sources, dtype=torch.float32, device=dev)
-    for start in range(0, target_features.shape[0], block_size):
-        block = as_tensor(target_features[start : start + block_size], dev, torch.float32)
+
+    def score(start: int, block: torch.Tensor) -> torch.Tensor:
         _check_finite("target features", block)
-        out[start : start + block.shape[0]] = torch.nn.functional.normalize(block, dim=1) @ protos.T
-    return out
+        return torch.nn.functional.normalize(block, dim=1) @ protos.T
+
+    return _score_blocks(target_features, num_sources, dev, torch.float32, block_size, score)
 
 
 def gaussian_scores(
@@ -339,14 +352,14 @@ def gaussian_scores(
     inv_var = 1.0 / variances
     weighted_means = means * inv_var
     const = (means**2 * inv_var).sum(1) + torch.log(variances).sum(1) + dim * math.log(2 * math.pi)
-    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float64, device=cpu)
-    for start in range(0, target_features.shape[0], block_size):
-        x = as_tensor(target_features[start : start + block_size], cpu, torch.float64)
+
+    def score(start: int, x: torch.Tensor) -> torch.Tensor:
         _check_finite("target features", x)
         x = x - centre
         sq = (x * x) @ inv_var.T - 2.0 * (x @ weighted_means.T) + const
-        out[start : start + x.shape[0]] = -0.5 * sq / dim
-    return out.to(dev)
+        return -0.5 * sq / dim
+
+    return _score_blocks(target_features, means.shape[0], cpu, torch.float64, block_size, score).to(dev)
 
 
 def frechet_scores(
@@ -379,12 +392,13 @@ def frechet_scores(
     centre = means.mean(0)
     means = means - centre
     mean_sq = (means * means).sum(1)
-    out = torch.empty(target_features.shape[0], means.shape[0], dtype=torch.float64, device=cpu)
-    for start in range(0, target_features.shape[0], block_size):
-        x = as_tensor(target_features[start : start + block_size], cpu, torch.float64) - centre
+
+    def score(start: int, x: torch.Tensor) -> torch.Tensor:
+        x = x - centre
         sq_dist = (x * x).sum(1, keepdim=True) - 2.0 * (x @ means.T) + mean_sq
-        out[start : start + x.shape[0]] = -(sq_dist + offset[labels[start : start + x.shape[0]]]) / dim
-    return out.to(dev)
+        return -(sq_dist + offset[labels[start : start + x.shape[0]]]) / dim
+
+    return _score_blocks(target_features, means.shape[0], cpu, torch.float64, block_size, score).to(dev)
 
 
 def frechet_distance(target: GaussianStats, source: GaussianStats) -> torch.Tensor:
@@ -522,28 +536,24 @@ def _frechet_measure(
     )
 
 
-_REGISTRY: dict[str, AffinityMeasure] = {}
+_REGISTRY: Registry[AffinityMeasure] = Registry(
+    "affinity measure", "--affinity {name!r} is not a known affinity measure; choose one of: {known}"
+)
 
 
 def register_affinity(measure: AffinityMeasure) -> AffinityMeasure:
     """Add ``measure`` to the registry under its name (replacing one of the same name)."""
-    _REGISTRY[measure.name] = measure
-    return measure
+    return _REGISTRY.add(measure.name, measure, replace=True)
 
 
 def list_affinities() -> list[str]:
     """Names of the registered measures, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_affinity(name: str) -> AffinityMeasure:
     """The registered measure called ``name``; unknown names raise a one-line :class:`DataonomyError`."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DataonomyError(
-            f"--affinity {name!r} is not a known affinity measure; choose one of: {', '.join(list_affinities())}"
-        ) from None
+    return _REGISTRY.get(name)
 
 
 _INPUT_HELP = {

@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
+from dataonomy.registry import Registry
 
 #: The seed of ``weights="none"``: random weights are reproducible, so their features can be cached.
 RANDOM_WEIGHTS_SEED = 0
@@ -356,33 +357,23 @@ class BackboneSpec:
     description: str = ""
 
 
-_BACKBONES: dict[str, Callable[[], BackboneSpec]] = {}
+_BACKBONES: Registry[Callable[[], BackboneSpec]] = Registry(
+    "backbone", "--backbone '{name}': unknown backbone (known: {known})"
+)
 
 
 def register_backbone(name: str) -> Callable:
     """Decorator: register a zero-argument factory returning a :class:`BackboneSpec` under ``name``."""
 
-    def wrap(factory: Callable[[], BackboneSpec]) -> Callable[[], BackboneSpec]:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _BACKBONES[name] = factory
-        return factory
-
-    return wrap
+    return _BACKBONES.decorator(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
-    try:
-        factory = _BACKBONES[name]
-    except KeyError:
-        raise DataonomyError(
-            f"--backbone '{name}': unknown backbone (known: {', '.join(list_backbones())})"
-        ) from None
-    return factory()
+    return _BACKBONES.get(name)()
 
 
 def _weights_kind(weights: str | Path) -> str:

@@ -14,9 +14,9 @@ import typer
 
 from dataonomy.affinity import list_affinities
 from dataonomy.backbones import list_backbones
-from dataonomy.cli_utils import parse_list, run_app
+from dataonomy.cli_utils import old_option_name, parse_list, run_app, with_config
 from dataonomy.datasets import list_datasets
-from dataonomy.datasets.options import open_dataset, reader_options
+from dataonomy.datasets.options import reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 
@@ -82,6 +82,8 @@ AbnormalDirOpt = typer.Option(
 MaskDirOpt = typer.Option(
     None, "--mask-dir", help="pairs, anomalib Folder layout: folder of the defective images' masks."
 )
+# The old name of --workers (transfer's name for it), hidden: scripts written with it still run.
+OldNumWorkersOpt = typer.Option(None, "--num-workers", hidden=True, help="Old name of --workers.")
 
 
 @app.command("inspect")
@@ -105,10 +107,7 @@ def inspect_cmd(
     ),
 ):
     """Read a dataset, decode every image and mask, and print its counts (optionally write its sample list)."""
-    import warnings
-
-    from dataonomy.datasets.base import verify_samples
-    from dataonomy.errors import BadImageError
+    from dataonomy.inspection import open_verified, sample_list, summary_lines
 
     if out is not None and out.is_dir():  # before reading anything: decoding a large set takes a while
         raise DataonomyError(f"--out {out}: is a folder, expected a file name such as samples.json")
@@ -117,52 +116,16 @@ def inspect_cmd(
         labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
         mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
     )  # fmt: skip
-    try:
-        ds = open_dataset(dataset, root, **options)
-        if not skip_bad:
-            # Listing the files vouches for names and labels only; inspect vouches for the pixels too, as
-            # --skip-bad already does (the readers decode every file then, and skip bad ones).
-            verify_samples(ds.samples, False, lambda m: warnings.warn(m, stacklevel=2))
-    except BadImageError as exc:
-        raise BadImageError(f"{exc} (pass --skip-bad to report and skip every bad file)") from None
-    summary = ds.summary()
-    typer.echo(
-        f"{dataset} at {root}: {summary['images']} images in {len(summary['per_class'])} classes, "
-        f"{summary['defective']} defective, {summary['masks']} masks"
-    )
-    for note in getattr(ds, "notes", []):
-        typer.echo(f"  {note}")
-    for label, n in sorted(summary["per_class"].items())[:20]:
-        typer.echo(f"  {label}: {n}")
-    if len(summary["per_class"]) > 20:
-        typer.echo(f"  ... {len(summary['per_class']) - 20} more classes")
-    if summary["per_split"]:
-        typer.echo("  splits: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["per_split"].items())))
-    groups = summary["per_group"]
-    if groups and set(groups) != set(summary["per_class"]):
-        for group, counts in sorted(groups.items())[:20]:
-            typer.echo(f"  {group}: {counts['images']} images, {counts['defective']} defective")
-        if len(groups) > 20:
-            typer.echo(f"  ... {len(groups) - 20} more groups")
+    ds = open_verified(dataset, root, options, skip_bad)
+    typer.echo("\n".join(summary_lines(ds, dataset, root)))
     if out is not None:
-        rows = [
-            {
-                "path": str(s.path),
-                "label": s.label,
-                "target": s.target,
-                "defect": s.defect,
-                "mask": str(s.mask) if s.mask else None,
-                "group": s.group,
-                "split": s.split,
-            }
-            for s in ds.samples
-        ]
-        write_json(out, {"dataset": dataset, "root": str(root), "summary": summary, "samples": rows})
+        write_json(out, sample_list(ds, dataset, root))
         typer.echo(f"wrote {out}")
 
 
 @app.command("features")
 def features_cmd(
+    ctx: typer.Context,
     dataset: str = DatasetOpt,
     root: Path = RootOpt,
     out: Path = typer.Option(
@@ -207,9 +170,10 @@ def features_cmd(
         "--device",
         help="auto (a GPU if there is one), cpu, cuda or cuda:N; under torchrun each rank uses its local GPU.",
     ),
-    num_workers: int = typer.Option(
-        None, "--num-workers", help="Image-decoding worker processes (default: from the CPUs available)."
+    workers: int = typer.Option(
+        None, "--workers", help="Image-decoding worker processes (default: from the CPUs available)."
     ),
+    old_num_workers: int = OldNumWorkersOpt,
     dtype: str = typer.Option(
         "float32", "--dtype", help="Storage type of features and logits: float32 or float16."
     ),
@@ -244,7 +208,7 @@ def features_cmd(
         weights=weights,
         device=device,
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=old_option_name(ctx, "workers", "old_num_workers"),
         dtype=dtype,
         overwrite=overwrite,
         overwrite_option="--overwrite",
@@ -261,8 +225,14 @@ def features_cmd(
 
 @app.command("select")
 def select_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="A manifest written by select (or a select config): select again with the options given here changed.",
+    ),
     target: str = typer.Option("dagm", "--target", help="Target dataset reader (dagm, folder, ...)."),
-    target_root: Path = typer.Option(..., "--target-root", help="Folder of the target dataset."),
+    target_root: Path = typer.Option(None, "--target-root", help="Folder of the target dataset; required."),
     source: str = typer.Option("imagenet", "--source", help="Source pool reader (imagenet, folder)."),
     source_root: Path = typer.Option(
         None,
@@ -360,7 +330,8 @@ def select_cmd(
     batch_size: int = typer.Option(
         32, "--batch-size", help="Images per forward pass during feature extraction."
     ),
-    num_workers: int = typer.Option(2, "--num-workers", help="Image-decoding worker processes."),
+    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
+    old_num_workers: int = OldNumWorkersOpt,
     device: str = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu or cuda."),
     cache_dir: Path = typer.Option(
         Path(".dataonomy_cache"),
@@ -378,60 +349,57 @@ def select_cmd(
     ),
     top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
 ):
-    """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP)."""
-    from dataonomy.selection import SelectConfig, format_selection_report, read_wnids, run_selection
+    """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP).
 
-    cfg = SelectConfig(
-        target_root=target_root,
-        source_root=source_root,
-        target=target,
-        source=source,
-        source_classes=[w for _, w in read_wnids(source_classes, "--source-classes")]
-        if source_classes
-        else None,
-        target_classes=parse_list(target_classes),
-        target_split=target_split,
-        target_images_per_class=target_images_per_class,
-        target_labels_root=labels_root,
-        target_allow_partial=allow_partial,
-        target_skip_bad=skip_bad,
-        target_masks=masks,
-        target_mask_suffix=mask_suffix,
-        target_normal_dir=normal_dir,
-        target_abnormal_dir=abnormal_dir,
-        target_mask_dir=mask_dir,
-        images_per_class=images_per_class or None,
-        seed=seed,
-        backbone=backbone,
-        weights=weights,
-        affinity=affinity,
-        k=k,
-        coverage=coverage,
-        coverage_floor=coverage_floor,
-        image_budget=image_budget,
-        diversity_depth=diversity_depth,
-        diversity_max=diversity_max,
-        include=list(include or []),
-        exclude=list(exclude or []),
-        time_limit=time_limit,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=device,
-        cache_dir=cache_dir,
-        target_features=target_features,
-        source_features=source_features,
-        out=out,
-    )
-    if source_features is not None and source_root is None:
+    With --config (a manifest written before, or a select config), its recorded parameters are the defaults
+    and the options given here change them."""
+    from dataonomy.selection import SelectConfig, format_selection_report, read_select_config, run_selection
+
+    saved = read_select_config(config) if config is not None else None
+    fields = with_config(ctx, saved, _select_options(ctx.params), SELECT_OPTION_FIELDS)
+    if old_num_workers is not None:
+        fields["num_workers"] = old_option_name(ctx, "workers", "old_num_workers")
+    if fields.get("target_root") is None:
+        raise DataonomyError("--target-root: the target dataset's folder is required (unless --config)")
+    if fields.get("source_features") is not None and fields.get("source_root") is None:
         raise DataonomyError("--source-features needs --source-root (the images the cache was made from)")
-    run = run_selection(cfg, log=typer.echo)
+    run = run_selection(SelectConfig(**fields), log=typer.echo)
     typer.echo(format_selection_report(run, top))
+
+
+# `dataonomy select` has one option per SelectConfig field, named after it but for the target reader's options
+# (named as in `inspect` and `features`, the field adds target_) and --workers; --config, --top and the old
+# --num-workers are not fields. tests/test_config_cli.py holds the command to these lists.
+SELECT_OPTION_FIELDS = {
+    "labels_root": "target_labels_root", "allow_partial": "target_allow_partial", "skip_bad": "target_skip_bad",
+    "masks": "target_masks", "mask_suffix": "target_mask_suffix", "normal_dir": "target_normal_dir",
+    "abnormal_dir": "target_abnormal_dir", "mask_dir": "target_mask_dir", "workers": "num_workers",
+}  # fmt: skip
+SELECT_RUN_OPTIONS = ("config", "top", "old_num_workers")
+
+
+def _select_options(params: dict) -> dict:
+    """The select options that are SelectConfig fields (by option name), their values as the fields hold them."""
+    from dataonomy.selection import read_wnids
+
+    convert = {
+        "source_classes": lambda p: [w for _, w in read_wnids(p, "--source-classes")] if p else None,
+        "target_classes": parse_list,
+        "include": lambda files: list(files or []),
+        "exclude": lambda files: list(files or []),
+        "images_per_class": lambda n: n or None,  # 0 reads every image
+    }
+    return {
+        name: convert[name](value) if name in convert else value
+        for name, value in params.items()
+        if name not in SELECT_RUN_OPTIONS
+    }
 
 
 @app.command("graph")
 def graph_cmd(
     manifest: Path = typer.Argument(..., help="Manifest written by dataonomy select."),
-    fmt: str = typer.Option(
+    format: str = typer.Option(
         "text",
         "--format",
         help="text (summary printed), graphml, json (networkx node-link), dot, png (a picture) or html (one "
@@ -469,21 +437,23 @@ def graph_cmd(
     )
     from dataonomy.taxonomy_html import write_taxonomy_html
 
-    if fmt not in FORMATS:
-        raise DataonomyError(f"--format '{fmt}': must be one of {', '.join(FORMATS)}")
-    if fmt != "text" and out is None:
-        raise DataonomyError(f"--out is required for --format {fmt}")
-    if depth is not None and fmt != "png":
-        raise DataonomyError(f"--depth applies to --format png only (got --format {fmt})")
+    if format not in FORMATS:
+        raise DataonomyError(f"--format '{format}': must be one of {', '.join(FORMATS)}")
+    if format != "text" and out is None:
+        raise DataonomyError(f"--out is required for --format {format}")
+    if depth is not None and format != "png":
+        raise DataonomyError(f"--depth applies to --format png only (got --format {format})")
     if depth is not None and depth < 1:
         raise DataonomyError(f"--depth must be >= 1 (got {depth})")
     if max_sources < 1:
         raise DataonomyError(f"--max-sources must be >= 1 (got {max_sources})")
     if out is not None and out.is_dir():
-        raise DataonomyError(f"--out {out}: is a folder; give a file name (e.g. {out / ('taxonomy.' + fmt)})")
+        raise DataonomyError(
+            f"--out {out}: is a folder; give a file name (e.g. {out / ('taxonomy.' + format)})"
+        )
     data = read_manifest(manifest)
     g = graph_from_manifest(data, where=str(manifest))
-    if fmt == "png":
+    if format == "png":
         n_classes = len(data["selected"])
         if depth is None and n_classes > AUTO_DEPTH_ABOVE:
             depth = auto_depth(g, max_sources)
@@ -491,11 +461,11 @@ def graph_cmd(
                 f"{n_classes} selected classes: drawn collapsed below WordNet depth {depth} (--depth sets it)"
             )
         draw_taxonomy(g, out, max_sources=max_sources, title=f"Taxonomy of {manifest.name}", depth=depth)
-    elif fmt == "html":
+    elif format == "html":
         write_taxonomy_html(g, out, data, title=f"Taxonomy of {manifest.name}")
     else:
-        result = export_graph(g, fmt, out)
-        if fmt == "text":
+        result = export_graph(g, format, out)
+        if format == "text":
             typer.echo(result)
     if out is not None:
         typer.echo(f"wrote {out}")

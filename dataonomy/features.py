@@ -30,6 +30,7 @@ between nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -544,28 +545,43 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass(frozen=True)
+class ExtractionRequest:
+    """How to extract (not what): the settings that travel together from :func:`ensure_features` down to
+    :func:`fill_partial`. ``weights``/``device`` build a backbone given by name; ``num_workers`` None: the
+    device's default; ``overwrite_option`` names the caller's option that sets ``overwrite`` (for advice);
+    ``log`` says that this process waits for another's lock (default stderr)."""
+
+    weights: str | Path = "imagenet"
+    device: str | torch.device = "auto"
+    batch_size: int = 64
+    num_workers: int | None = None
+    dtype: str = "float32"
+    overwrite: bool = False
+    progress: bool = True
+    on_batch: Callable[[int, int], None] | None = None
+    overwrite_option: str | None = None
+    log: Callable[[str], None] | None = None
+
+
 def fill_partial(
     path: Path,
     dataset,
     backbone_factory: Callable[[], Backbone],
     provenance: dict,
     shard: tuple[int, int] = (0, 1),
-    batch_size: int = 64,
-    num_workers: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-    on_batch: Callable[[int, int], None] | None = None,
-    overwrite_option: str | None = None,
+    request: ExtractionRequest = ExtractionRequest(),
 ) -> int:
     """Create or resume ``path`` (the rows of ``shard`` = (rank, world_size)) and extract what is not done.
 
     The backbone is built (``backbone_factory()``) only if there is work left. Every batch is written
-    and flushed before ``on_batch(done, total)`` is called. Returns the number of images extracted.
+    and flushed before ``request.on_batch(done, total)`` is called. Returns the number of images extracted.
+    ``request.num_workers`` None reads in this process (:func:`ensure_features` resolves None first).
     """
     rank, world = shard
     indices = np.arange(rank, len(dataset), world, dtype=np.int64)
     description = provenance["backbone"]
-    f = _open_for_update(path, provenance, shard, overwrite, overwrite_option)
+    f = _open_for_update(path, provenance, shard, request.overwrite, request.overwrite_option)
     if f is not None:
         with f:
             if f["done"][:].all():
@@ -583,51 +599,73 @@ def fill_partial(
         _create_cache_file(
             path, dataset, indices, provenance, description["feature_dim"], description["num_logits"], shard
         )
-    extracted = 0
     with h5py.File(path, "r+") as f, _sigterm_as_interrupt():
-        done = f["done"][:]
-        todo = indices[~done]
-        dtype = provenance["storage_dtype"]
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        bar = tqdm(
-            total=len(indices),
-            initial=int(done.sum()),
-            desc=f"features {backbone.name}" + (f" rank {rank}/{world}" if world > 1 else ""),
-            unit="img",
-            disable=not progress or rank != 0,
+        return _extract_missing_rows(
+            f, backbone, dataset, indices, shard, request, provenance["storage_dtype"]
         )
-        try:
-            for batch in extract_features(backbone, dataset, batch_size, num_workers, indices=todo):
-                positions = (batch.indices - rank) // world
-                features = batch.features.astype(dtype, copy=False)
-                logits = None if batch.logits is None else batch.logits.astype(dtype, copy=False)
-                _write_rows(f["features"], positions, features)
-                if logits is not None:
-                    _write_rows(f["logits"], positions, logits)
-                # Checksums of the values as computed (not as read back), so damage on disk shows.
-                _write_rows(f["row_sha256"], positions, row_digests(positions, features, logits))
-                f.flush()
-                # Flags last: a row counts as done only once its values are in the file.
-                _write_rows(f["done"], positions, np.ones(len(positions), dtype=bool))
-                f.flush()
-                extracted += len(positions)
-                bar.update(len(positions))
-                if on_batch is not None:
-                    on_batch(int(done.sum()) + extracted, len(indices))
-        finally:
-            bar.close()
-            _append_run(
-                f,
-                {
-                    "started": started,
-                    "device": str(backbone.device),
-                    "precision": backbone.precision,
-                    "rank": rank,
-                    "world_size": world,
-                    "images": extracted,
-                },
-            )
+
+
+def _extract_missing_rows(
+    f: h5py.File,
+    backbone: Backbone,
+    dataset,
+    indices: np.ndarray,
+    shard: tuple[int, int],
+    request: ExtractionRequest,
+    dtype: str,
+) -> int:
+    """Extract the rows of ``indices`` not yet done in the open cache ``f``, batch by batch; record the run."""
+    rank, world = shard
+    done = f["done"][:]
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    bar = tqdm(
+        total=len(indices),
+        initial=int(done.sum()),
+        desc=f"features {backbone.name}" + (f" rank {rank}/{world}" if world > 1 else ""),
+        unit="img",
+        disable=not request.progress or rank != 0,
+    )
+    extracted = 0
+    try:
+        batches = extract_features(
+            backbone, dataset, request.batch_size, request.num_workers or 0, indices=indices[~done]
+        )
+        for batch in batches:
+            positions = (batch.indices - rank) // world
+            _write_batch(f, positions, batch, dtype)
+            extracted += len(positions)
+            bar.update(len(positions))
+            if request.on_batch is not None:
+                request.on_batch(int(done.sum()) + extracted, len(indices))
+    finally:
+        bar.close()
+        _append_run(
+            f,
+            {
+                "started": started,
+                "device": str(backbone.device),
+                "precision": backbone.precision,
+                "rank": rank,
+                "world_size": world,
+                "images": extracted,
+            },
+        )
     return extracted
+
+
+def _write_batch(f: h5py.File, positions: np.ndarray, batch, dtype: str) -> None:
+    """One batch's values, checksums and, last, done flags into ``f``, each flushed."""
+    features = batch.features.astype(dtype, copy=False)
+    logits = None if batch.logits is None else batch.logits.astype(dtype, copy=False)
+    _write_rows(f["features"], positions, features)
+    if logits is not None:
+        _write_rows(f["logits"], positions, logits)
+    # Checksums of the values as computed (not as read back), so damage on disk shows.
+    _write_rows(f["row_sha256"], positions, row_digests(positions, features, logits))
+    f.flush()
+    # Flags last: a row counts as done only once its values are in the file.
+    _write_rows(f["done"], positions, np.ones(len(positions), dtype=bool))
+    f.flush()
 
 
 def _finalize(partial: Path, out: Path) -> None:
@@ -851,21 +889,16 @@ def ensure_features(
     dataset_options: dict[str, Any] | None,
     backbone: Backbone | str,
     out: str | Path,
+    request: ExtractionRequest | None = None,
     *,
-    weights: str | Path = "imagenet",
-    device: str | torch.device = "auto",
-    batch_size: int = 64,
-    num_workers: int | None = None,
-    dtype: str = "float32",
-    overwrite: bool = False,
-    progress: bool = True,
-    on_batch: Callable[[int, int], None] | None = None,
     dataset=None,
-    overwrite_option: str | None = None,
-    log: Callable[[str], None] | None = None,
+    **settings,
 ) -> FeatureSet:
     """The features of a dataset in the cache ``out``: reused when complete, else extracted or resumed.
 
+    How to extract is ``request`` (an :class:`ExtractionRequest`), or its fields given as keywords
+    (``weights=``, ``device=``, ``batch_size=``, ``num_workers=``, ``dtype=``, ``overwrite=``, ``progress=``,
+    ``on_batch=``, ``overwrite_option=``, ``log=``), which override the request's.
     ``backbone`` is a :class:`Backbone` or a registered name (then built from ``weights`` on
     ``device`` only if something needs computing). ``dataset_options`` go to ``open_dataset``.
     ``overwrite`` replaces a complete or partial cache made for other inputs instead of refusing.
@@ -879,37 +912,63 @@ def ensure_features(
     process creates the cache it holds ``<out>.lock``; another process waits there (saying so once
     through ``log``, default stderr) and then reuses the finished cache.
     """
-    if dtype not in STORAGE_DTYPES:
-        raise DataonomyError(f"--dtype {dtype}: must be one of {', '.join(STORAGE_DTYPES)}")
-    if batch_size < 1:
-        raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
-    if num_workers is not None and num_workers < 0:
-        raise DataonomyError(f"--num-workers {num_workers}: must be 0 or more")
+    request = dataclasses.replace(request or ExtractionRequest(), **settings)
     out = Path(out)
+    _check_request(request, out)
+    if dataset is None:
+        dataset = open_dataset(dataset_name, root, **(dataset_options or {}))
+    description, build = _backbone_builder(backbone, request)
+    provenance = feature_provenance(
+        dataset_name, root, dataset_options, dataset.samples, description, request.dtype
+    )
+    reused = _reusable(out, provenance, request.overwrite, request.overwrite_option)
+    if reused is not None:
+        return reused
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if request.num_workers is None:
+        device = backbone.device if isinstance(backbone, Backbone) else request.device
+        request = dataclasses.replace(request, num_workers=default_num_workers(device))
+    extracted = _extract_cache(out, dataset, build, provenance, request)
+    if isinstance(extracted, FeatureSet):  # another run finished the cache while this one waited
+        return extracted
+    features = load_features(out, request.overwrite_option)
+    features.extracted = extracted
+    return features
+
+
+def _check_request(request: ExtractionRequest, out: Path) -> None:
+    """One-line errors for settings no extraction can run with, before anything is read."""
+    if request.dtype not in STORAGE_DTYPES:
+        raise DataonomyError(f"--dtype {request.dtype}: must be one of {', '.join(STORAGE_DTYPES)}")
+    if request.batch_size < 1:
+        raise DataonomyError(f"--batch-size {request.batch_size}: must be at least 1")
+    if request.num_workers is not None and request.num_workers < 0:
+        raise DataonomyError(f"--num-workers {request.num_workers}: must be 0 or more")
     if out.suffix == ".partial":
         raise DataonomyError(f"--out {out}: the .partial suffix is reserved for interrupted extractions")
     if out.is_dir():
         raise DataonomyError(f"--out {out}: is a folder, expected a file name such as features.h5")
-    if dataset is None:
-        dataset = open_dataset(dataset_name, root, **(dataset_options or {}))
+
+
+def _backbone_builder(
+    backbone: Backbone | str, request: ExtractionRequest
+) -> tuple[dict, Callable[[], Backbone]]:
+    """The backbone's description, and a function that builds it (by name: only when called)."""
     if isinstance(backbone, Backbone):
-        description = backbone.describe()
+        return backbone.describe(), lambda: backbone
+    description = describe_backbone(backbone, request.weights)
 
-        def build() -> Backbone:
-            return backbone
-    else:
-        description = describe_backbone(backbone, weights)
+    def build() -> Backbone:
+        return get_backbone(backbone, request.weights, device=request.device, progress=request.progress)
 
-        def build() -> Backbone:
-            return get_backbone(backbone, weights, device=device, progress=progress)
+    return description, build
 
-    provenance = feature_provenance(dataset_name, root, dataset_options, dataset.samples, description, dtype)
-    reused = _reusable(out, provenance, overwrite, overwrite_option)
-    if reused is not None:
-        return reused
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if num_workers is None:
-        num_workers = default_num_workers(backbone.device if isinstance(backbone, Backbone) else device)
+
+def _extract_cache(
+    out: Path, dataset, build: Callable[[], Backbone], provenance: dict, request: ExtractionRequest
+) -> int | FeatureSet:
+    """Extract (or resume) ``out``: alone under its lock, or a shard a rank under torchrun with rank 0
+    merging. The number of images extracted here, or the cache another run finished meanwhile."""
     partial = out.with_name(out.name + ".partial")
     ranks = _Ranks()
     try:
@@ -917,46 +976,32 @@ def ensure_features(
         own = partial if ranks.world == 1 else out.with_name(f"{out.name}.rank{ranks.rank}.partial")
 
         def fill() -> int:
-            return fill_partial(
-                own,
-                dataset,
-                build,
-                provenance,
-                shard,
-                batch_size,
-                num_workers,
-                overwrite,
-                progress,
-                on_batch,
-                overwrite_option,
-            )
+            return fill_partial(own, dataset, build, provenance, shard, request)
 
         if ranks.world == 1:
-            with _exclusive(out, log or _to_stderr):
+            with _exclusive(out, request.log or _to_stderr):
                 # Another run may have finished (or replaced) the cache while this one waited.
-                reused = _reusable(out, provenance, overwrite, overwrite_option)
+                reused = _reusable(out, provenance, request.overwrite, request.overwrite_option)
                 if reused is not None:
                     return reused
                 extracted = fill()
                 _finalize(partial, out)
-        else:
-            # Ranks of one job write separate shard files and meet in all_reduce, so no file lock here
-            # (ranks waiting on each other's lock would deadlock); one job per cache at a time.
-            extracted = _run_everywhere(
-                ranks, fill, False, "another rank failed; this rank's finished rows are kept for a rerun"
-            )
-            shards = [out.with_name(f"{out.name}.rank{k}.partial") for k in range(ranks.world)]
-            _run_everywhere(
-                ranks,
-                lambda: merge_shards(shards, dataset, provenance, partial, out),
-                True,
-                "rank 0 could not merge the shards (see its error); the shard files are kept",
-            )
+            return extracted
+        # Ranks of one job write separate shard files and meet in all_reduce, so no file lock here
+        # (ranks waiting on each other's lock would deadlock); one job per cache at a time.
+        extracted = _run_everywhere(
+            ranks, fill, False, "another rank failed; this rank's finished rows are kept for a rerun"
+        )
+        shards = [out.with_name(f"{out.name}.rank{k}.partial") for k in range(ranks.world)]
+        _run_everywhere(
+            ranks,
+            lambda: merge_shards(shards, dataset, provenance, partial, out),
+            True,
+            "rank 0 could not merge the shards (see its error); the shard files are kept",
+        )
+        return extracted
     finally:
         ranks.close()
-    features = load_features(out, overwrite_option)
-    features.extracted = extracted
-    return features
 
 
 def _to_stderr(message: str) -> None:

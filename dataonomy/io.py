@@ -88,3 +88,11 @@ def json_safe(obj):
     if isinstance(obj, list | tuple):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def read_config_json(path: str | Path):
+    """The JSON a ``--config FILE`` holds; a missing, unreadable or invalid file is a one-line error naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataonomyError(f"--config {path}: not a readable config ({type(exc).__name__})") from None

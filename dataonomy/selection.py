@@ -23,7 +23,7 @@ from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
-from dataonomy.features import FeatureSet, ensure_features, feature_cache_path
+from dataonomy.features import ExtractionRequest, FeatureSet, ensure_features, feature_cache_path
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
 from dataonomy.taxonomy import export_graph, graph_from_manifest
 from dataonomy.wordnet import imagenet_classes, imagenet_index, load_wordnet
@@ -386,7 +386,9 @@ def image_pool(sf: FeatureSet, counts: np.ndarray | None = None) -> SourcePool:
         classes=list(sf.classes),
         names=list(sf.class_names),
         logit_index=logit_index,
-        image_counts=_full_class_counts_from_paths(sf) if counts is None else counts,
+        image_counts=_folder_counts(zip(sf.paths, sf.targets, strict=True), len(sf.classes))
+        if counts is None
+        else counts,
         features=sf,
     )
 
@@ -408,6 +410,31 @@ def _check_classifier_pool(cfg: SelectConfig) -> None:
         )
 
 
+@dataclass
+class _PoolInputs:
+    """The listed inputs of a run, before any feature: the readers, what each role extracts, and the pool's
+    classes (``pool``: the classifier's pool; None: the pool comes from the source images' features)."""
+
+    readers: dict
+    roles: list[tuple]
+    pool: SourcePool | None
+    classes: list[str]
+    names: list[str]
+    counts: np.ndarray | None
+
+
+@dataclass
+class ClassAffinity:
+    """Target classes (and each target image's class index) against the pool's classes: the raw class
+    affinity, its AHP normalisation (what the programme maximises) and AHP's consistency ratios."""
+
+    target_classes: list[str]
+    target_labels: np.ndarray
+    normalised: np.ndarray
+    raw: np.ndarray
+    consistency: np.ndarray
+
+
 def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     """Run the whole selection; write the manifest (and its GraphML) atomically; return what was found."""
     check_options(cfg)
@@ -415,50 +442,76 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
     if why:
         log(f"[backbone] {why}")
     cfg = dataclasses.replace(cfg, backbone=backbone)  # the manifest records the backbone actually used
-    from_classifier = cfg.source_root is None
-    if from_classifier:
+    if cfg.source_root is None:
         _check_classifier_pool(cfg)
     t0 = time.perf_counter()
-    target_opts, source_opts = _dataset_options(cfg)
+    listed = _open_inputs(cfg, log)
+    # Every option the pool's class list decides (--include/--exclude, k, diversity, budget) is checked
+    # now: extraction can take hours, a bad option must not wait for it.
+    constraints = _pool_precheck(cfg, listed.classes, listed.names, listed.counts)
 
-    # Both listings first, so that a bad --source-root or --source-classes fails now, not after the target's
-    # features; the readers then go to feature extraction, which would otherwise list them again.
+    # 1. Features (cached in HDF5; extracted only where missing; `dataonomy features` writes the same caches).
+    feats = _select_features(cfg, listed, log)
+    tf = feats["target"]
+    pool = listed.pool if listed.pool is not None else image_pool(feats["source"], listed.counts)
+    if pool.classes != listed.classes:  # a --source-features cache of another pool
+        raise DataonomyError(
+            f"--source-features {cfg.source_features}: its classes differ from the pool at --source-root {cfg.source_root}"
+        )
+    # 2. Affinity: per-image scores, raw class affinity; 3. AHP normalisation per target class.
+    affinity = _class_affinity(cfg, tf, pool, log)
+    # 4. The integer programme.
+    problem, result = _solve(cfg, affinity, pool, constraints, log)
+    # 5. Manifest and taxonomy graph.
+    manifest = build_manifest(cfg, tf, pool, affinity, problem, result)
+    out, graph_path = _write_selection(Path(cfg.out), manifest)
+    sf = pool.features
+    report = {
+        "solve_time_s": result.solve_time,
+        "wall_time_s": time.perf_counter() - t0,
+        "extracted": {"target": tf.extracted, "source": 0 if sf is None else sf.extracted},
+    }
+    return SelectionRun(
+        manifest, result, pool.classes, affinity.target_classes, affinity.normalised, affinity.raw,
+        affinity.consistency, report, out, graph_path,
+    )  # fmt: skip
+
+
+def _open_inputs(cfg: SelectConfig, log) -> _PoolInputs:
+    """Both listings first, so that a bad --source-root or --source-classes fails now, not after the target's
+    features; the readers then go to feature extraction, which would otherwise list them again."""
+    target_opts, source_opts = _dataset_options(cfg)
     readers = {"target": _open_reader("--target", cfg.target, cfg.target_root, target_opts)}
     roles = [("target", cfg.target, cfg.target_root, target_opts, cfg.target_features)]
-    if from_classifier:
+    if cfg.source_root is None:
         pool = classifier_pool(cfg.source_classes)
         log(
             f"[source] {len(pool.classes)} ImageNet-1k classes of the {cfg.backbone} classifier (no source images)"
         )
-    else:
-        try:
-            readers["source"] = _open_reader("--source", cfg.source, cfg.source_root, source_opts)
-        except DataonomyError as exc:
-            where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
-            raise DataonomyError(f"{where}: {exc}") from None
-        roles.append(("source", cfg.source, cfg.source_root, source_opts, cfg.source_features))
-    # Every option the pool's class list decides (--include/--exclude, k, diversity, budget) is checked
-    # now: extraction can take hours, a bad option must not wait for it.
-    if from_classifier:
-        pool_classes, pool_names, pool_counts = pool.classes, pool.names, None
-    else:
-        reader = readers["source"]
-        pool_classes, pool_names = list(reader.classes), list(getattr(reader, "class_names", reader.classes))
-        pool_counts = _class_counts(reader.samples, len(pool_classes))
-        inet = getattr(reader, "imagenet_indices", None)
-        outside = [
-            w for w, i in zip(pool_classes, inet or [None] * len(pool_classes), strict=True) if i is None
-        ]
-        if cfg.affinity == "softmax" and outside:
-            raise DataonomyError(
-                f"--affinity softmax needs a source pool of ImageNet-1k classes; this pool has {len(outside)} classes"
-                f" outside ImageNet-1k ('{outside[0]}', ...): use --affinity prototype, gaussian or frechet"
-            )
-    include, exclude, groups = _pool_precheck(cfg, pool_classes, pool_names, pool_counts)
+        return _PoolInputs(readers, roles, pool, pool.classes, pool.names, None)
+    try:
+        readers["source"] = _open_reader("--source", cfg.source, cfg.source_root, source_opts)
+    except DataonomyError as exc:
+        where = "--source-classes" if cfg.source_classes and "unknown wnid" in str(exc) else "source pool"
+        raise DataonomyError(f"{where}: {exc}") from None
+    roles.append(("source", cfg.source, cfg.source_root, source_opts, cfg.source_features))
+    reader = readers["source"]
+    classes, names = list(reader.classes), list(getattr(reader, "class_names", reader.classes))
+    counts = _folder_counts(((s.path, s.target) for s in reader.samples), len(classes))
+    inet = getattr(reader, "imagenet_indices", None)
+    outside = [w for w, i in zip(classes, inet or [None] * len(classes), strict=True) if i is None]
+    if cfg.affinity == "softmax" and outside:
+        raise DataonomyError(
+            f"--affinity softmax needs a source pool of ImageNet-1k classes; this pool has {len(outside)} classes"
+            f" outside ImageNet-1k ('{outside[0]}', ...): use --affinity prototype, gaussian or frechet"
+        )
+    return _PoolInputs(readers, roles, None, classes, names, counts)
 
-    # 1. Features (cached in HDF5; extracted only where missing; `dataonomy features` writes the same caches).
+
+def _select_features(cfg: SelectConfig, listed: _PoolInputs, log) -> dict[str, FeatureSet]:
+    """Each role's features, from its cache (given, or named by :func:`feature_cache_path`)."""
     feats: dict[str, FeatureSet] = {}
-    for role, name, root, opts, given in roles:
+    for role, name, root, opts, given in listed.roles:
         cache = given or feature_cache_path(cfg.cache_dir, name, root, opts, cfg.backbone, cfg.weights)
         log(f"[features] {role}: {name} at {root} -> {cache}")
         feats[role] = ensure_features(
@@ -467,21 +520,20 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
             opts,
             cfg.backbone,
             cache,
-            weights=cfg.weights,
-            device=cfg.device,
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            dataset=readers[role],
+            ExtractionRequest(
+                weights=cfg.weights,
+                device=cfg.device,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+            ),
+            dataset=listed.readers[role],
         )
         log(f"[features] {role}: {len(feats[role])} images, {feats[role].extracted} extracted now")
-    tf = feats["target"]
-    if not from_classifier:
-        pool = image_pool(feats["source"], pool_counts)
-    source_classes, source_names = pool.classes, pool.names
-    if source_classes != pool_classes:  # a --source-features cache of another pool
-        raise DataonomyError(
-            f"--source-features {cfg.source_features}: its classes differ from the pool at --source-root {cfg.source_root}"
-        )
+    return feats
+
+
+def _class_affinity(cfg: SelectConfig, tf: FeatureSet, pool: SourcePool, log) -> ClassAffinity:
+    """Per-image scores of the target images against the pool, the raw class affinity and its AHP normalisation."""
     target_classes, target_labels = _target_groups(list(tf.labels))
     if cfg.affinity == "softmax" and pool.logit_index is None:
         raise DataonomyError(
@@ -492,8 +544,6 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         raise DataonomyError(
             f"--affinity softmax needs ImageNet logits; backbone {cfg.backbone} has no ImageNet head"
         )
-
-    # 2. Affinity: per-image scores, raw class affinity.
     device = resolve_device(cfg.device)  # the extraction's device (cuda:N included), not a guess of its own
     sf = pool.features
     inputs = AffinityInputs(
@@ -503,106 +553,83 @@ def run_selection(cfg: SelectConfig, log=print) -> SelectionRun:
         source_features=None if sf is None else sf.features,
         source_labels=None if sf is None else np.asarray(sf.targets),
         source_logit_index=pool.logit_index,
-        num_sources=len(source_classes),
+        num_sources=len(pool.classes),
         num_targets=len(target_classes),
     )
     scores = per_image_scores(cfg.affinity, inputs, device=device)
     raw = class_affinity(scores, target_labels, len(target_classes)).cpu().numpy().astype(np.float64)
-    log(f"[affinity] {cfg.affinity}: {len(target_classes)} target x {len(source_classes)} source classes")
-
-    # 3. AHP normalisation per target class.
+    log(f"[affinity] {cfg.affinity}: {len(target_classes)} target x {len(pool.classes)} source classes")
     P, cr = ahp_normalize(scores, target_labels, len(target_classes), device=device)
     log(
         f"[ahp] consistency ratio per target: {', '.join(f'{c}={r:.3f}' for c, r in zip(target_classes, cr, strict=True))}"
     )
+    return ClassAffinity(target_classes, target_labels, P, raw, cr)
 
-    # 4. The integer programme.
-    counts = pool.image_counts
+
+def _solve(
+    cfg: SelectConfig, affinity: ClassAffinity, pool: SourcePool, constraints: tuple, log
+) -> tuple[SelectionProblem, SelectionResult]:
+    """The integer programme over the normalised affinity; ``constraints``: (include, exclude, groups)."""
+    include, exclude, groups = constraints
     problem = SelectionProblem(
-        affinity=P,
+        affinity=affinity.normalised,
         k=cfg.k,
         coverage=cfg.coverage,
         coverage_floor=cfg.coverage_floor,
         groups=groups,
         max_per_group=cfg.diversity_max,
-        image_counts=counts,
+        image_counts=pool.image_counts,
         image_budget=cfg.image_budget,
         include=include,
         exclude=exclude,
-        target_names=target_classes,
-        source_names=source_names,
+        target_names=affinity.target_classes,
+        source_names=pool.names,
     )
     result = solve_selection(problem, time_limit=cfg.time_limit, threads=1)
     log(
         f"[bip] {result.status}: objective {result.objective:.4f}, gap {result.gap:.2e}, {result.solve_time:.2f} s"
     )
+    return problem, result
 
-    # 5. Manifest and taxonomy graph.
-    manifest = build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, problem, result)
-    out, graph_path = check_outputs(Path(cfg.out))
+
+def _write_selection(out: Path, manifest: dict) -> tuple[Path, Path]:
+    """Validate, then write the GraphML and, last, the manifest: a manifest on disk means everything it names
+    is there. Returns both paths."""
+    out, graph_path = check_outputs(out)
     graph = graph_from_manifest(manifest)
     validate_manifest(manifest, str(out))
     export_graph(graph, "graphml", graph_path)
     try:
-        write_manifest(out, manifest)  # last: a manifest on disk means everything it names is there
+        write_manifest(out, manifest)
     except BaseException:
         graph_path.unlink(missing_ok=True)  # no GraphML without its manifest
         raise
-    report = {
-        "solve_time_s": result.solve_time,
-        "wall_time_s": time.perf_counter() - t0,
-        "extracted": {"target": tf.extracted, "source": 0 if sf is None else sf.extracted},
-    }
-    return SelectionRun(manifest, result, source_classes, target_classes, P, raw, cr, report, out, graph_path)
+    return out, graph_path
 
 
-def _class_counts(samples, num_classes: int) -> np.ndarray:
-    """Images per source class on disk (not just the sample), from a reader's samples: each class's folder."""
+def _folder_counts(paths_and_targets, num_classes: int) -> np.ndarray:
+    """Images per source class on disk (not just the sample: what pretraining on it would read), from
+    (path, class index) pairs: each class's folder."""
     counts = np.zeros(num_classes, dtype=np.int64)
     seen: dict[int, Path] = {}
-    for sample in samples:
-        seen.setdefault(int(sample.target), Path(sample.path).parent)
+    for path, target in paths_and_targets:
+        seen.setdefault(int(target), Path(path).parent)
     for t, folder in sorted(seen.items()):
         counts[t] = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
     return counts
 
 
-def _full_class_counts_from_paths(sf: FeatureSet) -> np.ndarray:
-    """Images per source class on disk (not just the sample): what pretraining on it would read."""
-    counts = np.zeros(len(sf.classes), dtype=np.int64)
-    seen: dict[int, Path] = {}
-    for p, t in zip(sf.paths, sf.targets, strict=True):
-        seen.setdefault(int(t), Path(p).parent)
-    for t, folder in seen.items():
-        counts[t] = sum(1 for p in folder.iterdir() if p.is_file()) if folder.is_dir() else 0
-    return counts
-
-
-def build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, problem, result) -> dict:
+def build_manifest(cfg, tf, pool, affinity: ClassAffinity, problem, result) -> dict:
     """The manifest (METHOD.md section 5). No timestamps or timings: same inputs, same bytes."""
-    index = imagenet_index()
-    counts = pool.image_counts
-    selected = []
-    for s in result.selected:
-        wnid = pool.classes[s]
-        selected.append(
-            {
-                "wnid": wnid,
-                "name": pool.names[s],
-                "imagenet_index": index.get(wnid),
-                "source_index": int(s),
-                "images": None if counts is None else int(counts[s]),
-                "affinity": {t: round(float(P[i, s]), 8) for i, t in enumerate(target_classes)},
-                "raw_affinity": {t: round(float(raw[i, s]), 8) for i, t in enumerate(target_classes)},
-                "serves": [t for i, t in enumerate(target_classes) if result.assignment[s, i] > 0.5],
-            }
-        )
+    target_classes = affinity.target_classes
     target_info = {
         "dataset": cfg.target,
         "root": str(cfg.target_root),
         "classes": target_classes,
         "images": len(tf),
-        "images_per_class": {c: int((target_labels == i).sum()) for i, c in enumerate(target_classes)},
+        "images_per_class": {
+            c: int((affinity.target_labels == i).sum()) for i, c in enumerate(target_classes)
+        },
         "fingerprint": fingerprint_files(tf.paths, cfg.target_root),
     }
     source_info = pool.describe(cfg)
@@ -611,21 +638,6 @@ def build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, pro
         "weights": str(cfg.weights),
         "weights_id": tf.backbone.get("weights_id"),
         "preprocessing": tf.backbone.get("preprocessing"),
-    }
-    solver = {
-        "name": "PuLP/CBC",
-        "status": result.status,
-        "objective": round(result.objective, 10),
-        "bound": round(result.bound, 10),
-        "gap": round(result.gap, 12),
-    }
-    greedy = {
-        "objective": round(result.greedy.objective, 10),
-        "objective_ratio_to_bip": round(result.greedy.objective / result.objective, 10)
-        if result.objective
-        else None,
-        "overlap_with_bip": len(set(result.greedy.selected) & set(result.selected)),
-        "violations": [{"family": v.family, "message": v.message} for v in result.greedy.violations],
     }
     parameters = cfg.recorded()
     parameters["coverage_floor"] = problem.coverage_floor
@@ -643,12 +655,54 @@ def build_manifest(cfg, tf, pool, target_classes, target_labels, P, raw, cr, pro
         "backbone": backbone,
         "parameters": parameters,
         "ahp": {
-            "consistency_ratio": {t: round(float(c), 8) for t, c in zip(target_classes, cr, strict=True)}
+            "consistency_ratio": {
+                t: round(float(c), 8) for t, c in zip(target_classes, affinity.consistency, strict=True)
+            }
         },
-        "selected": selected,
-        "solver": solver,
-        "greedy": greedy,
+        "selected": _selected_entries(pool, affinity, result),
+        "solver": {
+            "name": "PuLP/CBC",
+            "status": result.status,
+            "objective": round(result.objective, 10),
+            "bound": round(result.bound, 10),
+            "gap": round(result.gap, 12),
+        },
+        "greedy": _greedy_summary(result),
         "fingerprint": fingerprint_json(inputs),
+    }
+
+
+def _selected_entries(pool, affinity: ClassAffinity, result) -> list[dict]:
+    """The manifest's ``selected`` list: each selected class with its affinities and the targets it serves."""
+    index = imagenet_index()
+    counts = pool.image_counts
+    targets = affinity.target_classes
+    P, raw = affinity.normalised, affinity.raw
+    return [
+        {
+            "wnid": pool.classes[s],
+            "name": pool.names[s],
+            "imagenet_index": index.get(pool.classes[s]),
+            "source_index": int(s),
+            "images": None if counts is None else int(counts[s]),
+            "affinity": {t: round(float(P[i, s]), 8) for i, t in enumerate(targets)},
+            "raw_affinity": {t: round(float(raw[i, s]), 8) for i, t in enumerate(targets)},
+            "serves": [t for i, t in enumerate(targets) if result.assignment[s, i] > 0.5],
+        }
+        for s in result.selected
+    ]
+
+
+def _greedy_summary(result) -> dict:
+    """The greedy baseline against the programme's solution (the manifest's ``greedy``)."""
+    greedy = result.greedy
+    return {
+        "objective": round(greedy.objective, 10),
+        "objective_ratio_to_bip": round(greedy.objective / result.objective, 10)
+        if result.objective
+        else None,
+        "overlap_with_bip": len(set(greedy.selected) & set(result.selected)),
+        "violations": [{"family": v.family, "message": v.message} for v in greedy.violations],
     }
 
 
@@ -675,3 +729,22 @@ def format_selection_report(run, top: int = 5) -> str:
         )
     lines.append(f"taxonomy graph: {run.graph_path}")
     return "\n".join(lines)
+
+
+def read_select_config(path: str | Path) -> dict:
+    """The :class:`SelectConfig` fields saved in ``path``: a manifest written by ``dataonomy select`` (its
+    recorded ``parameters``: the fields that shape the selection) or a JSON object of the fields themselves.
+    Path fields come back as paths; any problem is a one-line error naming the file (``--config``)."""
+    from dataonomy.io import read_config_json
+
+    where = f"--config {path}"
+    data = read_config_json(path)
+    if isinstance(data, dict) and isinstance(data.get("parameters"), dict):
+        data = data["parameters"]
+    if not isinstance(data, dict):
+        raise DataonomyError(f"{where}: neither a manifest nor a select config (a JSON object)")
+    types = {f.name: str(f.type) for f in dataclasses.fields(SelectConfig)}
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    return {k: Path(v) if "Path" in types[k] and isinstance(v, str) else v for k, v in data.items()}

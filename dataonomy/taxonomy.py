@@ -195,6 +195,26 @@ def taxonomy_tree(g: nx.DiGraph) -> dict:
     the leaves are exactly the selected classes. The top node also lists ``targets``, the target class
     names in the graph's order.
     """
+    names, aff = _source_affinities(g)
+    is_a = _is_a_graph(g)
+    build = _TreeBuilder(g, is_a, aff, names)
+    tops = sorted(v for v in is_a if is_a.in_degree(v) == 0 and build.under[v])
+    if len(tops) == 1:
+        tree = build(tops[0])
+    else:
+        base = {"wnid": None, "name": "selected classes", "kind": "root", "depth": -1}
+        tree = build.internal(
+            base,
+            sorted((build(v) for v in tops), key=_tree_order),
+            set().union(*(build.under[v] for v in tops)),
+        )
+    tree = dict(tree)  # the top node gets its own key below; memoised subtrees stay as they are
+    tree["targets"] = names
+    return tree
+
+
+def _source_affinities(g: nx.DiGraph) -> tuple[list[str], dict[str, dict[str, float]]]:
+    """The target class names in the graph's order, and each selected class's affinity per target name."""
     targets = [(v, d["label"]) for v, d in g.nodes(data=True) if d.get("kind") == "target"]
     names = [label for _, label in targets]
     aff = {v: dict.fromkeys(names, 0.0) for v, kind in g.nodes(data="kind") if kind == "source"}
@@ -202,29 +222,46 @@ def taxonomy_tree(g: nx.DiGraph) -> dict:
         for _, s, d in g.out_edges(node, data=True):
             if d.get("kind") == "affinity" and s in aff:
                 aff[s][label] += float(d["weight"])
+    return names, aff
+
+
+def _is_a_graph(g: nx.DiGraph) -> nx.DiGraph:
+    """The is-a DAG of ``g``: its is-a edges, and every node but the targets (in ``g``'s order)."""
     is_a = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d.get("kind") == "is_a")
     is_a.add_nodes_from(v for v, kind in g.nodes(data="kind") if kind != "target")
-    # The distinct selected classes at or below each node (a class reached by two paths counts once).
-    under: dict[str, frozenset] = {}
-    for v in reversed(list(nx.topological_sort(is_a))):
-        below = {v} if v in aff else set()
-        for c in is_a.successors(v):
-            below |= under[c]
-        under[v] = frozenset(below)
+    return is_a
 
-    def sums(classes) -> dict:
-        return {t: sum(aff[s][t] for s in sorted(classes)) for t in names}
 
-    def internal(base: dict, kids: list[dict], classes) -> dict:
-        total = sums(classes)
+class _TreeBuilder:
+    """Builds :func:`taxonomy_tree`'s nodes: ``builder(v)`` is the subtree at ``v`` (memoised: a node with
+    several parents is the same subtree under each)."""
+
+    def __init__(self, g: nx.DiGraph, is_a: nx.DiGraph, aff: dict, names: list[str]):
+        self.g, self.is_a, self.aff, self.names = g, is_a, aff, names
+        # The distinct selected classes at or below each node (a class reached by two paths counts once).
+        self.under: dict[str, frozenset] = {}
+        for v in reversed(list(nx.topological_sort(is_a))):
+            below = {v} if v in aff else set()
+            for c in is_a.successors(v):
+                below |= self.under[c]
+            self.under[v] = frozenset(below)
+        self.memo: dict[str, dict] = {}
+
+    def sums(self, classes) -> dict:
+        return {t: sum(self.aff[s][t] for s in sorted(classes)) for t in self.names}
+
+    def internal(self, base: dict, kids: list[dict], classes) -> dict:
+        total = self.sums(classes)
         return {**base, "classes": len(classes), "affinity": total, "affinity_sum": sum(total.values()),
                 "children": kids}  # fmt: skip
 
-    memo: dict[str, dict] = {}
+    def __call__(self, v: str) -> dict:
+        if v not in self.memo:
+            self.memo[v] = self._build(v)
+        return self.memo[v]
 
-    def build(v: str) -> dict:
-        if v in memo:  # a node with several parents: the same subtree under each
-            return memo[v]
+    def _build(self, v: str) -> dict:
+        g, is_a, aff, under = self.g, self.is_a, self.aff, self.under
         data = g.nodes[v]
         base = {
             "wnid": v,
@@ -235,30 +272,13 @@ def taxonomy_tree(g: nx.DiGraph) -> dict:
         parents = sorted(is_a.predecessors(v))
         if len(parents) > 1:
             base["parents"] = [g.nodes[p].get("label", p) for p in parents]
-        kids = sorted((build(c) for c in sorted(is_a.successors(v)) if under[c]), key=_tree_order)
+        kids = sorted((self(c) for c in sorted(is_a.successors(v)) if under[c]), key=_tree_order)
         if data["kind"] != "source":
-            node = internal(base, kids, under[v])
-        else:
-            leaf = {**base, "classes": 1, "affinity": dict(aff[v]), "affinity_sum": sum(aff[v].values())}
-            node = (
-                leaf
-                if not kids
-                else internal({**base, "kind": "wordnet", "selected": True}, [leaf, *kids], under[v])
-            )
-        memo[v] = node
-        return node
-
-    tops = sorted(v for v in is_a if is_a.in_degree(v) == 0 and under[v])
-    if len(tops) == 1:
-        tree = build(tops[0])
-    else:
-        base = {"wnid": None, "name": "selected classes", "kind": "root", "depth": -1}
-        tree = internal(
-            base, sorted((build(v) for v in tops), key=_tree_order), set().union(*(under[v] for v in tops))
-        )
-    tree = dict(tree)  # the top node gets its own key below; memoised subtrees stay as they are
-    tree["targets"] = names
-    return tree
+            return self.internal(base, kids, under[v])
+        leaf = {**base, "classes": 1, "affinity": dict(aff[v]), "affinity_sum": sum(aff[v].values())}
+        if not kids:
+            return leaf
+        return self.internal({**base, "kind": "wordnet", "selected": True}, [leaf, *kids], under[v])
 
 
 def _depth_groups(g: nx.DiGraph, parent: dict[str, str | None], depth: int) -> dict[str, list[str]]:
@@ -352,8 +372,7 @@ def _tree_positions(g: nx.DiGraph) -> dict:
     each ancestor is centred over its descendants: few crossing edges, groups visible at a glance.
     """
     kinds = nx.get_node_attributes(g, "kind")
-    is_a = nx.DiGraph((u, v) for u, v, d in g.edges(data=True) if d.get("kind") == "is_a")
-    is_a.add_nodes_from(v for v, k in kinds.items() if k != "target")
+    is_a = _is_a_graph(g)
     roots = sorted(v for v in is_a if is_a.in_degree(v) == 0)
     order: list[str] = []
     for r in roots:
@@ -425,6 +444,32 @@ def draw_taxonomy(
         depth = auto_depth(g, max_sources)
     if depth is not None:
         g = collapse_taxonomy(g, depth)
+    sub, keep_sources, boxes = _picture_graph(g, max_sources, top_edges)
+    pos = _tree_positions(sub)
+    n_layers = len({y for _, y in pos.values()})
+    widest = len(keep_sources)
+    fig, ax = plt.subplots(figsize=(max(10, 0.55 * widest + 4), max(6, 0.9 * n_layers + 2)), dpi=110)
+    _draw_edges(ax, sub, pos)
+    _draw_nodes(ax, sub, pos)
+    _draw_labels(ax, sub, pos, 9 if widest <= 30 else 8)
+    ax.legend(handles=_legend_handles(depth), loc="upper right", fontsize=9, frameon=True)
+    ax.set_title(_picture_heading(title, depth, n_src, len(keep_sources), boxes), fontsize=12)
+    ax.axis("off")
+    ax.margins(0.08, 0.12)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+_COLORS = {"target": "#d62728", "source": "#1f77b4", "group": "#6baed6", "wordnet": "#bbbbbb"}
+
+
+def _picture_graph(g: nx.DiGraph, max_sources: int, top_edges: int) -> tuple[nx.DiGraph, list[str], int]:
+    """What the picture shows (pure): the ``max_sources`` strongest leaves with their ancestors, near-root
+    single-child chains removed, each target's ``top_edges`` strongest edges. Returns the graph, the leaves
+    kept (strongest first) and how many leaves there were."""
     kinds = nx.get_node_attributes(g, "kind")
     strength = {
         v: sum(d["weight"] for _, _, d in g.in_edges(v, data=True) if d.get("kind") == "affinity")
@@ -454,11 +499,11 @@ def draw_taxonomy(
     for t in [v for v in sub if sub.nodes[v]["kind"] == "target"]:
         edges = sorted(sub.out_edges(t, data="weight"), key=lambda e: -e[2])
         sub.remove_edges_from((u, v) for u, v, _ in edges[top_edges:])
-    pos = _tree_positions(sub)
-    n_layers = len({y for _, y in pos.values()})
-    widest = len(keep_sources)
-    fig, ax = plt.subplots(figsize=(max(10, 0.55 * widest + 4), max(6, 0.9 * n_layers + 2)), dpi=110)
-    colors = {"target": "#d62728", "source": "#1f77b4", "group": "#6baed6", "wordnet": "#bbbbbb"}
+    return sub, keep_sources, len(strength)
+
+
+def _draw_edges(ax, sub: nx.DiGraph, pos: dict) -> None:
+    """Is-a edges in grey; affinity edges in red, as wide as their weight."""
     is_a = [(u, v) for u, v, d in sub.edges(data=True) if d["kind"] == "is_a"]
     aff = [(u, v, d["weight"]) for u, v, d in sub.edges(data=True) if d["kind"] == "affinity"]
     nx.draw_networkx_edges(sub, pos, edgelist=is_a, ax=ax, edge_color="#999999", arrows=False, width=0.8)
@@ -474,6 +519,10 @@ def draw_taxonomy(
             width=[0.5 + 3.0 * w / wmax for *_, w in aff],
             alpha=0.5,
         )
+
+
+def _draw_nodes(ax, sub: nx.DiGraph, pos: dict) -> None:
+    """Each kind of node in its colour, shape and size."""
     for kind, shape, size in (
         ("wordnet", "o", 120),
         ("source", "o", 260),
@@ -485,14 +534,17 @@ def draw_taxonomy(
             sub,
             pos,
             nodelist=nodes,
-            node_color=colors[kind],
+            node_color=_COLORS[kind],
             node_shape=shape,
             node_size=size,
             ax=ax,
             edgecolors="black",
             linewidths=0.5,
         )
-    font = 9 if widest <= 30 else 8
+
+
+def _draw_labels(ax, sub: nx.DiGraph, pos: dict, font: int) -> None:
+    """Every node's label: targets bold, WordNet nodes above their dot, classes and groups slanted below."""
     for v, (x, y) in pos.items():
         data = sub.nodes[v]
         bold = data["kind"] == "target"
@@ -508,79 +560,40 @@ def draw_taxonomy(
             rotation=0 if bold or data["kind"] == "wordnet" else 40,
             fontsize=font + (2 if bold else 0),
             fontweight="bold" if bold else "normal",
-            color=colors[data["kind"]] if bold else "black",
+            color=_COLORS[data["kind"]] if bold else "black",
             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 0.6},
         )
+
+
+def _legend_handles(depth: int | None) -> list:
+    """The legend: each kind of node (groups only in a collapsed picture), and the affinity edges."""
     from matplotlib.lines import Line2D
 
-    ax.legend(
-        handles=[
-            Line2D(
-                [],
-                [],
-                marker="s",
-                color="w",
-                markerfacecolor=colors["target"],
-                markersize=10,
-                label="target class",
-            ),
-            Line2D(
-                [],
-                [],
-                marker="o",
-                color="w",
-                markerfacecolor=colors["source"],
-                markersize=9,
-                label="selected source class",
-            ),
-            Line2D(
-                [],
-                [],
-                marker="o",
-                color="w",
-                markerfacecolor=colors["wordnet"],
-                markersize=7,
-                label="WordNet ancestor",
-            ),
-            *(
-                [
-                    Line2D(
-                        [],
-                        [],
-                        marker="s",
-                        color="w",
-                        markerfacecolor=colors["group"],
-                        markersize=9,
-                        label=f"selected classes below WordNet depth {depth}, as one box",
-                    )
-                ]
-                if depth is not None
-                else []
-            ),
-            Line2D([], [], color="#d62728", lw=2, alpha=0.5, label="affinity (width = weight)"),
-        ],
-        loc="upper right",
-        fontsize=9,
-        frameon=True,
-    )
-    if depth is None:
-        detail = f"{len(keep_sources)} of {n_src} selected source classes"
-        heading = title or f"Taxonomy: {detail}"
-    else:
-        detail = f"{n_src} selected source classes, collapsed below WordNet depth {depth}: " + (
-            f"{len(keep_sources)} boxes"
-            if len(keep_sources) == len(strength)
-            else f"the strongest {len(keep_sources)} of {len(strength)} boxes"
+    def marker(shape: str, kind: str, size: int, label: str) -> Line2D:
+        return Line2D(
+            [], [], marker=shape, color="w", markerfacecolor=_COLORS[kind], markersize=size, label=label
         )
-        heading = f"{title}\n{detail}" if title else f"Taxonomy: {detail}"
-    ax.set_title(heading, fontsize=12)
-    ax.axis("off")
-    ax.margins(0.08, 0.12)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+
+    handles = [
+        marker("s", "target", 10, "target class"),
+        marker("o", "source", 9, "selected source class"),
+        marker("o", "wordnet", 7, "WordNet ancestor"),
+    ]
+    if depth is not None:
+        handles.append(marker("s", "group", 9, f"selected classes below WordNet depth {depth}, as one box"))
+    handles.append(Line2D([], [], color="#d62728", lw=2, alpha=0.5, label="affinity (width = weight)"))
+    return handles
+
+
+def _picture_heading(title: str | None, depth: int | None, n_src: int, shown: int, boxes: int) -> str:
+    """The picture's title: ``title`` (or "Taxonomy") and what is shown of the ``n_src`` selected classes."""
+    if depth is None:
+        detail = f"{shown} of {n_src} selected source classes"
+        return title or f"Taxonomy: {detail}"
+    detail = f"{n_src} selected source classes, collapsed below WordNet depth {depth}: " + (
+        f"{shown} boxes" if shown == boxes else f"the strongest {shown} of {boxes} boxes"
+    )
+    return f"{title}\n{detail}" if title else f"Taxonomy: {detail}"
 
 
 def export_graph(g: nx.DiGraph, fmt: str, path: str | Path | None = None) -> str | Path:

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,10 +77,23 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage into ``cfg.out``; return the summary (also written as ``summary.json``)."""
-    from transfer.config import FinetuneConfig, PretrainConfig, finetune_base_fields
-    from transfer.evaluate import evaluate_run
-    from transfer.training import Runtime, train
+    demo = _DemoRun(cfg, log)
+    for name, step in (
+        ("1/7 synthetic data", demo.make_data),
+        ("2/7 select source classes (features, affinity, AHP, BIP)", demo.select_sources),
+        ("3/7 pretrain the base model on the selection", demo.pretrain),
+        ("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)", demo.finetune),
+        ("5/7 evaluate on the Test split", demo.evaluate),
+        ("6/7 defect heatmaps of test images", demo.heatmaps),
+        ("7/7 root cause: a scratch stamped on every image from one point of the run", demo.rootcause),
+    ):
+        with demo.stage(name):
+            step()
+    return _finish(demo.out, demo.summary(), log)
 
+
+def _prepare_out(cfg: DemoConfig) -> Path:
+    """The (new or empty) output folder, with the run's ``demo_config.json``."""
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         raise DataonomyError(f"--out {out}: folder exists and is not empty; choose another or remove it")
@@ -88,188 +102,220 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         out / "demo_config.json",
         {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
     )
-    timings: dict[str, float] = {}
-    files: dict[str, str] = {}
-    runtime = Runtime(device=cfg.device, num_workers=cfg.num_workers, progress=True)
+    return out
 
-    def stage(name: str):
-        log(f"\n== {name} ==")
-        timings[name] = time.perf_counter()
 
-    def done(name: str):
-        timings[name] = round(time.perf_counter() - timings[name], 1)
-        log(f"   ({timings[name]:.1f} s)")
+class _DemoRun:
+    """One demo run: each stage is a method that reads what the stages before it left on the run, and
+    records the files it wrote in ``files`` (the summary's list, in stage order)."""
 
-    stage("1/7 synthetic data")
-    dagm = make_synthetic_dagm(
-        out / "data" / "dagm",
-        classes=cfg.dagm_classes,
-        images_per_split=cfg.dagm_images_per_split,
-        size=cfg.dagm_size,
-        seed=cfg.seed,
-    )
-    source = make_synthetic_source(
-        out / "data" / "source",
-        classes=cfg.source_classes,
-        images_per_class=cfg.source_images_per_class,
-        size=cfg.source_size,
-        seed=cfg.seed,
-    )
-    log(
-        f"target: {cfg.dagm_classes} DAGM-layout texture classes x {2 * cfg.dagm_images_per_split} images in {dagm}"
-    )
-    log(
-        f"source: {cfg.source_classes} texture/pattern classes x {cfg.source_images_per_class} images in {source}"
-    )
-    done("1/7 synthetic data")
+    def __init__(self, cfg: DemoConfig, log: Callable[[str], None]):
+        from transfer.training import Runtime
 
-    stage("2/7 select source classes (features, affinity, AHP, BIP)")
-    manifest_path = out / "manifest.json"
-    run = run_selection(
-        SelectConfig(
-            target_root=dagm,
-            source_root=source,
-            target_split="trainval",
-            images_per_class=None,
+        self.cfg, self.log = cfg, log
+        self.out = _prepare_out(cfg)
+        self.timings: dict[str, float] = {}
+        self.files: dict[str, str] = {}
+        self.runtime = Runtime(device=cfg.device, num_workers=cfg.num_workers, progress=True)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Log the stage's heading, then (when it succeeds) its time."""
+        self.log(f"\n== {name} ==")
+        self.timings[name] = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - self.timings[name], 1)
+        self.log(f"   ({self.timings[name]:.1f} s)")
+
+    def make_data(self) -> None:
+        cfg, out = self.cfg, self.out
+        self.dagm = make_synthetic_dagm(
+            out / "data" / "dagm",
+            classes=cfg.dagm_classes,
+            images_per_split=cfg.dagm_images_per_split,
+            size=cfg.dagm_size,
             seed=cfg.seed,
-            backbone=cfg.backbone,
-            weights="imagenet",
-            affinity=cfg.affinity,
-            k=cfg.k,
-            coverage=cfg.coverage,
-            diversity_depth=cfg.diversity_depth,
-            diversity_max=cfg.diversity_max,
-            batch_size=32,
-            num_workers=cfg.num_workers,
+        )
+        self.source = make_synthetic_source(
+            out / "data" / "source",
+            classes=cfg.source_classes,
+            images_per_class=cfg.source_images_per_class,
+            size=cfg.source_size,
+            seed=cfg.seed,
+        )
+        self.log(
+            f"target: {cfg.dagm_classes} DAGM-layout texture classes x {2 * cfg.dagm_images_per_split} images in {self.dagm}"
+        )
+        self.log(
+            f"source: {cfg.source_classes} texture/pattern classes x {cfg.source_images_per_class} images in {self.source}"
+        )
+
+    def select_sources(self) -> None:
+        from dataonomy.selection import format_selection_report
+
+        cfg, out = self.cfg, self.out
+        self.manifest_path = out / "manifest.json"
+        self.selection = run_selection(
+            SelectConfig(
+                target_root=self.dagm,
+                source_root=self.source,
+                target_split="trainval",
+                images_per_class=None,
+                seed=cfg.seed,
+                backbone=cfg.backbone,
+                weights="imagenet",
+                affinity=cfg.affinity,
+                k=cfg.k,
+                coverage=cfg.coverage,
+                diversity_depth=cfg.diversity_depth,
+                diversity_max=cfg.diversity_max,
+                batch_size=32,
+                num_workers=cfg.num_workers,
+                device=cfg.device,
+                cache_dir=out / "cache",
+                out=self.manifest_path,
+            ),
+            log=self.log,
+        )
+        self.log(format_selection_report(self.selection, top=3))
+        graph_png = draw_taxonomy(
+            graph_from_manifest(read_manifest(self.manifest_path)),
+            out / "taxonomy.png",
+            title="Demo: source classes selected for the synthetic DAGM target",
+        )
+        self.files.update(
+            manifest=str(self.manifest_path),
+            taxonomy_graphml=str(self.selection.graph_path),
+            taxonomy_png=str(graph_png),
+        )
+
+    def pretrain(self) -> None:
+        from transfer.config import PretrainConfig
+        from transfer.training import train
+
+        cfg = self.cfg
+        self.pre_dir = self.out / "pretrain"
+        train(
+            PretrainConfig(
+                manifest=str(self.manifest_path.resolve()),
+                source_root=str(Path(self.source).resolve()),
+                wnids=[e["wnid"] for e in self.selection.manifest["selected"]],
+                arch=cfg.arch,
+                epochs=cfg.pretrain_epochs,
+                batch_size=32,
+                lr=0.05,
+                image_size=cfg.pretrain_image_size,
+                val_fraction=0.2,
+                checkpoint_every=10_000,
+                seed=cfg.seed,
+                warmup_epochs=0.5,
+            ),
+            self.pre_dir,
+            runtime=self.runtime,
+        )
+        self.log(_metrics_line(self.pre_dir / "metrics.jsonl", "pretrain"))
+
+    def finetune(self) -> None:
+        from transfer.checkpoint import finetune_base_fields
+        from transfer.config import FinetuneConfig
+        from transfer.training import train
+
+        cfg = self.cfg
+        self.fin_dir = self.out / "finetune"
+        train(
+            FinetuneConfig(
+                **finetune_base_fields(str(self.pre_dir), None),
+                data=str(Path(self.dagm).resolve()),
+                epochs=cfg.finetune_epochs,
+                batch_size=16,
+                lr=0.02,
+                head="segdec",
+                output_stride=cfg.output_stride,
+                checkpoint_every=10_000,
+                seed=cfg.seed,
+                patience=cfg.finetune_epochs,
+            ),
+            self.fin_dir,
+            runtime=self.runtime,
+        )
+        self.log(_metrics_line(self.fin_dir / "metrics.jsonl", "finetune"))
+
+    def evaluate(self) -> None:
+        from transfer.evaluate import TABLE_COLUMNS, evaluate_run
+        from transfer.metrics import format_table
+        from transfer.stage_config import EvaluateConfig
+
+        report = evaluate_run(EvaluateConfig(model=str(self.fin_dir)), device=self.cfg.device)
+        self.stored = report["stored_threshold"]
+        self.log(f"at the threshold chosen on validation ({self.stored['threshold']:.4g}):")
+        self.log(format_table(self.stored["rows"], TABLE_COLUMNS))
+        self.files.update(metrics_json=report["files"]["json"], pr_curve_png=report["files"]["pr_curve"])
+
+    def heatmaps(self) -> None:
+        from dataonomy.datasets import DAGM, SampleDataset
+        from transfer.localize_run import format_localize_summary, localize_images
+        from transfer.stage_config import LocalizeConfig
+
+        cfg, out = self.cfg, self.out
+        self.test = test = DAGM(self.dagm, split="test")
+        # A few defective test images, labelled, so the report has pixel metrics against their masks.
+        shown = SampleDataset(
+            test.root, [s for s in test.samples if s.defect][: cfg.heatmap_images], test.classes
+        )
+        self.loc = localize_images(
+            LocalizeConfig(model=str(self.fin_dir), val_limit=40),
+            out / "heatmaps",
+            images=shown,
             device=cfg.device,
-            cache_dir=out / "cache",
-            out=manifest_path,
-        ),
-        log=log,
-    )
-    from dataonomy.selection import format_selection_report
+        )
+        self.log(format_localize_summary(self.loc))
+        self.overlays = sorted((out / "heatmaps" / "overlays").glob("*.png"))
+        self.files.update(
+            heatmap_pngs=str(out / "heatmaps" / "overlays"),
+            localize_json=str(out / "heatmaps" / "localize.json"),
+        )
 
-    log(format_selection_report(run, top=3))
-    graph_png = draw_taxonomy(
-        graph_from_manifest(read_manifest(manifest_path)),
-        out / "taxonomy.png",
-        title="Demo: source classes selected for the synthetic DAGM target",
-    )
-    files.update(
-        manifest=str(manifest_path), taxonomy_graphml=str(run.graph_path), taxonomy_png=str(graph_png)
-    )
-    done("2/7 select source classes (features, affinity, AHP, BIP)")
+    def rootcause(self) -> None:
+        from transfer.rootcause_run import format_window, rootcause_stream, stamp_images
+        from transfer.stage_config import RootcauseConfig
 
-    stage("3/7 pretrain the base model on the selection")
-    wnids = [e["wnid"] for e in run.manifest["selected"]]
-    pre_dir = out / "pretrain"
-    train(
-        PretrainConfig(
-            manifest=str(manifest_path.resolve()),
-            source_root=str(Path(source).resolve()),
-            wnids=wnids,
-            arch=cfg.arch,
-            epochs=cfg.pretrain_epochs,
-            batch_size=32,
-            lr=0.05,
-            image_size=cfg.pretrain_image_size,
-            val_fraction=0.2,
-            checkpoint_every=10_000,
-            seed=cfg.seed,
-            warmup_epochs=0.5,
-        ),
-        pre_dir,
-        runtime=runtime,
-    )
-    log(_metrics_line(pre_dir / "metrics.jsonl", "pretrain"))
-    done("3/7 pretrain the base model on the selection")
+        cfg, out, log = self.cfg, self.out, self.log
+        # One texture class's test images, in order, as a production run; a systematic scratch from image stamp_start.
+        run_images = [s.path for s in self.test.samples if s.label == "Class1"][: cfg.rootcause_images]
+        stamped = stamp_images(
+            run_images, out / "rootcause_input", kind="scratch", start=cfg.stamp_start, seed=cfg.seed
+        )
+        rc_config = RootcauseConfig(
+            images=sorted((out / "rootcause_input" / "images").glob("*.png")),
+            window=cfg.rootcause_window,
+            stride=cfg.rootcause_stride,
+        )
+        rc = rootcause_stream(rc_config, out / "rootcause", on_window=lambda e: log(format_window(e)))
+        onset = rc.get("onset_image") or "-"
+        log(
+            f"common defect: {rc['verdict']} (score {rc['score']:.1f}); stamped from image "
+            f"{cfg.stamp_start} ({stamped.get('first_stamped', '')}), found starting at {onset}"
+        )
+        self.rc = rc
+        self.files.update(
+            rootcause_png=str(out / "rootcause" / "map.png"),
+            rootcause_json=str(out / "rootcause" / "rootcause.json"),
+        )
 
-    stage("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)")
-    fin_dir = out / "finetune"
-    train(
-        FinetuneConfig(
-            **finetune_base_fields(str(pre_dir), None),
-            data=str(Path(dagm).resolve()),
-            epochs=cfg.finetune_epochs,
-            batch_size=16,
-            lr=0.02,
-            head="segdec",
-            output_stride=cfg.output_stride,
-            checkpoint_every=10_000,
-            seed=cfg.seed,
-            patience=cfg.finetune_epochs,
-        ),
-        fin_dir,
-        runtime=runtime,
-    )
-    log(_metrics_line(fin_dir / "metrics.jsonl", "finetune"))
-    done("4/7 fine-tune the defect detector (segdec: defect map + decision, from the masks)")
-
-    stage("5/7 evaluate on the Test split")
-    from transfer.evaluate import TABLE_COLUMNS
-    from transfer.metrics import format_table
-
-    report = evaluate_run(fin_dir, None, "test", num_workers=0, device=cfg.device)
-    stored = report["stored_threshold"]
-    log(f"at the threshold chosen on validation ({stored['threshold']:.4g}):")
-    log(format_table(stored["rows"], TABLE_COLUMNS))
-    files.update(metrics_json=report["files"]["json"], pr_curve_png=report["files"]["pr_curve"])
-    done("5/7 evaluate on the Test split")
-
-    stage("6/7 defect heatmaps of test images")
-    from dataonomy.datasets import DAGM, SampleDataset
-    from transfer.localize_run import format_localize_summary, localize_images
-
-    test = DAGM(dagm, split="test")
-    # A few defective test images, labelled, so the report has pixel metrics against their masks.
-    shown = SampleDataset(
-        test.root, [s for s in test.samples if s.defect][: cfg.heatmap_images], test.classes
-    )
-    loc = localize_images(fin_dir, shown, out / "heatmaps", device=cfg.device, val_limit=40)
-    log(format_localize_summary(loc))
-    overlays = sorted((out / "heatmaps" / "overlays").glob("*.png"))
-    files.update(
-        heatmap_pngs=str(out / "heatmaps" / "overlays"), localize_json=str(out / "heatmaps" / "localize.json")
-    )
-    done("6/7 defect heatmaps of test images")
-
-    stage("7/7 root cause: a scratch stamped on every image from one point of the run")
-    from transfer.rootcause_run import format_window, rootcause_stream, stamp_images
-
-    # One texture class's test images, in order, as a production run; a systematic scratch from image stamp_start.
-    run_images = [s.path for s in test.samples if s.label == "Class1"][: cfg.rootcause_images]
-    stamped = stamp_images(
-        run_images, out / "rootcause_input", kind="scratch", start=cfg.stamp_start, seed=cfg.seed
-    )
-    rc = rootcause_stream(
-        sorted((out / "rootcause_input" / "images").glob("*.png")),
-        window=cfg.rootcause_window,
-        stride=cfg.rootcause_stride,
-        out_dir=out / "rootcause",
-        on_window=lambda e: log(format_window(e)),
-    )
-    onset = rc.get("onset_image") or "-"
-    log(
-        f"common defect: {rc['verdict']} (score {rc['score']:.1f}); stamped from image "
-        f"{cfg.stamp_start} ({stamped.get('first_stamped', '')}), found starting at {onset}"
-    )
-    files.update(
-        rootcause_png=str(out / "rootcause" / "map.png"),
-        rootcause_json=str(out / "rootcause" / "rootcause.json"),
-    )
-    done("7/7 root cause: a scratch stamped on every image from one point of the run")
-
-    summary = {"config": str(out / "demo_config.json"), "files": files, "seconds": timings}
-    summary["overall"] = next((r for r in stored["rows"] if r.get("group") == "all"), stored["rows"][-1])
-    summary["localization"] = loc.get("metrics")
-    summary["heatmap_overlays"] = [str(p) for p in overlays]
-    summary["rootcause"] = {
-        "verdict": rc["verdict"],
-        "score": rc["score"],
-        "onset": rc.get("onset"),
-        "stamp_start": cfg.stamp_start,
-    }
-    return _finish(out, summary, log)
+    def summary(self) -> dict:
+        """What the run found and wrote (``summary.json``)."""
+        out, stored, rc = self.out, self.stored, self.rc
+        summary = {"config": str(out / "demo_config.json"), "files": self.files, "seconds": self.timings}
+        summary["overall"] = next((r for r in stored["rows"] if r.get("group") == "all"), stored["rows"][-1])
+        summary["localization"] = self.loc.get("metrics")
+        summary["heatmap_overlays"] = [str(p) for p in self.overlays]
+        summary["rootcause"] = {
+            "verdict": rc["verdict"],
+            "score": rc["score"],
+            "onset": rc.get("onset"),
+            "stamp_start": self.cfg.stamp_start,
+        }
+        return summary
 
 
 def _metrics_line(path: Path, what: str) -> str:

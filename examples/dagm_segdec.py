@@ -110,9 +110,10 @@ def _sha256(path: Path) -> str:
 def _evaluate_now(run: str, localize: bool) -> dict:
     from transfer.evaluate import evaluate_run
     from transfer.localize_run import localize_images
+    from transfer.stage_config import EvaluateConfig, LocalizeConfig
 
     started = time.perf_counter()
-    report = evaluate_run(run, split="test")
+    report = evaluate_run(EvaluateConfig(model=str(run), split="test"))
     test_seconds = time.perf_counter() - started  # train, val and test folds
     row = next(r for r in report["stored_threshold"]["rows"] if r["group"] == "Class1")
     out = {
@@ -124,7 +125,7 @@ def _evaluate_now(run: str, localize: bool) -> dict:
     if localize:
         loc_dir = Path(run) / "localize"
         started = time.perf_counter()
-        loc = localize_images(run, None, loc_dir, overwrite=True, progress=False)
+        loc = localize_images(LocalizeConfig(model=str(run)), loc_dir, overwrite=True, progress=False)
         metrics = loc["metrics"]
         out.update(
             localize_seconds=time.perf_counter() - started,

@@ -1,5 +1,6 @@
-"""`transfer pretrain/finetune --config`: a saved run's config.json plus the options given on the command line;
-the options held to the config fields; one name per option across the `transfer` commands."""
+"""`--config FILE` for every stage (select, pretrain, finetune, split, evaluate, localize, rootcause): the saved
+config plus the options given on the command line; every stage's options held to its config fields; one name
+per option across the commands of both CLIs."""
 
 from __future__ import annotations
 
@@ -11,22 +12,29 @@ from pathlib import Path
 import pytest
 import typer.main
 
+from dataonomy.cli import SELECT_OPTION_FIELDS, SELECT_RUN_OPTIONS
+from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
+from dataonomy.selection import SelectConfig
 from transfer.cli import app
 from transfer.config import DERIVED_FIELDS, RUN_OPTIONS, FinetuneConfig, PretrainConfig
 from transfer.models import model_spec
+from transfer.stage_config import STAGE_CONFIGS, STAGE_DERIVED_FIELDS, STAGE_RUN_OPTIONS
 
 COMMANDS = typer.main.get_command(app).commands
-CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+DATAONOMY_COMMANDS = typer.main.get_command(dataonomy_app).commands
+CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, **STAGE_CONFIGS}
+DERIVED = {**DERIVED_FIELDS, **STAGE_DERIVED_FIELDS}
+RUN_ONLY = {**RUN_OPTIONS, **STAGE_RUN_OPTIONS}
 FAST = ["--device", "cpu", "--no-amp", "--stop-after-steps", "1"]  # config.json is written before step 1
 
 
-@pytest.mark.parametrize("kind", ["pretrain", "finetune"])
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_options_and_config_fields_cannot_drift(kind):
     params = COMMANDS[kind].params
     options = {p.name for p in params}
     config_fields = {f.name: f for f in fields(CONFIGS[kind])}
-    derived, run_only = set(DERIVED_FIELDS[kind]), set(RUN_OPTIONS[kind])
+    derived, run_only = set(DERIVED[kind]), set(RUN_ONLY[kind])
     assert sorted(set(config_fields) - derived - options) == [], "config fields without an option"
     assert sorted(options - set(config_fields) - run_only) == [], (
         "options that are neither field nor run-only"
@@ -44,12 +52,31 @@ def test_options_and_config_fields_cannot_drift(kind):
             assert p.default == field.default, f"{p.opts[0]}: default {p.default}, field {field.default}"
 
 
+def test_select_options_and_config_fields_cannot_drift():
+    """`dataonomy select`: one option per SelectConfig field, named after it but for the documented renames."""
+    params = DATAONOMY_COMMANDS["select"].params
+    config_fields = {f.name: f for f in fields(SelectConfig)}
+    field_of = {
+        p.name: SELECT_OPTION_FIELDS.get(p.name, p.name) for p in params if p.name not in SELECT_RUN_OPTIONS
+    }
+    assert sorted(set(config_fields) - set(field_of.values())) == [], "config fields without an option"
+    assert sorted(set(field_of.values()) - set(config_fields)) == [], (
+        "options that are neither field nor run-only"
+    )
+    assert set(SELECT_RUN_OPTIONS) <= {p.name for p in params}
+    for p in params:
+        field = config_fields.get(field_of.get(p.name))
+        if field is not None and p.default is not None and field.default is not MISSING:
+            assert p.default == field.default, f"{p.opts[0]}: default {p.default}, field {field.default}"
+
+
 def test_one_name_per_option_across_commands():
-    """A spelling means one parameter everywhere, and a parameter has one spelling (hidden old names aside)."""
+    """A spelling means one parameter everywhere, and a parameter has one spelling (hidden old names aside), in
+    every command of both CLIs."""
     params_of_option, options_of_param = defaultdict(set), defaultdict(set)
-    for command in COMMANDS.values():
+    for command in [*COMMANDS.values(), *DATAONOMY_COMMANDS.values()]:
         for p in command.params:
-            if getattr(p, "hidden", False):
+            if getattr(p, "hidden", False) or p.param_type_name != "option":
                 continue
             for option in p.opts + p.secondary_opts:
                 params_of_option[option].add(p.name)
@@ -57,6 +84,7 @@ def test_one_name_per_option_across_commands():
     assert {k: v for k, v in params_of_option.items() if len(v) > 1} == {}
     assert {k: v for k, v in options_of_param.items() if len(v) > 1} == {}
     assert "--patch-size" in params_of_option and "--patch" not in params_of_option
+    assert "--workers" in params_of_option and "--num-workers" not in params_of_option
 
 
 def test_localize_keeps_patch_as_a_hidden_alias(monkeypatch, tmp_path, capsys):
@@ -65,7 +93,7 @@ def test_localize_keeps_patch_as_a_hidden_alias(monkeypatch, tmp_path, capsys):
 
     seen = []
     monkeypatch.setattr(
-        localize_run, "localize_images", lambda model, images, out, patch, *a, **k: seen.append(patch)
+        localize_run, "localize_images", lambda config, out, **k: seen.append(config.patch_size)
     )
     monkeypatch.setattr(localize_run, "format_localize_summary", lambda report: "done")
     run = ["localize", "--model", str(tmp_path), "--out", str(tmp_path / "out")]
@@ -185,3 +213,135 @@ def test_bad_config_files_are_one_line_errors_naming_the_file(tmp_path, capsys):
     assert "not a readable config" in error("pretrain", "broken.json")
     assert "unknown config field(s) colour" in error("pretrain", "unknown.json")
     assert "not a readable config (FileNotFoundError)" in error("finetune", "missing.json")
+
+
+# ---------------------------------------------------------------- the stages after training: split ... rootcause
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory, dagm_class1_test) -> Path:
+    """An untrained patch classifier saved as a fine-tuning run of a DAGM copy of 12 real Class1 test images."""
+    import torch
+
+    from transfer.models import build_model
+    from transfer.training import model_record, save_model
+
+    folder = tmp_path_factory.mktemp("dagm") / "Class1" / "Test"
+    (folder / "Label").mkdir(parents=True)
+    rows = [r.split("\t") for r in (dagm_class1_test / "Label" / "Labels.txt").read_text().splitlines()[1:]]
+    kept = sorted([r for r in rows if r[1] == "1"][:6] + [r for r in rows if r[1] == "0"][:6])
+    for row in kept:
+        (folder / row[2]).symlink_to(dagm_class1_test / row[2])
+        if row[1] == "1":
+            (folder / "Label" / row[4].strip()).symlink_to(dagm_class1_test / "Label" / row[4].strip())
+    (folder / "Label" / "Labels.txt").write_text("1\n" + "\n".join("\t".join(r) for r in kept) + "\n")
+    config = FinetuneConfig(
+        base="scratch", arch="small_cnn", data=str(folder), head="classify", patches=True, patch_size=64,
+        patch_stride=64, image_size=64, val_fraction=0.2, test_fraction=0.25,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    meta = {"classes": ["ok", "defect"], "groups": ["Class1"], "threshold": 0.5}
+    meta.update(input="patch", patch_size=64, patch_stride=64)
+    run = tmp_path_factory.mktemp("runs") / "patch"
+    save_model(model_record(config, build_model("small_cnn", 2, "scratch"), meta), run / "best.pt")
+    return run
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_split_reruns_a_saved_split_with_the_options_given(dagm_class1_test, tmp_path, capsys):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert run_app(app, ["split", "--dagm", str(dagm_class1_test), "--out", str(first), "--seed", "3"]) == 0
+    argv = ["split", "--config", str(first), "--out", str(second), "--val-fraction", "0.3"]
+    assert run_app(app, argv) == 0, capsys.readouterr().err
+    a, b = _json(first), _json(second)
+    assert b["config"] == a["config"] | {"val_fraction": 0.3} and a["config"]["seed"] == 3
+    assert b["params"] == a["params"] | {"val_fraction": 0.3}
+    assert len(b["folds"]["val"]) > len(a["folds"]["val"])
+
+
+def test_evaluate_reruns_a_saved_evaluation_with_the_options_given(patch_run, capsys):
+    argv = ["evaluate", "--model", str(patch_run), "--device", "cpu", "--no-errors", "--batch-size", "16"]
+    assert run_app(app, argv) == 0, capsys.readouterr().err
+    first = _json(patch_run / "eval_test.json")["config"]
+    assert first["model"] == str(patch_run) and first["errors"] is False and first["kind"] == "evaluate"
+    argv = ["evaluate", "--config", str(patch_run / "eval_test.json"), "--split", "val", "--device", "cpu"]
+    assert run_app(app, argv) == 0, capsys.readouterr().err
+    assert _json(patch_run / "eval_val.json")["config"] == first | {"split": "val"}
+
+
+def test_localize_reruns_a_saved_config_with_the_options_given(patch_run, tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    argv = [
+        "localize",
+        "--model",
+        str(patch_run),
+        "--out",
+        str(first),
+        "--stride",
+        "64",
+        "--threshold",
+        "0.5",
+    ]
+    assert run_app(app, [*argv, "--device", "cpu"]) == 0, capsys.readouterr().err
+    saved = _json(first / "config.json")
+    assert saved["stride"] == 64 and saved["threshold"] == 0.5 and saved["kind"] == "localize"
+    argv = ["localize", "--config", str(first / "config.json"), "--out", str(second), "--limit", "1"]
+    assert run_app(app, [*argv, "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert _json(second / "config.json") == saved | {"limit": 1}
+    report = _json(second / "localize.json")
+    assert len(report["images"]) == 1 and report["parameters"]["stride"] == 64
+    # The old name of --patch-size in a rerun still replaces the file's value.
+    argv = [
+        "localize",
+        "--config",
+        str(first / "config.json"),
+        "--out",
+        str(tmp_path / "third"),
+        "--patch",
+        "32",
+    ]
+    assert run_app(app, [*argv, "--device", "cpu"]) == 2
+    assert "--stride 64: must be between 1 and the patch size 32" in capsys.readouterr().err
+
+
+def test_rootcause_reruns_a_saved_config_with_the_options_given(dagm_class1_test, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(dagm_class1_test.glob("*.PNG"))[:6]:
+        (images / path.name).symlink_to(path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    argv = ["rootcause", "--images", str(images), "--out", str(first), "--window", "3", "--stride", "3"]
+    assert run_app(app, [*argv, "--crop", "128", "--device", "cpu"]) == 0, capsys.readouterr().err
+    saved = _json(first / "config.json")
+    assert saved["crop"] == [128, 128] and saved["window"] == 3
+    argv = ["rootcause", "--config", str(first / "config.json"), "--out", str(second), "--min-area", "50"]
+    assert run_app(app, argv) == 0, capsys.readouterr().err
+    assert _json(second / "config.json") == saved | {"min_area": 50}
+    assert _json(second / "rootcause.json")["parameters"]["crop"] == [128, 128]
+
+
+def test_select_reruns_a_manifest_with_the_options_given(dagm_class1_test, tmp_path, capsys):
+    common = ["--backbone", "efficientnet_lite0", "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    argv = ["select", "--target-root", str(dagm_class1_test), "--target-images-per-class", "8", "--k", "3"]
+    assert run_app(dataonomy_app, [*argv, *common, "--out", str(first)]) == 0, capsys.readouterr().err
+    argv = ["select", "--config", str(first), "--k", "4", *common, "--out", str(second)]
+    assert run_app(dataonomy_app, argv) == 0, capsys.readouterr().err
+    a, b = _json(first), _json(second)
+    assert b["parameters"] == a["parameters"] | {"k": 4} and len(b["selected"]) == 4
+
+
+def test_a_stage_refuses_another_stages_config(tmp_path, capsys):
+    path = tmp_path / "split.json"
+    path.write_text(
+        json.dumps({"params": {}, "folds": {}, "config": {"kind": "split", "data": str(tmp_path)}})
+    )
+    code = run_app(app, ["localize", "--config", str(path), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert (
+        code == 2
+        and err == f"error: --config {path}: a split config; `transfer localize` takes a localize config\n"
+    )

@@ -225,10 +225,11 @@ def _patch_set(root: Path) -> tuple[Path, Path]:
 
 
 def test_patch_validation_image_scores_equal_image_scores(tmp_path):
+    from transfer.checkpoint import LoadedModel, ModelRecord, model_record
     from transfer.config import FinetuneConfig
     from transfer.data import PatchDataset, run_fold
     from transfer.evaluate import image_scores
-    from transfer.training import FinetuneTask, LoadedModel, Processes, predict
+    from transfer.training import FinetuneTask, Processes, predict
 
     images, masks = _patch_set(tmp_path)
     config = FinetuneConfig(
@@ -242,8 +243,8 @@ def test_patch_validation_image_scores_equal_image_scores(tmp_path):
     val_scores, val_labels = task.decision_scores(outputs, targets)
 
     val_images = run_fold(config, "val")
-    record = {"input": "patch", "patch_size": 16, "patch_stride": 16, "mean": list(config.mean),
-              "std": list(config.std), "input_size": config.input_size}  # fmt: skip
+    meta = {"input": "patch", "patch_size": 16, "patch_stride": 16}
+    record = ModelRecord.from_dict(model_record(config, model, meta), tmp_path / "best.pt")
     loaded = LoadedModel(model, record, tmp_path / "best.pt")
     test_scores = image_scores(loaded, val_images, batch_size=64)
     np.testing.assert_allclose(val_scores, test_scores, rtol=1e-6)
@@ -373,8 +374,8 @@ def test_localize_counts_overlap_of_plain_files_without_refusing(pooled_run, tmp
 
 
 def test_a_run_without_recorded_hashes_is_evaluated_and_says_it_was_not_checked(pooled_run, tmp_path, capsys):
+    from transfer.checkpoint import save_model
     from transfer.models import read_checkpoint
-    from transfer.training import save_model
 
     _, _, other, run = pooled_run
     old = tmp_path / "old"

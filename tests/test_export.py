@@ -12,10 +12,10 @@ import torch
 from dataonomy.cli_utils import run_app
 from dataonomy.errors import DataonomyError
 from transfer import export
+from transfer.checkpoint import load_model, model_record, save_model
 from transfer.cli import app
 from transfer.config import FinetuneConfig
 from transfer.models import build_model
-from transfer.training import load_model, model_record, save_model
 
 
 def make_run(tmp_path, dagm_class1_test, arch: str, init: str = "scratch", **config_options):

@@ -12,11 +12,11 @@ import torch
 from dataonomy.cli_utils import run_app
 from dataonomy.datasets import DAGM
 from transfer import metrics
+from transfer.checkpoint import load_model
 from transfer.cli import app
 from transfer.data import DefectData, PatchDataset, defect_fold
 from transfer.evaluate import evaluation_report, image_scores, max_patch_scores
 from transfer.models import get_model
-from transfer.training import load_model
 
 # --- the report on a hand-checked confusion matrix -------------------------------------------------------------
 

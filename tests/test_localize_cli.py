@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,14 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from dataonomy.cli_utils import run_app
 from transfer import localize as L
 from transfer import metrics
+from transfer.checkpoint import load_model, model_record, save_model
 from transfer.cli import app
 from transfer.config import FinetuneConfig
 from transfer.data import DefectData, defect_fold
 from transfer.inspect_io import PREDICTED_COLOUR, TRUE_COLOUR
 from transfer.localize_run import localize_images
 from transfer.models import build_model
-from transfer.training import load_model, model_record, save_model
+from transfer.stage_config import LocalizeConfig
 
 PATCH = 64
 FOLD = {"val_fraction": 0.2, "test_fraction": 0.25, "seed": 0}
@@ -237,10 +239,11 @@ def test_unlabelled_files_of_any_shape(patch_run, dagm_class1_test, tmp_path, ca
 def test_the_function_takes_a_dataset_and_a_file_list(patch_run, mini_dagm, tmp_path):
     """What `dataonomy demo` calls: a DAGM fold (labelled) or a list of files (unlabelled)."""
     fold = defect_fold(DefectData(str(mini_dagm)), "val", **FOLD)
-    report = localize_images(patch_run, fold, tmp_path / "a", stride=64, threshold=0.5, progress=False)
+    config = LocalizeConfig(model=str(patch_run), stride=64, threshold=0.5)
+    report = localize_images(config, tmp_path / "a", images=fold, progress=False)
     assert report["metrics"]["n_images"] == len(fold) and report["input"]["source"] == "dataset"
     files = [s.path for s in fold.samples]
-    report = localize_images(patch_run, files, tmp_path / "b", stride=64, threshold=0.5, limit=1)
+    report = localize_images(replace(config, limit=1), tmp_path / "b", images=files)
     assert report["metrics"] is None and len(report["images"]) == 1
     assert report["images"][0]["image"] in {str(f) for f in files}
     assert Path(report["files"]["report"]).is_file()
@@ -269,7 +272,9 @@ def test_bad_inputs_are_one_line_errors_with_no_output(patch_run, mini_dagm, tmp
     (junk / "b.png").unlink()
     (junk / "notes.txt").write_text("hello")
     assert "notes.txt: not an image file" in error(*run, "--images", str(junk / "*"))
-    assert "--patch 96: larger than image" in error(*run, "--images", str(junk / "a.png"), "--patch", "96")
+    assert "--patch-size 96: larger than image" in error(
+        *run, "--images", str(junk / "a.png"), "--patch", "96"
+    )
     assert "give one of them" in error(*run, "--images", str(junk / "a.png"), "--dagm", str(mini_dagm))
     assert "--stride 80" in error(*run, "--stride", "80")
     assert "--mode 'fast'" in error(*run, "--mode", "fast")

@@ -12,6 +12,7 @@ from PIL import Image
 from dataonomy.cli_utils import run_app
 from transfer import metrics, rootcause, rootcause_run, stamps
 from transfer.cli import app
+from transfer.stage_config import RootcauseConfig
 
 ONSET = 10
 
@@ -101,12 +102,10 @@ def test_stream_reads_one_window_ahead_not_the_whole_batch(stamped, tmp_path, mo
         return real(path, *args)
 
     monkeypatch.setattr(rootcause_run, "read_gray", logged)
+    images = sorted((stamped / "images").glob("*.png"), key=lambda p: int(p.stem[5:]))
     report = rootcause_run.rootcause_stream(
-        sorted((stamped / "images").glob("*.png"), key=lambda p: int(p.stem[5:])),
-        window=30,
-        stride=5,
-        out_dir=tmp_path / "rc",
-        window_maps=True,
+        RootcauseConfig(images=images, window=30, stride=5, window_maps=True),
+        tmp_path / "rc",
         on_window=lambda entry: events.append(entry["start"]),
     )
     assert events.index(0) == 30 and events.index(5) == 36 and events.count("read") == 40

@@ -17,9 +17,10 @@ import torch
 from dataonomy.cli_utils import run_app
 from dataonomy.errors import DataonomyError
 from transfer import models
+from transfer.checkpoint import last_checkpoint_path, load_model
 from transfer.cli import app
 from transfer.config import PretrainConfig, default_pretrain_lr
-from transfer.training import Runtime, last_checkpoint_path, load_model, train, warmup_cosine
+from transfer.training import Runtime, train, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -153,7 +154,7 @@ def test_kill_between_final_checkpoint_and_summary_is_finished_by_resume(
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # stands for kill -9 right after the final checkpoint
 
-    monkeypatch.setattr(training, "_finish_run", killed)
+    monkeypatch.setattr(training, "finish_run", killed)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "run", runtime=CPU)
     monkeypatch.undo()
@@ -236,10 +237,15 @@ def test_wrong_shaped_segdec_tensor_names_it(tmp_path):
     state[key] = torch.zeros(3)
     record = {
         "format": "transfer.model/1", "kind": "finetune", "arch": "small_cnn", "head": "segdec", "output_stride": 8,
-        "head_channels": 4, "status": "complete", "model": state,
+        "head_channels": 4, "status": "complete", "model": state, "num_classes": 2, "input_size": None,
+        "mean": [0.5] * 3, "std": [0.5] * 3, "config": {},
     }  # fmt: skip
     torch.save(record, tmp_path / "best.pt")
     with pytest.raises(DataonomyError, match=rf"tensor '{key}' has shape \(3,\)"):
+        load_model(tmp_path / "best.pt")
+    # A record without a key inference needs: a one-line error naming the file and the key.
+    torch.save({k: v for k, v in record.items() if k != "mean"}, tmp_path / "best.pt")
+    with pytest.raises(DataonomyError, match=r"best.pt: the saved model lacks mean"):
         load_model(tmp_path / "best.pt")
 
 

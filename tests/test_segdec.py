@@ -11,11 +11,11 @@ import torch
 from dataonomy.cli_utils import run_app
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
+from transfer.checkpoint import load_model
 from transfer.cli import app
 from transfer.data import DefectData, defect_fold
 from transfer.segdec import SegDecNet, build_segdec, cut_trunk, upsample_map
 from transfer.segdec_task import MaskedImages, distance_weights, pixel_loss, segdec_loss, segdec_scores
-from transfer.training import load_model
 
 EFFNET_MEAN, EFFNET_STD = (127 / 255,) * 3, (128 / 255,) * 3
 
@@ -238,7 +238,7 @@ def test_segdec_is_the_default_head_at_native_resolution(segdec_run, dagm_class1
     config = json.loads((segdec_run / "config.json").read_text())
     assert config["head"] == "segdec" and config["image_size"] is None and config["crop_size"] == 64
     loaded = load_model(segdec_run)
-    assert isinstance(loaded.model, SegDecNet) and loaded.record["output_stride"] == 8
+    assert isinstance(loaded.model, SegDecNet) and loaded.record.output_stride == 8
     # The stored decision threshold is the best balanced accuracy on the validation images' decision scores.
     from transfer.evaluate import image_scores
 

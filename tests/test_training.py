@@ -115,9 +115,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from dataonomy.cli_utils import run_app  # noqa: E402
+from transfer.checkpoint import last_checkpoint_path  # noqa: E402
 from transfer.cli import app  # noqa: E402
 from transfer.config import PretrainConfig, config_from_dict  # noqa: E402
-from transfer.training import Runtime, last_checkpoint_path, train  # noqa: E402
+from transfer.training import Runtime, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -247,9 +247,9 @@ def _mixed_pairs(root: Path, real) -> Path:
 
 
 def test_mixed_sizes_train_padded_score_by_size_and_map_each_image_at_its_own_size(real, tmp_path, capsys):
+    from transfer.checkpoint import load_model
     from transfer.data import DefectData, defect_fold
     from transfer.evaluate import image_scores
-    from transfer.training import load_model
 
     images = _mixed_pairs(tmp_path / "mixed", real)
     data_args = [

@@ -7,19 +7,15 @@ export), and prints a short report.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
-from dataonomy.cli_utils import parse_list, run_app
-from dataonomy.io import write_json
+from dataonomy.cli_utils import given_options, old_option_name, parse_list, run_app, with_config
 from transfer.config import (
-    ARCH_DEFAULTS,
     FinetuneConfig,
     PretrainConfig,
     TrainConfig,
-    finetune_base_fields,
     read_config_file,
 )
 
@@ -139,23 +135,17 @@ SkipBadOpt = typer.Option(
 )
 
 
-def _defect_data(
-    data: Path | None,
-    dagm: Path | None,
-    format: str | None,
-    labels_root: Path | None = None,
-    allow_partial: bool = False,
-    masks: Path | None = None,
-    mask_suffix: str | None = None,
-    normal_dir: Path | None = None,
-    abnormal_dir: Path | None = None,
-    mask_dir: Path | None = None,
-    defect_classes: str | None = None,
-    default_format: str = "dagm",
-):
-    """The defect set the options name (``--dagm ROOT`` is ``--data ROOT --format dagm``), or None without one."""
+def _defect_data(args: dict, default_format: str = "dagm"):
+    """The defect set the data options (:func:`_data_args`) name, or None without one (``--dagm ROOT`` is
+    ``--data ROOT --format dagm``); checked as every stage config checks it."""
+    from transfer.stage_config import DefectSetFields
+
+    return DefectSetFields(**_layout_fields(args)).defect_data(default_format)
+
+
+def _dagm_shorthand(data, dagm, format):
+    """(data, format) with ``--dagm ROOT`` read as ``--data ROOT --format dagm``."""
     from dataonomy.errors import DataonomyError
-    from transfer.data import DefectData
 
     if data is not None and dagm is not None:
         raise DataonomyError(
@@ -165,43 +155,19 @@ def _defect_data(
         if format not in (None, "dagm"):
             raise DataonomyError(f"--dagm with --format {format}: --dagm reads the dagm layout; use --data")
         data, format = dagm, "dagm"
-    layout = {
-        "labels_root": labels_root, "masks": masks, "mask_suffix": mask_suffix, "normal_dir": normal_dir,
-        "abnormal_dir": abnormal_dir, "mask_dir": mask_dir, "defect_classes": defect_classes,
-    }  # fmt: skip
-    if data is None:
-        given = [k for k, v in layout.items() if v is not None] + (["allow_partial"] if allow_partial else [])
-        if given or format is not None:
-            option = "--format" if format is not None else "--" + given[0].replace("_", "-")
-            raise DataonomyError(f"{option}: describes the --data set; give --data (or --dagm) with it")
-        return None
-    path = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
-    return DefectData(
-        root=path(data),
-        format=format or default_format,
-        labels_root=path(labels_root),
-        allow_partial=allow_partial,
-        masks=str(masks)
-        if masks is not None
-        else None,  # relative to --data where it is there (pairs reader)
-        mask_suffix=mask_suffix,
-        normal_dir=str(normal_dir) if normal_dir is not None else None,
-        abnormal_dir=str(abnormal_dir) if abnormal_dir is not None else None,
-        mask_dir=str(mask_dir) if mask_dir is not None else None,
-        defect_classes=tuple(parse_list(defect_classes)) if defect_classes is not None else None,
-    )
+    return data, format
 
 
-def _other_set(model: Path, data, dagm, format, *layout):
+def _other_set(model: Path, args: dict):
     """The set a command on a fine-tuned run reads instead of the run's own (None: the run's own); its --format
     defaults to the run's."""
     default_format = "dagm"
     config_path = (model if model.is_dir() else model.parent) / "config.json"
-    if data is not None and format is None and config_path.is_file():
+    if args["data"] is not None and args["format"] is None and config_path.is_file():
         import json
 
         default_format = json.loads(config_path.read_text(encoding="utf-8")).get("format", "dagm")
-    return _defect_data(data, dagm, format, *layout, default_format=default_format)
+    return _defect_data(args, default_format)
 
 
 _DATA_OPTIONS = (
@@ -224,8 +190,54 @@ def _data_args(params: dict, given: set[str], saved: dict | None) -> dict:
     return args
 
 
+def _data_fields(params: dict, given: set[str], saved: dict | None) -> dict:
+    """The defect-set fields of a stage config (:data:`transfer.stage_config.DATA_FIELDS`) from the options and a
+    --config file's values (:func:`_data_args`); --format stays None where not given (the stage's default)."""
+    return _layout_fields(_data_args(params, given, saved))
+
+
+def _layout_fields(args: dict) -> dict:
+    """:func:`_data_args`'s values as the defect-set fields: --dagm read, paths as strings (--data and
+    --labels-root resolved; the pairs folders stay relative to --data), --defect-classes as a list."""
+    args = dict(args)
+    data, format = _dagm_shorthand(args.pop("data"), args.pop("dagm"), args.pop("format"))
+    resolved = lambda p: str(Path(p).resolve()) if p is not None else None  # noqa: E731
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}
+    return fields | {
+        "data": resolved(data),
+        "format": format,
+        "labels_root": resolved(args["labels_root"]),
+        "defect_classes": parse_list(args["defect_classes"]),
+    }
+
+
+def _stage_config(ctx: typer.Context, kind: str, convert: dict | None = None, **overrides):
+    """A stage's config (:mod:`transfer.stage_config`): the --config file's fields, replaced by the options named
+    after fields (every one without a file, those given with one; ``convert`` maps an option's value to its
+    field's), the defect-set options, then ``overrides``. The one way every stage command builds its config."""
+    from transfer.stage_config import DATA_FIELDS, STAGE_CONFIGS, DefectSetFields, read_stage_config
+
+    cls, convert = STAGE_CONFIGS[kind], convert or {}
+    path = ctx.params.get("config")
+    saved = read_stage_config(path, kind) if path is not None else None
+    options = {}
+    for name, value in _field_options(ctx, cls, DATA_FIELDS).items():
+        value = str(value) if isinstance(value, Path) else value
+        options[name] = convert[name](value) if name in convert and value is not None else value
+    fields = with_config(ctx, saved, options)
+    if issubclass(cls, DefectSetFields):
+        fields.update(_data_fields(ctx.params, _given(ctx), saved))
+    return cls(**(fields | overrides))
+
+
 @app.command("split")
 def split_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="A split JSON written before (or a split config): redo it with the options given here changed.",
+    ),
     data: Path = DataOpt,
     format: str = FormatOpt,
     dagm: Path = DagmOpt,
@@ -255,46 +267,13 @@ def split_cmd(
     mask_dir: Path = MaskDirOpt,
     defect_classes: str = DefectClassesOpt,
 ):
-    """Write the seeded, stratified train/validation(/test) split of a defect set that fine-tuning uses."""
-    from dataonomy.errors import DataonomyError
-    from transfer.data import defect_fold
+    """Write the seeded, stratified train/validation(/test) split of a defect set that fine-tuning uses.
+
+    With --config, the saved split's fields are the defaults and the options given here change them."""
+    from transfer.split import write_split
 
     check_output_file(out, "--out")
-    source = _defect_data(
-        data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir, mask_dir,
-        defect_classes,
-    )  # fmt: skip
-    if source is None:
-        raise DataonomyError("--data (or --dagm): which defect set to split")
-    lists = {}
-    splits = ("train", "val", "test")
-    for split in splits:
-        try:
-            ds = defect_fold(
-                source, split, parse_list(classes), val_fraction, test_fraction, seed, folds, fold
-            )
-        except DataonomyError:
-            if split == "test":
-                continue  # a set without a test fold of its own, and none asked for
-            raise
-        lists[split] = [
-            {"path": str(s.path), "group": s.group or s.label, "defect": bool(s.defect)} for s in ds.samples
-        ]
-        n_def = sum(r["defect"] for r in lists[split])
-        typer.echo(f"{split}: {len(lists[split])} images, {n_def} defective")
-    params = {
-        "data": source.root,
-        "format": source.format,
-        **source.reader_options(),
-        "classes": classes,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "folds": folds,
-        "fold": fold,
-        "seed": seed,
-    }
-    write_json(out, {"params": params, "folds": lists})
-    typer.echo(f"wrote {out}")
+    write_split(_stage_config(ctx, "split", {"classes": parse_list}), out, log=typer.echo)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -326,9 +305,7 @@ def _default(config_cls, name: str):
     raise KeyError(name)
 
 
-def _given(ctx: typer.Context) -> set[str]:
-    """The options given explicitly (not left at their defaults, even where a value equals the default)."""
-    return {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
+_given = given_options
 
 
 def _field_options(ctx: typer.Context, config_cls, special: tuple[str, ...]) -> dict:
@@ -337,14 +314,6 @@ def _field_options(ctx: typer.Context, config_cls, special: tuple[str, ...]) -> 
 
     names = {f.name for f in fields(config_cls)} - set(special)
     return {k: v for k, v in ctx.params.items() if k in names}
-
-
-def _forget_arch_defaults(fields: dict, old_arch: str, given: set[str]) -> None:
-    """With --config and another architecture, its own defaults replace the file's (the old ones may not fit)."""
-    if fields.get("arch") != old_arch:
-        for name in ARCH_DEFAULTS:
-            if name not in given:
-                fields.pop(name, None)
 
 
 def _triple(value: str | None, option: str) -> tuple[float, float, float] | None:
@@ -474,36 +443,14 @@ def pretrain_cmd(
     """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes).
 
     With --config, the saved run's fields are the defaults and the options given here change them."""
-    from dataonomy.errors import DataonomyError
-    from transfer.data import read_manifest_wnids
+    from transfer.train_request import TrainRequest, pretrain_fields, pretrain_requested
 
-    given = _given(ctx)
     options = _field_options(ctx, PretrainConfig, ("manifest", "source_root", "mean", "std"))
     options.update(mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
     saved = read_config_file(config, "pretrain") if config is not None else None
-
-    def run_fields() -> dict:
-        # Without --config the options are the whole config; with it, only those given replace the file's.
-        fields = dict(saved or {})
-        fields.update({k: v for k, v in options.items() if saved is None or k in given})
-        if saved is not None:
-            _forget_arch_defaults(fields, saved["arch"], given)
-        if manifest is not None:
-            fields.update(manifest=str(manifest.resolve()), wnids=read_manifest_wnids(manifest))
-        if source_root is not None:
-            fields["source_root"] = str(source_root.resolve())
-        if "manifest" not in fields or "source_root" not in fields:
-            raise DataonomyError("--manifest and --source-root are required (unless --resume or --config)")
-        return fields
-
-    if saved is not None:
-        requested = run_fields()  # --resume with --config: the whole file must agree with the run's
-    else:
-        requested = {k: v for k, v in options.items() if k in given}
-        for name, value in (("manifest", manifest), ("source_root", source_root)):
-            if value is not None:
-                requested[name] = str(value.resolve())
-    new_config = lambda: PretrainConfig(**run_fields())  # noqa: E731
+    request = TrainRequest(options, _given(ctx), saved)
+    requested = pretrain_requested(request, manifest, source_root)
+    new_config = lambda: PretrainConfig(**pretrain_fields(request, manifest, source_root))  # noqa: E731
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
 
 
@@ -680,49 +627,19 @@ def finetune_cmd(
     threshold.
 
     With --config, the saved run's fields are the defaults and the options given here change them."""
-    from dataonomy.errors import DataonomyError
+    from transfer.train_request import BaseRequest, TrainRequest, finetune_fields, finetune_requested
 
     given = _given(ctx)
     saved = read_config_file(config, "finetune") if config is not None else None
     options = _field_options(ctx, FinetuneConfig, ("base", "arch", "classes", *_DATA_OPTIONS))
-    source = _defect_data(**_data_args(ctx.params, given, saved))
-    class_list = parse_list(classes)
-    data_fields = {}
-    if source is not None:
-        data_fields = {k: v for k, v in asdict(source).items() if k != "root"} | {"data": source.root}
-        if source.defect_classes is not None:
-            data_fields["defect_classes"] = list(source.defect_classes)
-
-    def run_fields() -> dict:
-        # Without --config the options are the whole config; with it, only those given replace the file's.
-        fields = dict(saved or {})
-        if saved is None or {"base", "arch"} & given:
-            new_base = base if saved is None or "base" in given else saved["base"]
-            if new_base is None or source is None:
-                raise DataonomyError(
-                    "--base and --data (or --dagm) are required (unless --resume or --config)"
-                )
-            # imagenet/scratch keep the file's architecture; a pretrain run as base brings its own.
-            keep_arch = saved is not None and "arch" not in given and new_base in ("imagenet", "scratch")
-            new_arch = saved["arch"] if keep_arch else arch
-            fields.update(finetune_base_fields(new_base, new_arch, allow_incomplete_base))
-            if saved is not None:
-                _forget_arch_defaults(fields, saved["arch"], given)
-        fields.update(data_fields)
-        if saved is None or "classes" in given:
-            fields["classes"] = class_list
-        fields.update({k: v for k, v in options.items() if saved is None or k in given})
-        return fields
-
-    if saved is not None:
-        requested = run_fields()  # --resume with --config: the whole file must agree with the run's
-    else:
-        requested = {k: v for k, v in options.items() if k in given} | data_fields
-        if class_list is not None:
-            requested["classes"] = class_list
-        if arch is not None:
-            requested["arch"] = arch
-    new_config = lambda: FinetuneConfig(**run_fields())  # noqa: E731
+    options["classes"] = parse_list(classes)
+    source = _defect_data(_data_args(ctx.params, given, saved))
+    request, base_request = (
+        TrainRequest(options, given, saved),
+        BaseRequest(base, arch, allow_incomplete_base),
+    )
+    requested = finetune_requested(request, source, base_request)
+    new_config = lambda: FinetuneConfig(**finetune_fields(request, source, base_request))  # noqa: E731
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
     _print_threshold(out)
 
@@ -732,13 +649,13 @@ def _print_threshold(out: Path) -> None:
     import os
 
     if best.is_file() and int(os.environ.get("RANK", "0")) == 0:
-        from transfer.models import read_checkpoint
+        from transfer.checkpoint import read_model_record
 
-        record = read_checkpoint(best)
-        if "threshold" in record:
+        record, _ = read_model_record(best)
+        if record.threshold is not None:
             typer.echo(
-                f"decision threshold {record['threshold']:.4g} ({record['threshold_criterion']} on validation, "
-                f"epoch {record['epoch']})"
+                f"decision threshold {record.threshold:.4g} ({record.threshold_criterion} on validation, "
+                f"epoch {record.epoch})"
             )
 
 
@@ -754,7 +671,14 @@ def _overlap_line(overlap: dict) -> str:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Path = typer.Option(..., "--model", help="A fine-tuning run folder (or its best.pt)."),
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="An eval_<split>.json written before (or an evaluate config): redo it with the options "
+        "given here changed.",
+    ),
+    model: Path = typer.Option(None, "--model", help="A fine-tuning run folder (or its best.pt); required."),
     data: Path = DataOpt,
     format: str = FormatOpt,
     dagm: Path = DagmOpt,
@@ -795,17 +719,18 @@ def evaluate_cmd(
     stored and the best threshold, and the training / validation / test errors side by side.
 
     Default data: the run's own set (--data of finetune, in its layout). --data evaluates another set; its
-    --format defaults to the run's."""
-    from transfer.evaluate import OPTIMISTIC_NOTE, TABLE_COLUMNS, evaluate_run
+    --format defaults to the run's. With --config, the saved evaluation's fields are the defaults and the
+    options given here change them."""
+    from transfer.evaluate import evaluate_run
+
+    report = evaluate_run(_stage_config(ctx, "evaluate"), device, workers)
+    _print_evaluation(report)
+
+
+def _print_evaluation(report: dict) -> None:
+    from transfer.evaluate import OPTIMISTIC_NOTE, TABLE_COLUMNS
     from transfer.metrics import format_table
 
-    source = _other_set(
-        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
-        mask_dir, defect_classes,
-    )  # fmt: skip
-    report = evaluate_run(
-        model, source, split, batch_size, device, workers, errors, human_error, skip_bad, allow_overlap
-    )
     stored = report["stored_threshold"]
     typer.echo(
         f"{report['split']} split of {report['data']} ({report['format']}): at the stored threshold "
@@ -829,6 +754,7 @@ def evaluate_cmd(
 
 @app.command("export")
 def export_cmd(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="A pretrain or fine-tuning run folder (or its best.pt)."),
     onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write (only when the parity check passes)."),
     data: Path = DataOpt,
@@ -862,10 +788,7 @@ def export_cmd(
     from transfer.export import export_run
 
     check_output_file(onnx, "--onnx")
-    source = _other_set(
-        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
-        mask_dir, defect_classes,
-    )  # fmt: skip
+    source = _other_set(model, _data_args(ctx.params, set(), None))
     result = export_run(model, onnx, source, split, images, tolerance, opset, allow_incomplete)
     typer.echo(
         f"parity on {result['images']} real images: max |logit difference| {result['max_abs_logit_diff']:.3g}, "
@@ -882,7 +805,13 @@ def export_cmd(
 
 @app.command("localize")
 def localize_cmd(
-    model: Path = typer.Option(..., "--model", help="A fine-tuning run folder (or its best.pt)."),
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="The config.json of an earlier localize output: redo it with the options given here changed.",
+    ),
+    model: Path = typer.Option(None, "--model", help="A fine-tuning run folder (or its best.pt); required."),
     images: str = typer.Option(
         None,
         "--images",
@@ -961,45 +890,25 @@ def localize_cmd(
     validation fold by maximising the pooled pixel F1, stored in OUT/localize.json, and reused with
     --threshold-from.
     """
-    from dataonomy.errors import DataonomyError
     from transfer.localize_run import format_localize_summary, localize_images
 
-    if patch_size is not None and old_patch is not None:
-        raise DataonomyError("--patch-size and --patch: the same option (--patch is its old name); give one")
-    source = _other_set(
-        model, data, dagm, format, labels_root, allow_partial, masks, mask_suffix, normal_dir, abnormal_dir,
-        mask_dir, defect_classes,
-    )  # fmt: skip
-    report = localize_images(
-        model,
-        images,
-        out,
-        patch_size if patch_size is not None else old_patch,
-        stride,
-        mode,
-        data=source,
-        split=split,
-        threshold=threshold,
-        threshold_from=threshold_from,
-        val_limit=val_limit,
-        limit=limit,
-        batch_size=batch_size,
-        device=device,
-        colormap=colormap,
-        alpha=alpha,
-        overwrite=overwrite,
-        skip_bad=skip_bad,
-        allow_overlap=allow_overlap,
-    )
+    patch = {"patch_size": old_option_name(ctx, "patch_size", "old_patch")} if old_patch is not None else {}
+    report = localize_images(_stage_config(ctx, "localize", **patch), out, device=device, overwrite=overwrite)
     typer.echo(format_localize_summary(report))
 
 
 @app.command("rootcause")
 def rootcause_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="The config.json of an earlier rootcause output: redo it with the options given here changed.",
+    ),
     images: str = typer.Option(
-        ...,
+        None,
         "--images",
-        help="Folder or glob (quote it) of one production run's images, read in natural name order.",
+        help="Folder or glob (quote it) of one production run's images, read in natural name order; required.",
     ),
     out: Path = typer.Option(
         ..., "--out", help="Output folder: rootcause.json, windows.jsonl, map.npy, map.png, mask.png."
@@ -1039,22 +948,18 @@ def rootcause_cmd(
     run of images that carry it (an index into the images in name order, and its file)."""
     from transfer.rootcause_run import format_window, parse_size, rootcause_stream
 
+    sizes = {name: lambda text, name=name: list(parse_size(text, f"--{name}")) for name in ("resize", "crop")}
     report = rootcause_stream(
-        images,
-        window,
-        stride,
+        _stage_config(ctx, "rootcause", sizes),
         out,
-        z_threshold=z_threshold,
-        min_area=min_area,
         device=device,
-        window_maps=window_maps,
         overwrite=overwrite,
         on_window=lambda entry: typer.echo(format_window(entry)),
-        resize=parse_size(resize, "--resize"),
-        crop=parse_size(crop, "--crop"),
-        border=border,
-        skip_bad=skip_bad,
     )
+    _print_rootcause(report)
+
+
+def _print_rootcause(report: dict) -> None:
     verdict = f"common defect: {report['verdict']} (score {report['score']:.1f})"
     if report["onset_image"] is not None:
         verdict += f"; onset: image {report['onset']} ({report['onset_image']})"

@@ -216,20 +216,9 @@ class FinetuneConfig(TrainConfig):
 
     def defect_data(self):
         """The run's defect set (:class:`transfer.data.DefectData`)."""
-        from transfer.data import DefectData
+        from transfer.stage_config import defect_set
 
-        return DefectData(
-            root=self.data,
-            format=self.format,
-            labels_root=self.labels_root,
-            allow_partial=self.allow_partial,
-            masks=self.masks,
-            mask_suffix=self.mask_suffix,
-            normal_dir=self.normal_dir,
-            abnormal_dir=self.abnormal_dir,
-            mask_dir=self.mask_dir,
-            defect_classes=tuple(self.defect_classes) if self.defect_classes is not None else None,
-        )
+        return defect_set(self)
 
     @property
     def input_size(self) -> int | None:
@@ -316,13 +305,10 @@ ARCH_DEFAULTS = ("image_size", "mean", "std", "dropout", "aux_logits")
 def read_config_file(path: Path, kind: str) -> dict:
     """The fields (kind left out) of the ``kind`` run config saved in ``path`` (a run's config.json), checked
     as :func:`config_from_dict` checks them; any problem is a one-line error naming the file."""
-    import json
+    from dataonomy.io import read_config_json
 
     where = f"--config {path}"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataonomyError(f"{where}: not a readable config ({type(exc).__name__})") from None
+    data = read_config_json(path)
     if isinstance(data, dict) and data.get("kind") in _KINDS and data["kind"] != kind:
         raise DataonomyError(
             f"{where}: a {data['kind']} run's config; `transfer {kind}` takes a {kind} run's"
@@ -390,57 +376,6 @@ __all__ = [
     "config_differences",
     "config_from_dict",
     "default_pretrain_lr",
-    "finetune_base_fields",
     "read_config_file",
     "replace",
 ]
-
-
-def finetune_base_fields(base: str, arch: str | None, allow_incomplete: bool = False) -> dict:
-    """Config fields implied by --base: the architecture and input normalisation of the base model.
-
-    A base whose training never finished (a pretrain killed or stopped part-way) is refused unless
-    ``allow_incomplete`` (``--allow-incomplete-base``)."""
-    from transfer.models import read_checkpoint, unfinished_run
-
-    if base in ("imagenet", "scratch"):
-        arch = arch or "inception_v3"
-        spec = model_spec(arch)
-        implied = {"base": base, "arch": arch}
-        if base == "imagenet":
-            # The normalisation the ImageNet weights were trained with (the backbone registry knows it best).
-            try:
-                from dataonomy.backbones import get_backbone_spec, list_backbones
-
-                if arch in list_backbones():
-                    pre = get_backbone_spec(arch).preprocessing
-                    if arch != "inception_v3":  # its transform_input is folded into INCEPTION_MEAN/STD
-                        implied.update(mean=tuple(pre.mean), std=tuple(pre.std))
-            except ImportError:
-                pass
-        implied.setdefault("mean", spec.mean)
-        implied.setdefault("std", spec.std)
-        return implied
-    path = Path(base)
-    path = path / "best.pt" if path.is_dir() else path
-    record = read_checkpoint(path)
-    saved_arch = record.get("arch")
-    if saved_arch is None:
-        raise DataonomyError(
-            f"--base {base}: not a model saved by transfer pretrain/finetune (no architecture)"
-        )
-    if arch is not None and arch != saved_arch:
-        raise DataonomyError(f"--arch {arch}: --base {base} holds a {saved_arch} model")
-    why = unfinished_run(record, path)
-    if why is not None and not allow_incomplete:
-        kind = record.get("kind") if record.get("kind") in ("pretrain", "finetune") else "pretrain"
-        raise DataonomyError(
-            f"--base {base}: {why}; finish it with `transfer {kind} --out {path.parent} --resume`, or pass "
-            "--allow-incomplete-base to fine-tune from it as it is"
-        )
-    return {
-        "base": str(path.resolve()),
-        "arch": saved_arch,
-        "mean": tuple(record["mean"]),
-        "std": tuple(record["std"]),
-    }

@@ -425,13 +425,13 @@ def seen_images(folds: dict[str, SampleDataset]) -> dict:
     return out
 
 
-def training_overlap(record: dict, paths: Sequence[str | Path]) -> dict:
+def training_overlap(seen: dict | None, paths: Sequence[str | Path]) -> dict:
     """How many of ``paths`` (the images about to be evaluated) a run was trained or validated on, by content.
 
+    ``seen``: the run's :func:`seen_images` (its ``ModelRecord.seen_images``; None when it recorded none).
     Returns ``{"checked": True, "images", "train", "val", "first"}`` (``first``: the first such path, or None),
     or ``{"checked": False, "images", "reason"}`` for a run that recorded no hashes.
     """
-    seen = record.get("seen_images")
     if not isinstance(seen, dict) or seen.get("hash") != IMAGE_HASH:
         return {
             "checked": False,

@@ -4,7 +4,7 @@ Image scores as the run's model sees the images (:func:`image_scores`: segdec de
 probabilities, or a patch run's highest patch), the units a run's threshold decides (images, map cells,
 patches), the per-group TPR/TNR/AP/AUROC tables at the stored and at the optimistic threshold
 (:func:`evaluation_report`), the PR curves, and :func:`evaluate_run`, which writes ``eval_<split>.json`` and
-``eval_<split>_pr.png`` into the run folder. Models are read by :func:`transfer.training.load_model`.
+``eval_<split>_pr.png`` into the run folder. Models are read by :func:`transfer.checkpoint.load_model`.
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, json_safe, write_json
 from transfer import metrics as M
+from transfer.checkpoint import LoadedModel, load_model
 from transfer.data import (
-    DefectData,
     PatchDataset,
     SeededTransform,
     check_overlap,
     run_fold,
     scaled_size,
     size_batches,
-    texture_transforms,
     training_overlap,
 )
-from transfer.training import LoadedModel, load_model
+from transfer.stage_config import EvaluateConfig
 
 
 def max_patch_scores(
@@ -74,9 +73,7 @@ def image_scores(
 
     record, model = loaded.record, loaded.model
     device = next(model.parameters()).device
-    patch_mode = record.get("input") == "patch"
-    segdec = record.get("head") == "segdec"
-    size = record.get("input_size")
+    patch_mode, segdec, size = record.is_patch_model, record.is_segdec, record.input_size
     if segdec:
         # segdec runs see each image at its own size, or with its longer side at the size they were trained
         # with; batches hold images of one size (nothing padded or stretched to fit another).
@@ -111,9 +108,7 @@ def image_scores(
         ):
             x = loaded.normalize(images.to(device))
             if patch_mode:
-                scores.append(
-                    max_patch_scores(model, x, record["patch_size"], record["patch_stride"], batch_size)
-                )
+                scores.append(max_patch_scores(model, x, record.patch_size, record.patch_stride, batch_size))
             elif segdec:
                 scores.append(torch.sigmoid(model(x).image_logit.float()))
             else:
@@ -207,59 +202,48 @@ def plot_pr_curves(scores, labels, groups, threshold: float, path: Path, title: 
     return path
 
 
-def evaluate_run(
-    run: str | Path,
-    data: DefectData | None = None,
-    split: str = "test",
-    batch_size: int = 32,
-    device: str | None = None,
-    num_workers: int = 0,
-    errors: bool = True,
-    human_error: float | None = None,
-    skip_bad: bool = False,
-    allow_overlap: bool = False,
-) -> dict:
-    """Score a fold of a defect set with a fine-tuned run and write ``eval_<split>.json`` and
-    ``eval_<split>_pr.png`` into the run folder; return the report (per-group tables, per-image predictions,
-    file paths).
+def evaluate_run(config: EvaluateConfig, device: str | None = None, num_workers: int = 0) -> dict:
+    """Score a fold of a defect set with the fine-tuned run ``config.model`` and write ``eval_<split>.json``
+    (holding the config too, for ``--config``) and ``eval_<split>_pr.png`` into the run folder; return the
+    report (per-group tables, per-image predictions, file paths).
 
-    With ``data`` left out (or the run's own set) the fold is the run's own seeded split; another set's
-    ``test`` split is its own test split. ``skip_bad`` drops unreadable images and masks with a warning
-    instead of failing. ``errors``: on the run's own set, also score its training and
-    validation folds and report the error analysis (:func:`transfer.metrics.error_analysis`: error = 1 -
-    accuracy at the stored threshold, per fold, with the gaps; ``human_error`` adds the avoidable bias).
+    With ``config.data`` left out (or the run's own set) the fold is the run's own seeded split; another set's
+    ``test`` split is its own test split (its ``format`` defaults to the run's). ``skip_bad`` drops unreadable
+    images and masks with a warning instead of failing. ``errors``: on the run's own set, also score its
+    training and validation folds and report the error analysis (:func:`transfer.metrics.error_analysis`:
+    error = 1 - accuracy at the stored threshold, per fold, with the gaps; ``human_error`` adds the avoidable
+    bias).
 
     The evaluated images are matched by content against the images the run was trained and validated on (the
     hashes in ``best.pt``); the counts are reported as ``overlap``. A ``test`` fold holding any of them is
     refused (another copy of the set, whose own test split the run's ``--folds``/``--test-fraction`` trained
     on), or with ``allow_overlap`` scored with a warning.
     """
-    run = Path(run)
+    run, split, batch_size, skip_bad = Path(config.model), config.split, config.batch_size, config.skip_bad
     loaded = load_model(run, resolve_device(device))
-    if loaded.record.get("kind") != "finetune":
-        raise DataonomyError(f"--model {run}: a {loaded.record.get('kind')} run; evaluate a fine-tuned run")
-    config = loaded.config
-    unit = decision_unit(loaded.record)
+    if loaded.record.kind != "finetune":
+        raise DataonomyError(f"--model {run}: a {loaded.record.kind} run; evaluate a fine-tuned run")
+    request, config = config, loaded.config
+    data = request.defect_data(default_format=config.format)
+    unit = loaded.record.decision
     dataset = run_fold(config, split, data, skip_bad)
-    overlap = training_overlap(loaded.record, [s.path for s in dataset.samples])
+    overlap = training_overlap(loaded.record.seen_images, [s.path for s in dataset.samples])
     if split == "test":  # the other folds hold training images by design (error analysis scores them)
         where = f"--split test of {data.root if data is not None else config.data}"
-        check_overlap(overlap, where, allow_overlap)
+        check_overlap(overlap, where, request.allow_overlap)
     decided = _decided(loaded, dataset, unit, batch_size, num_workers)
     image_groups = [s.group or s.label for s in dataset.samples]
     groups = [image_groups[i] for i in decided["image"]]
     scores, labels = decided["scores"], decided["labels"]
     report = evaluation_report(scores, labels, groups, loaded.threshold, config.threshold_criterion)
     same_set = data is None or config.defect_data().same_set(data)
-    if errors and same_set and split in ("train", "val", "test"):
-        fold_errors = {split: _error(scores, labels, loaded.threshold)}
-        for other in ("train", "val"):
-            if other != split:
-                fold = _decided(
-                    loaded, run_fold(config, other, data, skip_bad), unit, batch_size, num_workers
-                )
-                fold_errors[other] = _error(fold["scores"], fold["labels"], loaded.threshold)
-        report["error_analysis"] = M.error_analysis(fold_errors, human_error)
+    if request.errors and same_set and split in ("train", "val", "test"):
+        folds = {split: (scores, labels)} | {
+            other: _fold_scores(loaded, request, data, other, unit, num_workers)
+            for other in ("train", "val")
+            if other != split
+        }
+        report["error_analysis"] = _error_analysis(folds, loaded.threshold, request.human_error)
     run_dir = loaded.path.parent
     json_path, png_path = run_dir / f"eval_{split}.json", run_dir / f"eval_{split}_pr.png"
     title = f"{run_dir.name}: {split} split" + ("" if unit == "image" else f" ({unit}s)")
@@ -279,15 +263,23 @@ def evaluate_run(
             )
         ],
         "files": {"json": str(json_path), "pr_curve": str(png_path)},
+        "config": request.to_dict(),
     }
     write_json(json_path, json_safe(report))
     return report
 
 
-def decision_unit(record: dict) -> str:
-    """What a run's stored threshold decides: ``image``, or (sets where validation could not hold both kinds of
-    image) a segdec map ``cell`` or a classifier ``patch``."""
-    return record.get("decision", "image")
+def _fold_scores(loaded: LoadedModel, request: EvaluateConfig, data, split: str, unit: str, num_workers: int):
+    """Scores and labels of what the run's threshold decides over another fold of the evaluated set."""
+    fold = run_fold(loaded.config, split, data, request.skip_bad)
+    decided = _decided(loaded, fold, unit, request.batch_size, num_workers)
+    return decided["scores"], decided["labels"]
+
+
+def _error_analysis(folds: dict, threshold: float, human_error: float | None) -> dict:
+    """:func:`transfer.metrics.error_analysis` of each fold's (scores, labels) at the stored threshold."""
+    errors = {split: _error(scores, labels, threshold) for split, (scores, labels) in folds.items()}
+    return M.error_analysis(errors, human_error)
 
 
 def _decided(loaded: LoadedModel, dataset, unit: str, batch_size: int, num_workers: int) -> dict:
@@ -307,12 +299,13 @@ def _decided(loaded: LoadedModel, dataset, unit: str, batch_size: int, num_worke
 def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_workers: int = 0) -> dict:
     """Defect probabilities and labels of a patch run's training patches (the fine-tuning's own patch rule) over
     ``dataset``, with each patch's image index."""
-    record, config = loaded.record, loaded.config
+    record = loaded.record
     patches = PatchDataset(
-        dataset, record["patch_size"], record["patch_stride"], config.patch_defect_fraction
+        dataset, record.patch_size, record.patch_stride, loaded.config.patch_defect_fraction
     )
-    _, eval_tf = texture_transforms(None, record["mean"], record["std"], False)
-    loader = DataLoader(SeededTransform(patches, eval_tf, 0), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(
+        SeededTransform(patches, loaded.transforms(), 0), batch_size=batch_size, num_workers=num_workers
+    )
     device = next(loaded.model.parameters()).device
     scores = []
     with torch.no_grad():
@@ -333,7 +326,6 @@ def _error(scores, labels, threshold: float) -> float:
 __all__ = [
     "OPTIMISTIC_NOTE",
     "TABLE_COLUMNS",
-    "decision_unit",
     "evaluate_run",
     "evaluation_report",
     "image_scores",

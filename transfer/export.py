@@ -23,7 +23,7 @@ import torch
 
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path
-from transfer.training import LoadedModel, load_model
+from transfer.checkpoint import LoadedModel, load_model
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
@@ -154,39 +154,32 @@ def parity_images(
     from transfer.data import PatchDataset, pretrain_folds, run_fold, scaled_size
 
     config, record = loaded.config, loaded.record
-    size = record["input_size"]
-    if record["kind"] == "pretrain":
+    if record.kind == "pretrain":
         _, val = pretrain_folds(
             config.source_root, config.wnids, config.val_fraction, config.images_per_class, config.seed
         )
         pick = np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int)
-        transform = v2.Compose(
-            [v2.ToImage(), v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size)]
-        )
-        return loaded.normalize(torch.stack([transform(val[int(i)][0]) for i in pick]))
+        return torch.stack([loaded.transforms()(val[int(i)][0]) for i in pick])
     same_set = data is None or config.defect_data().same_set(data)
     split = split or (
         "test" if config.test_fraction > 0 or config.folds is not None or not same_set else "val"
     )
     fold = run_fold(config, split, data)
-    if record.get("input") == "patch":
-        patches = PatchDataset(
-            fold, record["patch_size"], record["patch_stride"], config.patch_defect_fraction
-        )
+    if record.is_patch_model:
+        patches = PatchDataset(fold, record.patch_size, record.patch_stride, config.patch_defect_fraction)
         targets = np.asarray(patches.targets)
         chosen = _balanced(targets, n)
         return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))
     chosen = _balanced(np.asarray(fold.targets), n)
-    if record.get("head") == "segdec":
+    if record.is_segdec:
         # Each image at its own size, or its longer side at the training size (the segdec policy).
         out = []
         for i in chosen:
             x = v2.functional.to_image(fold[int(i)][0])
-            x = v2.functional.resize(x, list(scaled_size(*x.shape[-2:], size)), antialias=True)
+            x = v2.functional.resize(x, list(scaled_size(*x.shape[-2:], record.input_size)), antialias=True)
             out.append(loaded.normalize(x[None]))
         return out
-    transform = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
-    return loaded.normalize(torch.stack([transform(fold[int(i)][0]) for i in chosen]))
+    return torch.stack([loaded.transforms()(fold[int(i)][0]) for i in chosen])
 
 
 def _balanced(targets: np.ndarray, n: int) -> np.ndarray:
@@ -218,18 +211,17 @@ def export_run(
     if tolerance < 0:
         raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
     loaded = load_model(run, "cpu", allow_incomplete, "--allow-incomplete")
-    record = loaded.record
-    segdec = record.get("head") == "segdec"
+    record, segdec = loaded.record, loaded.record.is_segdec
     images = parity_images(loaded, data, split, n_images)
     metadata = {
-        "transfer.arch": record["arch"],
-        "transfer.kind": record["kind"],
-        "transfer.classes": record["classes"],
-        "transfer.input": record.get("input", "image"),
-        "transfer.input_size": record["input_size"],
-        "transfer.mean": record["mean"],
-        "transfer.std": record["std"],
-        "transfer.threshold": record.get("threshold"),
+        "transfer.arch": record.arch,
+        "transfer.kind": record.kind,
+        "transfer.classes": list(record.classes),
+        "transfer.input": record.input,
+        "transfer.input_size": record.input_size,
+        "transfer.mean": list(record.mean),
+        "transfer.std": list(record.std),
+        "transfer.threshold": record.threshold,
         "transfer.output": "logits; the defect probability is softmax(logits)[:, 1]",
     }
     if segdec:
@@ -237,8 +229,8 @@ def export_run(
             "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
             "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
         )
-        metadata["transfer.output_stride"] = record.get("output_stride")
-    example = tuple(images[0].shape[-2:]) if segdec else record["input_size"]
+        metadata["transfer.output_stride"] = record.output_stride
+    example = tuple(images[0].shape[-2:]) if segdec else record.input_size
     with atomic_path(onnx_path) as tmp:
         export_onnx(loaded.model, tmp, example, opset, segdec=segdec)
         add_metadata(tmp, metadata)

@@ -65,9 +65,11 @@ from transfer.inspect_io import (
     staged_folder,
 )
 from transfer.inspect_io import unique_names as _unique_names
+from transfer.stage_config import LocalizeConfig
 
 REPORT_FORMAT = "transfer.localize/1"
 REPORT_NAME = "localize.json"
+CONFIG_NAME = "config.json"
 # Below this mean IoU of the defective validation images at the chosen threshold, the maps miss the defects.
 NEAR_ZERO_IOU = 0.05
 MODES = ("loop", "batched", "dense", "segmap")
@@ -105,8 +107,8 @@ __all__ = [
 
 def load_localization_model(run: str | Path, device: str | None = None):
     """The fine-tuned defect classifier of a run folder (or its ``best.pt``), as a
-    :class:`transfer.training.LoadedModel` in eval mode on ``device`` (default: CUDA when available)."""
-    from transfer.training import load_model
+    :class:`transfer.checkpoint.LoadedModel` in eval mode on ``device`` (default: CUDA when available)."""
+    from transfer.checkpoint import load_model
 
     path = Path(run)
     if not path.exists():
@@ -116,7 +118,7 @@ def load_localization_model(run: str | Path, device: str | None = None):
             f"--model {run}: no best.pt in the folder (not a transfer finetune run, or no epoch has finished)"
         )
     loaded = load_model(path, _device(device))
-    kind, classes = loaded.record.get("kind"), loaded.record.get("num_classes")
+    kind, classes = loaded.record.kind, loaded.record.num_classes
     if kind != "finetune" or classes != 2:
         raise DataonomyError(
             f"--model {run}: a {kind} run with {classes} classes; localisation needs a defect classifier "
@@ -191,7 +193,7 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
     from transfer.models import check_image_size
 
     record = loaded.record
-    segdec = record.get("head") == "segdec"
+    segdec = record.is_segdec
     if mode is None:
         mode = "segmap" if segdec else "batched"
     if mode not in MODES:
@@ -205,18 +207,19 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
     if segdec:
         if patch is not None or stride is not None:
             raise DataonomyError(
-                "--patch/--stride: a segdec run maps whole images in one pass; leave them out"
+                "--patch-size/--stride: a segdec run maps whole images in one pass; leave them out"
             )
-        return LocalizeSettings(None, None, mode, record.get("input_size"), 1, str(device))
-    patch_trained = record.get("input") == "patch"
+        return LocalizeSettings(None, None, mode, record.input_size, 1, str(device))
+    patch_trained = record.is_patch_model
     if patch is None:
         if not patch_trained:
             raise DataonomyError(
-                f"--patch: the run {loaded.path} was fine-tuned on whole images, so it has no patch size; give --patch"
+                f"--patch-size: the run {loaded.path} was fine-tuned on whole images, so it has no patch size; "
+                "give --patch-size"
             )
-        patch = int(record["patch_size"])
+        patch = record.patch_size
     if patch < 1:
-        raise DataonomyError(f"--patch {patch}: must be at least 1")
+        raise DataonomyError(f"--patch-size {patch}: must be at least 1")
     stride = max(1, patch // 2) if stride is None else stride
     if not 1 <= stride <= patch:
         raise DataonomyError(
@@ -229,8 +232,8 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
         raise DataonomyError(f"--batch-size {batch_size}: must be at least 1")
     # A patch-trained model saw full-resolution patches: classify patches at their own size, keeping the scale.
     # An image-trained model saw whole images resized to its input size: give it patches at that size.
-    input_size = None if patch_trained else int(record["input_size"])
-    check_image_size(record["arch"], input_size or patch, "--patch")
+    input_size = None if patch_trained else record.input_size
+    check_image_size(record.arch, input_size or patch, "--patch-size")
     return LocalizeSettings(patch, stride, mode, input_size, batch_size, str(device))
 
 
@@ -407,7 +410,7 @@ def _quiet(progress: bool | None) -> bool | None:
 
 def _check_fits(path: Path, shape: tuple, patch: int | None) -> None:
     if patch is not None and patch > min(shape[:2]):
-        raise DataonomyError(f"--patch {patch}: larger than image {path} ({shape[1]}x{shape[0]})")
+        raise DataonomyError(f"--patch-size {patch}: larger than image {path} ({shape[1]}x{shape[0]})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -433,38 +436,24 @@ class _PackedMasks(Sequence):
 
 
 def localize_images(
-    model_run: str | Path,
-    images: str | Path | Sequence[str | Path] | SampleDataset | None,
+    config: LocalizeConfig,
     out_dir: str | Path,
-    patch: int | None = None,
-    stride: int | None = None,
-    mode: str | None = None,
     *,
-    data=None,
-    split: str = "test",
-    threshold: float | None = None,
-    threshold_from: str | Path | None = None,
-    val_limit: int | None = None,
-    limit: int | None = None,
-    batch_size: int | None = None,
+    images: Sequence[str | Path] | SampleDataset | None = None,
     device: str | None = None,
-    colormap: str = "inferno",
-    alpha: float = 0.45,
     overwrite: bool = False,
-    skip_bad: bool = False,
     progress: bool | None = None,
-    allow_overlap: bool = False,
 ) -> dict:
-    """Localise defects in images with a fine-tuned run; write ``out_dir`` (see the module docstring) and return
-    the report that ``out_dir/localize.json`` holds.
+    """Localise defects in images with the fine-tuned run ``config.model``; write ``out_dir`` (see the module
+    docstring; ``config.json`` holds ``config``) and return the report that ``out_dir/localize.json`` holds.
 
-    ``images``: a folder, file or glob of image files (unlabelled), a list of files, a dataset
-    (:class:`dataonomy.datasets.SampleDataset`, e.g. a ``DAGM`` fold: labelled where it has masks), or None for a
-    fold of a defect set: ``split`` of ``data`` (a :class:`transfer.data.DefectData`), or of the run's own set
-    and seeded split when ``data`` is None.
-    ``patch`` defaults to the run's training patch size (patch-trained runs), ``stride`` to half the patch.
-    ``limit``: localise N images spread over the groups (:func:`spread_sample`, seeded by the run's seed).
-    ``skip_bad``: drop unreadable images (and masks) with a warning instead of failing. ``threshold``/``threshold_from``/``val_limit``: see the module
+    The images: ``images`` (a list of files, or a dataset such as a ``DAGM`` fold,
+    :class:`dataonomy.datasets.SampleDataset`: labelled where it has masks), else ``config.images`` (a folder,
+    file or glob of image files, unlabelled), else a fold of a defect set: ``config.split`` of ``config.data``,
+    or of the run's own set and seeded split when it is None. ``patch_size`` defaults to the run's training
+    patch size (patch-trained runs), ``stride`` to half the patch. ``limit``: localise N images spread over the
+    groups (:func:`spread_sample`, seeded by the run's seed). ``skip_bad``: drop unreadable images (and masks)
+    with a warning instead of failing. ``threshold``/``threshold_from``/``val_limit``: see the module
     docstring. ``overwrite``: replace a non-empty ``out_dir``. Every input is checked before anything is
     written; a bad one raises :class:`DataonomyError` and leaves no output.
 
@@ -473,124 +462,145 @@ def localize_images(
     is refused, or with ``allow_overlap`` localised with a warning. Plain image files are only counted.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataonomyError(f"--out {out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise DataonomyError(f"--out {out_dir}: folder is not empty (pass --overwrite to replace it)")
-    if not 0.0 <= alpha <= 1.0:
-        raise DataonomyError(f"--alpha {alpha}: must be in [0, 1]")
-    from matplotlib import colormaps
-
-    if colormap not in colormaps:
-        raise DataonomyError(f"--colormap '{colormap}': not a matplotlib colormap (try inferno or jet)")
-    if threshold is not None and threshold_from is not None:
-        raise DataonomyError("--threshold and --threshold-from: give one of them, not both")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise DataonomyError(f"--threshold {threshold}: must be in [0, 1] (a defect probability)")
-    if limit is not None and limit < 1:
-        raise DataonomyError(f"--limit {limit}: must be at least 1")
-
-    loaded = load_localization_model(model_run, device)
-    settings = _settings(loaded, patch, stride, mode, batch_size, _device(device))
-    items, source = _items(loaded, images, data, split, skip_bad)
-    items = spread_sample(items, limit, loaded.config.seed)
-    overlap = training_overlap(loaded.record, [item.path for item in items])
-    if source["source"] == "dataset" or (source["source"] == "data" and split == "test"):
-        where = source.get("root") or f"--split test of {source['data']}"
-        check_overlap(overlap, where, allow_overlap)
-    elif source["source"] == "files":  # unlabelled: no metrics to mislead, so a warning is enough
-        check_overlap(overlap, f"--images {source.get('images')}", True)
-    # (a train/val/trainval/all fold holds training images by request: counted only)
-    sizes = check_images([item.path for item in items])
-    for item, (width, height) in zip(items, sizes, strict=True):
-        _check_fits(item.path, (height, width), settings.patch)
+    _check_out(out_dir, overwrite)
+    loaded = load_localization_model(config.model, device)
+    settings = _settings(
+        loaded, config.patch_size, config.stride, config.mode, config.batch_size, _device(device)
+    )
+    items, source, overlap = _chosen_items(
+        loaded, config, config.images if images is None else images, settings
+    )
     model_sha256 = _sha256(loaded.path)
-
-    if threshold is not None:
-        chosen = {"value": float(threshold), "source": "given"}
-    elif threshold_from is not None:
-        chosen = _threshold_from(threshold_from, model_sha256, settings)
-    else:
-        chosen = validation_threshold(loaded, settings, val_limit, progress)
-    value = chosen["value"]
-
-    names = _unique_names([item.path for item in items])
-    rows, predictions, truths = [], _PackedMasks(), _PackedMasks()
-    labelled = True
+    chosen = _threshold(loaded, config, settings, model_sha256, progress)
     with staged_folder(out_dir, overwrite=True) as stage:
-        for item, name in tqdm(
-            list(zip(items, names, strict=True)), desc="localize", disable=_quiet(progress), leave=False
-        ):
-            pixels = np.asarray(open_image(item.path, "RGB"))
-            heat, score = settings.heatmap_and_score(
-                loaded.model, _image_tensor(loaded, pixels, settings.device)
-            )
-            predicted = L.binarize(heat, value)
-            truth = item.mask()
-            files = {
-                "heatmap": f"heatmaps/{name}.npy",
-                "overlay": f"overlays/{name}.png",
-                "mask": f"masks/{name}.png",
-            }
-            (stage / "heatmaps").mkdir(exist_ok=True)
-            np.save(stage / files["heatmap"], heat.astype(np.float32))
-            save_png(predicted, stage / files["mask"])
-            save_png(
-                overlay_heatmap(pixels, heat, predicted, truth, colormap, alpha), stage / files["overlay"]
-            )
-            row = {
-                "image": str(item.path),
-                "name": name,
-                "group": item.group,
-                "defect": None if truth is None else bool(truth.any()),
-                "score": score,
-                "defect_pixels": int(predicted.sum()),
-                "defects": L.defect_regions(heat, predicted),
-            }
-            if truth is None:
-                labelled = False
-            else:
-                detection = M.detect_defects(predicted, truth)
-                row.update(
-                    iou=M.iou(predicted, truth),
-                    n_defects=detection.n_defects,
-                    n_detected=detection.n_detected,
-                    defect_ious=M.defect_ious(predicted, truth).tolist(),  # what AR sums over
-                )
-                truths.append(truth)
-            predictions.append(predicted)
-            rows.append({**row, **files})
-        metrics = M.localization_report(predictions, truths) if labelled and rows else None
+        rows, metrics = _localize_items(loaded, settings, items, chosen["value"], stage, config, progress)
         report = finite(
             {
                 "format": REPORT_FORMAT,
                 "model": str(loaded.path),
-                "arch": loaded.record["arch"],
+                "arch": loaded.record.arch,
                 "input": source,
                 "overlap": overlap,
-                "parameters": {
-                    "model_sha256": model_sha256,
-                    "patch": settings.patch,
-                    "stride": settings.stride,
-                    "mode": settings.mode,
-                    "heat_kind": settings.heat_kind,
-                    "input_size": settings.input_size,
-                    "batch_size": settings.batch_size,
-                    "device": settings.device,
-                    "limit": limit,
-                    "colormap": colormap,
-                    "alpha": alpha,
-                    "contours": {"predicted": "deepskyblue", "true": "lime"},
-                    "detection_iou": 0.5,
-                },
+                "parameters": _parameters(settings, model_sha256, config),
                 "threshold": chosen,
                 "metrics": metrics,
                 "images": rows,
             }
         )
         write_json(stage / REPORT_NAME, report)
+        config.save(stage / CONFIG_NAME)
     report["files"] = {"folder": str(out_dir), "report": str(out_dir / REPORT_NAME)}
     return report
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataonomyError(f"--out {out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise DataonomyError(f"--out {out_dir}: folder is not empty (pass --overwrite to replace it)")
+
+
+def _chosen_items(loaded, config: LocalizeConfig, images, settings) -> tuple[list[_Item], dict, dict]:
+    """The images to localise (checked: readable, large enough for the patches), where they come from, and
+    their overlap with the run's training images (refused for a held-out labelled set unless allowed)."""
+    data = config.defect_data(default_format=loaded.config.format)
+    items, source = _items(loaded, images, data, config.split, config.skip_bad)
+    items = spread_sample(items, config.limit, loaded.config.seed)
+    overlap = training_overlap(loaded.record.seen_images, [item.path for item in items])
+    if source["source"] == "dataset" or (source["source"] == "data" and config.split == "test"):
+        where = source.get("root") or f"--split test of {source['data']}"
+        check_overlap(overlap, where, config.allow_overlap)
+    elif source["source"] == "files":  # unlabelled: no metrics to mislead, so a warning is enough
+        check_overlap(overlap, f"--images {source.get('images')}", True)
+    # (a train/val/trainval/all fold holds training images by request: counted only)
+    sizes = check_images([item.path for item in items])
+    for item, (width, height) in zip(items, sizes, strict=True):
+        _check_fits(item.path, (height, width), settings.patch)
+    return items, source, overlap
+
+
+def _threshold(
+    loaded, config: LocalizeConfig, settings: LocalizeSettings, model_sha256: str, progress
+) -> dict:
+    """The binarisation threshold and where it came from (given, a file, or chosen on validation)."""
+    if config.threshold is not None:
+        return {"value": float(config.threshold), "source": "given"}
+    if config.threshold_from is not None:
+        return _threshold_from(config.threshold_from, model_sha256, settings)
+    return validation_threshold(loaded, settings, config.val_limit, progress)
+
+
+def _localize_items(loaded, settings, items: list[_Item], value: float, stage: Path, config, progress):
+    """Localise every item into ``stage``: the report's rows, and the metrics where every image is labelled."""
+    names = _unique_names([item.path for item in items])
+    rows, predictions, truths = [], _PackedMasks(), _PackedMasks()
+    labelled = True
+    for item, name in tqdm(
+        list(zip(items, names, strict=True)), desc="localize", disable=_quiet(progress), leave=False
+    ):
+        row, predicted, truth = _localize_one(loaded, settings, item, name, value, stage, config)
+        if truth is None:
+            labelled = False
+        else:
+            truths.append(truth)
+        predictions.append(predicted)
+        rows.append(row)
+    return rows, (M.localization_report(predictions, truths) if labelled and rows else None)
+
+
+def _localize_one(loaded, settings, item: _Item, name: str, value: float, stage: Path, config):
+    """One image's heatmap, mask and overlay written into ``stage``; its report row, mask and true mask."""
+    pixels = np.asarray(open_image(item.path, "RGB"))
+    heat, score = settings.heatmap_and_score(loaded.model, _image_tensor(loaded, pixels, settings.device))
+    predicted = L.binarize(heat, value)
+    truth = item.mask()
+    files = {
+        "heatmap": f"heatmaps/{name}.npy",
+        "overlay": f"overlays/{name}.png",
+        "mask": f"masks/{name}.png",
+    }
+    (stage / "heatmaps").mkdir(exist_ok=True)
+    np.save(stage / files["heatmap"], heat.astype(np.float32))
+    save_png(predicted, stage / files["mask"])
+    overlay = overlay_heatmap(pixels, heat, predicted, truth, config.colormap, config.alpha)
+    save_png(overlay, stage / files["overlay"])
+    row = {
+        "image": str(item.path),
+        "name": name,
+        "group": item.group,
+        "defect": None if truth is None else bool(truth.any()),
+        "score": score,
+        "defect_pixels": int(predicted.sum()),
+        "defects": L.defect_regions(heat, predicted),
+    }
+    if truth is not None:
+        detection = M.detect_defects(predicted, truth)
+        row.update(
+            iou=M.iou(predicted, truth),
+            n_defects=detection.n_defects,
+            n_detected=detection.n_detected,
+            defect_ious=M.defect_ious(predicted, truth).tolist(),  # what AR sums over
+        )
+    return {**row, **files}, predicted, truth
+
+
+def _parameters(settings: LocalizeSettings, model_sha256: str, config: LocalizeConfig) -> dict:
+    """The report's ``parameters``: how the heatmaps were made and drawn (``--threshold-from`` checks them)."""
+    return {
+        "model_sha256": model_sha256,
+        "patch": settings.patch,
+        "stride": settings.stride,
+        "mode": settings.mode,
+        "heat_kind": settings.heat_kind,
+        "input_size": settings.input_size,
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "limit": config.limit,
+        "colormap": config.colormap,
+        "alpha": config.alpha,
+        "contours": {"predicted": "deepskyblue", "true": "lime"},
+        "detection_iou": 0.5,
+    }
 
 
 def format_localize_summary(report: dict) -> str:

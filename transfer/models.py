@@ -477,27 +477,6 @@ def read_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-RUN_IN_PROGRESS = "in progress"
-
-
-def unfinished_run(record: dict, path: str | Path) -> str | None:
-    """Why the run whose ``best.pt`` (``record``, read from ``path``) is not a finished run, or None when it is.
-
-    The training loop records ``status`` in ``best.pt`` (``in progress`` until training ends); a file saved before
-    that was recorded is judged by its folder: a checkpoint without ``summary.json`` is a run that never ended."""
-    path = Path(path)
-    status = record.get("status")
-    if status is None:
-        run_dir = path.parent
-        if (run_dir / "checkpoints" / "last.pt").is_file() and not (run_dir / "summary.json").is_file():
-            status = RUN_IN_PROGRESS
-    if status != RUN_IN_PROGRESS:
-        return None
-    epochs = (record.get("config") or {}).get("epochs")
-    of = f" of {epochs}" if epochs else ""
-    return f"its training never finished (killed or stopped; best.pt holds epoch {record.get('epoch')}{of})"
-
-
 def _load_reason(exc: Exception) -> str:
     """torch.load's own reason, without its advice to retry with ``weights_only=False`` (which would run whatever
     code the file holds: never the way out for a file that is not a checkpoint)."""
@@ -581,8 +560,6 @@ __all__ = [
     "model_spec",
     "read_checkpoint",
     "register_model",
-    "RUN_IN_PROGRESS",
-    "unfinished_run",
     "replace_head",
     "state_dict_of",
     "to_classifier_net_state",

@@ -46,9 +46,11 @@ from dataonomy.io import write_json
 from transfer import rootcause as R
 from transfer import stamps as S
 from transfer.inspect_io import check_images, drop_bad_images, finite, list_images, save_png, staged_folder
+from transfer.stage_config import RootcauseConfig
 
 REPORT_FORMAT = "transfer.rootcause/1"
 REPORT_NAME = "rootcause.json"
+CONFIG_NAME = "config.json"
 
 __all__ = [
     "REPORT_FORMAT",
@@ -153,31 +155,22 @@ def _plot_map(result: R.CommonDefects, z_threshold: float, title: str, path: Pat
 
 
 def rootcause_stream(
-    paths: str | Path | Sequence[str | Path],
-    window: int = 30,
-    stride: int = 5,
-    out_dir: str | Path = "rootcause",
+    config: RootcauseConfig,
+    out_dir: str | Path,
     *,
-    z_threshold: float = R.DEFAULT_Z_THRESHOLD,
-    min_area: int = R.DEFAULT_MIN_AREA,
     device: str | None = None,
-    window_maps: bool = False,
     overwrite: bool = False,
     on_window: Callable[[dict], None] | None = None,
     progress: bool | None = None,
-    resize: tuple[int, int] | None = None,
-    crop: tuple[int, int] | None = None,
-    border: int = R.DEFAULT_BORDER,
-    skip_bad: bool = False,
 ) -> dict:
     """Common-defect analysis of a batch of images with a sliding window; write ``out_dir`` (see the module
-    docstring) and return the report that ``out_dir/rootcause.json`` holds.
+    docstring; ``config.json`` holds ``config``) and return the report that ``out_dir/rootcause.json`` holds.
 
-    ``paths``: a folder, a glob pattern or a file list (:func:`transfer.inspect_io.list_images`); folders and
-    globs are read in natural order of file name. ``window``/``stride``: images per window and the step between
-    windows (a last window flush with the end is added). ``z_threshold``/``min_area``: the mask's detection
-    threshold and smallest component (:func:`transfer.rootcause.common_defect_mask`). ``on_window`` is called
-    with each window's entry as soon as it is analysed (the CLI prints it). The report holds ``verdict``
+    ``config.images``: a folder, a glob pattern or a file list (:func:`transfer.inspect_io.list_images`);
+    folders and globs are read in natural order of file name. ``window``/``stride``: images per window and the
+    step between windows (a last window flush with the end is added). ``z_threshold``/``min_area``: the mask's
+    detection threshold and smallest component (:func:`transfer.rootcause.common_defect_mask`). ``on_window`` is
+    called with each window's entry as soon as it is analysed (the CLI prints it). The report holds ``verdict``
     (``yes`` when any window detects a common defect), ``score`` (the highest window score), ``onset`` and
     ``onset_image`` (see the module docstring), ``headline`` (the window whose map is saved), ``windows``, and a
     ``warning`` when the detected mask hugs the frame. ``resize``/``crop`` (width, height) bring images of
@@ -190,17 +183,52 @@ def rootcause_stream(
     """
     out_dir = Path(out_dir)
     _check_outputs(out_dir, overwrite)
-    if window < 3:
-        raise DataonomyError(f"--window {window}: must be at least 3")
-    if stride < 1:
-        raise DataonomyError(f"--stride {stride}: must be at least 1")
-    if min_area < 1:
-        raise DataonomyError(f"--min-area {min_area}: must be at least 1")
-    if border < 0:
-        raise DataonomyError(f"--border {border}: must not be negative")
-    spec = paths if isinstance(paths, str | Path) else [str(p) for p in paths]
-    paths = list_images(paths)
-    if skip_bad:
+    paths, (width, height) = _checked_images(config)
+    resize = tuple(config.resize) if config.resize is not None else None
+    crop = tuple(config.crop) if config.crop is not None else None
+
+    def images() -> Iterator[np.ndarray]:
+        for path in tqdm(paths, desc="rootcause", unit="image", disable=_quiet(progress), leave=False):
+            yield read_gray(path, resize, crop)
+
+    with staged_folder(out_dir, overwrite=True) as stage:
+        results = R.stream_common_defects(
+            images(), config.window, config.stride, config.z_threshold, config.min_area, device, config.border
+        )
+        entries, first, (best, best_entry) = _windows(results, paths, stage, config.window_maps, on_window)
+        _write_headline(best, best_entry, config.z_threshold, stage)
+        report = finite(
+            {
+                "format": REPORT_FORMAT,
+                "parameters": _parameters(config, len(paths), (width, height)),
+                "verdict": "yes" if first is not None else "no",
+                "score": max(e["score"] for e in entries),
+                "onset": None if first is None else first["onset"],
+                "onset_image": None if first is None else first["onset_image"],
+                "first_detection": first,
+                "headline": best_entry,
+                "windows": entries,
+            }
+        )
+        if first is not None and _hugs_frame(best.mask, config.border):
+            report["warning"] = (
+                f"the common defect of images {best.start}-{best.stop - 1} lies along the frame: often an edge "
+                "left by resizing, padding or tiling rather than a fault; look at map.png, or raise --border"
+            )
+        write_json(stage / REPORT_NAME, report)
+        config.save(stage / CONFIG_NAME)
+    names = {"report": REPORT_NAME, "windows": "windows.jsonl", "map": "map.npy", "map_png": "map.png"}
+    report["files"] = {"folder": str(out_dir), **{k: str(out_dir / v) for k, v in names.items()}}
+    report["files"]["mask"] = str(out_dir / "mask.png")
+    return report
+
+
+def _checked_images(config: RootcauseConfig) -> tuple[list[Path], tuple[int, int]]:
+    """The images in natural order (unreadable ones dropped with ``skip_bad``), checked to be enough for one
+    window and of one size after ``crop``/``resize``; and that size (width, height)."""
+    window, resize, crop, border = config.window, config.resize, config.crop, config.border
+    paths = list_images(config.images)
+    if config.skip_bad:
         paths = drop_bad_images(paths)
     if len(paths) < window:
         raise DataonomyError(
@@ -222,78 +250,58 @@ def rootcause_stream(
     width, height = resize or crop or sizes[0]
     if 2 * border >= min(width, height):
         raise DataonomyError(f"--border {border}: leaves nothing of {width}x{height} images")
+    return paths, (width, height)
 
-    def images() -> Iterator[np.ndarray]:
-        for path in tqdm(paths, desc="rootcause", unit="image", disable=_quiet(progress), leave=False):
-            yield read_gray(path, resize, crop)
 
+def _windows(results, paths: list[Path], stage: Path, window_maps: bool, on_window) -> tuple:
+    """Each window's entry (its map and mask saved with ``window_maps``), the first detecting one, and the
+    headline window (the highest-scoring detection, else the highest peak z-score) with its entry."""
     entries, first, headline = [], None, None
-    with staged_folder(out_dir, overwrite=True) as stage:
-        for result in R.stream_common_defects(
-            images(), window, stride, z_threshold, min_area, device, border
-        ):
-            entry = _window_entry(result, paths)
-            entries.append(entry)
-            if result.verdict and first is None:
-                first = entry
-            key = (result.verdict, result.score if result.verdict else result.peak_z)
-            if headline is None or key > headline[0]:
-                headline = (key, result, entry)
-            if window_maps:
-                save_png(result.mask, stage / "windows" / f"{result.start:06d}_mask.png")
-                np.save(stage / "windows" / f"{result.start:06d}_map.npy", result.map)
-            if on_window is not None:
-                on_window(entry)
-        _, best, best_entry = headline
-        np.save(stage / "map.npy", best.map.astype(np.float32))
-        save_png(best.mask, stage / "mask.png")
-        title = (
-            f"images {best.start}-{best.stop - 1}: common defect {best_entry['verdict']}, "
-            f"score {best.score:.1f}, peak z {best.peak_z:.1f}"
-        )
-        _plot_map(best, z_threshold, title, stage / "map.png")
-        with open(stage / "windows.jsonl", "w", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(finite(entry)) + "\n")
-        report = finite(
-            {
-                "format": REPORT_FORMAT,
-                "parameters": {
-                    "images": str(spec) if isinstance(spec, Path) else spec,
-                    "n_images": len(paths),
-                    "image_size": [width, height],
-                    "window": window,
-                    "stride": stride,
-                    "z_threshold": z_threshold,
-                    "min_area": min_area,
-                    "resize": list(resize) if resize is not None else None,
-                    "crop": list(crop) if crop is not None else None,
-                    "border": border,
-                },
-                "verdict": "yes" if first is not None else "no",
-                "score": max(e["score"] for e in entries),
-                "onset": None if first is None else first["onset"],
-                "onset_image": None if first is None else first["onset_image"],
-                "first_detection": first,
-                "headline": best_entry,
-                "windows": entries,
-            }
-        )
-        if first is not None and _hugs_frame(best.mask, border):
-            report["warning"] = (
-                f"the common defect of images {best.start}-{best.stop - 1} lies along the frame: often an edge "
-                "left by resizing, padding or tiling rather than a fault; look at map.png, or raise --border"
-            )
-        write_json(stage / REPORT_NAME, report)
-    report["files"] = {
-        "folder": str(out_dir),
-        "report": str(out_dir / REPORT_NAME),
-        "windows": str(out_dir / "windows.jsonl"),
-        "map": str(out_dir / "map.npy"),
-        "map_png": str(out_dir / "map.png"),
-        "mask": str(out_dir / "mask.png"),
+    for result in results:
+        entry = _window_entry(result, paths)
+        entries.append(entry)
+        if result.verdict and first is None:
+            first = entry
+        key = (result.verdict, result.score if result.verdict else result.peak_z)
+        if headline is None or key > headline[0]:
+            headline = (key, result, entry)
+        if window_maps:
+            save_png(result.mask, stage / "windows" / f"{result.start:06d}_mask.png")
+            np.save(stage / "windows" / f"{result.start:06d}_map.npy", result.map)
+        if on_window is not None:
+            on_window(entry)
+    with open(stage / "windows.jsonl", "w", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(json.dumps(finite(entry)) + "\n")
+    return entries, first, headline[1:]
+
+
+def _write_headline(best: R.CommonDefects, best_entry: dict, z_threshold: float, stage: Path) -> None:
+    """The headline window's map.npy, mask.png and map.png."""
+    np.save(stage / "map.npy", best.map.astype(np.float32))
+    save_png(best.mask, stage / "mask.png")
+    title = (
+        f"images {best.start}-{best.stop - 1}: common defect {best_entry['verdict']}, "
+        f"score {best.score:.1f}, peak z {best.peak_z:.1f}"
+    )
+    _plot_map(best, z_threshold, title, stage / "map.png")
+
+
+def _parameters(config: RootcauseConfig, n_images: int, size: tuple[int, int]) -> dict:
+    """The report's ``parameters``."""
+    spec = config.images
+    return {
+        "images": str(spec) if isinstance(spec, Path) else spec,
+        "n_images": n_images,
+        "image_size": list(size),
+        "window": config.window,
+        "stride": config.stride,
+        "z_threshold": config.z_threshold,
+        "min_area": config.min_area,
+        "resize": config.resize,
+        "crop": config.crop,
+        "border": config.border,
     }
-    return report
 
 
 def _quiet(progress: bool | None) -> bool | None:

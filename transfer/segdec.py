@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dataonomy.errors import DataonomyError
-from transfer.models import ClassifierNet, build_model, get_model
+from transfer.models import ClassifierNet, build_model, get_model, load_state
 
 OUTPUT_STRIDES = (4, 8, 16, 32)
 
@@ -200,18 +200,12 @@ def build_segdec(
     return SegDecNet(trunk, channels, output_stride, head_channels, detach_decision, frozen_bn)
 
 
-def segdec_from_record(record: dict, source: str) -> SegDecNet:
-    """The segdec model a fine-tuning run saved (``best.pt``'s record), weights loaded."""
-    base = get_model(record["arch"], 2, init=False)
-    trunk, channels = cut_trunk(base, int(record["output_stride"]))
-    model = SegDecNet(trunk, channels, int(record["output_stride"]), int(record["head_channels"]))
-    try:
-        model.load_state_dict(record["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataonomyError(
-            f"{source}: weights do not fit the segdec model it describes ({first})"
-        ) from None
+def saved_segdec(arch: str, output_stride: int, head_channels: int, weights: dict, source: str) -> SegDecNet:
+    """The segdec model a fine-tuning run saved (:class:`transfer.checkpoint.ModelRecord` gives the geometry),
+    weights loaded; a missing or wrong-shaped tensor is a one-line error naming it and ``source``."""
+    trunk, channels = cut_trunk(get_model(arch, 2, init=False), output_stride)
+    model = SegDecNet(trunk, channels, output_stride, head_channels)
+    load_state(model, weights, source, "the segdec model it describes")
     return model
 
 
@@ -227,7 +221,7 @@ __all__ = [
     "SegDecNet",
     "SegDecOutput",
     "build_segdec",
-    "segdec_from_record",
+    "saved_segdec",
     "cut_trunk",
     "stage_strides",
     "trunk_stages",

@@ -439,7 +439,7 @@ def map_cells(
 
     record, model = loaded.record, loaded.model
     device = next(model.parameters()).device
-    images = MaskedImages(dataset, record["mean"], record["std"], image_size=record.get("input_size"))
+    images = MaskedImages(dataset, record.mean, record.std, image_size=record.input_size)
     batches = size_batches(images.sizes(), batch_size)
     loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
     scores, labels, owner = [], [], []

@@ -1,20 +1,10 @@
 """One training loop for pretraining and fine-tuning: DDP, mixed precision, checkpoints, resume, early stopping.
 
-A run lives in one folder::
-
-    config.json          the run's config (transfer.config), written before training starts
-    checkpoints/last.pt  the latest state (model, optimiser, schedule, position in the epoch), written every
-                         ``checkpoint_every`` steps, at every epoch's end and on Ctrl-C (atomically)
-    best.pt              the best model so far on validation, with what inference needs (classes, input size,
-                         normalisation, and for fine-tuning the decision threshold)
-    metrics.jsonl        one JSON line per epoch: training loss/accuracy, validation metrics, learning rate
-    summary.json         written when training ends: status, best epoch, best metrics
-
-A run is finished once training ends (all epochs, or early stopping): ``best.pt`` then records ``status``
-``complete`` or ``stopped early``; while training runs, or after it was killed or stopped with a step budget, it
-records ``in progress`` and ``summary.json`` is absent. :func:`load_model` (evaluate, localize, export) and
-``finetune --base`` refuse an unfinished run unless asked. Resuming removes what described the run as it was
-(``summary.json``, ``eval_*.json``, ``eval_*_pr.png``): they are written again from the finished run.
+A run's folder, checkpoints and saved models are :mod:`transfer.checkpoint`'s. :func:`train` sets a run up
+(:func:`setup`: task, model, optimiser, sampler; restored from ``checkpoints/last.pt`` on ``--resume``), then
+for each epoch calls :func:`train_one_epoch` and :func:`finish_epoch` (validation, best model, checkpoint,
+early stopping); where it stands is a :class:`Position`. :class:`PretrainTask` and :class:`FinetuneTask` (and
+segdec's task) say what differs between kinds of run.
 
 Determinism: the data order is a function of (seed, epoch) (``DistributedSampler``), augmentation of
 (seed, epoch, sample) (:class:`transfer.data.SeededTransform`), and the random state used by the model (dropout)
@@ -42,7 +32,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +47,18 @@ from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, json_safe, write_json
 from transfer import metrics as M
+from transfer.checkpoint import (
+    RUN_IN_PROGRESS,
+    finish_run,
+    last_checkpoint_path,
+    load_training_checkpoint,
+    model_record,
+    reopen_run,
+    save,
+    save_model,
+    training_checkpoint,
+    unwrap,
+)
 from transfer.config import (
     FinetuneConfig,
     PretrainConfig,
@@ -77,19 +79,7 @@ from transfer.data import (
     size_batches,
     texture_transforms,
 )
-from transfer.models import (
-    RUN_IN_PROGRESS,
-    ClassifierNet,
-    build_model,
-    load_state,
-    model_loss,
-    read_checkpoint,
-    replace_head,
-    unfinished_run,
-)
-
-MODEL_FORMAT = "transfer.model/1"
-CHECKPOINT_FORMAT = "transfer.checkpoint/1"
+from transfer.models import ClassifierNet, build_model, load_state, model_loss, replace_head
 
 
 class TrainingInterrupted(Exception):
@@ -546,19 +536,8 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Run folder
+# Run folder: the config a run resumes with, the metrics log
 # --------------------------------------------------------------------------------------------------------------
-
-
-def last_checkpoint_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints" / "last.pt"
-
-
-def load_training_checkpoint(path: Path) -> dict:
-    obj = read_checkpoint(path)
-    if obj.get("format") != CHECKPOINT_FORMAT:
-        raise DataonomyError(f"{path}: not a training checkpoint of transfer (format {obj.get('format')!r})")
-    return obj
 
 
 def resume_config(run_dir: Path, requested: dict) -> TrainConfig:
@@ -588,63 +567,6 @@ def resume_config(run_dir: Path, requested: dict) -> TrainConfig:
     return saved if epochs == saved.epochs else replace_config(saved, epochs=epochs)
 
 
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _unwrap(model: nn.Module) -> ClassifierNet:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-def _model_state(model: nn.Module) -> dict:
-    # Contiguous copies: a channels_last model's weights load into any model, and files do not keep strides.
-    return {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-
-
-def model_record(
-    config: TrainConfig,
-    model: nn.Module,
-    meta: dict,
-    epoch: int = 0,
-    metrics: dict | None = None,
-    status: str = "complete",
-) -> dict:
-    """What ``best.pt`` holds: the weights and what inference needs (see :class:`LoadedModel`).
-
-    ``meta`` adds run facts such as ``classes``, ``input`` (``image``/``patch``), ``patch_size``/``patch_stride``
-    and, for fine-tuned models, ``threshold`` and ``threshold_criterion``. ``status``: ``complete``,
-    ``stopped early``, or ``in progress`` (the training loop's saves until training ends; see the module
-    docstring). Save it with :func:`save_model`.
-    """
-    net = _unwrap(model)
-    return {
-        "format": MODEL_FORMAT,
-        "kind": config.kind,
-        "arch": config.arch,
-        "num_classes": getattr(net, "num_classes", 2),
-        "aux_logits": getattr(net, "aux_classifier", None) is not None,
-        "dropout": config.dropout,
-        "image_size": config.image_size,
-        "input_size": config.input_size,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "input": "image",
-        **meta,
-        "status": status,
-        "epoch": epoch,
-        "metrics": metrics or {},
-        "config": config.to_dict(),
-        "model": _model_state(model),
-    }
-
-
-def save_model(record: dict, path: str | Path) -> Path:
-    """Write a :func:`model_record` atomically (``RUN_DIR/best.pt`` is what the other commands read)."""
-    _save(record, Path(path))
-    return Path(path)
-
-
 def _append_metrics(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -670,14 +592,75 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The loop
+# The loop: setup and resume, one epoch of training, the end of an epoch
 # --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Position:
+    """Where a run stands; saved in ``last.pt`` as ``state``, from which the loop resumes exactly."""
+
+    epoch: int = 0  # epochs completed
+    batch: int = 0  # batches completed in the current epoch
+    step: int = 0  # optimiser steps completed
+    best: float | None = None  # the best value of the task's monitor so far
+    best_loss: float = math.inf  # the validation loss at the best (a tie goes to the lower loss)
+    best_epoch: int | None = None
+    stale_epochs: int = 0  # epochs since the best
+    # Loss sum, correct, examples in the current epoch (all processes).
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    finished: str | None = None  # ``complete`` or ``stopped early`` once training ended
+    extensions: list[dict] = field(default_factory=list)  # --epochs changed on resume (module docstring)
+
+
+@dataclass
+class Trainer:
+    """What a run holds while it trains: the task, the model (``ddp_model`` wraps it under DDP), the
+    optimisation, the sampler, and its :class:`Position`."""
+
+    config: TrainConfig
+    run_dir: Path
+    runtime: Runtime
+    procs: Processes
+    task: PretrainTask | FinetuneTask
+    model: nn.Module
+    sampler: ResumableSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module | None
+    position: Position = field(default_factory=Position)
+    ddp_model: nn.Module | None = None
+    running: torch.Tensor | None = None  # the position's sums, kept on the device while an epoch runs
+    steps_here: int = 0  # optimiser steps taken by this invocation (for ``Runtime.stop_after_steps``)
+
+    @property
+    def per_process_batch(self) -> int:
+        return self.config.batch_size // self.procs.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.num_samples // self.per_process_batch
+
+    @property
+    def last_path(self) -> Path:
+        return last_checkpoint_path(self.run_dir)
+
+    def save_checkpoint(self) -> None:
+        sums = self.procs.sum(self.running).tolist()
+        if self.procs.main:
+            state = {**asdict(self.position), "sums": sums}
+            record = training_checkpoint(
+                self.config, self.model, self.optimizer, self.scheduler, self.scaler, state
+            )
+            save(record, self.last_path)
+        self.procs.barrier()
 
 
 def train(
     config: TrainConfig, run_dir: str | Path, resume: bool = False, runtime: Runtime | None = None
 ) -> dict:
-    """Train ``config`` into ``run_dir`` (see the module docstring for the folder); return the summary.
+    """Train ``config`` into ``run_dir`` (see :mod:`transfer.checkpoint` for the folder); return the summary.
 
     ``resume`` continues from ``run_dir/checkpoints/last.pt``; without it ``run_dir`` must not hold a run.
     Raises :class:`TrainingInterrupted` after saving a checkpoint when SIGINT/SIGTERM arrives.
@@ -692,8 +675,30 @@ def train(
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, procs: Processes) -> dict:
+    checkpoint = _checkpoint_to_resume(config, run_dir, resume)
+    trainer = setup(config, run_dir, runtime, procs)
+    if checkpoint is not None:
+        _restore(trainer, checkpoint)
+    if trainer.position.finished:
+        return _already_finished(trainer)
+    _start(trainer)
+    with StopRequest() as stop_request:
+        while trainer.position.epoch < config.epochs:
+            started = time.perf_counter()
+            if train_one_epoch(trainer, stop_request):
+                return _stopped(trainer, stop_request)
+            if finish_epoch(trainer, started):
+                break
+    summary = _summary(trainer)
+    if procs.main:
+        finish_run(run_dir, summary["status"], summary)
+    procs.barrier()
+    return summary
+
+
+def _checkpoint_to_resume(config: TrainConfig, run_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint ``--resume`` continues from (None: start afresh), after checking the run folder."""
     last_path = last_checkpoint_path(run_dir)
-    checkpoint = None
     if run_dir.exists() and not run_dir.is_dir():
         raise DataonomyError(f"--out {run_dir}: is a file, not a run folder")
     if resume and last_path.exists():
@@ -701,18 +706,23 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         # Only --epochs may change on resume (extending the run; see the module docstring).
         if {**checkpoint["config"], "epochs": None} != {**config.to_dict(), "epochs": None}:
             raise DataonomyError(f"--resume: the config differs from the one saved in {last_path}")
-    elif not resume and (last_path.exists() or (run_dir / "best.pt").exists()):
+        return checkpoint
+    if not resume and (last_path.exists() or (run_dir / "best.pt").exists()):
         raise DataonomyError(
             f"--out {run_dir}: already holds a run; pass --resume to continue it or choose a new folder"
         )
     # Otherwise no progress was saved (a run that failed in its first epoch leaves config.json alone): start
     # afresh, with or without --resume.
+    return None
+
+
+def setup(config: TrainConfig, run_dir: Path, runtime: Runtime, procs: Processes) -> Trainer:
+    """The task, model, sampler and optimisation of a run at its start (:func:`_restore` resumes it)."""
     if config.batch_size % procs.world_size:
         raise DataonomyError(
             f"--batch-size {config.batch_size}: must be divisible by the number of processes ({procs.world_size})"
         )
     per_process_batch = config.batch_size // procs.world_size
-
     task = make_task(config)
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run
     model = task.build_model().to(procs.device)
@@ -733,8 +743,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
         raise DataonomyError(
             f"--batch-size {config.batch_size}: larger than the training set ({len(task.train_set)} examples)"
         )
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
     optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
@@ -742,387 +751,285 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, p
     scaler = torch.amp.GradScaler("cuda", enabled=_needs_scaler(procs.device, config.amp))
     criterion = task.criterion()
     criterion = criterion.to(procs.device) if criterion is not None else None
-    # A task with its own loss (segdec: pixel + image) says so; classifiers use model_loss and argmax accuracy.
-    task_loss = getattr(task, "loss", model_loss)
-    correct = getattr(task, "correct", lambda logits, y: (logits.argmax(1) == y).sum())
+    return Trainer(
+        config, run_dir, runtime, procs, task, model, sampler, optimizer, scheduler, scaler, criterion
+    )
 
-    state = {
-        "epoch": 0,  # epochs completed
-        "batch": 0,  # batches completed in the current epoch
-        "step": 0,  # optimiser steps completed
-        "best": None,
-        "best_epoch": None,
-        "stale_epochs": 0,
-        "sums": [0.0, 0.0, 0.0],  # loss sum, correct, examples in the current epoch (all processes)
-        "finished": None,
-    }
-    if checkpoint is not None:
-        load_state(_unwrap(model), checkpoint["model"], str(last_path), "the run's model")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state.update(checkpoint["state"])
-        if not procs.main:
-            state["sums"] = [0.0, 0.0, 0.0]  # rank 0 carries the totals so far
-        saved_epochs = checkpoint["config"]["epochs"]
-        if config.epochs != saved_epochs:
-            if config.epochs < state["epoch"] + (state["batch"] > 0):
-                raise DataonomyError(
-                    f"--epochs {config.epochs}: the run in {run_dir} has already trained {state['epoch']} epochs"
-                    + (" and part of the next" if state["batch"] else "")
-                )
-            if state["finished"] == "complete":
-                state["finished"] = None  # extended: more epochs to train
-            state["extensions"] = [
-                *state.get("extensions", []),
-                {"step": state["step"], "from_epochs": saved_epochs, "epochs": config.epochs},
-            ]
-            # The current step's learning rate on the new schedule (the optimiser holds the old one).
-            for group, base, factor in zip(
-                optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
-            ):
-                group["lr"] = base * factor(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-    if state["finished"]:
-        if procs.main:
-            tqdm.write(f"{run_dir}: training already {state['finished']}; nothing to do")
-            # A kill between the final checkpoint and the end of training left best.pt unmarked.
-            _finish_run(run_dir, state["finished"], _summary(state, run_dir, task, procs))
-        procs.barrier()
-        return json.loads((run_dir / "summary.json").read_text())
 
-    metrics_path = run_dir / "metrics.jsonl"
+def _restore(trainer: Trainer, checkpoint: dict) -> None:
+    """Continue from ``checkpoint`` (``last.pt``): weights, optimisation, position; a changed ``--epochs``
+    extends the run."""
+    load_state(unwrap(trainer.model), checkpoint["model"], str(trainer.last_path), "the run's model")
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
+    trainer.scaler.load_state_dict(checkpoint["scaler"])
+    trainer.position = position = Position(**checkpoint["state"])
+    if not trainer.procs.main:
+        position.sums = [0.0, 0.0, 0.0]  # rank 0 carries the totals so far
+    saved_epochs, epochs = checkpoint["config"]["epochs"], trainer.config.epochs
+    if epochs == saved_epochs:
+        return
+    if epochs < position.epoch + (position.batch > 0):
+        raise DataonomyError(
+            f"--epochs {epochs}: the run in {trainer.run_dir} has already trained {position.epoch} epochs"
+            + (" and part of the next" if position.batch else "")
+        )
+    if position.finished == "complete":
+        position.finished = None  # extended: more epochs to train
+    position.extensions.append({"step": position.step, "from_epochs": saved_epochs, "epochs": epochs})
+    # The current step's learning rate on the new schedule (the optimiser holds the old one).
+    optimizer, scheduler = trainer.optimizer, trainer.scheduler
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def _already_finished(trainer: Trainer) -> dict:
+    """A resumed run whose training had ended: nothing to train; the summary (written again if a kill between
+    the final checkpoint and the end of training left it out, and ``best.pt`` unmarked)."""
+    if trainer.procs.main:
+        tqdm.write(f"{trainer.run_dir}: training already {trainer.position.finished}; nothing to do")
+        finish_run(trainer.run_dir, trainer.position.finished, _summary(trainer))
+    trainer.procs.barrier()
+    return json.loads((trainer.run_dir / "summary.json").read_text())
+
+
+def _start(trainer: Trainer) -> None:
+    """Write the run's config, reopen its folder (see :func:`transfer.checkpoint.reopen_run`), wrap the model
+    for DDP."""
+    procs, run_dir = trainer.procs, trainer.run_dir
     if procs.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.to_dict())
-        _truncate_metrics(metrics_path, state["epoch"])  # a fresh start keeps none
-        _reopen_run(run_dir)
+        write_json(run_dir / "config.json", trainer.config.to_dict())
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.position.epoch)  # a fresh start keeps none
+        reopen_run(run_dir)
     procs.barrier()
-
-    ddp_model = model
+    trainer.ddp_model = trainer.model
     if procs.distributed:
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
+        trainer.ddp_model = DistributedDataParallel(
+            trainer.model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None
         )
-    loader_args = {
-        "batch_size": per_process_batch,
-        "sampler": sampler,
-        "drop_last": True,
-        "num_workers": runtime.num_workers,
-        "pin_memory": procs.device.type == "cuda",
-        "worker_init_fn": _ignore_sigint if runtime.num_workers else None,
-        "collate_fn": getattr(task, "collate_fn", None),  # segdec: pads images of different sizes
-    }
 
-    def save_checkpoint() -> None:
-        sums = procs.sum(running).tolist()
-        if procs.main:
-            record = {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "model": _model_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": {**state, "sums": sums},
-            }
-            _save(record, last_path)
-        procs.barrier()
 
-    show = procs.main and runtime.progress is not False
-    # Without a terminal there is no progress bar: a line every log_every seconds shows the run is alive.
-    log_every = runtime.log_every if show and not sys.stderr.isatty() else None
-    steps_here = 0
-    with StopRequest() as stop_request:
-        while state["epoch"] < config.epochs:
-            epoch = state["epoch"]
-            sampler.set_epoch(epoch)
-            sampler.start = state["batch"] * per_process_batch
-            task.train_set.set_epoch(epoch)
-            # Loss sum, correct, examples: kept on the device so that steps do not wait for the GPU.
-            running = torch.tensor(state["sums"], dtype=torch.float64, device=procs.device)
-            loader = DataLoader(task.train_set, **loader_args)
-            bar = tqdm(
-                total=steps_per_epoch,
-                initial=state["batch"],
-                desc=f"epoch {epoch + 1}/{config.epochs}",
-                disable=None if show else True,
-                leave=False,
-            )
-            started = time.perf_counter()
-            logged_at, logged_batch = started, state["batch"]
-            ddp_model.train()
-            stop = False
-            for x, y in loader:
-                x, y = _to_device(x, y, procs.device, config.channels_last)
-                _seed_step(seed_for(config.seed, state["step"], procs.rank), procs.device)
-                with _autocast(procs.device, config.amp):
-                    loss, logits = task_loss(ddp_model(x), y, criterion, config.aux_weight)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                state["step"] += 1
-                state["batch"] += 1
-                steps_here += 1
-                with torch.no_grad():
-                    running += torch.stack(
-                        [
-                            loss.detach().double() * len(x),
-                            correct(logits, y).double(),
-                            running.new_tensor(len(x)),
-                        ]
-                    )
-                bar.update(1)
-                if log_every is not None and time.perf_counter() - logged_at >= log_every:
-                    now = time.perf_counter()
-                    loss_so_far, _, seen = running.tolist()
-                    rate = (state["batch"] - logged_batch) * config.batch_size / max(now - logged_at, 1e-9)
-                    print(
-                        f"epoch {epoch + 1}/{config.epochs} step {state['batch']}/{steps_per_epoch} "
-                        f"(step {state['step']} of the run): loss {loss_so_far / max(seen, 1):.4f}, "
-                        f"{rate:.1f} images/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    logged_at, logged_batch = now, state["batch"]
-                if state["step"] % 10 == 0 and not bar.disable:
-                    loss_so_far, _, seen = running.tolist()
-                    bar.set_postfix(
-                        loss=f"{loss_so_far / max(seen, 1):.4f}", lr=f"{scheduler.get_last_lr()[0]:.3g}"
-                    )
-                budget_spent = runtime.stop_after_steps is not None and steps_here >= runtime.stop_after_steps
-                stop = (
-                    procs.any(stop_request.requested or budget_spent)
-                    if procs.distributed
-                    else (stop_request.requested or budget_spent)
-                )
-                if stop or state["step"] % config.checkpoint_every == 0:
-                    save_checkpoint()
-                if stop:
-                    break
-            bar.close()
+def _loader(trainer: Trainer) -> DataLoader:
+    """The training set from the sampler's current place."""
+    workers, device = trainer.runtime.num_workers, trainer.procs.device
+    return DataLoader(
+        trainer.task.train_set,
+        batch_size=trainer.per_process_batch,
+        sampler=trainer.sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_sigint if workers else None,
+        collate_fn=getattr(trainer.task, "collate_fn", None),  # segdec: pads images of different sizes
+    )
+
+
+def train_one_epoch(trainer: Trainer, stop_request: StopRequest) -> bool:
+    """Train the rest of the current epoch (from ``position.batch``), saving a checkpoint every
+    ``checkpoint_every`` steps; True when it stopped part-way (Ctrl-C/SIGTERM, the step budget) with one saved."""
+    position = trainer.position
+    trainer.sampler.set_epoch(position.epoch)
+    trainer.sampler.start = position.batch * trainer.per_process_batch
+    trainer.task.train_set.set_epoch(position.epoch)
+    # Loss sum, correct, examples: kept on the device so that steps do not wait for the GPU.
+    trainer.running = torch.tensor(position.sums, dtype=torch.float64, device=trainer.procs.device)
+    progress = _Progress(trainer)
+    trainer.ddp_model.train()
+    try:
+        for x, y in _loader(trainer):
+            _train_step(trainer, x, y)
+            progress.update(trainer)
+            stop = _stop_now(trainer, stop_request)
+            if stop or position.step % trainer.config.checkpoint_every == 0:
+                trainer.save_checkpoint()
             if stop:
-                if stop_request.requested:
-                    raise TrainingInterrupted(last_path, state["step"], procs.rank)
-                if procs.main:
-                    tqdm.write(
-                        f"stopped after {steps_here} steps (step {state['step']}); checkpoint saved to {last_path}, "
-                        "continue with --resume"
-                    )
-                return {"status": "stopped", "step": state["step"], "checkpoint": str(last_path)}
-
-            # End of epoch: training totals, validation, best model, metrics line, checkpoint.
-            totals = procs.sum(running).tolist()
-            outputs, targets = predict(
-                model,
-                task.val_set,
-                task,
-                procs,
-                2 * per_process_batch,  # no gradients: twice the batch fits
-                runtime.num_workers,
-                config.amp,
-                config.channels_last,
-            )
-            val = task.val_metrics(outputs, targets)
-            record = {
-                "epoch": epoch + 1,
-                "step": state["step"],
-                "lr": scheduler.get_last_lr()[0],
-                "train_loss": totals[0] / max(totals[2], 1),
-                "train_accuracy": totals[1] / max(totals[2], 1),
-                **val,
-                "epoch_seconds": time.perf_counter() - started,
-            }
-            value = val[task.monitor]
-            loss = val.get("val_loss", math.inf)
-            better = state["best"] is None or (
-                value > state["best"] if task.mode == "max" else value < state["best"]
-            )
-            # A tie (a small validation fold at AP 1.0) goes to the lower validation loss: the better-separated model.
-            tie_won = value == state["best"] and loss < state.get("best_loss", math.inf)
-            if (better or tie_won) and math.isfinite(value):
-                state.update(best=value, best_loss=loss, best_epoch=epoch + 1, stale_epochs=0)
-                if procs.main:
-                    extras = task.best_extras(outputs, targets)
-                    meta = {**task.model_meta(), **extras}
-                    best_record = model_record(
-                        config, model, meta, epoch + 1, json_safe(record), status=RUN_IN_PROGRESS
-                    )
-                    save_model(best_record, run_dir / "best.pt")
-            else:
-                state["stale_epochs"] += 1
-            if procs.main:
-                _append_metrics(metrics_path, json_safe(record))
-                tqdm.write(
-                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
-                )
-            state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0])
-            running.zero_()
-            if task.patience is not None and state["stale_epochs"] >= task.patience:
-                state["finished"] = "stopped early"
-            elif state["epoch"] >= config.epochs:
-                state["finished"] = "complete"
-            save_checkpoint()
-            if state["finished"] == "stopped early":
-                if procs.main:
-                    tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
-                break
-
-    summary = _summary(state, run_dir, task, procs)
-    if procs.main:
-        _finish_run(run_dir, summary["status"], summary)
-    procs.barrier()
-    return summary
+                return True
+        return False
+    finally:
+        progress.close()
 
 
-def _summary(state: dict, run_dir: Path, task, procs: Processes) -> dict:
-    summary = {
-        "rank": procs.rank,
-        "status": state["finished"] or "complete",
-        "epochs": state["epoch"],
-        "steps": state["step"],
-        "best_epoch": state["best_epoch"],
-        "monitor": task.monitor,
-        "best": state["best"],
-        "best_model": str(run_dir / "best.pt"),
+def _train_step(trainer: Trainer, x, y) -> None:
+    config, device, position = trainer.config, trainer.procs.device, trainer.position
+    x, y = _to_device(x, y, device, config.channels_last)
+    _seed_step(seed_for(config.seed, position.step, trainer.procs.rank), device)
+    # A task with its own loss (segdec: pixel + image) says so; classifiers use model_loss and argmax accuracy.
+    task_loss = getattr(trainer.task, "loss", model_loss)
+    correct = getattr(trainer.task, "correct", lambda logits, y: (logits.argmax(1) == y).sum())
+    with _autocast(device, config.amp):
+        loss, logits = task_loss(trainer.ddp_model(x), y, trainer.criterion, config.aux_weight)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    position.step += 1
+    position.batch += 1
+    trainer.steps_here += 1
+    with torch.no_grad():
+        count = trainer.running.new_tensor(len(x))
+        trainer.running += torch.stack([loss.detach().double() * len(x), correct(logits, y).double(), count])
+
+
+def _stop_now(trainer: Trainer, stop_request: StopRequest) -> bool:
+    """Stop after this step: a signal arrived, or this invocation spent its step budget (any process)."""
+    budget = trainer.runtime.stop_after_steps
+    stop = stop_request.requested or (budget is not None and trainer.steps_here >= budget)
+    return trainer.procs.any(stop) if trainer.procs.distributed else stop
+
+
+class _Progress:
+    """An epoch's progress bar, or without a terminal a line every ``Runtime.log_every`` seconds on stderr that
+    shows the run is alive."""
+
+    def __init__(self, trainer: Trainer):
+        position, epochs = trainer.position, trainer.config.epochs
+        show = trainer.procs.main and trainer.runtime.progress is not False
+        self.log_every = trainer.runtime.log_every if show and not sys.stderr.isatty() else None
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch,
+            initial=position.batch,
+            desc=f"epoch {position.epoch + 1}/{epochs}",
+            disable=None if show else True,
+            leave=False,
+        )
+        self.logged_at, self.logged_batch = time.perf_counter(), position.batch
+
+    def update(self, trainer: Trainer) -> None:
+        position = trainer.position
+        self.bar.update(1)
+        if self.log_every is not None and time.perf_counter() - self.logged_at >= self.log_every:
+            self._log(trainer)
+        if position.step % 10 == 0 and not self.bar.disable:
+            loss_so_far, _, seen = trainer.running.tolist()
+            lr = trainer.scheduler.get_last_lr()[0]
+            self.bar.set_postfix(loss=f"{loss_so_far / max(seen, 1):.4f}", lr=f"{lr:.3g}")
+
+    def _log(self, trainer: Trainer) -> None:
+        position, config, now = trainer.position, trainer.config, time.perf_counter()
+        loss_so_far, _, seen = trainer.running.tolist()
+        rate = (position.batch - self.logged_batch) * config.batch_size / max(now - self.logged_at, 1e-9)
+        print(
+            f"epoch {position.epoch + 1}/{config.epochs} step {position.batch}/{trainer.steps_per_epoch} "
+            f"(step {position.step} of the run): loss {loss_so_far / max(seen, 1):.4f}, {rate:.1f} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.logged_at, self.logged_batch = now, position.batch
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _stopped(trainer: Trainer, stop_request: StopRequest) -> dict:
+    """A run stopped part-way, its checkpoint saved: raise :class:`TrainingInterrupted` on a signal, else (the
+    step budget) say how to continue."""
+    step, last_path = trainer.position.step, trainer.last_path
+    if stop_request.requested:
+        raise TrainingInterrupted(last_path, step, trainer.procs.rank)
+    if trainer.procs.main:
+        tqdm.write(
+            f"stopped after {trainer.steps_here} steps (step {step}); checkpoint saved to {last_path}, "
+            "continue with --resume"
+        )
+    return {"status": "stopped", "step": step, "checkpoint": str(last_path)}
+
+
+def finish_epoch(trainer: Trainer, started: float) -> bool:
+    """The end of an epoch: training totals, validation, the best model, the metrics line, a checkpoint; True when
+    early stopping ends the run."""
+    config, procs, task, position = trainer.config, trainer.procs, trainer.task, trainer.position
+    totals = procs.sum(trainer.running).tolist()
+    batch = 2 * trainer.per_process_batch  # no gradients: twice the batch fits
+    workers = trainer.runtime.num_workers
+    outputs, targets = predict(
+        trainer.model, task.val_set, task, procs, batch, workers, config.amp, config.channels_last
+    )
+    val = task.val_metrics(outputs, targets)
+    record = {
+        "epoch": position.epoch + 1,
+        "step": position.step,
+        "lr": trainer.scheduler.get_last_lr()[0],
+        "train_loss": totals[0] / max(totals[2], 1),
+        "train_accuracy": totals[1] / max(totals[2], 1),
+        **val,
+        "epoch_seconds": time.perf_counter() - started,
     }
-    if state.get("extensions"):
-        summary["extensions"] = state["extensions"]
+    _keep_best(trainer, val, json_safe(record), (outputs, targets))
+    if procs.main:
+        _append_metrics(trainer.run_dir / "metrics.jsonl", json_safe(record))
+        tqdm.write(
+            f"epoch {position.epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
+            + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+        )
+    position.epoch, position.batch, position.sums = position.epoch + 1, 0, [0.0, 0.0, 0.0]
+    trainer.running.zero_()
+    if task.patience is not None and position.stale_epochs >= task.patience:
+        position.finished = "stopped early"
+    elif position.epoch >= config.epochs:
+        position.finished = "complete"
+    trainer.save_checkpoint()
+    if position.finished == "stopped early" and procs.main:
+        tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
+    return position.finished == "stopped early"
+
+
+def _keep_best(trainer: Trainer, val: dict, metrics: dict, predictions: tuple) -> None:
+    """Save the model as ``best.pt`` when the task's monitor improved (a tie, as a small validation fold at AP
+    1.0, goes to the lower validation loss: the better-separated model); else count a stale epoch."""
+    task, position = trainer.task, trainer.position
+    value, loss = val[task.monitor], val.get("val_loss", math.inf)
+    better = position.best is None or (value > position.best if task.mode == "max" else value < position.best)
+    tie_won = value == position.best and loss < position.best_loss
+    if not ((better or tie_won) and math.isfinite(value)):
+        position.stale_epochs += 1
+        return
+    epoch = position.epoch + 1
+    position.best, position.best_loss, position.best_epoch, position.stale_epochs = value, loss, epoch, 0
+    if trainer.procs.main:
+        meta = {**task.model_meta(), **task.best_extras(*predictions)}
+        record = model_record(trainer.config, trainer.model, meta, epoch, metrics, status=RUN_IN_PROGRESS)
+        save_model(record, trainer.run_dir / "best.pt")
+
+
+def _summary(trainer: Trainer) -> dict:
+    position = trainer.position
+    summary = {
+        "rank": trainer.procs.rank,
+        "status": position.finished or "complete",
+        "epochs": position.epoch,
+        "steps": position.step,
+        "best_epoch": position.best_epoch,
+        "monitor": trainer.task.monitor,
+        "best": position.best,
+        "best_model": str(trainer.run_dir / "best.pt"),
+    }
+    if position.extensions:
+        summary["extensions"] = position.extensions
     return summary
-
-
-# What a finished run's folder holds besides its training files; resuming makes them stale.
-_FINISHED_OUTPUTS = ("summary.json", "eval_*.json", "eval_*_pr.png")
-
-
-def _reopen_run(run_dir: Path) -> None:
-    """Before training (again) in ``run_dir``: drop the outputs of the run as it was and mark ``best.pt`` in
-    progress, so that nothing reads the folder as a finished run until training ends."""
-    for pattern in _FINISHED_OUTPUTS:
-        for path in sorted(run_dir.glob(pattern)):
-            path.unlink()
-    best = run_dir / "best.pt"
-    if best.is_file():
-        record = read_checkpoint(best)
-        if record.get("status") != RUN_IN_PROGRESS:
-            save_model({**record, "status": RUN_IN_PROGRESS}, best)
-
-
-def _finish_run(run_dir: Path, status: str, summary: dict) -> None:
-    """Mark the run finished: ``best.pt`` records ``status``, then ``summary.json`` is written (each atomically,
-    so a kill in between leaves a run that ``--resume`` finishes)."""
-    best = run_dir / "best.pt"
-    if best.is_file():
-        record = read_checkpoint(best)
-        if record.get("status") != status:
-            save_model({**record, "status": status}, best)
-    write_json(run_dir / "summary.json", json_safe(summary))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Inference and evaluation of a fine-tuned run
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    """A trained model (from ``best.pt``) in eval mode, with what inference needs to know about it.
-
-    ``record`` is the saved file without its weights: ``arch``, ``classes``, ``input`` (``image`` or ``patch``),
-    ``input_size``, ``mean``/``std``, for fine-tuned runs ``threshold``, ``patch_size``/``patch_stride``, and
-    ``config`` (the run's config as a dict).
-    """
-
-    model: ClassifierNet
-    record: dict
-    path: Path
-
-    @property
-    def config(self) -> TrainConfig:
-        return config_from_dict(self.record["config"], str(self.path))
-
-    @property
-    def threshold(self) -> float | None:
-        return self.record.get("threshold")
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] float images (B, 3, H, W) -> the model's input normalisation."""
-        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        mean = torch.tensor(self.record["mean"], device=images.device)[:, None, None]
-        std = torch.tensor(self.record["std"], device=images.device)[:, None, None]
-        return (images - mean) / std
-
-
-def load_model(
-    run: str | Path,
-    device: str | torch.device = "cpu",
-    allow_incomplete: bool = False,
-    allow_option: str | None = None,
-) -> LoadedModel:
-    """The best model of a run folder (or a ``best.pt`` file), in eval mode on ``device``.
-
-    A run whose training never finished (killed, or stopped with a step budget) is refused unless
-    ``allow_incomplete``; ``allow_option`` names the caller's option that allows it, for the message.
-    """
-    path = Path(run)
-    path = path / "best.pt" if path.is_dir() else path
-    obj = read_checkpoint(path)
-    if obj.get("format") != MODEL_FORMAT:
-        raise DataonomyError(f"--model {path}: not a model saved by transfer pretrain/finetune")
-    why = unfinished_run(obj, path)
-    if why is not None and not allow_incomplete:
-        kind = obj.get("kind") if obj.get("kind") in ("pretrain", "finetune") else "finetune"
-        also = f", or pass {allow_option} to use it as it is" if allow_option else ""
-        raise DataonomyError(
-            f"--model {path}: {why}; finish it with `transfer {kind} --out {path.parent} --resume`{also}"
-        )
-    from transfer.models import get_model, load_weights
-
-    if obj.get("head") == "segdec":
-        from transfer.segdec import SegDecNet, cut_trunk, segdec_from_record
-
-        try:
-            model = segdec_from_record(obj, str(path))
-        except DataonomyError:
-            # Name the wrong-shaped tensor (torch's message does only on a later line): a shell model, built
-            # as segdec_from_record builds it, gives the shapes.
-            stride, channels = int(obj["output_stride"]), int(obj["head_channels"])
-            trunk, trunk_channels = cut_trunk(get_model(obj["arch"], 2, init=False), stride)
-            shell = SegDecNet(trunk, trunk_channels, stride, channels)
-            load_state(shell, obj["model"], str(path), "the segdec model it describes")
-            raise
-    else:
-        model = get_model(
-            obj["arch"], int(obj["num_classes"]), obj.get("dropout"), aux_logits=False, init=False
-        )
-        load_weights(model, obj["model"], str(path), obj["arch"])
-    record = {k: v for k, v in obj.items() if k != "model"}
-    return LoadedModel(model.to(device).eval(), record, path)
 
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "FinetuneTask",
-    "LoadedModel",
-    "MODEL_FORMAT",
+    "Position",
     "PretrainTask",
     "Processes",
     "ResumableSampler",
     "Runtime",
     "StopRequest",
+    "Trainer",
     "TrainingInterrupted",
-    "last_checkpoint_path",
-    "load_model",
-    "load_training_checkpoint",
+    "finish_epoch",
     "make_task",
-    "model_record",
     "predict",
     "resume_config",
-    "save_model",
+    "setup",
     "sgd",
     "train",
+    "train_one_epoch",
     "warmup_cosine",
 ]

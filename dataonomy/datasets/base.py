@@ -14,6 +14,7 @@ anti-aliased 0..255 edges are cut at half).
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,15 @@ def _decode_sample(s: Sample) -> BadImageError | None:
     except BadImageError as exc:
         return exc
     return None
+
+
+def drop_bad_files(samples: list[Sample], skip_bad: bool) -> list[Sample]:
+    """A reader's ``--skip-bad``: ``samples`` less the files that do not decode, each one warned about (the
+    warning names the reader's caller); without it, ``samples`` as they are (files are decoded when read)."""
+    if not skip_bad:
+        return samples
+    # stacklevel: the lambda, verify_samples, this function, the reader's __init__, its caller.
+    return verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=4))
 
 
 def verify_samples(

@@ -19,7 +19,6 @@ folder (``ClassN/Test``). ``target`` is the defect flag (0 ok, 1 defect): the fi
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -32,10 +31,10 @@ from dataonomy.datasets.base import (
     SampleDataset,
     check_mask_sizes,
     check_reader_options,
+    drop_bad_files,
     image_size,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.datasets.splits import check_split_options, split_samples, stratified_folds
@@ -330,8 +329,7 @@ class DAGM(SampleDataset):
                 for s in seeded_subsample(by_class[label], images_per_class, seed, label)
             ]
         self._check_masks(samples)
-        if skip_bad:
-            samples = verify_samples(samples, skip_bad, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         self.split = split
         super().__init__(
             root,

@@ -28,10 +28,10 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_mask_sizes,
+    drop_bad_files,
     listed_mask_defect,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.pairs import pair_masks_in_folder
 from dataonomy.datasets.registry import register_dataset
@@ -126,8 +126,7 @@ class ImageFolderDataset(SampleDataset):
                     defect = None
                 samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))
         check_mask_sizes(samples)
-        if skip_bad:
-            samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         super().__init__(
             root,
             samples,

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_reader_options,
+    drop_bad_files,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.errors import DataonomyError
@@ -106,8 +105,7 @@ class ImageNet(SampleDataset):
                 samples.append(Sample(path=p, label=wnid, target=target))
         if not samples:
             raise DataonomyError(f"{root}: no images found ({layout} layout, split {split})")
-        if skip_bad:
-            samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         self.layout = layout
         self.images_per_class = images_per_class
         index = imagenet_index()

@@ -24,10 +24,10 @@ from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
     check_reader_options,
+    drop_bad_files,
     listed_mask_defect,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.pairs import list_files, strip_mask_suffix
 from dataonomy.datasets.registry import register_dataset
@@ -153,8 +153,7 @@ class KolektorSDD(SampleDataset):
                     split=split_name,
                 )
             )
-        if skip_bad:
-            samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         self.split = split
         super().__init__(
             root,

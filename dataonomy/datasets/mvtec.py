@@ -13,7 +13,6 @@ the type folders; masks are checked by name and size (header reads) here, decode
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from dataonomy.datasets.base import (
     SampleDataset,
     check_mask_sizes,
     check_reader_options,
+    drop_bad_files,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.pairs import list_files
 from dataonomy.datasets.registry import register_dataset
@@ -178,8 +177,7 @@ class MVTecAD(SampleDataset):
                 f"{root}: no images found for split '{split}' (extensions: {', '.join(IMAGE_EXTENSIONS)})"
             )
         check_mask_sizes(samples)
-        if skip_bad:
-            samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         self.split = split
         self.categories = [d.name for d in found]
         super().__init__(

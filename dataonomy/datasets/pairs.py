@@ -35,10 +35,10 @@ from dataonomy.datasets.base import (
     SampleDataset,
     check_mask_sizes,
     check_reader_options,
+    drop_bad_files,
     listed_mask_defect,
     require_dir,
     seeded_subsample,
-    verify_samples,
 )
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.errors import DataonomyError
@@ -245,8 +245,7 @@ class ImageMaskPairs(SampleDataset):
             samples, notes = self._read_pairs(
                 root, label, masks, mask_suffix, images_per_class, seed, skip_bad
             )
-        if skip_bad:
-            samples = verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=3))
+        samples = drop_bad_files(samples, skip_bad)
         super().__init__(
             root,
             samples,

@@ -5,34 +5,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from dataonomy.errors import DataonomyError
+from dataonomy.registry import Registry
 
-_READERS: dict[str, Callable] = {}
+_READERS: Registry[Callable] = Registry(
+    "dataset reader", "--dataset '{name}': unknown dataset reader (known: {known})"
+)
 
 
 def register_dataset(name: str) -> Callable:
     """Class decorator: make a reader available as ``get_dataset(name, ...)``."""
 
-    def wrap(cls):
-        if name in _READERS:
-            raise ValueError(f"dataset reader {name!r} registered twice")
-        _READERS[name] = cls
-        return cls
-
-    return wrap
+    return _READERS.decorator(name)
 
 
 def list_datasets() -> list[str]:
-    return sorted(_READERS)
+    return _READERS.names()
 
 
 def get_dataset_reader(name: str) -> Callable:
-    try:
-        return _READERS[name]
-    except KeyError:
-        raise DataonomyError(
-            f"--dataset '{name}': unknown dataset reader (known: {', '.join(list_datasets())})"
-        ) from None
+    return _READERS.get(name)
 
 
 def get_dataset(name: str, root, **kwargs):
