@@ -113,22 +113,20 @@ class Backbone:
 
     def __init__(
         self,
-        name: str,
+        spec: BackboneSpec,
         model: nn.Module,
         weights_id: str,
-        preprocessing: Preprocessing,
-        feature_dim: int,
-        num_logits: int,
-        classifier: str,
         device: str | torch.device = "cpu",
         amp: bool | None = None,
     ):
-        self.name = name
+        """``spec``: the registered backbone ``model`` is an instance of (name, preprocessing, feature width,
+        logits, classifier layer); ``weights_id``: exactly which weights ``model`` holds."""
+        self.name = spec.name
         self.weights_id = weights_id
-        self.preprocessing = preprocessing
-        self.feature_dim = feature_dim
-        self.num_logits = num_logits
-        self._classifier_name = classifier
+        self.preprocessing = spec.preprocessing
+        self.feature_dim = spec.feature_dim
+        self.num_logits = spec.num_logits
+        self._classifier_name = spec.classifier
         self.model = model.eval()
         self.device = torch.device("cpu")
         self.amp = False
@@ -474,17 +472,7 @@ def get_backbone(
         else:
             state, source = load_state_file(weights), f"--weights {weights}"
         load_matching_state(model, spec.adapt_state(state), source, name)
-    return Backbone(
-        name=name,
-        model=model,
-        weights_id=backbone_weights_id(name, weights),
-        preprocessing=spec.preprocessing,
-        feature_dim=spec.feature_dim,
-        num_logits=spec.num_logits,
-        classifier=spec.classifier,
-        device=device,
-        amp=amp,
-    )
+    return Backbone(spec, model, backbone_weights_id(name, weights), device=device, amp=amp)
 
 
 # --- registered backbones -----------------------------------------------------------------------

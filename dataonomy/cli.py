@@ -14,23 +14,13 @@ import typer
 
 from dataonomy.affinity import list_affinities
 from dataonomy.backbones import list_backbones
-from dataonomy.cli_utils import old_option_name, parse_list, run_app, with_config
+from dataonomy.cli_utils import new_app, old_option_name, parse_list, run_app, with_config
 from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 
-app = typer.Typer(
-    help="Dataonomy: pick the source classes that best prepare a model for a target inspection task.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-@app.callback()
-def _app() -> None:
-    """Keep subcommands as subcommands even while a group has only one."""
+app = new_app("Dataonomy: pick the source classes that best prepare a model for a target inspection task.")
 
 
 # Options shared by every command that reads a dataset.
@@ -494,6 +484,15 @@ def _synth_classes(chosen: list[str] | None):
     return int(chosen[0]) if chosen and len(chosen) == 1 and chosen[0].isdigit() else chosen
 
 
+def _synth(make, ctx: typer.Context, reader: str, **converted) -> None:
+    """Write a synthetic set with ``make``, whose keywords are the command's options (``converted``: those the
+    command parsed itself), and say how to read it back."""
+    options = {**ctx.params, **converted}
+    make(**options)
+    out = options["out"]
+    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset {reader} --root {out})")
+
+
 SynthSeverityOpt = typer.Option(
     1.0, "--severity", help="Defect strength: below 1 subtler, above 1 easier to learn (0-4)."
 )
@@ -504,6 +503,7 @@ SynthOverwriteOpt = typer.Option(
 
 @synth_app.command("dagm")
 def synth_dagm_cmd(
+    ctx: typer.Context,
     out: Path = SynthOutOpt,
     classes: str = typer.Option(
         "10", "--classes", help="Number of texture classes (1-10), or a list of classes such as 1,4,7."
@@ -522,22 +522,12 @@ def synth_dagm_cmd(
     """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
     from dataonomy.datasets.synthetic import make_synthetic_dagm
 
-    chosen = _synth_classes(parse_list(classes) or [])
-    make_synthetic_dagm(
-        out,
-        classes=chosen,
-        images_per_split=images_per_split,
-        defect_fraction=defect_fraction,
-        size=size,
-        seed=seed,
-        severity=severity,
-        overwrite=overwrite,
-    )
-    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset dagm --root {out})")
+    _synth(make_synthetic_dagm, ctx, "dagm", classes=_synth_classes(parse_list(classes) or []))
 
 
 @synth_app.command("mvtec")
 def synth_mvtec_cmd(
+    ctx: typer.Context,
     out: Path = SynthOutOpt,
     classes: str = typer.Option(
         "2",
@@ -560,23 +550,12 @@ def synth_mvtec_cmd(
     """Write the synthetic DAGM textures in the MVTec AD layout (train/good, test/<type>, ground_truth)."""
     from dataonomy.datasets.synthetic import make_synthetic_mvtec
 
-    chosen = _synth_classes(parse_list(classes) or [])
-    make_synthetic_mvtec(
-        out,
-        classes=chosen,
-        train_images=train_images,
-        test_good=test_good,
-        test_defective=test_defective,
-        size=size,
-        seed=seed,
-        severity=severity,
-        overwrite=overwrite,
-    )
-    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset mvtec --root {out})")
+    _synth(make_synthetic_mvtec, ctx, "mvtec", classes=_synth_classes(parse_list(classes) or []))
 
 
 @synth_app.command("kolektor")
 def synth_kolektor_cmd(
+    ctx: typer.Context,
     out: Path = SynthOutOpt,
     layout: str = typer.Option(
         "ksdd",
@@ -603,24 +582,12 @@ def synth_kolektor_cmd(
     """Write one synthetic DAGM texture in the KolektorSDD or KolektorSDD2 layout (images with label masks)."""
     from dataonomy.datasets.synthetic import make_synthetic_kolektor
 
-    make_synthetic_kolektor(
-        out,
-        layout=layout,
-        texture=texture,
-        items=items,
-        parts=parts,
-        images_per_split=images_per_split,
-        defect_fraction=defect_fraction,
-        size=size,
-        seed=seed,
-        severity=severity,
-        overwrite=overwrite,
-    )
-    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset kolektor --root {out})")
+    _synth(make_synthetic_kolektor, ctx, "kolektor")
 
 
 @synth_app.command("source")
 def synth_source_cmd(
+    ctx: typer.Context,
     out: Path = SynthOutOpt,
     classes: str = typer.Option(
         None,
@@ -636,17 +603,7 @@ def synth_source_cmd(
     """Write a synthetic source pool (30 texture, pattern and shape classes) in the ILSVRC train layout."""
     from dataonomy.datasets.synthetic import make_synthetic_source
 
-    chosen = _synth_classes(parse_list(classes))
-    make_synthetic_source(
-        out,
-        classes=chosen,
-        images_per_class=images_per_class,
-        size=size,
-        seed=seed,
-        quality=quality,
-        overwrite=overwrite,
-    )
-    typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset imagenet --root {out})")
+    _synth(make_synthetic_source, ctx, "imagenet", classes=_synth_classes(parse_list(classes)))
 
 
 def main() -> None:

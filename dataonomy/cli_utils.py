@@ -15,6 +15,19 @@ def parse_list(value: str | None) -> list[str] | None:
     return items or None
 
 
+def new_app(help: str) -> typer.Typer:
+    """A command-line app as both CLIs make one: help without arguments, no completion, plain tracebacks."""
+    typer_app = typer.Typer(
+        help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+    )
+
+    @typer_app.callback()
+    def _app() -> None:
+        """Keep subcommands as subcommands even while a group has only one."""
+
+    return typer_app
+
+
 def run_app(typer_app: typer.Typer, argv: list[str] | None = None) -> int:
     """Run a typer app; a DataonomyError becomes ``error: <message>`` on stderr and exit code 2.
 

@@ -90,9 +90,22 @@ def json_safe(obj):
     return obj
 
 
-def read_config_json(path: str | Path):
-    """The JSON a ``--config FILE`` holds; a missing, unreadable or invalid file is a one-line error naming it."""
+def read_json_file(path: str | Path, unreadable: str, missing: str | None = None, detail=str):
+    """The JSON ``path`` holds. A file that is not there raises ``missing`` (where given) as a one-line error; one
+    that cannot be read or is not JSON raises ``unreadable (detail(exc))``. The one way a file of JSON is read."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        if missing is not None:
+            raise DataonomyError(missing) from None
+        error = exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataonomyError(f"--config {path}: not a readable config ({type(exc).__name__})") from None
+        error = exc
+    raise DataonomyError(f"{unreadable} ({detail(error)})") from None
+
+
+def read_config_json(path: str | Path):
+    """The JSON a ``--config FILE`` holds; a missing, unreadable or invalid file is a one-line error naming it."""
+    return read_json_file(
+        path, f"--config {path}: not a readable config", detail=lambda exc: type(exc).__name__
+    )

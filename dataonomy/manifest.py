@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dataonomy.errors import DataonomyError
-from dataonomy.io import write_json
+from dataonomy.io import read_json_file, write_json
 
 SCHEMA = "dataonomy.manifest/1"
 
@@ -109,10 +109,7 @@ def write_manifest(path: str | Path, manifest: dict) -> Path:
 
 def read_manifest(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataonomyError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataonomyError(f"{path}: not a readable JSON manifest ({exc})") from None
+    manifest = read_json_file(
+        path, f"{path}: not a readable JSON manifest", missing=f"{path}: manifest not found"
+    )
     return validate_manifest(manifest, str(path))

@@ -251,10 +251,8 @@ def _pixel_loss_verdict(uniform: dict, distance: dict) -> str:
     )
 
 
-def write_page(results: dict, path: Path) -> None:
-    s = results["settings"]
-    seg = results["segdec"]
-    lines = [
+def _intro_lines(s: dict, seg: dict) -> list[str]:
+    return [
         "# The defect detector on real DAGM Class1",
         "",
         "Produced by `python examples/dagm_segdec.py --out dagm_out --doc docs/dagm.md` on this project's 2-core "
@@ -277,6 +275,11 @@ def write_page(results: dict, path: Path) -> None:
         "validation; pixel mean IoU over the defective test images and He & Liu's AR at the pixel threshold "
         "chosen on validation (pooled pixel F1).",
         "",
+    ]
+
+
+def _segdec_lines(seg: dict) -> list[str]:
+    lines = [
         "| fold | test images (defective) | TPR | TNR | accuracy | AP | AUROC | pixel mean IoU | AR | defects found (IoU >= 0.5) | train time | evaluate (train, val, test) + localise (val, test) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -297,6 +300,12 @@ def write_page(results: dict, path: Path) -> None:
         f"Target of issue 11: mean test AUROC >= 0.99 and AP >= 0.95. Reached: **{'yes' if seg['target_met'] else 'no'}** "
         f"(AUROC {m['auroc']:.4f}, AP {m['ap']:.4f}).",
         "",
+    ]
+    return lines + _error_analysis_lines(seg)
+
+
+def _error_analysis_lines(seg: dict) -> list[str]:
+    lines = [
         "Error analysis (error = 1 - accuracy at the stored threshold; `transfer evaluate` prints it):",
         "",
         "| fold | train error | validation error | test error | train-to-validation gap | validation-to-test gap |",
@@ -308,14 +317,18 @@ def write_page(results: dict, path: Path) -> None:
             f"| {f['fold']} | {_fmt(a['train_error'])} | {_fmt(a['val_error'])} | {_fmt(a['test_error'])} | "
             f"{_fmt(a['train_val_gap'])} | {_fmt(a['val_test_gap'])} |"
         )
-    lines += [
+    return lines
+
+
+def _beside_lines(results: dict) -> list[str]:
+    lines = [
         "",
         "## Beside it (fold 0 unless said)",
         "",
         "| model | training | test AP | test AUROC | TPR | TNR | train time |",
         "|---|---|---|---|---|---|---|",
     ]
-    f0 = seg["folds"][0]
+    f0 = results["segdec"]["folds"][0]
     lines.append(
         f"| segdec, uniform pixel loss (the default) | {f0['epochs']} epochs | {_fmt(f0['eval']['ap'])} | "
         f"{_fmt(f0['eval']['auroc'])} | {_fmt(f0['eval']['tpr'])} | {_fmt(f0['eval']['tnr'])} | "
@@ -342,31 +355,38 @@ def write_page(results: dict, path: Path) -> None:
             f"{_fmt(probe['mean']['ap'])} | {_fmt(probe['mean']['auroc'])} | - | - | "
             f"{_minutes(sum(p['seconds'] for p in probe['folds']))} |"
         )
-    both = results.get("segdec_distance_folds")
-    if both:
-        lines += [
-            "",
-            "## Which pixel loss: uniform or distance-weighted (every fold)",
-            "",
-            "| pixel loss | fold | AP | AUROC | TPR | TNR | pixel mean IoU | AR | defects found |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for label, group in (("uniform", seg), ("distance", both)):
-            for f in group["folds"]:
-                e = f["eval"]
-                lines.append(
-                    f"| {label} | {f['fold']} | {_fmt(e['ap'])} | {_fmt(e['auroc'])} | {_fmt(e['tpr'])} | "
-                    f"{_fmt(e['tnr'])} | {_fmt(e['mean_iou_defective'])} | {_fmt(e['ar'])} | {e['detected']} |"
-                )
-            g = group["mean"]
-            found = [int(f["eval"]["detected"].split("/")[0]) for f in group["folds"]]
-            total = [int(f["eval"]["detected"].split("/")[1]) for f in group["folds"]]
+    return lines
+
+
+def _pixel_loss_lines(seg: dict, both: dict | None) -> list[str]:
+    if not both:
+        return []
+    lines = [
+        "",
+        "## Which pixel loss: uniform or distance-weighted (every fold)",
+        "",
+        "| pixel loss | fold | AP | AUROC | TPR | TNR | pixel mean IoU | AR | defects found |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, group in (("uniform", seg), ("distance", both)):
+        for f in group["folds"]:
+            e = f["eval"]
             lines.append(
-                f"| {label} | **mean** | {_fmt(g['ap'])} | {_fmt(g['auroc'])} | {_fmt(g['tpr'])} | {_fmt(g['tnr'])} | "
-                f"**{_fmt(g['mean_iou_defective'])}** | **{_fmt(g['ar'])}** | {sum(found)}/{sum(total)} |"
+                f"| {label} | {f['fold']} | {_fmt(e['ap'])} | {_fmt(e['auroc'])} | {_fmt(e['tpr'])} | "
+                f"{_fmt(e['tnr'])} | {_fmt(e['mean_iou_defective'])} | {_fmt(e['ar'])} | {e['detected']} |"
             )
-        lines += ["", _pixel_loss_verdict(seg, both)]
-    lines += [
+        g = group["mean"]
+        found = [int(f["eval"]["detected"].split("/")[0]) for f in group["folds"]]
+        total = [int(f["eval"]["detected"].split("/")[1]) for f in group["folds"]]
+        lines.append(
+            f"| {label} | **mean** | {_fmt(g['ap'])} | {_fmt(g['auroc'])} | {_fmt(g['tpr'])} | {_fmt(g['tnr'])} | "
+            f"**{_fmt(g['mean_iou_defective'])}** | **{_fmt(g['ar'])}** | {sum(found)}/{sum(total)} |"
+        )
+    return lines + ["", _pixel_loss_verdict(seg, both)]
+
+
+def _literature_lines(m: dict) -> list[str]:
+    return [
         "",
         "## How far from the literature",
         "",
@@ -381,8 +401,110 @@ def write_page(results: dict, path: Path) -> None:
         "`results.json` beside this page holds every figure, the settings and the commands.",
         "",
     ]
+
+
+def write_page(results: dict, path: Path) -> None:
+    seg = results["segdec"]
+    lines = [
+        *_intro_lines(results["settings"], seg),
+        *_segdec_lines(seg),
+        *_beside_lines(results),
+        *_pixel_loss_lines(seg, results.get("segdec_distance_folds")),
+        *_literature_lines(seg["mean"]),
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines), encoding="utf-8")
+
+
+_MEAN_KEYS = ("tpr", "tnr", "accuracy", "ap", "auroc", "mean_iou_defective", "ar")
+
+
+def _command_options(settings: Settings) -> tuple[list[str], list[str]]:
+    """The ``transfer finetune`` options every run shares, and those of the segdec runs."""
+    common = [
+        "--base",
+        "imagenet",
+        "--arch",
+        settings.arch,
+        "--dagm",
+        settings.dagm,
+        "--folds",
+        str(settings.folds),
+    ]
+    common += ["--split-seed", str(settings.split_seed)]
+    segdec = [
+        *common,
+        "--epochs",
+        str(settings.segdec_epochs),
+        "--batch-size",
+        str(settings.segdec_batch_size),
+        "--crop-size",
+        str(settings.segdec_crop_size),
+    ]
+    return common, segdec
+
+
+def _segdec_run(out: Path, name: str, segdec: list[str], k: int, extra: tuple[str, ...] = ()) -> dict:
+    """A segdec run on fold ``k`` (``extra`` options after ``--fold``), evaluated and localised."""
+    run = _finetune(out, name, [*segdec, "--fold", str(k), *extra])
+    run.update(fold=k, eval=_evaluate(run["run"], localize=True))
+    return run
+
+
+def _segdec_folds(out: Path, settings: Settings, segdec: list[str], results: dict) -> None:
+    folds = [_segdec_run(out, f"segdec_fold{k}", segdec, k) for k in range(settings.folds)]
+    mean = {key: float(np.mean([f["eval"][key] for f in folds])) for key in _MEAN_KEYS}
+    mean["train_seconds"] = float(np.mean([f["train_seconds"] for f in folds]))
+    results["segdec"] = {
+        "folds": folds,
+        "mean": mean,
+        "target_met": mean["auroc"] >= 0.99 and mean["ap"] >= 0.95,
+    }
+    typer.echo(
+        f"segdec, {settings.folds}-fold mean: AUROC {mean['auroc']:.4f}, AP {mean['ap']:.4f}, "
+        f"TPR {mean['tpr']:.3f}, TNR {mean['tnr']:.3f}, pixel mean IoU {mean['mean_iou_defective']:.3f}, AR {mean['ar']:.3f}"
+    )
+
+
+def _probe_folds(settings: Settings, results: dict) -> None:
+    probe_folds = []
+    for k in range(settings.folds):
+        typer.echo(f"frozen probe, fold {k}")
+        probe_folds.append({"fold": k, **_frozen_probe(settings, k)})
+    results["probe"] = {
+        "folds": probe_folds,
+        "mean": {key: float(np.mean([p[key] for p in probe_folds])) for key in ("ap", "auroc")},
+    }
+
+
+def _distance_folds(out: Path, settings: Settings, segdec: list[str], results: dict) -> None:
+    distance = [
+        _segdec_run(out, f"segdec_distance_fold{k}", segdec, k, ("--pixel-weighting", "distance"))
+        for k in range(settings.folds)
+    ]
+    results["segdec_distance"] = distance[0]
+    results["segdec_distance_folds"] = {
+        "folds": distance,
+        "mean": {key: float(np.mean([f["eval"][key] for f in distance])) for key in _MEAN_KEYS},
+    }
+
+
+def _classify(
+    out: Path, settings: Settings, common: list[str], row: tuple[str, int, int], results: dict
+) -> None:
+    key, size, epochs = row
+    classify = [
+        *common,
+        "--head",
+        "classify",
+        "--batch-size",
+        str(settings.classify_batch_size),
+        "--fold",
+        "0",
+    ]
+    run = _finetune(out, key, [*classify, "--image-size", str(size), "--epochs", str(epochs)])
+    run["eval"] = _evaluate(run["run"], localize=False)
+    results[key] = run
 
 
 def main(
@@ -406,26 +528,6 @@ def main(
         return
     settings = Settings()
     out.mkdir(parents=True, exist_ok=True)
-    common = [
-        "--base",
-        "imagenet",
-        "--arch",
-        settings.arch,
-        "--dagm",
-        settings.dagm,
-        "--folds",
-        str(settings.folds),
-    ]
-    common += ["--split-seed", str(settings.split_seed)]
-    segdec = [
-        *common,
-        "--epochs",
-        str(settings.segdec_epochs),
-        "--batch-size",
-        str(settings.segdec_batch_size),
-        "--crop-size",
-        str(settings.segdec_crop_size),
-    ]
     results: dict = {"settings": asdict(settings)}
 
     def publish() -> None:
@@ -435,62 +537,19 @@ def main(
             write_page(results, doc)
             write_json(doc.with_suffix("") / "results.json", results)
 
-    folds = []
-    for k in range(settings.folds):
-        run = _finetune(out, f"segdec_fold{k}", [*segdec, "--fold", str(k)])
-        run.update(fold=k, eval=_evaluate(run["run"], localize=True))
-        folds.append(run)
-    keys = ("tpr", "tnr", "accuracy", "ap", "auroc", "mean_iou_defective", "ar")
-    mean = {key: float(np.mean([f["eval"][key] for f in folds])) for key in keys}
-    mean["train_seconds"] = float(np.mean([f["train_seconds"] for f in folds]))
-    results["segdec"] = {
-        "folds": folds,
-        "mean": mean,
-        "target_met": mean["auroc"] >= 0.99 and mean["ap"] >= 0.95,
-    }
-    typer.echo(
-        f"segdec, {settings.folds}-fold mean: AUROC {mean['auroc']:.4f}, AP {mean['ap']:.4f}, "
-        f"TPR {mean['tpr']:.3f}, TNR {mean['tnr']:.3f}, pixel mean IoU {mean['mean_iou_defective']:.3f}, AR {mean['ar']:.3f}"
-    )
+    common, segdec = _command_options(settings)
+    _segdec_folds(out, settings, segdec, results)
     publish()
     if baselines:
-        probe_folds = []
-        for k in range(settings.folds):
-            typer.echo(f"frozen probe, fold {k}")
-            probe_folds.append({"fold": k, **_frozen_probe(settings, k)})
-        results["probe"] = {
-            "folds": probe_folds,
-            "mean": {key: float(np.mean([p[key] for p in probe_folds])) for key in ("ap", "auroc")},
-        }
+        _probe_folds(settings, results)
         publish()
-        distance = []
-        for k in range(settings.folds):
-            name = f"segdec_distance_fold{k}"
-            run = _finetune(out, name, [*segdec, "--fold", str(k), "--pixel-weighting", "distance"])
-            run.update(fold=k, eval=_evaluate(run["run"], localize=True))
-            distance.append(run)
-        results["segdec_distance"] = distance[0]
-        results["segdec_distance_folds"] = {
-            "folds": distance,
-            "mean": {key: float(np.mean([f["eval"][key] for f in distance])) for key in keys},
-        }
+        _distance_folds(out, settings, segdec, results)
         publish()
-        classify = [
-            *common,
-            "--head",
-            "classify",
-            "--batch-size",
-            str(settings.classify_batch_size),
-            "--fold",
-            "0",
-        ]
         for key, size, epochs in (
             ("classify_224", 224, settings.classify_epochs),
             ("classify_512", 512, settings.classify_512_epochs),
         ):
-            run = _finetune(out, key, [*classify, "--image-size", str(size), "--epochs", str(epochs)])
-            run["eval"] = _evaluate(run["run"], localize=False)
-            results[key] = run
+            _classify(out, settings, common, (key, size, epochs), results)
             publish()
     if doc is not None:
         typer.echo(f"wrote {doc} and {doc.with_suffix('') / 'results.json'}")

@@ -112,8 +112,8 @@ class ExperimentConfig:
     # A short budget on purpose: in probes on Class1 fold 0 the scratch baseline was at chance after 10 steps
     # and at validation AP 1.0 after 20 (ImageNet alone: chance after 10), so longer budgets saturate the image
     # metrics for every condition and only the pixel IoU is left to compare.
-    finetune_epochs: int = 2
-    finetune_steps_per_epoch: int = 8
+    finetune_epochs: int = 3
+    finetune_steps_per_epoch: int = 40
     finetune_batch_size: int = 8
     scratch_finetune_lr: float = 0.02
     imagenet_finetune_lr: float = 0.01
@@ -717,84 +717,103 @@ def plot_results(results: dict, path: Path) -> Path:
 # --- 6. the cost of the full run, from a few timed steps ----------------------------------------------------------
 
 
+class _Probe:
+    """Timed training runs in ``work`` at ``cfg``'s device: the seconds of one optimiser step, and each probe's
+    set-up time (model, data; the last one's is used)."""
+
+    def __init__(self, cfg: ExperimentConfig, work: Path, probe_steps: int):
+        self.cfg, self.work, self.probe_steps = cfg, work, probe_steps
+        self.setup: list[float] = []
+
+    def _timed_train(self, config, run_dir: Path, steps: int | None = None) -> float:
+        from transfer.training import Runtime, train
+
+        started = time.perf_counter()
+        train(
+            config, run_dir, runtime=Runtime(device=self.cfg.device, progress=False, stop_after_steps=steps)
+        )
+        return time.perf_counter() - started
+
+    def per_step(self, make_config) -> float:
+        """Two fresh runs of 2 and 2 + ``probe_steps`` steps, so set-up cancels out."""
+        times = [
+            self._timed_train(make_config(), self.work / f"probe{len(os.listdir(self.work))}", steps)
+            for steps in (2, 2 + self.probe_steps)
+        ]
+        step = max(1e-3, (times[1] - times[0]) / self.probe_steps)
+        self.setup.append(max(0.0, times[0] - 2 * step))
+        return step
+
+    def finetune_row(self, arm: str, t: str, root: Path) -> tuple[dict, float]:
+        """One target's fine-tuning: a step, and one finished one-step run with its evaluation and localisation,
+        timed as the experiment runs them (validation, the one epoch's, and scoring are measured, not modelled);
+        also the seconds per seed of all its conditions."""
+        cfg = self.cfg
+        base = "scratch" if arm == "scratch" else "imagenet"
+        ft = self.per_step(lambda: finetune_config(cfg, arm, t, root, base, 0))
+        one = dataclasses.replace(cfg, finetune_epochs=1, finetune_steps_per_epoch=1)
+        run_dir = self.work / f"whole-{arm}-{t}"
+        one_epoch = self._timed_train(
+            finetune_config(one, arm, t, root, base, 0), run_dir
+        )  # set-up + step + val
+        started = time.perf_counter()
+        evaluate(cfg, run_dir)
+        scoring = time.perf_counter() - started
+        validation = max(0.0, one_epoch - self.setup[-1] - ft)
+        run_seconds = (
+            self.setup[-1] + cfg.finetune_epochs * (cfg.finetune_steps_per_epoch * ft + validation) + scoring
+        )
+        per_seed = len(conditions(arm)) * run_seconds
+        return {
+            "finetune_step_s": round(ft, 3),
+            "validation_s": round(validation, 1),
+            "evaluate_and_localize_s": round(scoring, 1),
+            "run_s": round(run_seconds, 1),
+            "per_seed_s": round(per_seed, 1),
+        }, per_seed
+
+
+def _estimate_arm(
+    probe: _Probe, arm: str, manifest: Path, pool: list[str], roots: dict[str, Path]
+) -> tuple[dict, float]:
+    """One arm's row (its pretraining and each target's fine-tuning, per seed) and its seconds per seed."""
+    cfg = probe.cfg
+    # dataonomy and greedy per target, random, all (fewer when two are equal)
+    n_subset_runs = 2 * len(cfg.targets) + 2
+    pre = probe.per_step(lambda: pretrain_config(cfg, arm, manifest, pool[: cfg.k], 0))
+    # Pretraining validation: the subset's val images (50 a class) after each epoch, at 64 px; "all" has 200.
+    pre_val_images = (
+        cfg.pretrain_epochs
+        * (cfg.pretrain_images_per_class or 50)
+        * (cfg.k * (n_subset_runs - 1) + len(pool))
+    )
+    pre_seconds = (
+        n_subset_runs * cfg.pretrain_steps * pre + pre_val_images * pre / cfg.pretrain_batch_size / 3
+    )
+    arm_total = pre_seconds
+    row = {"pretrain_step_s": round(pre, 3), "pretrain_per_seed_s": round(pre_seconds, 1)}
+    for t in cfg.targets:
+        row[t], per_seed = probe.finetune_row(arm, t, roots[t])
+        arm_total += per_seed
+    row["per_seed_s"] = round(arm_total, 1)
+    return row, arm_total
+
+
 def estimate(cfg: ExperimentConfig, probe_steps: int = 6) -> dict:
     """Time ``probe_steps`` optimiser steps of every kind of training run at ``cfg``'s sizes (two fresh runs of
     2 and 2 + ``probe_steps`` steps each, so set-up cancels out), and per arm and target one finished one-step
     fine-tuning with its evaluation and localisation (validation and scoring measured as the experiment runs
     them); project the full run's wall time. Selection is counted at a flat 3 minutes per selection. Other jobs
     on the machine only add time: the projection is for the load at the moment it was measured."""
-    from transfer.training import Runtime, train
-
     pool = source_classes(cfg)
     work = Path(tempfile.mkdtemp(prefix="estimate_", dir=cfg.out))
     roots = prepare_targets(cfg)
-
-    setup: list[float] = []  # each probe's set-up time (model, data), the last one's used
-
-    def per_step(make_config) -> float:
-        times = []
-        for steps in (2, 2 + probe_steps):
-            run_dir = work / f"probe{len(os.listdir(work))}"
-            started = time.perf_counter()
-            train(
-                make_config(),
-                run_dir,
-                runtime=Runtime(device=cfg.device, progress=False, stop_after_steps=steps),
-            )
-            times.append(time.perf_counter() - started)
-        step = max(1e-3, (times[1] - times[0]) / probe_steps)
-        setup.append(max(0.0, times[0] - 2 * step))
-        return step
-
+    probe = _Probe(cfg, work, probe_steps)
     manifest = work / "subset.json"
     write_json(manifest, {"schema": "dataonomy.manifest/1", "selected": [{"wnid": w} for w in pool[: cfg.k]]})
     rows, total = {}, 0.0
-    # dataonomy and greedy per target, random, all (fewer when two are equal)
-    n_subset_runs = 2 * len(cfg.targets) + 2
     for arm in cfg.arms:
-        pre = per_step(lambda arm=arm: pretrain_config(cfg, arm, manifest, pool[: cfg.k], 0))
-        # Pretraining validation: the subset's val images (50 a class) after each epoch, at 64 px; "all" has 200.
-        pre_val_images = (
-            cfg.pretrain_epochs
-            * (cfg.pretrain_images_per_class or 50)
-            * (cfg.k * (n_subset_runs - 1) + len(pool))
-        )
-        pre_seconds = (
-            n_subset_runs * cfg.pretrain_steps * pre + pre_val_images * pre / cfg.pretrain_batch_size / 3
-        )
-        arm_total = pre_seconds
-        rows[arm] = {"pretrain_step_s": round(pre, 3), "pretrain_per_seed_s": round(pre_seconds, 1)}
-        for t in cfg.targets:
-            base = "scratch" if arm == "scratch" else "imagenet"
-            ft = per_step(lambda arm=arm, t=t, base=base: finetune_config(cfg, arm, t, roots[t], base, 0))
-            # One finished one-step run, then its evaluation and localisation, timed as the experiment runs them:
-            # validation (the one epoch's) and scoring are measured, not modelled.
-            one = dataclasses.replace(cfg, finetune_epochs=1, finetune_steps_per_epoch=1)
-            run_dir = work / f"whole-{arm}-{t}"
-            started = time.perf_counter()
-            train(
-                finetune_config(one, arm, t, roots[t], base, 0),
-                run_dir,
-                runtime=Runtime(device=cfg.device, progress=False),
-            )
-            one_epoch = time.perf_counter() - started  # set-up + 1 step + 1 validation
-            started = time.perf_counter()
-            evaluate(cfg, run_dir)
-            scoring = time.perf_counter() - started
-            validation = max(0.0, one_epoch - setup[-1] - ft)
-            run_seconds = (
-                setup[-1] + cfg.finetune_epochs * (cfg.finetune_steps_per_epoch * ft + validation) + scoring
-            )
-            per_seed = len(conditions(arm)) * run_seconds
-            arm_total += per_seed
-            rows[arm][t] = {
-                "finetune_step_s": round(ft, 3),
-                "validation_s": round(validation, 1),
-                "evaluate_and_localize_s": round(scoring, 1),
-                "run_s": round(run_seconds, 1),
-                "per_seed_s": round(per_seed, 1),
-            }
-        rows[arm]["per_seed_s"] = round(arm_total, 1)
+        rows[arm], arm_total = _estimate_arm(probe, arm, manifest, pool, roots)
         total += arm_total
     selections = len({cfg.fold(s) for s in range(cfg.seeds)}) + 1
     selection_seconds = selections * 180.0  # measured order: about 2-3 min per selection on this machine
@@ -837,10 +856,10 @@ def main(
         None, "--crop-size", help="Class1 segdec training crop (default 192; 0: whole images)."
     ),
     finetune_epochs: int = typer.Option(
-        None, "--finetune-epochs", help="Fine-tuning epochs, i.e. validations (default 2)."
+        None, "--finetune-epochs", help="Fine-tuning epochs, i.e. validations (default 3)."
     ),
     finetune_steps: int = typer.Option(
-        None, "--finetune-steps-per-epoch", help="Fine-tuning steps per epoch (default 8)."
+        None, "--finetune-steps-per-epoch", help="Fine-tuning steps per epoch (default 40)."
     ),
     finetune_batch: int = typer.Option(None, "--finetune-batch-size", help="Fine-tuning batch (default 8)."),
     pretrain_steps: int = typer.Option(

@@ -234,6 +234,12 @@ def _cli(app, argv: list[str], capsys) -> tuple[int, str]:
     return code, err
 
 
+def _inspect_imagenet(root: Path, out: Path, capsys, *options: str) -> tuple[int, str]:
+    """``dataonomy inspect --dataset imagenet --root ROOT OPTIONS --out OUT``: its exit code and stderr."""
+    argv = ["inspect", "--dataset", "imagenet", "--root", str(root), *options, "--out", str(out)]
+    return _cli(dataonomy_app, argv, capsys)
+
+
 def _assert_clean_failure(code: int, err: str, out: Path, *needles: str):
     assert code == 2
     lines = err.splitlines()
@@ -413,41 +419,13 @@ def test_bad_unknown_wnid(tmp_path, tiny_imagenet, capsys):
         capsys,
     )
     _assert_clean_failure(code, err, out, "n12345678", "unknown wnid")
-    code, err = _cli(
-        dataonomy_app,
-        [
-            "inspect",
-            "--dataset",
-            "imagenet",
-            "--root",
-            str(tiny_imagenet),
-            "--classes",
-            "n01443537,n00000001",
-            "--out",
-            str(out),
-        ],
-        capsys,
-    )
+    code, err = _inspect_imagenet(tiny_imagenet, out, capsys, "--classes", "n01443537,n00000001")
     _assert_clean_failure(code, err, out, "unknown wnid 'n00000001'")
 
 
 def test_bad_option_for_reader(tiny_imagenet, tmp_path, capsys):
     out = tmp_path / "x.json"
-    code, err = _cli(
-        dataonomy_app,
-        [
-            "inspect",
-            "--dataset",
-            "imagenet",
-            "--root",
-            str(tiny_imagenet),
-            "--labels-root",
-            "x",
-            "--out",
-            str(out),
-        ],
-        capsys,
-    )
+    code, err = _inspect_imagenet(tiny_imagenet, out, capsys, "--labels-root", "x")
     _assert_clean_failure(code, err, out, "--labels-root", "imagenet")
 
 

@@ -185,16 +185,20 @@ def test_sigterm_interrupts_like_ctrl_c():
 def test_cli_features(dagm_train, tmp_path, capsys, monkeypatch):
     root, options = dagm_train
     out = tmp_path / "cli.h5"
-    argv = [
-        "features",
-        "--dataset",
-        "dagm",
-        "--root",
-        str(root),
-        "--labels-root",
-        str(options["labels_root"]),
-    ]
-    argv += ["--allow-partial", "--out", str(out), "--backbone", "efficientnet_lite0", "--batch-size", "3"]
+
+    def features_argv(out) -> list[str]:
+        argv = [
+            "features",
+            "--dataset",
+            "dagm",
+            "--root",
+            str(root),
+            "--labels-root",
+            str(options["labels_root"]),
+        ]
+        return argv + ["--allow-partial", "--out", str(out)]
+
+    argv = features_argv(out) + ["--backbone", "efficientnet_lite0", "--batch-size", "3"]
     assert run_app(dataonomy_app, argv + ["--num-workers", "0", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "5 images, 1280-d features and 1000 logits" in printed and "extracted 5" in printed
@@ -205,16 +209,7 @@ def test_cli_features(dagm_train, tmp_path, capsys, monkeypatch):
 
     # Bad inputs: one line on stderr, exit code 2, no file written.
     bad = tmp_path / "bad.h5"
-    base = [
-        "features",
-        "--dataset",
-        "dagm",
-        "--root",
-        str(root),
-        "--labels-root",
-        str(options["labels_root"]),
-    ]
-    base += ["--allow-partial", "--out", str(bad)]
+    base = features_argv(bad)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
 
     def no_network(url, *args, **kwargs):

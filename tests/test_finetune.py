@@ -246,16 +246,21 @@ def test_max_patch_scores_equal_a_loop_over_patches(dagm_class1_test):
             assert fast[n].item() == pytest.approx(best, abs=1e-6)
 
 
-def test_patch_finetune_decides_images_by_their_most_defective_patch(dagm_class1_test, tmp_path, capsys):
-    run = tmp_path / "patches"
-    code = run_app(
+def _patch_finetune(dagm: Path, run: Path, stride: str, defect_fraction: str, *options: str) -> int:
+    """One epoch of ``finetune --patches`` (32 px patches, every ``stride``) of a small CNN on CPU."""
+    return run_app(
         app,
         [
-            "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm_class1_test),
-            "--test-fraction", "0.2", "--out", str(run), "--patches", "--patch-size", "32", "--patch-stride", "240",
-            "--patch-defect-fraction", "0.05", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+            "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm),
+            "--test-fraction", "0.2", "--out", str(run), "--patches", "--patch-size", "32", "--patch-stride", stride,
+            "--patch-defect-fraction", defect_fraction, "--epochs", "1", *options, "--device", "cpu",
         ],
     )  # fmt: skip
+
+
+def test_patch_finetune_decides_images_by_their_most_defective_patch(dagm_class1_test, tmp_path, capsys):
+    run = tmp_path / "patches"
+    code = _patch_finetune(dagm_class1_test, run, "240", "0.05", "--batch-size", "64")
     assert code == 0, capsys.readouterr().err
     record = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
     assert record["input"] == "patch" and record["input_size"] == 32
@@ -311,15 +316,9 @@ def test_patch_runs_choose_the_image_threshold_on_validation_images(dagm_class1_
     """The stored threshold decides images by their highest patch score, so it is the best threshold for the
     validation images' scores (what `evaluate --split val` computes), not for the validation patches."""
     run = tmp_path / "patches"
-    code = run_app(
-        app,
-        [
-            "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(dagm_class1_test),
-            "--test-fraction", "0.2", "--out", str(run), "--patches", "--patch-size", "32", "--patch-stride", "160",
-            "--patch-defect-fraction", "1e-9", "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "32",
-            "--device", "cpu",
-        ],
-    )  # fmt: skip
+    code = _patch_finetune(
+        dagm_class1_test, run, "160", "1e-9", "--steps-per-epoch", "4", "--batch-size", "32"
+    )
     assert code == 0, capsys.readouterr().err
     assert run_app(app, ["evaluate", "--model", str(run), "--split", "val", "--device", "cpu"]) == 0
     predictions = json.loads((run / "eval_val.json").read_text())["predictions"]

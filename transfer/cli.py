@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from dataonomy.cli_utils import given_options, old_option_name, parse_list, run_app, with_config
+from dataonomy.cli_utils import given_options, new_app, old_option_name, parse_list, run_app, with_config
 from transfer.config import (
     FinetuneConfig,
     PretrainConfig,
@@ -19,24 +19,51 @@ from transfer.config import (
     read_config_file,
 )
 
-app = typer.Typer(
-    help="Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+app = new_app(
+    "Transfer: pretrain on a Dataonomy manifest, fine-tune a defect classifier, evaluate and localise defects."
 )
-
-
-@app.callback()
-def _app() -> None:
-    """Keep subcommands as subcommands even while a group has only one."""
 
 
 _DEVICE_HELP = "Device (cpu, cuda, cuda:1); default cuda when available. Under torchrun each process takes its LOCAL_RANK GPU."
 _WORKERS_HELP = "Data-loader worker processes (default 4 with CUDA, else 0)."
 _STOP_HELP = "Stop after N steps in this invocation, saving a checkpoint (for time-limited job slots); continue with --resume."
 
+
+def _default(config_cls, name: str):
+    """The config dataclass's default for ``name``: the one place defaults live."""
+    from dataclasses import MISSING, fields
+
+    for f in fields(config_cls):
+        if f.name == name:
+            return None if f.default is MISSING else f.default
+    raise KeyError(name)
+
+
 # Options shared by several commands (one definition, one help text).
+RunOutOpt = typer.Option(..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt.")
+MomentumOpt = typer.Option(TrainConfig.momentum, "--momentum", help="SGD momentum.")
+WeightDecayOpt = typer.Option(
+    TrainConfig.weight_decay, "--weight-decay", help="Weight decay (not on biases/norms)."
+)
+CheckpointEveryOpt = typer.Option(
+    TrainConfig.checkpoint_every, "--checkpoint-every", help="Save a checkpoint every N steps."
+)
+
+
+def _warmup_epochs_opt(config_cls):
+    return typer.Option(
+        _default(config_cls, "warmup_epochs"),
+        "--warmup-epochs",
+        help="Linear warmup before the cosine decay.",
+    )
+
+
+def _label_smoothing_opt(config_cls):
+    return typer.Option(
+        _default(config_cls, "label_smoothing"), "--label-smoothing", help="Label smoothing of the loss."
+    )
+
+
 AmpOpt = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA.")
 ChannelsLastOpt = typer.Option(
     True, "--channels-last/--no-channels-last", help="Channels-last memory format on CUDA."
@@ -295,16 +322,6 @@ def check_output_file(path: Path, option: str) -> None:
             break
 
 
-def _default(config_cls, name: str):
-    """The config dataclass's default for ``name``: the one place defaults live."""
-    from dataclasses import MISSING, fields
-
-    for f in fields(config_cls):
-        if f.name == name:
-            return None if f.default is MISSING else f.default
-    raise KeyError(name)
-
-
 _given = given_options
 
 
@@ -368,9 +385,7 @@ def pretrain_cmd(
     source_root: Path = typer.Option(
         None, "--source-root", help="The ImageNet-style source pool (ILSVRC train folders or Tiny ImageNet)."
     ),
-    out: Path = typer.Option(
-        ..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt."
-    ),
+    out: Path = RunOutOpt,
     arch: str = typer.Option("inception_v3", "--arch", help="Architecture (transfer.models registry)."),
     init: str = typer.Option(
         "scratch", "--init", help="Initial weights: scratch, imagenet, or a weights/checkpoint file."
@@ -388,18 +403,10 @@ def pretrain_cmd(
         help="Peak learning rate (SGD). Default 0.1 x batch size / 256 with --init scratch, 10x lower from "
         "trained weights (imagenet or a file); config.json records the value used.",
     ),
-    momentum: float = typer.Option(_default(PretrainConfig, "momentum"), "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(
-        _default(PretrainConfig, "weight_decay"), "--weight-decay", help="Weight decay (not on biases/norms)."
-    ),
-    warmup_epochs: float = typer.Option(
-        _default(PretrainConfig, "warmup_epochs"),
-        "--warmup-epochs",
-        help="Linear warmup before the cosine decay.",
-    ),
-    label_smoothing: float = typer.Option(
-        _default(PretrainConfig, "label_smoothing"), "--label-smoothing", help="Label smoothing of the loss."
-    ),
+    momentum: float = MomentumOpt,
+    weight_decay: float = WeightDecayOpt,
+    warmup_epochs: float = _warmup_epochs_opt(PretrainConfig),
+    label_smoothing: float = _label_smoothing_opt(PretrainConfig),
     image_size: int = typer.Option(
         None, "--image-size", help="Training resolution (default: the architecture's)."
     ),
@@ -428,11 +435,7 @@ def pretrain_cmd(
     amp: bool = AmpOpt,
     channels_last: bool = ChannelsLastOpt,
     sync_bn: bool = SyncBnOpt,
-    checkpoint_every: int = typer.Option(
-        _default(PretrainConfig, "checkpoint_every"),
-        "--checkpoint-every",
-        help="Save a checkpoint every N steps.",
-    ),
+    checkpoint_every: int = CheckpointEveryOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of data order, augmentation and initialisation."),
     resume: bool = ResumeOpt,
     device: str = TrainDeviceOpt,
@@ -466,9 +469,7 @@ def finetune_cmd(
     data: Path = DataOpt,
     format: str = FormatOpt,
     dagm: Path = DagmOpt,
-    out: Path = typer.Option(
-        ..., "--out", help="Run folder: config.json, checkpoints/, metrics.jsonl, best.pt."
-    ),
+    out: Path = RunOutOpt,
     classes: str = typer.Option(
         None,
         "--classes",
@@ -487,15 +488,9 @@ def finetune_cmd(
         help="Global batch size (divided among processes).",
     ),
     lr: float = typer.Option(_default(FinetuneConfig, "lr"), "--lr", help="Peak learning rate (SGD)."),
-    momentum: float = typer.Option(_default(FinetuneConfig, "momentum"), "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(
-        _default(FinetuneConfig, "weight_decay"), "--weight-decay", help="Weight decay (not on biases/norms)."
-    ),
-    warmup_epochs: float = typer.Option(
-        _default(FinetuneConfig, "warmup_epochs"),
-        "--warmup-epochs",
-        help="Linear warmup before the cosine decay.",
-    ),
+    momentum: float = MomentumOpt,
+    weight_decay: float = WeightDecayOpt,
+    warmup_epochs: float = _warmup_epochs_opt(FinetuneConfig),
     head: str = typer.Option(
         None,
         "--head",
@@ -534,9 +529,7 @@ def finetune_cmd(
         "--image-loss-weight",
         help="segdec: weight of the image (decision) loss.",
     ),
-    label_smoothing: float = typer.Option(
-        _default(FinetuneConfig, "label_smoothing"), "--label-smoothing", help="Label smoothing of the loss."
-    ),
+    label_smoothing: float = _label_smoothing_opt(FinetuneConfig),
     dropout: float = DropoutOpt,
     aux_weight: float = AuxWeightOpt,
     aux_logits: bool = AuxLogitsOpt,
@@ -605,11 +598,7 @@ def finetune_cmd(
     amp: bool = AmpOpt,
     channels_last: bool = ChannelsLastOpt,
     sync_bn: bool = SyncBnOpt,
-    checkpoint_every: int = typer.Option(
-        _default(FinetuneConfig, "checkpoint_every"),
-        "--checkpoint-every",
-        help="Save a checkpoint every N steps.",
-    ),
+    checkpoint_every: int = CheckpointEveryOpt,
     seed: int = typer.Option(0, "--seed", help="Seed of the split, data order, augmentation and new head."),
     allow_incomplete_base: bool = typer.Option(
         False,

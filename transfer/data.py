@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, split_
 from dataonomy.datasets.options import open_dataset
 from dataonomy.datasets.splits import check_split_options
 from dataonomy.errors import DataonomyError
+from dataonomy.io import read_json_file
 from dataonomy.manifest import SCHEMA as MANIFEST_SCHEMA
 from transfer.localize import patch_grid
 
@@ -73,12 +73,9 @@ def read_manifest_wnids(path: str | Path) -> list[str]:
     given) and ``selected[*].wnid`` (non-empty, unique).
     """
     path = Path(path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataonomyError(f"--manifest {path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataonomyError(f"--manifest {path}: not a readable JSON manifest ({exc})") from None
+    manifest = read_json_file(
+        path, f"--manifest {path}: not a readable JSON manifest", missing=f"--manifest {path}: file not found"
+    )
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
         schema = manifest.get("schema") if isinstance(manifest, dict) else None
         raise DataonomyError(f"--manifest {path}: schema is {schema!r}, expected {MANIFEST_SCHEMA!r}")

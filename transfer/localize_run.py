@@ -37,7 +37,6 @@ components of the masks), per-defect detection at IoU >= 0.5.
 from __future__ import annotations
 
 import hashlib
-import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from dataonomy.datasets import SampleDataset, open_image
 from dataonomy.datasets.base import seeded_subsample
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
-from dataonomy.io import write_json
+from dataonomy.io import read_json_file, write_json
 from transfer import localize as L
 from transfer import metrics as M
 from transfer.data import check_overlap, scaled_size, training_overlap
@@ -381,12 +380,11 @@ def validation_threshold(
 def _threshold_from(path: str | Path, model_sha256: str, settings: LocalizeSettings) -> dict:
     report_path = Path(path)
     report_path = report_path / REPORT_NAME if report_path.is_dir() else report_path
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataonomyError(f"--threshold-from {path}: no {REPORT_NAME} there") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataonomyError(f"--threshold-from {report_path}: not a readable JSON report ({exc})") from None
+    report = read_json_file(
+        report_path,
+        f"--threshold-from {report_path}: not a readable JSON report",
+        missing=f"--threshold-from {path}: no {REPORT_NAME} there",
+    )
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         raise DataonomyError(f"--threshold-from {report_path}: not a report written by transfer localize")
     params = report["parameters"]

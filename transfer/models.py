@@ -141,35 +141,21 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(
-    name: str,
-    *,
-    image_size: int,
-    min_image_size: int,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    dropout: float = 0.0,
-    head_key: str = "fc",
-    aux_key: str | None = None,
-    aux_min_image_size: int | None = None,
-) -> Callable:
-    """Function decorator: make ``builder(num_classes, dropout, aux_logits, init)`` available by ``name``."""
+_SPEC_DEFAULTS = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dropout": 0.0, "head_key": "fc"}
+
+
+def register_model(name: str, **spec) -> Callable:
+    """Function decorator: make ``builder(num_classes, dropout, aux_logits, init)`` available by ``name``.
+
+    ``spec``: :class:`ModelSpec`'s other fields by keyword (``image_size`` and ``min_image_size`` always; ``mean``
+    and ``std`` default to ImageNet's, ``dropout`` to 0, ``head_key`` to ``fc``)."""
+    spec = {**_SPEC_DEFAULTS, **spec}
+    spec.update(mean=tuple(spec["mean"]), std=tuple(spec["std"]))
 
     def wrap(builder):
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelSpec(
-            name,
-            builder,
-            image_size,
-            min_image_size,
-            tuple(mean),
-            tuple(std),
-            dropout,
-            head_key,
-            aux_key,
-            aux_min_image_size,
-        )
+        _MODELS[name] = ModelSpec(name, builder, **spec)
         return builder
 
     return wrap

@@ -268,6 +268,23 @@ class SampleDataset(VisionDataset):
         # each; `dataonomy inspect` prints them.
         self.notes = list(notes or [])
 
+    def _init_defect_set(
+        self, root, samples: list[Sample], image_mode: str, transforms: tuple, notes=None
+    ) -> None:
+        """What the defect-set readers (DAGM, MVTec AD, Kolektor, pairs) build: classes ``ok`` and ``defect``;
+        ``transforms`` is ``(transform, target_transform)``."""
+        transform, target_transform = transforms
+        SampleDataset.__init__(
+            self,
+            root,
+            samples,
+            ["ok", "defect"],
+            transform=transform,
+            target_transform=target_transform,
+            image_mode=image_mode,
+            notes=notes,
+        )
+
     @property
     def targets(self) -> list[int]:
         return [s.target for s in self.samples]

@@ -331,14 +331,7 @@ class DAGM(SampleDataset):
         self._check_masks(samples)
         samples = drop_bad_files(samples, skip_bad)
         self.split = split
-        super().__init__(
-            root,
-            samples,
-            ["ok", "defect"],
-            transform=transform,
-            target_transform=target_transform,
-            image_mode=image_mode,
-        )
+        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
 
     @staticmethod
     def _discover(root: Path, classes) -> tuple[str, list]:

@@ -155,14 +155,7 @@ class KolektorSDD(SampleDataset):
             )
         samples = drop_bad_files(samples, skip_bad)
         self.split = split
-        super().__init__(
-            root,
-            samples,
-            ["ok", "defect"],
-            transform=transform,
-            target_transform=target_transform,
-            image_mode=image_mode,
-        )
+        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
 
 
 __all__ = ["KSDD", "KSDD2", "KolektorSDD", "detect_layout"]

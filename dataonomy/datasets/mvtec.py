@@ -180,14 +180,7 @@ class MVTecAD(SampleDataset):
         samples = drop_bad_files(samples, skip_bad)
         self.split = split
         self.categories = [d.name for d in found]
-        super().__init__(
-            root,
-            samples,
-            ["ok", "defect"],
-            transform=transform,
-            target_transform=target_transform,
-            image_mode=image_mode,
-        )
+        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
 
 
 __all__ = ["MVTecAD"]

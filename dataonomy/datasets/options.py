@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, fields
 from typing import Any
 
 from dataonomy.datasets.registry import get_dataset_reader
@@ -27,41 +28,35 @@ def open_dataset(name: str, root, **options: Any):
     return reader(root, **kwargs)
 
 
-def reader_options(
-    *,
-    classes: list[str] | None = None,
-    split: str | None = None,
-    images_per_class: int | None = None,
-    seed: int = 0,
-    labels_root=None,
-    allow_partial: bool = False,
-    skip_bad: bool = False,
-    masks=None,
-    mask_suffix: str | None = None,
-    normal_dir=None,
-    abnormal_dir=None,
-    mask_dir=None,
-) -> dict[str, Any]:
-    """The dataset options a command sets, for :func:`open_dataset` and feature-cache provenance.
+@dataclass(frozen=True)
+class ReaderOptions:
+    """The dataset options a command can set. ``masks``, ``mask_suffix``, ``normal_dir``, ``abnormal_dir`` and
+    ``mask_dir`` are the ``pairs`` reader's."""
 
-    Options left unset are dropped, and so is ``seed`` unless something uses it (sampling, or a seeded
-    train/val split): an unused seed must not change a feature cache's identity. ``masks``,
-    ``mask_suffix``, ``normal_dir``, ``abnormal_dir`` and ``mask_dir`` are the ``pairs`` reader's
-    (an empty ``mask_suffix`` is kept: it means masks named exactly as their images).
-    """
-    seeded = bool(images_per_class) or split in ("train", "val")
-    options = {
-        "classes": classes,
-        "split": split,
-        "images_per_class": images_per_class,
-        "seed": seed if seeded else None,
-        "labels_root": labels_root,
-        "allow_partial": allow_partial,
-        "skip_bad": skip_bad,
-        "masks": masks,
-        "mask_suffix": mask_suffix,
-        "normal_dir": normal_dir,
-        "abnormal_dir": abnormal_dir,
-        "mask_dir": mask_dir,
-    }
-    return {k: v for k, v in options.items() if v is not None and v is not False}
+    classes: list[str] | None = None
+    split: str | None = None
+    images_per_class: int | None = None
+    seed: int = 0
+    labels_root: Any = None
+    allow_partial: bool = False
+    skip_bad: bool = False
+    masks: Any = None
+    mask_suffix: str | None = None
+    normal_dir: Any = None
+    abnormal_dir: Any = None
+    mask_dir: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Options left unset are dropped, and so is ``seed`` unless something uses it (sampling, or a seeded
+        train/val split): an unused seed must not change a feature cache's identity (an empty ``mask_suffix`` is
+        kept: it means masks named exactly as their images)."""
+        seeded = bool(self.images_per_class) or self.split in ("train", "val")
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        options["seed"] = self.seed if seeded else None
+        return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+def reader_options(**options: Any) -> dict[str, Any]:
+    """The dataset options a command sets (:class:`ReaderOptions`' fields, by keyword), for :func:`open_dataset`
+    and feature-cache provenance: see :meth:`ReaderOptions.as_dict`."""
+    return ReaderOptions(**options).as_dict()

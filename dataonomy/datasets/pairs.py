@@ -246,15 +246,7 @@ class ImageMaskPairs(SampleDataset):
                 root, label, masks, mask_suffix, images_per_class, seed, skip_bad
             )
         samples = drop_bad_files(samples, skip_bad)
-        super().__init__(
-            root,
-            samples,
-            ["ok", "defect"],
-            transform=transform,
-            target_transform=target_transform,
-            image_mode=image_mode,
-            notes=notes,
-        )
+        self._init_defect_set(root, samples, image_mode, (transform, target_transform), notes=notes)
 
     @staticmethod
     def _read_pairs(

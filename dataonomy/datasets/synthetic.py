@@ -915,32 +915,13 @@ def make_synthetic_kolektor(
     """
     if layout not in KOLEKTOR_LAYOUTS:
         raise DataonomyError(f"--layout '{layout}': must be one of {', '.join(KOLEKTOR_LAYOUTS)}")
-    tex = dagm_texture(texture)
-    _check_common(size, seed)
-    _check_severity(severity)
-    if not 0.0 <= defect_fraction <= 1.0:
-        raise DataonomyError(f"--defect-fraction {defect_fraction}: must be in [0, 1]")
-    if not 1 <= quality <= 100:
-        raise DataonomyError(f"--quality {quality}: must be 1-100")
+    job = _KolektorJob(int(texture), size, seed, severity, quality, defect_fraction)
+    job.check()
     if layout == "ksdd":
-        if images_per_split is not None:
-            raise DataonomyError("--images-per-split applies to --layout ksdd2 (KolektorSDD has no split)")
-        items, parts = 4 if items is None else items, 8 if parts is None else parts
-        if not 1 <= items <= 99:
-            raise DataonomyError(f"--items {items}: must be 1-99 (kos01..kos99)")
-        if parts < 1:
-            raise DataonomyError(f"--parts {parts}: must be at least 1")
-        counts = {"all": items * parts}
+        items, parts = _ksdd_counts(items, parts, images_per_split)
     else:
-        for option, value in (("--items", items), ("--parts", parts)):
-            if value is not None:
-                raise DataonomyError(f"{option} applies to --layout ksdd (KolektorSDD2 has no items)")
-        images_per_split = 12 if images_per_split is None else images_per_split
-        if not 1 <= images_per_split <= 49999:
-            raise DataonomyError(
-                f"--images-per-split {images_per_split}: must be 1-49999 (5-digit file names)"
-            )
-        counts = {"train": images_per_split, "test": images_per_split}
+        images_per_split = _ksdd2_count(items, parts, images_per_split)
+    tex = dagm_texture(texture)
     record = {
         "generator": "dataonomy.datasets.synthetic.make_synthetic_kolektor",
         "version": GENERATOR_VERSION,
@@ -959,43 +940,94 @@ def make_synthetic_kolektor(
         "texture": {"name": tex.name, "defect": tex.defect},
         "ellipses": {},
     }
-
-    def keep(e: Ellipse | None, key: str) -> None:
-        if e is not None:
-            record["ellipses"][key] = [e.semi_major, e.semi_minor, e.angle, e.x, e.y]
-
     with staged_folder(out, overwrite) as stage:
         if layout == "ksdd":
-            total = counts["all"]
-            flags = _seeded_flags(
-                total, int(round(defect_fraction * total)), (seed, _KSDD_STREAM, texture, 1 << 20)
-            )
-            for i, image, e in _render_flags(int(texture), flags, size, seed, _KSDD_STREAM, severity):
-                folder = stage / f"kos{i // parts + 1:02d}"
-                folder.mkdir(exist_ok=True)
-                part = f"Part{i % parts}"
-                Image.fromarray(image, "L").save(folder / f"{part}.jpg", quality=quality)
-                _mask_image(size, e).save(folder / f"{part}_label.bmp")
-                keep(e, f"{folder.name}/{part}.jpg")
+            _write_ksdd(stage, job, items, parts, record["ellipses"])
         else:
-            first = 0
-            for split, count in counts.items():
-                stream = _KSDD2_STREAMS[split]
-                folder = stage / split
-                folder.mkdir()
-                flags = _seeded_flags(
-                    count, int(round(defect_fraction * count)), (seed, stream, texture, 1 << 20)
-                )
-                for i, image, e in _render_flags(int(texture), flags, size, seed, stream, severity):
-                    ident = f"{first + i:05d}"
-                    Image.fromarray(np.repeat(image[..., None], 3, axis=-1), "RGB").save(
-                        folder / f"{ident}.png"
-                    )
-                    _mask_image(size, e).save(folder / f"{ident}_GT.png")
-                    keep(e, f"{split}/{ident}.png")
-                first += count
+            _write_ksdd2(stage, job, images_per_split, record["ellipses"])
         write_json(stage / "synthetic.json", record)
     return Path(out)
+
+
+@dataclass(frozen=True)
+class _KolektorJob:
+    """What every synthetic Kolektor image is drawn with."""
+
+    texture: int
+    size: int
+    seed: int
+    severity: float
+    quality: int
+    defect_fraction: float
+
+    def check(self) -> None:
+        dagm_texture(self.texture)
+        _check_common(self.size, self.seed)
+        _check_severity(self.severity)
+        if not 0.0 <= self.defect_fraction <= 1.0:
+            raise DataonomyError(f"--defect-fraction {self.defect_fraction}: must be in [0, 1]")
+        if not 1 <= self.quality <= 100:
+            raise DataonomyError(f"--quality {self.quality}: must be 1-100")
+
+    def render(self, count: int, stream: int):
+        """``(i, image, ellipse or None)`` for ``count`` images of ``stream``, the defective ones seeded."""
+        key = (self.seed, stream, self.texture, 1 << 20)
+        flags = _seeded_flags(count, int(round(self.defect_fraction * count)), key)
+        return _render_flags(self.texture, flags, self.size, self.seed, stream, self.severity)
+
+    def mask(self, e: Ellipse | None) -> Image.Image:
+        return _mask_image(self.size, e)
+
+
+def _ksdd_counts(items: int | None, parts: int | None, images_per_split: int | None) -> tuple[int, int]:
+    if images_per_split is not None:
+        raise DataonomyError("--images-per-split applies to --layout ksdd2 (KolektorSDD has no split)")
+    items, parts = 4 if items is None else items, 8 if parts is None else parts
+    if not 1 <= items <= 99:
+        raise DataonomyError(f"--items {items}: must be 1-99 (kos01..kos99)")
+    if parts < 1:
+        raise DataonomyError(f"--parts {parts}: must be at least 1")
+    return items, parts
+
+
+def _ksdd2_count(items: int | None, parts: int | None, images_per_split: int | None) -> int:
+    for option, value in (("--items", items), ("--parts", parts)):
+        if value is not None:
+            raise DataonomyError(f"{option} applies to --layout ksdd (KolektorSDD2 has no items)")
+    images_per_split = 12 if images_per_split is None else images_per_split
+    if not 1 <= images_per_split <= 49999:
+        raise DataonomyError(f"--images-per-split {images_per_split}: must be 1-49999 (5-digit file names)")
+    return images_per_split
+
+
+def _keep_ellipse(ellipses: dict, e: Ellipse | None, key: str) -> None:
+    if e is not None:
+        ellipses[key] = [e.semi_major, e.semi_minor, e.angle, e.x, e.y]
+
+
+def _write_ksdd(stage: Path, job: _KolektorJob, items: int, parts: int, ellipses: dict) -> None:
+    """KolektorSDD: ``kosNN/PartK.jpg`` (gray JPEG) with ``kosNN/PartK_label.bmp``."""
+    for i, image, e in job.render(items * parts, _KSDD_STREAM):
+        folder = stage / f"kos{i // parts + 1:02d}"
+        folder.mkdir(exist_ok=True)
+        part = f"Part{i % parts}"
+        Image.fromarray(image, "L").save(folder / f"{part}.jpg", quality=job.quality)
+        job.mask(e).save(folder / f"{part}_label.bmp")
+        _keep_ellipse(ellipses, e, f"{folder.name}/{part}.jpg")
+
+
+def _write_ksdd2(stage: Path, job: _KolektorJob, images_per_split: int, ellipses: dict) -> None:
+    """KolektorSDD2: ``{train,test}/NNNNN.png`` (RGB) with ``NNNNN_GT.png``, train numbered first."""
+    first = 0
+    for split in ("train", "test"):
+        folder = stage / split
+        folder.mkdir()
+        for i, image, e in job.render(images_per_split, _KSDD2_STREAMS[split]):
+            ident = f"{first + i:05d}"
+            Image.fromarray(np.repeat(image[..., None], 3, axis=-1), "RGB").save(folder / f"{ident}.png")
+            job.mask(e).save(folder / f"{ident}_GT.png")
+            _keep_ellipse(ellipses, e, f"{split}/{ident}.png")
+        first += images_per_split
 
 
 # --- the synthetic source pool -----------------------------------------------------------------
