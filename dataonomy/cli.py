@@ -484,10 +484,11 @@ def _synth_classes(chosen: list[str] | None):
     return int(chosen[0]) if chosen and len(chosen) == 1 and chosen[0].isdigit() else chosen
 
 
-def _synth(make, ctx: typer.Context, reader: str, **converted) -> None:
-    """Write a synthetic set with ``make``, whose keywords are the command's options (``converted``: those the
-    command parsed itself), and say how to read it back."""
-    options = {**ctx.params, **converted}
+def _synth(make, ctx: typer.Context, reader: str, grouped: tuple[str, ...] = (), **converted) -> None:
+    """Write a synthetic set with ``make``, whose keywords are the command's options less ``grouped`` (those the
+    command gathered into one argument, such as size, seed and severity into a ``Rendering``), with
+    ``converted`` (the arguments the command made itself), and say how to read it back."""
+    options = {**{k: v for k, v in ctx.params.items() if k not in grouped}, **converted}
     make(**options)
     out = options["out"]
     typer.echo(f"wrote {out} (read it with: dataonomy inspect --dataset {reader} --root {out})")
@@ -499,6 +500,7 @@ SynthSeverityOpt = typer.Option(
 SynthOverwriteOpt = typer.Option(
     False, "--overwrite", help="Replace a non-empty --out folder (only once the new one is complete)."
 )
+_RENDERING_OPTIONS = ("size", "seed", "severity")  # a synth target command's --size, --seed and --severity
 
 
 @synth_app.command("dagm")
@@ -520,9 +522,16 @@ def synth_dagm_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
-    from dataonomy.datasets.synthetic import make_synthetic_dagm
+    from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
 
-    _synth(make_synthetic_dagm, ctx, "dagm", classes=_synth_classes(parse_list(classes) or []))
+    _synth(
+        make_synthetic_dagm,
+        ctx,
+        "dagm",
+        _RENDERING_OPTIONS,
+        classes=_synth_classes(parse_list(classes) or []),
+        rendering=Rendering(size, seed, severity),
+    )
 
 
 @synth_app.command("mvtec")
@@ -548,9 +557,16 @@ def synth_mvtec_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write the synthetic DAGM textures in the MVTec AD layout (train/good, test/<type>, ground_truth)."""
-    from dataonomy.datasets.synthetic import make_synthetic_mvtec
+    from dataonomy.datasets.synthetic import Rendering, make_synthetic_mvtec
 
-    _synth(make_synthetic_mvtec, ctx, "mvtec", classes=_synth_classes(parse_list(classes) or []))
+    _synth(
+        make_synthetic_mvtec,
+        ctx,
+        "mvtec",
+        _RENDERING_OPTIONS,
+        classes=_synth_classes(parse_list(classes) or []),
+        rendering=Rendering(size, seed, severity),
+    )
 
 
 @synth_app.command("kolektor")
@@ -580,9 +596,16 @@ def synth_kolektor_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write one synthetic DAGM texture in the KolektorSDD or KolektorSDD2 layout (images with label masks)."""
-    from dataonomy.datasets.synthetic import make_synthetic_kolektor
+    from dataonomy.datasets.synthetic import Rendering, kolektor_layout, make_synthetic_kolektor
 
-    _synth(make_synthetic_kolektor, ctx, "kolektor")
+    _synth(
+        make_synthetic_kolektor,
+        ctx,
+        "kolektor",
+        (*_RENDERING_OPTIONS, "items", "parts", "images_per_split"),
+        layout=kolektor_layout(layout, items, parts, images_per_split),
+        rendering=Rendering(size, seed, severity),
+    )
 
 
 @synth_app.command("source")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataonomy.datasets.synthetic import make_synthetic_dagm, make_synthetic_source
+from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm, make_synthetic_source
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
 from dataonomy.manifest import read_manifest
@@ -133,8 +133,7 @@ class _DemoRun:
             out / "data" / "dagm",
             classes=cfg.dagm_classes,
             images_per_split=cfg.dagm_images_per_split,
-            size=cfg.dagm_size,
-            seed=cfg.seed,
+            rendering=Rendering(size=cfg.dagm_size, seed=cfg.seed),
         )
         self.source = make_synthetic_source(
             out / "data" / "source",

@@ -163,6 +163,7 @@ def _probe_features(trunk, fold, mean, std):
 def _frozen_probe(settings: Settings, fold_index: int) -> dict:
     import torch
 
+    from dataonomy.datasets import SplitSpec
     from transfer import metrics as M
     from transfer.data import DefectData, defect_fold
     from transfer.segdec import build_segdec
@@ -172,8 +173,8 @@ def _frozen_probe(settings: Settings, fold_index: int) -> dict:
     mean, std = (127 / 255,) * 3, (128 / 255,) * 3
     common = {"folds": settings.folds, "fold": fold_index, "seed": settings.split_seed}
     started = time.perf_counter()
-    train = defect_fold(DefectData(str(settings.dagm)), "trainval", **common)
-    test = defect_fold(DefectData(str(settings.dagm)), "test", **common)
+    train = defect_fold(DefectData(str(settings.dagm)), SplitSpec("trainval", **common))
+    test = defect_fold(DefectData(str(settings.dagm)), SplitSpec("test", **common))
     x_train, y_train, _ = _probe_features(model.trunk, train, mean, std)
     x_test, _, test_labels = _probe_features(model.trunk, test, mean, std)
     channels = x_train.shape[1]

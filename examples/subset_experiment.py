@@ -163,7 +163,7 @@ def prepare_targets(cfg: ExperimentConfig) -> dict[str, Path]:
     from PIL import Image
 
     from dataonomy.datasets import DAGM
-    from dataonomy.datasets.synthetic import make_synthetic_dagm
+    from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
 
     roots = {}
     data = cfg.out / "data"
@@ -216,8 +216,7 @@ def prepare_targets(cfg: ExperimentConfig) -> dict[str, Path]:
                 tmp / "dagm",
                 classes=cfg.synthetic_classes,
                 images_per_split=cfg.synthetic_images_per_split,
-                size=cfg.synthetic_size,
-                seed=cfg.base_seed,
+                rendering=Rendering(size=cfg.synthetic_size, seed=cfg.base_seed),
             )
             (tmp / "done").write_text("synthetic DAGM\n")
             shutil.rmtree(root, ignore_errors=True)
@@ -244,10 +243,12 @@ def source_classes(cfg: ExperimentConfig) -> list[str]:
 def stage_training_fold(cfg: ExperimentConfig, root: Path, fold: int) -> tuple[Path, list[str]]:
     """A DAGM folder of links to the train+validation images (and masks) of Class1's fold ``fold``: the images
     the selection may see. The fold is the tool's (:func:`transfer.data.defect_fold`, split seed ``base_seed``)."""
+    from dataonomy.datasets import SplitSpec
     from transfer.data import DefectData, defect_fold
 
     staged = cfg.out / "selection" / f"dagm-class1-fold{fold}" / "Class1" / "Test"
-    trainval = defect_fold(DefectData(str(root)), "trainval", folds=cfg.folds, fold=fold, seed=cfg.base_seed)
+    spec = SplitSpec("trainval", folds=cfg.folds, fold=fold, seed=cfg.base_seed)
+    trainval = defect_fold(DefectData(str(root)), spec)
     names = sorted(s.path.name for s in trainval.samples)
     if not (staged.parent.parent / "done").exists():
         shutil.rmtree(staged.parent.parent, ignore_errors=True)

@@ -15,7 +15,7 @@ from dataonomy.backbones import (
     list_backbones,
     torch_cache_file,
 )
-from dataonomy.datasets import ImageNet
+from dataonomy.datasets import ImageNet, Sampling
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 
@@ -48,7 +48,7 @@ def test_registry():
 def test_efficientnet_lite0_classifies_real_images(lite0, tiny_imagenet):
     # One validation image for each of the first 32 Tiny ImageNet classes; its ImageNet-1k class
     # should often be in the top 5 (measured: 59 % of 606 images, 20 of these 32; chance is 0.5 %).
-    ds = ImageNet(tiny_imagenet, split="val", images_per_class=1, seed=0)
+    ds = ImageNet(tiny_imagenet, split="val", sampling=Sampling(images_per_class=1))
     picks = [i for i, s in enumerate(ds.samples) if ds.imagenet_indices[s.target] is not None][:32]
     images = torch.stack([lite0.uint8_transform(ds[i][0]) for i in picks])
     truth = torch.tensor([ds.imagenet_indices[ds.samples[i].target] for i in picks])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM, ImageNet, Sample, get_dataset, list_datasets
+from dataonomy.datasets import DAGM, ImageNet, Sample, Sampling, SplitSpec, get_dataset, list_datasets
 from dataonomy.datasets.dagm import Ellipse, rasterize_ellipse
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.wordnet import imagenet_classes, load_wordnet
@@ -71,19 +71,19 @@ def test_dagm_partial_train_with_external_labels(shared_data):
 
 
 def test_dagm_seeded_stratified_split(dagm_class1_test):
-    train = DAGM(dagm_class1_test, split="train", seed=3)
-    val = DAGM(dagm_class1_test, split="val", seed=3)
+    train = DAGM(dagm_class1_test, split=SplitSpec("train", seed=3))
+    val = DAGM(dagm_class1_test, split=SplitSpec("val", seed=3))
     assert len(train) + len(val) == 575
     assert abs(len(val) - 115) <= 2
     assert not {s.path for s in train.samples} & {s.path for s in val.samples}
     # Stratified: the rare defects are shared out in proportion.
     assert abs(sum(s.defect for s in val.samples) - 71 * 0.2) <= 1
-    again = DAGM(dagm_class1_test, split="val", seed=3)
-    other = DAGM(dagm_class1_test, split="val", seed=4)
+    again = get_dataset("dagm", dagm_class1_test, split="val", seed=3)  # the flat options: the same cut
+    other = DAGM(dagm_class1_test, split=SplitSpec("val", seed=4))
     assert [s.path for s in again.samples] == [s.path for s in val.samples]
     assert [s.path for s in other.samples] != [s.path for s in val.samples]
     # Three folds carved from one folder cover it exactly once.
-    folds = [DAGM(dagm_class1_test, split=f, test_fraction=0.2, seed=0) for f in ("train", "val", "test")]
+    folds = [DAGM(dagm_class1_test, split=SplitSpec(f, test_fraction=0.2)) for f in ("train", "val", "test")]
     paths = [p for f in folds for p in (s.path for s in f.samples)]
     assert len(paths) == len(set(paths)) == 575
 
@@ -93,7 +93,7 @@ def test_dagm_kfold_cross_validation_tests_every_image_once(dagm_class1_test):
     tests = []
     for fold in range(3):
         parts = {
-            split: DAGM(dagm_class1_test, split=split, folds=3, fold=fold, seed=5)
+            split: DAGM(dagm_class1_test, split=SplitSpec(split, folds=3, fold=fold, seed=5))
             for split in ("train", "val", "test")
         }
         paths = {split: {s.path for s in ds.samples} for split, ds in parts.items()}
@@ -105,8 +105,8 @@ def test_dagm_kfold_cross_validation_tests_every_image_once(dagm_class1_test):
     assert set().union(*tests) == {s.path for s in DAGM(dagm_class1_test).samples}
     assert sum(map(len, tests)) == 575
     # Same seed, same parts; another seed, other parts.
-    again = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=5)
-    other = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=6)
+    again = get_dataset("dagm", dagm_class1_test, split="test", folds=3, fold=1, seed=5)
+    other = DAGM(dagm_class1_test, split=SplitSpec("test", folds=3, fold=1, seed=6))
     assert {s.path for s in again.samples} == tests[1] != {s.path for s in other.samples}
     for kwargs, message in (
         ({"folds": 1}, "--folds 1: must be at least 2"),
@@ -114,7 +114,9 @@ def test_dagm_kfold_cross_validation_tests_every_image_once(dagm_class1_test):
         ({"folds": 3, "test_fraction": 0.2}, "--folds and --test-fraction"),
     ):
         with pytest.raises(DataonomyError, match=message):
-            DAGM(dagm_class1_test, split="test", **kwargs)
+            DAGM(dagm_class1_test, split=SplitSpec("test", **kwargs))
+        with pytest.raises(DataonomyError, match=message):
+            get_dataset("dagm", dagm_class1_test, split="test", **kwargs)
 
 
 def test_dagm_2007_layout_rasterises_ellipses(tmp_path, dagm_class1_test):
@@ -317,9 +319,9 @@ def test_bad_truncated_and_unreadable_images(small_split, capsys, tmp_path):
     # A file that is not an image at all.
     img.write_text("not a png")
     with pytest.raises(BadImageError, match=r"0001\.PNG: not an image file"):
-        DAGM(small_split, skip_bad=False)[i]
+        DAGM(small_split, sampling=Sampling(skip_bad=False))[i]
     with pytest.warns(UserWarning, match="skipped 1 bad file"):
-        assert len(DAGM(small_split, skip_bad=True)) == 3
+        assert len(DAGM(small_split, sampling=Sampling(skip_bad=True))) == 3
 
 
 def _damage(path: Path, kind: str) -> None:
@@ -481,13 +483,13 @@ def test_inspect_writes_sample_list(dagm_class1_test, tmp_path, capsys):
 
 
 def test_dagm_images_per_class_is_seeded(dagm_class1_test):
-    a = DAGM(dagm_class1_test, images_per_class=50, seed=1)
-    b = DAGM(dagm_class1_test, images_per_class=50, seed=1)
-    c = DAGM(dagm_class1_test, images_per_class=50, seed=2)
+    a = DAGM(dagm_class1_test, sampling=Sampling(images_per_class=50, seed=1))
+    b = get_dataset("dagm", dagm_class1_test, images_per_class=50, seed=1)
+    c = DAGM(dagm_class1_test, sampling=Sampling(images_per_class=50, seed=2))
     assert len(a) == 50 and [s.path for s in a.samples] == [s.path for s in b.samples]
     assert [s.path for s in a.samples] != [s.path for s in c.samples]
     with pytest.raises(DataonomyError, match="--images-per-class 0"):
-        DAGM(dagm_class1_test, images_per_class=0)
+        get_dataset("dagm", dagm_class1_test, images_per_class=0)
 
 
 def test_split_samples_is_the_dagm_readers_cut_for_any_samples(dagm_class1_test):
@@ -496,8 +498,9 @@ def test_split_samples_is_the_dagm_readers_cut_for_any_samples(dagm_class1_test)
 
     every = DAGM(dagm_class1_test).samples
     for split in ("train", "val", "test"):
-        cut = split_samples(lambda which: every, split, own_split=False, folds=3, fold=1, seed=0)
-        assert cut == DAGM(dagm_class1_test, split=split, folds=3, fold=1).samples
+        spec = SplitSpec(split, folds=3, fold=1, seed=0)
+        cut = split_samples(lambda which: every, spec, own_split=False)
+        assert cut == DAGM(dagm_class1_test, split=spec).samples
     # A dataset with its own train/test split: test is its own test files, train/val cut its train files.
     own = [
         Sample(path=Path(f"/x/{part}/{i:03d}.png"), label="a", target=int(i % 4 == 0), defect=i % 4 == 0,
@@ -509,10 +512,12 @@ def test_split_samples_is_the_dagm_readers_cut_for_any_samples(dagm_class1_test)
     def read(which):
         return [s for s in own if which == "all" or s.split == which]
 
-    test = split_samples(read, "test", own_split=True)
-    train, val = (split_samples(read, name, own_split=True, val_fraction=0.25) for name in ("train", "val"))
+    test = split_samples(read, SplitSpec("test"), own_split=True)
+    train, val = (
+        split_samples(read, SplitSpec(name, val_fraction=0.25), own_split=True) for name in ("train", "val")
+    )
     assert {s.split for s in test} == {"test"} and len(test) == 40
     assert {s.split for s in train + val} == {"train"} and (len(train), len(val)) == (30, 10)
     assert sum(s.defect for s in val) == 2 and not set(train) & set(val)
     with pytest.raises(DataonomyError, match="--fold 3: must be in 0..2"):
-        split_samples(read, "test", own_split=True, folds=3, fold=3)
+        split_samples(read, SplitSpec("test", folds=3, fold=3), own_split=True)

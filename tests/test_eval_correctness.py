@@ -15,8 +15,8 @@ from PIL import Image
 from torch import nn
 
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM
-from dataonomy.datasets.synthetic import make_synthetic_dagm
+from dataonomy.datasets import DAGM, SplitSpec
+from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
 from dataonomy.errors import DataonomyError
 from transfer import metrics
 from transfer.cli import app as transfer_app
@@ -88,7 +88,10 @@ def test_localize_summary_prints_defective_mean_iou_beside_the_all_image_one():
 @pytest.fixture(scope="module")
 def two_classes(tmp_path_factory) -> Path:
     return make_synthetic_dagm(
-        tmp_path_factory.mktemp("synthetic") / "dagm", classes=[1, 2], images_per_split=20, size=64, seed=3
+        tmp_path_factory.mktemp("synthetic") / "dagm",
+        classes=[1, 2],
+        images_per_split=20,
+        rendering=Rendering(size=64, seed=3),
     )
 
 
@@ -100,8 +103,9 @@ def two_classes(tmp_path_factory) -> Path:
 def test_a_classes_split_does_not_depend_on_the_other_classes_read(two_classes, options):
     for name in ("Class1", "Class2"):
         for split in ("train", "val", "test"):
-            alone = DAGM(two_classes, classes=[name], split=split, seed=5, **options)
-            together = DAGM(two_classes, classes=["Class1", "Class2"], split=split, seed=5, **options)
+            spec = SplitSpec(split, seed=5, **options)
+            alone = DAGM(two_classes, classes=[name], split=spec)
+            together = DAGM(two_classes, classes=["Class1", "Class2"], split=spec)
             mine = [str(s.path) for s in together.samples if s.label == name]
             assert [str(s.path) for s in alone.samples] == mine, (name, split)
 
@@ -124,13 +128,12 @@ def test_class1_split_of_the_real_dagm_labels_alone_and_with_class2(shared_data)
 
     for options in ({"test_fraction": 0.25}, {"folds": 4, "fold": 1}):
         for split in ("train", "val", "test"):
-            alone = split_samples(lambda which: samples("Class1"), split, own_split=True, seed=0, **options)
-            both = split_samples(
-                lambda which: samples("Class1") + samples("Class2"), split, own_split=True, seed=0, **options
-            )
+            spec = SplitSpec(split, seed=0, **options)
+            alone = split_samples(lambda which: samples("Class1"), spec, own_split=True)
+            both = split_samples(lambda which: samples("Class1") + samples("Class2"), spec, own_split=True)
             assert alone == [s for s in both if s.label == "Class1"]
             # ... and Class2's, which sorted after Class1 took other generators before.
-            alone2 = split_samples(lambda which: samples("Class2"), split, own_split=True, seed=0, **options)
+            alone2 = split_samples(lambda which: samples("Class2"), spec, own_split=True)
             assert alone2 == [s for s in both if s.label == "Class2"]
 
 
@@ -276,11 +279,11 @@ def pooled_run(tmp_path_factory):
     """A tiny segdec run fine-tuned with --folds 2 on a synthetic DAGM Class1 (Train and Test pooled), a copy of
     the same set in another folder, and a set of other images."""
     root = tmp_path_factory.mktemp("overlap")
-    common = {"classes": [1], "images_per_split": 20, "defect_fraction": 0.5, "size": 64}
-    data = make_synthetic_dagm(root / "dagm", seed=1, **common)
+    common = {"classes": [1], "images_per_split": 20, "defect_fraction": 0.5}
+    data = make_synthetic_dagm(root / "dagm", rendering=Rendering(size=64, seed=1), **common)
     copy = root / "copy"
     shutil.copytree(data, copy)
-    other = make_synthetic_dagm(root / "other", seed=2, **common)
+    other = make_synthetic_dagm(root / "other", rendering=Rendering(size=64, seed=2), **common)
     run = root / "run"
     argv = [
         "finetune", "--base", "scratch", "--arch", "small_cnn", "--dagm", str(data), "--folds", "2",
@@ -299,7 +302,7 @@ def test_finetune_records_its_training_and_validation_images_by_content(pooled_r
     seen = read_checkpoint(run / "best.pt")["seen_images"]
     source = DefectData(str(data))
     for name in ("train", "val"):
-        fold = defect_fold(source, name, folds=2, fold=0)
+        fold = defect_fold(source, SplitSpec(name, folds=2, fold=0))
         assert seen[name] == sorted({file_sha256(s.path) for s in fold.samples})
     assert seen["hash"] == "sha256"
 
@@ -323,7 +326,7 @@ def test_evaluate_refuses_a_copys_test_split_holding_training_images(pooled_run,
     test_copy = DAGM(copy, split="test")  # the copy's own Test folder: 20 images, the run pooled it
     from transfer.data import DefectData, defect_fold
 
-    run_test = {s.path.name for s in defect_fold(DefectData(str(data)), "test", folds=2).samples}
+    run_test = {s.path.name for s in defect_fold(DefectData(str(data)), SplitSpec("test", folds=2)).samples}
     expected_seen = sum(
         1 for s in test_copy.samples if s.path.name not in run_test
     )  # the copy's Test images that the run's fold 0 did not hold out

@@ -21,7 +21,7 @@ from dataonomy import features as features_mod
 from dataonomy.backbones import get_backbone
 from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM, ImageNet
+from dataonomy.datasets import DAGM, ImageNet, Sampling
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.features import ensure_features, extract_features, load_features
 
@@ -48,7 +48,10 @@ def _softmax_sums(logits: np.ndarray) -> np.ndarray:
 def test_extract_features_on_real_images(lite0, dagm_train, tiny_imagenet):
     root, options = dagm_train
     first_rows = []
-    for ds in (DAGM(root, **options), ImageNet(tiny_imagenet, classes=TINY_WNIDS, images_per_class=3)):
+    for ds in (
+        DAGM(root, **options),
+        ImageNet(tiny_imagenet, classes=TINY_WNIDS, sampling=Sampling(images_per_class=3)),
+    ):
         batches = list(extract_features(lite0, ds, batch_size=4, num_workers=0))
         assert [len(b.indices) for b in batches] == [4, len(ds) - 4]
         idx = np.concatenate([b.indices for b in batches])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM
+from dataonomy.datasets import DAGM, SplitSpec
 from transfer import metrics
 from transfer.checkpoint import load_model
 from transfer.cli import app
@@ -95,7 +95,9 @@ def test_finetune_run_folds_weights_and_validation_threshold(finetuned, dagm_cla
     )
     # The three folds the tool carves are disjoint, cover Class1/Test, and each holds defects (stratified).
     folds = {
-        s: defect_fold(DefectData(str(dagm_class1_test)), s, val_fraction=0.2, test_fraction=0.2, seed=1)
+        s: defect_fold(
+            DefectData(str(dagm_class1_test)), SplitSpec(s, val_fraction=0.2, test_fraction=0.2, seed=1)
+        )
         for s in ("train", "val", "test")
     }
     paths = {s: {x.path for x in ds.samples} for s, ds in folds.items()}
@@ -141,10 +143,7 @@ def test_evaluate_prints_table_and_saves_what_it_computed(finetuned, capsys):
     loaded = load_model(finetuned)
     fold = defect_fold(
         DefectData(str(json.loads((finetuned / "config.json").read_text())["data"])),
-        "test",
-        val_fraction=0.2,
-        test_fraction=0.2,
-        seed=1,
+        SplitSpec("test", val_fraction=0.2, test_fraction=0.2, seed=1),
     )
     assert [str(s.path) for s in fold.samples] == [p["path"] for p in predictions]
     subset = torch.utils.data.Subset(fold, range(4))
@@ -169,15 +168,9 @@ def test_finetune_and_evaluate_bad_inputs(finetuned, dagm_class1_test, tmp_path,
     )
     assert "holds a small_cnn model" in err
     err = error(
-        "finetune",
-        "--base",
-        "scratch",
-        "--arch",
-        "small_cnn",
+        *"finetune --base scratch --arch small_cnn --monitor acc".split(),
         "--dagm",
         str(dagm_class1_test),
-        "--monitor",
-        "acc",
         *out,
     )
     assert "--monitor 'acc'" in err
@@ -203,7 +196,9 @@ def test_finetune_and_evaluate_bad_inputs(finetuned, dagm_class1_test, tmp_path,
 
 
 def test_patch_labels_follow_the_masks(dagm_class1_test):
-    fold = defect_fold(DefectData(str(dagm_class1_test)), "val", val_fraction=0.2, test_fraction=0.2, seed=1)
+    fold = defect_fold(
+        DefectData(str(dagm_class1_test)), SplitSpec("val", val_fraction=0.2, test_fraction=0.2, seed=1)
+    )
     patches = PatchDataset(fold, patch_size=128, stride=96, defect_fraction=0.1)
     counted = {"defective": 0, "clean": 0, "left_out": 0}
     kept = set(patches.patches)
@@ -271,7 +266,8 @@ def test_patch_finetune_decides_images_by_their_most_defective_patch(dagm_class1
     assert len(predictions) == 92  # the validation fold: 20 % of the 460 images left after the test fold
     # An image's score is its highest patch score, on the full-resolution patch grid.
     loaded = load_model(run)
-    fold = defect_fold(DefectData(str(dagm_class1_test)), "val", val_fraction=0.2, test_fraction=0.2, seed=0)
+    spec = SplitSpec("val", val_fraction=0.2, test_fraction=0.2)
+    fold = defect_fold(DefectData(str(dagm_class1_test)), spec)
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     images = loaded.normalize(torch.stack([pil_to_tensor(fold[i][0]) for i in (0, 1)]))
@@ -298,7 +294,7 @@ def test_cross_validation_fold_is_what_finetune_trains_on_and_evaluate_tests(
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert run_app(app, ["evaluate", "--model", str(run), "--split", "test", "--device", "cpu"]) == 0
     tested = {p["path"] for p in json.loads((run / "eval_test.json").read_text())["predictions"]}
-    fold = DAGM(dagm_class1_test, split="test", folds=3, fold=1, seed=7)
+    fold = DAGM(dagm_class1_test, split=SplitSpec("test", folds=3, fold=1, seed=7))
     assert tested == {str(s.path) for s in fold.samples} and len(tested) == 191
     capsys.readouterr()
     for extra, message in (

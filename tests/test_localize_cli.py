@@ -20,6 +20,7 @@ from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from dataonomy.cli_utils import run_app
+from dataonomy.datasets import SplitSpec
 from transfer import localize as L
 from transfer import metrics
 from transfer.checkpoint import load_model, model_record, save_model
@@ -111,13 +112,13 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
     params = report["parameters"]
     # Patch size from the run (patch-trained at 64), batched by default.
     assert (params["patch"], params["stride"], params["mode"]) == (PATCH, 64, "batched")
-    test = defect_fold(DefectData(str(mini_dagm)), "test", **FOLD)
+    test = defect_fold(DefectData(str(mini_dagm)), SplitSpec("test", **FOLD))
     assert [r["image"] for r in report["images"]] == [str(s.path) for s in test.samples]
     assert len(test) == 4 and sum(s.defect for s in test.samples) == 2
 
     # The threshold maximises the pooled pixel F1 on the validation fold (not on the images localised).
     loaded = load_model(patch_run)
-    val = defect_fold(DefectData(str(mini_dagm)), "val", **FOLD)
+    val = defect_fold(DefectData(str(mini_dagm)), SplitSpec("val", **FOLD))
     val_heat = [_heat(loaded, s.path, PATCH, 64) for s in val.samples]
     val_masks = [val.mask(i) for i in range(len(val))]
     best = L.choose_threshold_f1(val_heat, val_masks)
@@ -238,7 +239,7 @@ def test_unlabelled_files_of_any_shape(patch_run, dagm_class1_test, tmp_path, ca
 
 def test_the_function_takes_a_dataset_and_a_file_list(patch_run, mini_dagm, tmp_path):
     """What `dataonomy demo` calls: a DAGM fold (labelled) or a list of files (unlabelled)."""
-    fold = defect_fold(DefectData(str(mini_dagm)), "val", **FOLD)
+    fold = defect_fold(DefectData(str(mini_dagm)), SplitSpec("val", **FOLD))
     config = LocalizeConfig(model=str(patch_run), stride=64, threshold=0.5)
     report = localize_images(config, tmp_path / "a", images=fold, progress=False)
     assert report["metrics"]["n_images"] == len(fold) and report["input"]["source"] == "dataset"

@@ -21,6 +21,7 @@ from dataonomy.datasets import (
     KolektorSDD,
     MVTecAD,
     Sample,
+    Sampling,
     binarize_mask,
     get_dataset,
     list_datasets,
@@ -28,7 +29,14 @@ from dataonomy.datasets import (
 )
 from dataonomy.datasets.dagm import DAGMSample, Ellipse, rasterize_ellipse
 from dataonomy.datasets.pairs import pair_masks_in_folder
-from dataonomy.datasets.synthetic import make_synthetic_dagm, make_synthetic_kolektor, make_synthetic_mvtec
+from dataonomy.datasets.synthetic import (
+    Ksdd2Layout,
+    KsddLayout,
+    Rendering,
+    make_synthetic_dagm,
+    make_synthetic_kolektor,
+    make_synthetic_mvtec,
+)
 from dataonomy.errors import BadImageError, DataonomyError
 
 # --- shared material --------------------------------------------------------------------------------
@@ -49,7 +57,9 @@ def real(dagm_class1_test):
 @pytest.fixture(scope="module")
 def synthetic_mvtec(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mvtec") / "mvtec"
-    return make_synthetic_mvtec(out, classes=[1, 2], train_images=4, test_good=2, test_defective=3, size=48)
+    return make_synthetic_mvtec(
+        out, classes=[1, 2], train_images=4, test_good=2, test_defective=3, rendering=Rendering(size=48)
+    )
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -125,7 +135,9 @@ def test_dagm_masks_unchanged_and_group_split(dagm_class1_test, real, tmp_path):
     index = {s.path: i for i, s in enumerate(ds.samples)}
     for s in bad:
         np.testing.assert_array_equal(ds.mask(index[s.path]), truth[s.path.stem])
-    synthetic = make_synthetic_dagm(tmp_path / "d", classes=[1, 3], images_per_split=2, size=32)
+    synthetic = make_synthetic_dagm(
+        tmp_path / "d", classes=[1, 3], images_per_split=2, rendering=Rendering(size=32)
+    )
     ds = DAGM(synthetic)
     assert {(s.label, s.group, s.split) for s in ds.samples} == {
         (c, c, split) for c in ("Class1", "Class3") for split in ("train", "test")
@@ -166,25 +178,25 @@ def test_mvtec_reads_the_synthetic_tree(synthetic_mvtec):
             assert s.mask is None and not ds.mask(i).any()
     image, target = ds[0]
     assert image.mode == "RGB" and image.size == (48, 48) and target == 0
-    # One category folder as root; a category filter (either name); one split; seeded sampling.
+    # One category folder as root; a category filter; one split; seeded sampling.
     one = MVTecAD(synthetic_mvtec / "vertical_fibres", split="test")
     assert len(one) == 5 and {s.split for s in one.samples} == {"test"}
     assert [s.path for s in one.samples] == [
         s.path for s in ds.samples if s.label == "vertical_fibres" and s.split == "test"
     ]
     assert len(MVTecAD(synthetic_mvtec, classes=["vertical_fibres"])) == 9
-    assert len(MVTecAD(synthetic_mvtec, categories=["crossed_fine_grain"], split="train")) == 4
-    a = MVTecAD(synthetic_mvtec, images_per_class=5, seed=1)
+    assert len(MVTecAD(synthetic_mvtec, classes=["crossed_fine_grain"], split="train")) == 4
+    a = MVTecAD(synthetic_mvtec, sampling=Sampling(images_per_class=5, seed=1))
     assert len(a) == 10 and [s.path for s in a.samples] == [
-        s.path for s in MVTecAD(synthetic_mvtec, images_per_class=5, seed=1).samples
+        s.path for s in get_dataset("mvtec", synthetic_mvtec, images_per_class=5, seed=1).samples
     ]
     for kwargs, message in (
         ({"split": "val"}, "--split 'val'"),
         ({"classes": ["bottle"]}, "--classes: bottle not found"),
-        ({"classes": ["a"], "categories": ["a"]}, "give one"),
+        ({"categories": ["a"]}, "--categories is not an option of the 'mvtec' reader"),
     ):
         with pytest.raises(DataonomyError, match=message):
-            MVTecAD(synthetic_mvtec, **kwargs)
+            get_dataset("mvtec", synthetic_mvtec, **kwargs)
 
 
 def _mvtec_from_real(root: Path, real) -> Path:
@@ -255,7 +267,9 @@ def test_mvtec_bad_trees(tmp_path, real, capsys):
 
 
 def test_kolektor_reads_synthetic_ksdd_and_ksdd2(tmp_path):
-    k1 = make_synthetic_kolektor(tmp_path / "k1", items=3, parts=4, size=48, seed=2)
+    k1 = make_synthetic_kolektor(
+        tmp_path / "k1", KsddLayout(items=3, parts=4), rendering=Rendering(size=48, seed=2)
+    )
     ds = KolektorSDD(k1)
     assert ds.layout == "KolektorSDD" and len(ds) == 12 and ds.classes == ["ok", "defect"]
     assert sum(s.defect for s in ds.samples) == 3  # round(0.25 * 12)
@@ -274,7 +288,9 @@ def test_kolektor_reads_synthetic_ksdd_and_ksdd2(tmp_path):
     with pytest.raises(DataonomyError, match="KolektorSDD has no train/test split"):
         KolektorSDD(k1, split="test")
 
-    k2 = make_synthetic_kolektor(tmp_path / "k2", layout="ksdd2", images_per_split=5, size=48, seed=2)
+    k2 = make_synthetic_kolektor(
+        tmp_path / "k2", Ksdd2Layout(images_per_split=5), rendering=Rendering(size=48, seed=2)
+    )
     ds = KolektorSDD(k2)
     assert ds.layout == "KolektorSDD2" and len(ds) == 10
     assert ds.summary()["per_split"] == {"train": 5, "test": 5}
@@ -335,7 +351,7 @@ def test_kolektor_on_real_dagm_images(tmp_path, real):
 
 
 def test_kolektor_bad_trees(tmp_path, capsys):
-    k1 = make_synthetic_kolektor(tmp_path / "k1", items=1, parts=3, size=32)
+    k1 = make_synthetic_kolektor(tmp_path / "k1", KsddLayout(items=1, parts=3), rendering=Rendering(size=32))
     argv = ["inspect", "--dataset", "kolektor", "--root", str(k1)]
     label = k1 / "kos01" / "Part1_label.bmp"
     label.rename(tmp_path / "label.bmp")
@@ -362,7 +378,9 @@ def test_skip_bad_skips_a_bad_mask_that_the_reader_reads_while_listing(reader, t
     # kolektor, folder and pairs read every mask to tell defective images from clean ones: a bad mask must be
     # skipped there under --skip-bad too, not stop the listing (and inspect names it without).
     if reader == "kolektor":
-        root = make_synthetic_kolektor(tmp_path / "k1", items=1, parts=3, size=32)
+        root = make_synthetic_kolektor(
+            tmp_path / "k1", KsddLayout(items=1, parts=3), rendering=Rendering(size=32)
+        )
         bad = root / "kos01" / "Part1_label.bmp"
         bad.write_bytes(b"")
     else:  # folder: class folders of JPEGs with PNG masks beside them; pairs: one such folder
@@ -595,7 +613,7 @@ def test_cli_synth_mvtec_and_kolektor(tmp_path, capsys):
     assert code == 0 and "--dataset mvtec" in text
     ds = MVTecAD(out)
     assert ds.categories == ["crossed_fine_grain", "oriented_grain", "vertical_fibres"] and len(ds) == 3 * 10
-    again = make_synthetic_mvtec(tmp_path / "again", classes=3, train_images=2, size=32)
+    again = make_synthetic_mvtec(tmp_path / "again", classes=3, train_images=2, rendering=Rendering(size=32))
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)
@@ -624,8 +642,10 @@ def test_cli_synth_mvtec_and_kolektor(tmp_path, capsys):
 
 
 def test_cli_inspect_each_layout_writes_group_and_split(tmp_path, synthetic_mvtec, capsys):
-    k1 = make_synthetic_kolektor(tmp_path / "k1", items=2, parts=2, size=32)
-    k2 = make_synthetic_kolektor(tmp_path / "k2", layout="ksdd2", images_per_split=2, size=32)
+    k1 = make_synthetic_kolektor(tmp_path / "k1", KsddLayout(items=2, parts=2), rendering=Rendering(size=32))
+    k2 = make_synthetic_kolektor(
+        tmp_path / "k2", Ksdd2Layout(images_per_split=2), rendering=Rendering(size=32)
+    )
     for dataset, root, extra, images in (
         ("mvtec", synthetic_mvtec, ["--classes", "vertical_fibres", "--split", "test"], 5),
         ("kolektor", k1, [], 4),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dataonomy.cli_utils import run_app
+from dataonomy.datasets import SplitSpec
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
 from transfer.checkpoint import load_model
@@ -173,8 +174,8 @@ def test_segdec_learns_real_dagm_defects_in_under_a_minute(dagm_class1_test):
     torch.manual_seed(0)
     common = {"folds": 3, "seed": 0}
     train_fold, test_fold = (
-        defect_fold(DefectData(str(dagm_class1_test)), "trainval", **common),
-        defect_fold(DefectData(str(dagm_class1_test)), "test", **common),
+        defect_fold(DefectData(str(dagm_class1_test)), SplitSpec("trainval", **common)),
+        defect_fold(DefectData(str(dagm_class1_test)), SplitSpec("test", **common)),
     )
 
     def balanced(fold, n):
@@ -242,7 +243,7 @@ def test_segdec_is_the_default_head_at_native_resolution(segdec_run, dagm_class1
     # The stored decision threshold is the best balanced accuracy on the validation images' decision scores.
     from transfer.evaluate import image_scores
 
-    val = defect_fold(DefectData(str(dagm_class1_test)), "val", folds=3, fold=1, seed=0)
+    val = defect_fold(DefectData(str(dagm_class1_test)), SplitSpec("val", folds=3, fold=1))
     val_scores = image_scores(loaded, val)
     assert loaded.threshold == pytest.approx(
         M.best_threshold(val_scores, val.targets, "balanced_accuracy"), abs=1e-6
@@ -291,11 +292,7 @@ def test_localize_uses_the_segmentation_map_and_boxes_each_defect(segdec_run, tm
 
 def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
     base = [
-        "finetune",
-        "--base",
-        "scratch",
-        "--arch",
-        "small_cnn",
+        *"finetune --base scratch --arch small_cnn".split(),
         "--dagm",
         str(dagm_class1_test),
         "--out",

@@ -12,15 +12,20 @@ from PIL import Image
 
 from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM, ImageNet, get_dataset
+from dataonomy.datasets import DAGM, ImageNet, Sampling, get_dataset
 from dataonomy.datasets.dagm import Ellipse, parse_labels_txt, rasterize_ellipse
 from dataonomy.datasets.synthetic import (
     DAGM_TEXTURES,
     SOURCE_CLASSES,
+    Ksdd2Layout,
+    KsddLayout,
+    Rendering,
     bandpass_noise,
     ellipse_frame,
+    kolektor_layout,
     labels_txt,
     make_synthetic_dagm,
+    make_synthetic_kolektor,
     make_synthetic_source,
     render_dagm_class,
     render_source_class,
@@ -36,7 +41,9 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def synthetic_dagm(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dagm") / "dagm"
-    return make_synthetic_dagm(out, classes=10, images_per_split=12, defect_fraction=0.25, size=64, seed=3)
+    return make_synthetic_dagm(
+        out, classes=10, images_per_split=12, defect_fraction=0.25, rendering=Rendering(size=64, seed=3)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +103,22 @@ def test_dagm_labels_txt_matches_the_real_format(shared_data, synthetic_dagm):
 
 
 def test_dagm_is_deterministic_for_a_seed(tmp_path):
-    kwargs = {"classes": [2, 9], "images_per_split": 5, "defect_fraction": 0.4, "size": 48}
-    a = _files(make_synthetic_dagm(tmp_path / "a", seed=1, **kwargs))
-    b = _files(make_synthetic_dagm(tmp_path / "b", seed=1, **kwargs))
-    c = _files(make_synthetic_dagm(tmp_path / "c", seed=2, **kwargs))
+    kwargs = {"classes": [2, 9], "images_per_split": 5, "defect_fraction": 0.4}
+    a = _files(make_synthetic_dagm(tmp_path / "a", rendering=Rendering(size=48, seed=1), **kwargs))
+    b = _files(make_synthetic_dagm(tmp_path / "b", rendering=Rendering(size=48, seed=1), **kwargs))
+    c = _files(make_synthetic_dagm(tmp_path / "c", rendering=Rendering(size=48, seed=2), **kwargs))
     assert a == b
     images = [k for k in a if k.endswith(".PNG") and "Label" not in k]
     assert all(a[k] != c[k] for k in images)
     # Rendering in chunks gives the same images as one batch: an image depends on its index only.
-    whole = render_dagm_class(5, 6, 48, seed=1, defective=[1, 0, 0, 1, 0, 1])
-    tail = render_dagm_class(5, 3, 48, seed=1, start=3, defective=[1, 0, 1])
+    whole = render_dagm_class(5, 6, Rendering(size=48, seed=1), defective=[1, 0, 0, 1, 0, 1])
+    tail = render_dagm_class(5, 3, Rendering(size=48, seed=1), start=3, defective=[1, 0, 1])
     np.testing.assert_array_equal(whole.images[3:], tail.images)
 
 
 def test_dagm_defects_are_inside_the_ellipse_and_visible():
     for number in range(1, 11):
-        batch = render_dagm_class(number, 8, 128, seed=0, defective=np.ones(8, bool))
+        batch = render_dagm_class(number, 8, Rendering(size=128, seed=0), defective=np.ones(8, bool))
         diff = np.abs(batch.images.astype(np.float32) - batch.clean)
         for i, e in enumerate(batch.ellipses):
             mask = rasterize_ellipse(128, 128, e)
@@ -119,20 +126,21 @@ def test_dagm_defects_are_inside_the_ellipse_and_visible():
             # Clearly visible: several gray levels on average over the whole (weak, generous) ellipse.
             assert diff[i][mask].mean() > 4.0, f"Class{number} ({DAGM_TEXTURES[number - 1].defect}) too faint"
         # Even in the smallest images every defect changes some pixels, and only inside its ellipse.
-        small = render_dagm_class(number, 8, 32, seed=0, defective=np.ones(8, bool))
+        small = render_dagm_class(number, 8, Rendering(size=32, seed=0), defective=np.ones(8, bool))
         for i, e in enumerate(small.ellipses):
             changed = small.images[i] != small.clean[i]
             assert changed.any() and not changed[~rasterize_ellipse(32, 32, e)].any()
             assert e.semi_minor <= e.semi_major
         # Defect-free images are their own clean rendering.
-        clean = render_dagm_class(number, 8, 128, seed=0)
+        clean = render_dagm_class(number, 8, Rendering(size=128, seed=0))
         np.testing.assert_array_equal(clean.images, clean.clean)
         np.testing.assert_array_equal(clean.images, batch.clean)
 
 
 def test_dagm_severity_scales_the_defects():
     def strength(number: int, severity: float) -> float:
-        batch = render_dagm_class(number, 6, 96, seed=1, defective=np.ones(6, bool), severity=severity)
+        rendering = Rendering(size=96, seed=1, severity=severity)
+        batch = render_dagm_class(number, 6, rendering, defective=np.ones(6, bool))
         diff = np.abs(batch.images.astype(np.float32) - batch.clean)
         return float(
             np.mean([diff[i][rasterize_ellipse(96, 96, e)].mean() for i, e in enumerate(batch.ellipses)])
@@ -146,15 +154,15 @@ def test_dagm_severity_scales_the_defects():
         )
         assert weak < normal <= strong, (number, weak, normal, strong)
     # Same images and ellipses whatever the severity: only the defect changes.
-    a = render_dagm_class(3, 4, 64, seed=2, defective=np.ones(4, bool), severity=0.5)
-    b = render_dagm_class(3, 4, 64, seed=2, defective=np.ones(4, bool), severity=1.5)
+    a = render_dagm_class(3, 4, Rendering(size=64, seed=2, severity=0.5), defective=np.ones(4, bool))
+    b = render_dagm_class(3, 4, Rendering(size=64, seed=2, severity=1.5), defective=np.ones(4, bool))
     assert a.ellipses == b.ellipses
     np.testing.assert_array_equal(a.clean, b.clean)
 
 
 def test_dagm_explicit_ellipses_place_a_recurring_defect():
     e = Ellipse(20.0, 6.0, 0.4, 64.0, 64.0)
-    batch = render_dagm_class(2, 4, 128, seed=0, ellipses=[e, None, e, e])
+    batch = render_dagm_class(2, 4, Rendering(size=128, seed=0), ellipses=[e, None, e, e])
     assert [x is not None for x in batch.ellipses] == [True, False, True, True]
     changed = batch.images != batch.clean
     assert not changed[1].any()
@@ -189,7 +197,8 @@ def _nearest_mean_accuracy(features: np.ndarray, labels: np.ndarray, train: np.n
 
 
 def test_dagm_texture_classes_are_separable():
-    images = np.concatenate([render_dagm_class(c, 16, 64, seed=4).images for c in range(1, 11)])
+    rendering = Rendering(size=64, seed=4)
+    images = np.concatenate([render_dagm_class(c, 16, rendering).images for c in range(1, 11)])
     labels = np.repeat(np.arange(10), 16)
     train = np.tile(np.arange(16) < 8, 10)
     assert _nearest_mean_accuracy(_spectral_features(images), labels, train) >= 0.8  # chance: 0.1
@@ -203,13 +212,39 @@ def test_dagm_bad_options(tmp_path):
         ({"classes": [1, 1]}, "listed twice"),
         ({"images_per_split": 0}, "--images-per-split"),
         ({"defect_fraction": 1.5}, "--defect-fraction"),
-        ({"size": 16}, "--size 16"),
-        ({"seed": -1}, "--seed -1"),
-        ({"severity": 0}, "--severity 0"),
     ):
         with pytest.raises(DataonomyError, match=message):
             make_synthetic_dagm(tmp_path / "x", **kwargs)
         assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+    for kwargs, message in (
+        ({"size": 16}, "--size 16: must be at least 32 pixels"),
+        ({"seed": -1}, "--seed -1: must be a non-negative integer"),
+        ({"severity": 0}, r"--severity 0: must be in \(0, 4\]"),
+        ({"severity": 4.5}, "--severity 4.5"),
+    ):
+        with pytest.raises(DataonomyError, match=message):
+            Rendering(**kwargs)
+
+
+def test_kolektor_layouts_from_the_flat_options(tmp_path):
+    assert kolektor_layout("ksdd") == KsddLayout(items=4, parts=8)
+    assert kolektor_layout("ksdd", parts=2) == KsddLayout(items=4, parts=2)
+    assert kolektor_layout("ksdd2") == Ksdd2Layout(images_per_split=12)
+    assert kolektor_layout("ksdd2", images_per_split=3) == Ksdd2Layout(images_per_split=3)
+    for args, message in (
+        (("ksdd3",), "--layout 'ksdd3': must be one of ksdd, ksdd2"),
+        (("ksdd", None, None, 3), "--images-per-split applies to --layout ksdd2"),
+        (("ksdd2", 2), "--items applies to --layout ksdd"),
+        (("ksdd2", None, 2), "--parts applies to --layout ksdd"),
+        (("ksdd", 100), "--items 100: must be 1-99"),
+        (("ksdd", None, 0), "--parts 0: must be at least 1"),
+        (("ksdd2", None, None, 50000), "--images-per-split 50000: must be 1-49999"),
+    ):
+        with pytest.raises(DataonomyError, match=message):
+            kolektor_layout(*args)
+    with pytest.raises(TypeError, match="KsddLayout or a Ksdd2Layout"):
+        make_synthetic_kolektor(tmp_path / "k", "ksdd2")
+    assert not (tmp_path / "k").exists()
 
 
 # --- source pool --------------------------------------------------------------------------------
@@ -239,7 +274,7 @@ def test_imagenet_reader_reads_the_source_pool_with_names(synthetic_source):
     image, target = ds[0]
     assert image.mode == "RGB" and image.size == (48, 48) and ds.classes[target] == ds.samples[0].label
     assert ds.samples[0].path.name == f"{ds.samples[0].label}_0.JPEG"
-    sub = ImageNet(synthetic_source, classes=["n14698884"], images_per_class=2, seed=1)
+    sub = ImageNet(synthetic_source, classes=["n14698884"], sampling=Sampling(images_per_class=2, seed=1))
     assert len(sub) == 2
 
 
@@ -284,7 +319,7 @@ def test_material_classes_look_more_like_dagm_than_shapes_do():
     """Gray-level texture statistics: the DAGM-like materials (paper, concrete, sand, crack) sit
     nearer to the synthetic DAGM textures than shapes and bold designs, which is what affinity-based
     selection should find."""
-    dagm = np.concatenate([render_dagm_class(c, 6, 64, seed=0).images for c in range(1, 11)])
+    dagm = np.concatenate([render_dagm_class(c, 6, Rendering(size=64, seed=0)).images for c in range(1, 11)])
     dagm_features = _spectral_features(np.repeat(dagm[..., None], 3, axis=-1).astype(np.float32))
     centre = dagm_features.mean(0)
 
@@ -329,7 +364,7 @@ def test_output_folder_is_atomic_and_not_overwritten(tmp_path):
     empty.mkdir()
     (tmp_path / "empty.partial").mkdir()
     (tmp_path / "empty.partial" / "junk").write_text("x")
-    make_synthetic_dagm(empty, classes=1, images_per_split=2, size=32)
+    make_synthetic_dagm(empty, classes=1, images_per_split=2, rendering=Rendering(size=32))
     assert not (tmp_path / "empty.partial").exists() and len(DAGM(empty)) == 4
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dataonomy.cli_utils import run_app
-from dataonomy.datasets import DAGM
+from dataonomy.datasets import DAGM, SplitSpec
 from transfer.cli import app as transfer_app
 from transfer.data import DefectData, defect_fold
 
@@ -141,7 +141,7 @@ def test_finetune_evaluate_localize_export_on_each_layout(layout, real, tmp_path
     assert {r["group"] for r in listed} == groups
     source = DefectData(str(data), **_source_fields(args))
     truth = {name: mask for name, _, mask in real}
-    test_fold = defect_fold(source, "test", folds=2 if "--folds" in args else None)
+    test_fold = defect_fold(source, SplitSpec("test", folds=2 if "--folds" in args else None))
     for i, s in enumerate(test_fold.samples):
         stem = s.path.stem  # Kolektor names: PartJ / 1000J are real[j]
         name = (
@@ -269,7 +269,8 @@ def test_mixed_sizes_train_padded_score_by_size_and_map_each_image_at_its_own_si
     _run(["finetune", *common, "--out", str(resized), "--image-size", "48"], capsys)
 
     fold = defect_fold(
-        DefectData(str(images), format="pairs", masks=str(images.parent / "masks")), "test", folds=2
+        DefectData(str(images), format="pairs", masks=str(images.parent / "masks")),
+        SplitSpec("test", folds=2),
     )
     for run in (native, resized):
         loaded = load_model(run, "cpu")

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dataonomy.datasets.options import DefectLayout
+from dataonomy.datasets.splits import check_split_options
 from dataonomy.errors import DataonomyError
 from transfer.models import check_image_size, model_spec, uses_aux_logits
 
@@ -147,7 +149,7 @@ class PretrainConfig(TrainConfig):
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(DefectLayout, TrainConfig):
     """Fine-tuning a base model to defect / no defect, every layer trained, the last one replaced.
 
     ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). ``data`` is the
@@ -167,14 +169,6 @@ class FinetuneConfig(TrainConfig):
     data: str
     format: str = "dagm"
     classes: list[str] | None = None
-    labels_root: str | None = None
-    allow_partial: bool = False
-    masks: str | None = None
-    mask_suffix: str | None = None
-    normal_dir: str | None = None
-    abnormal_dir: str | None = None
-    mask_dir: str | None = None
-    defect_classes: list[str] | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     folds: int | None = None
@@ -227,19 +221,9 @@ class FinetuneConfig(TrainConfig):
     def _check(self) -> None:
         super()._check()
         self.defect_data()  # an unknown --format is refused here
-        if not 0 < self.val_fraction < 1:
+        if not 0 < self.val_fraction < 1:  # fine-tuning validates every epoch: it needs a validation fold
             raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
-        if not 0 <= self.test_fraction < 1:
-            raise DataonomyError(f"--test-fraction {self.test_fraction}: must be in [0, 1)")
-        if self.folds is not None:
-            if self.folds < 2:
-                raise DataonomyError(f"--folds {self.folds}: must be at least 2")
-            if not 0 <= self.fold < self.folds:
-                raise DataonomyError(
-                    f"--fold {self.fold}: must be in 0..{self.folds - 1} (--folds {self.folds})"
-                )
-            if self.test_fraction > 0:
-                raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
+        check_split_options("train", self.val_fraction, self.test_fraction, self.folds, self.fold)
         if self.patience < 1:
             raise DataonomyError(f"--patience {self.patience}: must be at least 1")
         if self.monitor not in MONITORS:

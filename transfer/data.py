@@ -22,9 +22,17 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from dataonomy.datasets import DAGM, ImageNet, SampleDataset, open_image, split_samples, stratified_folds
-from dataonomy.datasets.options import open_dataset
-from dataonomy.datasets.splits import check_split_options
+from dataonomy.datasets import (
+    DAGM,
+    ImageNet,
+    SampleDataset,
+    Sampling,
+    SplitSpec,
+    open_image,
+    split_samples,
+    stratified_folds,
+)
+from dataonomy.datasets.options import DefectLayout, open_dataset
 from dataonomy.errors import DataonomyError
 from dataonomy.io import read_json_file
 from dataonomy.manifest import SCHEMA as MANIFEST_SCHEMA
@@ -216,15 +224,14 @@ def pretrain_folds(
     of the training images. ``images_per_class`` caps both (a quick run reads a seeded sample of each class).
     """
     try:
-        train = ImageNet(source_root, classes=list(wnids), images_per_class=images_per_class, seed=seed)
+        sampling = Sampling(images_per_class=images_per_class, seed=seed)
+        train = ImageNet(source_root, classes=list(wnids), sampling=sampling)
     except DataonomyError as exc:
         raise DataonomyError(
             f"--source-root {source_root} does not hold the classes of --manifest {manifest}: {exc}"
         ) from None
     if train.layout == "tiny":
-        val = ImageNet(
-            source_root, split="val", classes=list(wnids), images_per_class=images_per_class, seed=seed
-        )
+        val = ImageNet(source_root, split="val", classes=list(wnids), sampling=sampling)
         return train, val
     folds = stratified_folds(train.samples, {"train": 1 - val_fraction, "val": val_fraction}, seed)
     make = lambda samples: SampleDataset(train.root, samples, train.classes, train.class_names)  # noqa: E731
@@ -239,45 +246,23 @@ def pretrain_folds(
 DEFECT_FORMATS = ("dagm", "mvtec", "kolektor", "pairs", "folder")
 
 
-@dataclass(frozen=True)
-class DefectData:
-    """Where a defect set lives and how it is laid out: ``--data ROOT --format F`` and the layout's options.
+@dataclass(kw_only=True)
+class DefectData(DefectLayout):
+    """Where a defect set lives and how it is laid out: ``--data ROOT --format F`` and the layout's options
+    (:class:`transfer.stage_config.DefectLayout`)."""
 
-    ``labels_root``/``allow_partial`` are the ``dagm`` reader's; ``masks``, ``mask_suffix``, ``normal_dir``,
-    ``abnormal_dir``, ``mask_dir`` the ``pairs`` reader's; ``defect_classes`` the ``folder`` reader's (which
-    class folders hold defective images). Options another layout does not take are refused by name.
-    """
-
-    root: str
-    format: str = "dagm"
-    labels_root: str | None = None
-    allow_partial: bool = False
-    masks: str | None = None
-    mask_suffix: str | None = None
-    normal_dir: str | None = None
-    abnormal_dir: str | None = None
-    mask_dir: str | None = None
-    defect_classes: tuple[str, ...] | None = None
+    root: str = dataclasses.field(kw_only=False)
+    format: str = dataclasses.field(default="dagm", kw_only=False)
 
     def __post_init__(self):
         if self.format not in DEFECT_FORMATS:
             raise DataonomyError(f"--format '{self.format}': must be one of {', '.join(DEFECT_FORMATS)}")
+        if self.defect_classes is not None:
+            self.defect_classes = tuple(self.defect_classes)
 
     def reader_options(self) -> dict:
         """The options set (not None, not False), as the reader's keyword arguments."""
-        names = (
-            "labels_root",
-            "allow_partial",
-            "masks",
-            "mask_suffix",
-            "normal_dir",
-            "abnormal_dir",
-            "mask_dir",
-        )
-        out = {n: getattr(self, n) for n in names if getattr(self, n) not in (None, False)}
-        if self.defect_classes is not None:
-            out["defect_classes"] = list(self.defect_classes)
-        return out
+        return self.layout_options()
 
     def same_set(self, other: DefectData) -> bool:
         """Whether ``other`` names the same files the same way (then a run's folds apply to it)."""
@@ -286,29 +271,23 @@ class DefectData:
 
 def defect_fold(
     data: DefectData,
-    split: str,
+    split: str | SplitSpec,
     classes: Sequence[str] | None = None,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    seed: int = 0,
-    folds: int | None = None,
-    fold: int = 0,
     skip_bad: bool = False,
 ) -> SampleDataset:
     """One fold of a defect set, as fine-tuning, evaluation, localisation and export read it (RGB PIL images).
 
-    The cut is :func:`dataonomy.datasets.split_samples`'s, the same for every layout: the dataset's own
-    train/test split where it has one (DAGM's Train/Test, MVTec's train/test, KolektorSDD2's), else seeded,
-    stratified parts of every image (``test_fraction``, or ``folds``/``fold``). Every sample's ``target`` is its
-    defect flag; ``group`` names the rows of per-group tables (DAGM class, MVTec category/type, Kolektor item).
+    ``split`` is the fold's name or a :class:`~dataonomy.datasets.splits.SplitSpec` (fold, fractions, K-fold
+    and seed of the cut; a name is ``SplitSpec(split=name)``). The cut is
+    :func:`dataonomy.datasets.split_samples`'s, the same for every layout: the dataset's own train/test split
+    where it has one (DAGM's Train/Test, MVTec's train/test, KolektorSDD2's), else seeded, stratified parts of
+    every image (``test_fraction``, or ``folds``/``fold``). Every sample's ``target`` is its defect flag;
+    ``group`` names the rows of per-group tables (DAGM class, MVTec category/type, Kolektor item).
     """
+    spec = SplitSpec.of(split)
     options = data.reader_options()
     if data.format == "dagm":  # DAGM's reader cuts its own folds (and rasterises 2007-layout ellipses)
-        return DAGM(
-            data.root, classes=classes, split=split, val_fraction=val_fraction, test_fraction=test_fraction,
-            seed=seed, folds=folds, fold=fold, skip_bad=skip_bad, **options,
-        )  # fmt: skip
-    check_split_options(split, val_fraction, test_fraction, folds, fold)
+        return DAGM(data.root, classes=classes, split=spec, sampling=Sampling(skip_bad=skip_bad), **options)
     whole = open_dataset(data.format, data.root, classes=classes, skip_bad=skip_bad, **options)
     unflagged = [s for s in whole.samples if s.defect is None]
     if unflagged:
@@ -330,10 +309,8 @@ def defect_fold(
         return samples if which == "all" else [s for s in samples if s.split == which]
 
     own_split = any(s.split for s in samples)
-    chosen = split_samples(
-        read, split, own_split=own_split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        folds=folds, fold=fold,
-    )  # fmt: skip
+    chosen = split_samples(read, spec, own_split=own_split)
+    split = spec.split
     if not chosen:
         raise DataonomyError(f"--data {data.root}: no images in the '{split}' fold ({data.format} layout)")
     dataset = SampleDataset(whole.root, chosen, ["ok", "defect"], notes=whole.notes)
@@ -371,17 +348,15 @@ def run_fold(
     # The run's own files (read with the layout options given now, if any) keep the run's cut.
     same_set = data is None or config.defect_data().same_set(data)
     try:
-        return defect_fold(
-            config.defect_data() if data is None else data,
+        spec = SplitSpec(
             split,
-            config.classes,
-            config.val_fraction,
-            config.test_fraction if same_set else 0.0,
-            config.split_seed if config.split_seed is not None else config.seed,
-            config.folds if same_set else None,
-            config.fold,
-            skip_bad,
+            val_fraction=config.val_fraction,
+            test_fraction=config.test_fraction if same_set else 0.0,
+            folds=config.folds if same_set else None,
+            fold=config.fold,
+            seed=config.split_seed if config.split_seed is not None else config.seed,
         )
+        return defect_fold(config.defect_data() if data is None else data, spec, config.classes, skip_bad)
     except DataonomyError as exc:
         no_test = same_set and split == "test" and config.test_fraction == 0 and config.folds is None
         if no_test and ("no DAGM images found" in str(exc) or "no images in the" in str(exc)):

@@ -20,10 +20,7 @@ def split_lists(config: SplitConfig, log: Callable[[str], None] = print) -> dict
     source, lists = config.defect_data(), {}
     for split in SPLITS:
         try:
-            ds = defect_fold(
-                source, split, config.classes, config.val_fraction, config.test_fraction, config.seed,
-                config.folds, config.fold,
-            )  # fmt: skip
+            ds = defect_fold(source, config.split_spec(split), config.classes)
         except DataonomyError:
             if split == "test":
                 continue  # a set without a test fold of its own, and none asked for

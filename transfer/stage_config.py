@@ -12,14 +12,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from dataonomy.datasets.options import LAYOUT_FIELDS, DefectLayout
 from dataonomy.datasets.splits import SPLITS
 from dataonomy.errors import DataonomyError
-
-# The defect set's fields (named after the --data options), shared by the stages that read one.
-DATA_FIELDS = (
-    "data", "format", "labels_root", "allow_partial", "masks", "mask_suffix", "normal_dir", "abnormal_dir",
-    "mask_dir", "defect_classes",
-)  # fmt: skip
 
 
 def _at_least(value, least, option: str) -> None:
@@ -62,21 +57,17 @@ class StageConfig:
         return write_json(path, self.to_dict())
 
 
+# The defect set's fields (named after the --data options), shared by the stages that read one.
+DATA_FIELDS = ("data", "format", *LAYOUT_FIELDS)
+
+
 @dataclass(kw_only=True)
-class DefectSetFields(StageConfig):
+class DefectSetFields(DefectLayout, StageConfig):
     """A defect set as ``--data ROOT --format F`` and the layout's options name it (None: the run's own set;
     ``format`` None: dagm for split, the run's own layout elsewhere)."""
 
     data: str | None = None
     format: str | None = None
-    labels_root: str | None = None
-    allow_partial: bool = False
-    masks: str | None = None
-    mask_suffix: str | None = None
-    normal_dir: str | None = None
-    abnormal_dir: str | None = None
-    mask_dir: str | None = None
-    defect_classes: list[str] | None = None
 
     def __post_init__(self):
         if self.data is None:
@@ -100,9 +91,7 @@ def defect_set(fields, default_format: str = "dagm"):
 
     if fields.data is None:
         return None
-    values = {n: getattr(fields, n) for n in DATA_FIELDS[2:]}
-    if fields.defect_classes is not None:
-        values["defect_classes"] = tuple(fields.defect_classes)
+    values = {n: getattr(fields, n) for n in LAYOUT_FIELDS}
     return DefectData(root=fields.data, format=fields.format or default_format, **values)
 
 
@@ -119,13 +108,17 @@ class SplitConfig(DefectSetFields):
     seed: int = 0
 
     def __post_init__(self):
-        from dataonomy.datasets.splits import check_split_options
-
         if self.data is None:
             raise DataonomyError("--data (or --dagm): which defect set to split")
         self.format = self.format or "dagm"
         super().__post_init__()
-        check_split_options("train", self.val_fraction, self.test_fraction, self.folds, self.fold)
+        self.split_spec("train")  # options that cannot be honoured are refused here
+
+    def split_spec(self, split: str):
+        """Fold ``split`` of this cut, as the readers take it (:class:`dataonomy.datasets.SplitSpec`)."""
+        from dataonomy.datasets.splits import SplitSpec
+
+        return SplitSpec(split, self.val_fraction, self.test_fraction, self.folds, self.fold, self.seed)
 
 
 @dataclass(kw_only=True)
@@ -271,6 +264,8 @@ def read_stage_config(path: str | Path, kind: str) -> dict:
 
 __all__ = [
     "DATA_FIELDS",
+    "LAYOUT_FIELDS",
+    "DefectLayout",
     "STAGE_CONFIGS",
     "STAGE_DERIVED_FIELDS",
     "STAGE_RUN_OPTIONS",

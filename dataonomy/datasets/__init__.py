@@ -5,6 +5,7 @@ from dataonomy.datasets import dagm, folder, imagenet, kolektor, mvtec, pairs  #
 from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
+    Sampling,
     binarize_mask,
     load_mask,
     mask_has_defect,
@@ -15,9 +16,10 @@ from dataonomy.datasets.folder import ImageFolderDataset
 from dataonomy.datasets.imagenet import ImageNet
 from dataonomy.datasets.kolektor import KolektorSDD
 from dataonomy.datasets.mvtec import MVTecAD
+from dataonomy.datasets.options import get_dataset
 from dataonomy.datasets.pairs import ImageMaskPairs
-from dataonomy.datasets.registry import get_dataset, get_dataset_reader, list_datasets, register_dataset
-from dataonomy.datasets.splits import SPLITS, split_samples, stratified_folds
+from dataonomy.datasets.registry import get_dataset_reader, list_datasets, register_dataset
+from dataonomy.datasets.splits import SPLITS, SplitSpec, split_samples, stratified_folds
 
 __all__ = [
     "DAGM",
@@ -28,6 +30,8 @@ __all__ = [
     "MVTecAD",
     "Sample",
     "SampleDataset",
+    "Sampling",
+    "SplitSpec",
     "binarize_mask",
     "get_dataset",
     "get_dataset_reader",

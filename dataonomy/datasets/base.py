@@ -164,7 +164,9 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def check_reader_options(
-    images_per_class: int | None, split: str | None = None, splits: Sequence[str] = ("all", "train", "test")
+    images_per_class: int | None = None,
+    split: str | None = None,
+    splits: Sequence[str] = ("all", "train", "test"),
 ) -> None:
     """One-line errors for the options every reader takes: ``--images-per-class`` and (where given) ``--split``."""
     if split is not None and split not in splits:
@@ -198,13 +200,51 @@ def _decode_sample(s: Sample) -> BadImageError | None:
     return None
 
 
-def drop_bad_files(samples: list[Sample], skip_bad: bool) -> list[Sample]:
+def drop_bad_files(samples: list[Sample], skip_bad: bool, stacklevel: int = 4) -> list[Sample]:
     """A reader's ``--skip-bad``: ``samples`` less the files that do not decode, each one warned about (the
     warning names the reader's caller); without it, ``samples`` as they are (files are decoded when read)."""
     if not skip_bad:
         return samples
     # stacklevel: the lambda, verify_samples, this function, the reader's __init__, its caller.
-    return verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=4))
+    return verify_samples(samples, True, lambda m: warnings.warn(m, stacklevel=stacklevel))
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which of a reader's images to keep: every reader's ``sampling`` argument.
+
+    ``images_per_class``: keep at most N images per class (or per category, per set: the reader's unit),
+    drawn by :func:`seeded_subsample` with ``seed``, so that class-level statistics need not read every image;
+    None keeps them all. ``skip_bad``: decode every image and mask now and drop bad ones with a warning and a
+    count, instead of failing on the first when it is read.
+    """
+
+    images_per_class: int | None = None
+    seed: int = 0
+    skip_bad: bool = False
+
+    def __post_init__(self):
+        check_reader_options(self.images_per_class)
+
+    def subsample(self, items: Sequence, key: str) -> list:
+        """Up to ``images_per_class`` of ``items`` (one class's, named ``key``), seeded by (seed, key)."""
+        return seeded_subsample(items, self.images_per_class, self.seed, key)
+
+    def per_label(self, samples: Sequence[Sample]) -> list[Sample]:
+        """:meth:`subsample` of each label's samples, labels in the order they first appear."""
+        if self.images_per_class is None:
+            return list(samples)
+        by_label: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_label.setdefault(s.label, []).append(s)
+        return [s for label, group in by_label.items() for s in self.subsample(group, label)]
+
+    def drop_bad(self, samples: list[Sample]) -> list[Sample]:
+        """``samples`` less the files that do not decode, with ``skip_bad`` (see :func:`drop_bad_files`; the
+        warnings name the reader's caller); else ``samples`` as they are."""
+        # stacklevel: the lambda, verify_samples, drop_bad_files, this method, the reader's __init__, its
+        # caller.
+        return drop_bad_files(samples, self.skip_bad, stacklevel=5)
 
 
 def verify_samples(
@@ -268,9 +308,7 @@ class SampleDataset(VisionDataset):
         # each; `dataonomy inspect` prints them.
         self.notes = list(notes or [])
 
-    def _init_defect_set(
-        self, root, samples: list[Sample], image_mode: str, transforms: tuple, notes=None
-    ) -> None:
+    def _init_defect_set(self, root, samples: list[Sample], transforms: tuple, notes=None) -> None:
         """What the defect-set readers (DAGM, MVTec AD, Kolektor, pairs) build: classes ``ok`` and ``defect``;
         ``transforms`` is ``(transform, target_transform)``."""
         transform, target_transform = transforms
@@ -281,7 +319,6 @@ class SampleDataset(VisionDataset):
             ["ok", "defect"],
             transform=transform,
             target_transform=target_transform,
-            image_mode=image_mode,
             notes=notes,
         )
 

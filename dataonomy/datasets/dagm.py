@@ -29,15 +29,13 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    Sampling,
     check_mask_sizes,
-    check_reader_options,
-    drop_bad_files,
     image_size,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.registry import register_dataset
-from dataonomy.datasets.splits import check_split_options, split_samples, stratified_folds
+from dataonomy.datasets.splits import SplitSpec, split_samples, stratified_folds
 from dataonomy.errors import DataonomyError
 
 _CLASS_RE = re.compile(r"^Class(\d+)$", re.IGNORECASE)
@@ -244,42 +242,37 @@ class DAGM(SampleDataset):
     Args:
         root: dataset folder, one ``ClassN`` folder, or one split folder (``ClassN/Test``).
         classes: DAGM classes to read (``[1, 3]`` or ``["Class1"]``); default all found.
-        split: ``all``; ``test`` (the Test folders); ``trainval`` (the Train folders);
-            ``train``/``val`` (a seeded, stratified ``1-val_fraction``/``val_fraction`` split of
-            Train). When ``root`` is a single split folder, or ``test_fraction`` > 0, the folds are
-            carved from the images found instead: ``test`` first, then ``train``/``val`` of the rest.
+        split: the fold to read, a name or a :class:`~dataonomy.datasets.splits.SplitSpec` (a name is
+            ``SplitSpec(split=name)``, its seed 0). ``all``; ``test`` (the Test folders); ``trainval`` (the
+            Train folders); ``train``/``val`` (a seeded, stratified ``1-val_fraction``/``val_fraction``
+            split of Train, seeded by the spec's ``seed``). When ``root`` is a single split folder, or
+            ``test_fraction`` > 0, the folds are carved from the images found instead: ``test`` first, then
+            ``train``/``val`` of the rest. With ``folds``/``fold``: K-fold cross-validation of the images
+            found (Train and Test pooled): the images are cut into ``folds`` seeded, stratified parts; part
+            ``fold`` is ``test``, and ``train``/``val`` split the rest by ``val_fraction``. The same seed
+            gives the same parts for every ``fold``, so ``fold`` = 0..K-1 test every image once.
         labels_root: a folder with ``ClassN/{Train,Test}/Label/Labels.txt`` for copies without
             their own labels (the partial Train folders in ../shared/data/dagm).
         allow_partial: accept a Labels.txt that lists images missing on disk (partial copies).
-        folds, fold: K-fold cross-validation of the images found (Train and Test pooled): the images are
-            cut into ``folds`` seeded, stratified parts; part ``fold`` is ``test``, and ``train``/``val`` split
-            the rest by ``val_fraction``. The same seed gives the same parts for every ``fold``, so
-            ``fold`` = 0..K-1 test every image once. Excludes ``test_fraction``.
-        images_per_class: keep at most N images per DAGM class of the chosen split, seeded
-            (class-level statistics such as affinities need a sample, not every image).
-        skip_bad: decode every image and mask now and drop bad ones with a warning and a count,
-            instead of failing on the first.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` keeps at most N images
+            per DAGM class of the chosen fold, seeded by its own ``seed`` (class-level statistics such as
+            affinities need a sample, not every image); ``skip_bad`` decodes every image and mask now and
+            drops bad ones with a warning and a count, instead of failing on the first.
     """
 
     def __init__(
         self,
         root: str | Path,
         classes: Sequence[int | str] | None = None,
-        split: str = "all",
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        seed: int = 0,
+        split: str | SplitSpec = "all",
         labels_root: str | Path | None = None,
         allow_partial: bool = False,
-        images_per_class: int | None = None,
-        skip_bad: bool = False,
-        folds: int | None = None,
-        fold: int = 0,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
-        check_split_options(split, val_fraction, test_fraction, folds, fold)
+        spec = SplitSpec.of(split)
+        sampling = sampling or Sampling()
         root = require_dir(Path(root), "DAGM root")
         self.layout, pools = self._discover(root, classes)
         labels_root = Path(labels_root) if labels_root is not None else None
@@ -306,32 +299,14 @@ class DAGM(SampleDataset):
             return out
 
         single_pool = self.layout == "2007" or all(len(p[2]) == 1 and p[2].get("?") for p in pools)
-        samples = split_samples(
-            read,
-            split,
-            own_split=not single_pool,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-            folds=folds,
-            fold=fold,
-        )
+        samples = split_samples(read, spec, own_split=not single_pool)
         if not samples:
-            raise DataonomyError(f"{root}: no DAGM images found for split '{split}'")
-        if images_per_class is not None:
-            check_reader_options(images_per_class)
-            by_class: dict[str, list[Sample]] = {}
-            for s in samples:
-                by_class.setdefault(s.label, []).append(s)
-            samples = [
-                s
-                for label in by_class
-                for s in seeded_subsample(by_class[label], images_per_class, seed, label)
-            ]
+            raise DataonomyError(f"{root}: no DAGM images found for split '{spec.split}'")
+        samples = sampling.per_label(samples)
         self._check_masks(samples)
-        samples = drop_bad_files(samples, skip_bad)
-        self.split = split
-        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
+        samples = sampling.drop_bad(samples)
+        self.split = spec.split
+        self._init_defect_set(root, samples, (transform, target_transform))
 
     @staticmethod
     def _discover(root: Path, classes) -> tuple[str, list]:

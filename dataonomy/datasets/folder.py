@@ -27,11 +27,10 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    Sampling,
     check_mask_sizes,
-    drop_bad_files,
     listed_mask_defect,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.pairs import pair_masks_in_folder
 from dataonomy.datasets.registry import register_dataset
@@ -46,8 +45,9 @@ class ImageFolderDataset(SampleDataset):
         root: the folder holding one sub-folder per class.
         defect_classes: class folder names that hold defective images (e.g. ``["defect", "NG"]``);
             when given, every sample gets a defect flag from its folder.
-        images_per_class: sample at most N images per class, seeded (masks never count as images).
-        skip_bad: decode every image (and mask) now and drop bad ones with a warning and a count.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` samples at most N images
+            per class, seeded (masks never count as images); ``skip_bad`` decodes every image (and mask) now
+            and drops bad ones with a warning and a count.
 
     Attributes:
         pairing: ``{"paired": N, "skipped": [paths], "ignored": K}``: masks paired with their
@@ -58,13 +58,11 @@ class ImageFolderDataset(SampleDataset):
         self,
         root: str | Path,
         defect_classes: Sequence[str] | None = None,
-        images_per_class: int | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
+        sampling = sampling or Sampling()
         root = require_dir(Path(root), "image folder root")
         try:
             classes, _ = find_classes(str(root))
@@ -112,13 +110,13 @@ class ImageFolderDataset(SampleDataset):
         self.pairing = {"paired": len(masks), "skipped": [p for p, _ in skipped], "ignored": len(ignored)}
         samples = []
         for target, cls in enumerate(classes):
-            for p in seeded_subsample(by_class[cls], images_per_class, seed, cls):
+            for p in sampling.subsample(by_class[cls], cls):
                 mask = masks.get(p)
                 if defect_classes is not None:
                     defect = cls in defect_classes
                 elif masks:
                     defect = mask is not None and listed_mask_defect(
-                        mask, p, skip_bad, lambda m: warnings.warn(m, stacklevel=3)
+                        mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=3)
                     )
                     if defect is None:  # a bad file, reported and skipped (--skip-bad)
                         continue
@@ -126,13 +124,7 @@ class ImageFolderDataset(SampleDataset):
                     defect = None
                 samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))
         check_mask_sizes(samples)
-        samples = drop_bad_files(samples, skip_bad)
+        samples = sampling.drop_bad(samples)
         super().__init__(
-            root,
-            samples,
-            classes,
-            transform=transform,
-            target_transform=target_transform,
-            image_mode=image_mode,
-            notes=notes,
+            root, samples, classes, transform=transform, target_transform=target_transform, notes=notes
         )

@@ -20,10 +20,8 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
-    check_reader_options,
-    drop_bad_files,
+    Sampling,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.errors import DataonomyError
@@ -56,10 +54,10 @@ class ImageNet(SampleDataset):
         split: ``train`` or ``val`` (``val`` only in the Tiny layout, which labels it).
         layout: ``auto``, ``ilsvrc`` or ``tiny``.
         classes: wnids to read (default: every class found).
-        images_per_class: sample at most N images per class, seeded (the normal way to compute
-            class-level statistics without reading 1.28 M images).
-        seed: the sampling seed; each class's draw depends only on (seed, wnid).
-        skip_bad: decode every image now and drop bad ones with a warning and a count.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` samples at most N images
+            per class, seeded (the normal way to compute class-level statistics without reading 1.28 M
+            images; each class's draw depends only on (``seed``, wnid)); ``skip_bad`` decodes every image now
+            and drops bad ones with a warning and a count.
     """
 
     def __init__(
@@ -68,19 +66,16 @@ class ImageNet(SampleDataset):
         split: str = "train",
         layout: str = "auto",
         classes: Sequence[str] | None = None,
-        images_per_class: int | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
+        sampling = sampling or Sampling()
         root = require_dir(Path(root), "ImageNet root")
         if layout not in LAYOUTS:
             raise DataonomyError(f"--layout '{layout}': must be one of {', '.join(LAYOUTS)}")
         if split not in ("train", "val"):
             raise DataonomyError(f"--split '{split}': must be train or val")
-        check_reader_options(images_per_class)
         if layout == "auto":
             layout = "tiny" if (root / "wnids.txt").is_file() else "ilsvrc"
         if layout == "tiny":
@@ -101,13 +96,13 @@ class ImageNet(SampleDataset):
         wnids = sorted(files)
         samples = []
         for target, wnid in enumerate(wnids):
-            for p in seeded_subsample(files[wnid], images_per_class, seed, wnid):
+            for p in sampling.subsample(files[wnid], wnid):
                 samples.append(Sample(path=p, label=wnid, target=target))
         if not samples:
             raise DataonomyError(f"{root}: no images found ({layout} layout, split {split})")
-        samples = drop_bad_files(samples, skip_bad)
+        samples = sampling.drop_bad(samples)
         self.layout = layout
-        self.images_per_class = images_per_class
+        self.images_per_class = sampling.images_per_class
         index = imagenet_index()
         self.imagenet_indices = [index.get(w) for w in wnids]
         super().__init__(
@@ -117,7 +112,6 @@ class ImageNet(SampleDataset):
             [names.get(w, w) for w in wnids],
             transform=transform,
             target_transform=target_transform,
-            image_mode=image_mode,
         )
 
     @staticmethod

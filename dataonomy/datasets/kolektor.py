@@ -23,11 +23,10 @@ from pathlib import Path
 from dataonomy.datasets.base import (
     Sample,
     SampleDataset,
+    Sampling,
     check_reader_options,
-    drop_bad_files,
     listed_mask_defect,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.pairs import list_files, strip_mask_suffix
 from dataonomy.datasets.registry import register_dataset
@@ -99,8 +98,9 @@ class KolektorSDD(SampleDataset):
     Args:
         root: the dataset folder, one ``kosNN`` folder (KolektorSDD), or one split folder (KolektorSDD2).
         split: ``all``; ``train`` or ``test`` (KolektorSDD2 only: KolektorSDD has no split).
-        images_per_class: keep at most N images, seeded (labels are only read for the kept ones).
-        skip_bad: decode every image and label now and drop bad ones with a warning and a count.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` keeps at most N images,
+            seeded (labels are only read for the kept ones); ``skip_bad`` decodes every image and label now
+            and drops bad ones with a warning and a count.
 
     Attributes:
         layout: ``KolektorSDD`` or ``KolektorSDD2``.
@@ -110,14 +110,12 @@ class KolektorSDD(SampleDataset):
         self,
         root: str | Path,
         split: str = "all",
-        images_per_class: int | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
-        check_reader_options(images_per_class, split, SPLITS)
+        sampling = sampling or Sampling()
+        check_reader_options(split=split, splits=SPLITS)
         root = require_dir(Path(root), "Kolektor root")
         self.layout, folders = detect_layout(root)
         if self.layout == KSDD and split != "all":
@@ -138,8 +136,10 @@ class KolektorSDD(SampleDataset):
         if not listed:
             raise DataonomyError(f"{root}: no {self.layout} images found")
         samples = []
-        for image, mask, group, split_name in seeded_subsample(listed, images_per_class, seed, label):
-            defect = listed_mask_defect(mask, image, skip_bad, lambda m: warnings.warn(m, stacklevel=3))
+        for image, mask, group, split_name in sampling.subsample(listed, label):
+            defect = listed_mask_defect(
+                mask, image, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=3)
+            )
             if defect is None:  # a bad file, reported and skipped (--skip-bad)
                 continue
             samples.append(
@@ -153,9 +153,9 @@ class KolektorSDD(SampleDataset):
                     split=split_name,
                 )
             )
-        samples = drop_bad_files(samples, skip_bad)
+        samples = sampling.drop_bad(samples)
         self.split = split
-        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
+        self._init_defect_set(root, samples, (transform, target_transform))
 
 
 __all__ = ["KSDD", "KSDD2", "KolektorSDD", "detect_layout"]

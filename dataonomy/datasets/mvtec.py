@@ -20,11 +20,10 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    Sampling,
     check_mask_sizes,
     check_reader_options,
-    drop_bad_files,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.pairs import list_files
 from dataonomy.datasets.registry import register_dataset
@@ -123,9 +122,9 @@ class MVTecAD(SampleDataset):
             folder holding the category folders.
         classes: categories to read (``["bottle", "cable"]``; what ``--classes`` passes); default all.
         split: ``all``, ``train`` (``train/good``) or ``test`` (``test/<type>``).
-        categories: the same as ``classes`` (give one of the two).
-        images_per_class: keep at most N images per category, seeded.
-        skip_bad: decode every image and mask now and drop bad ones with a warning and a count.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` keeps at most N images
+            per category, seeded; ``skip_bad`` decodes every image and mask now and drops bad ones with a
+            warning and a count.
     """
 
     def __init__(
@@ -133,18 +132,12 @@ class MVTecAD(SampleDataset):
         root: str | Path,
         classes: Sequence[str] | None = None,
         split: str = "all",
-        categories: Sequence[str] | None = None,
-        images_per_class: int | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
-        check_reader_options(images_per_class, split, SPLITS)
-        if classes is not None and categories is not None:
-            raise DataonomyError("--classes and categories name the same thing: give one")
-        wanted = classes if classes is not None else categories
+        sampling = sampling or Sampling()
+        check_reader_options(split=split, splits=SPLITS)
         root = require_dir(Path(root), "MVTec AD root")
         if _is_category(root):
             found = [root]
@@ -154,8 +147,8 @@ class MVTecAD(SampleDataset):
                 raise DataonomyError(
                     f"{root}: no MVTec AD category folders found (<category>/train/good, <category>/test/<type>)"
                 )
-        if wanted is not None:
-            wanted = [str(c) for c in wanted]
+        if classes is not None:
+            wanted = [str(c) for c in classes]
             missing = sorted(set(wanted) - {d.name for d in found})
             if missing:
                 raise DataonomyError(f"--classes: {', '.join(missing)} not found under {root}")
@@ -171,16 +164,16 @@ class MVTecAD(SampleDataset):
                         raise DataonomyError(f"{category / name}: folder not found (--split {split})")
                     continue
                 read += _read_split(category, name)
-            samples += seeded_subsample(read, images_per_class, seed, category.name)
+            samples += sampling.subsample(read, category.name)
         if not samples:
             raise DataonomyError(
                 f"{root}: no images found for split '{split}' (extensions: {', '.join(IMAGE_EXTENSIONS)})"
             )
         check_mask_sizes(samples)
-        samples = drop_bad_files(samples, skip_bad)
+        samples = sampling.drop_bad(samples)
         self.split = split
         self.categories = [d.name for d in found]
-        self._init_defect_set(root, samples, image_mode, (transform, target_transform))
+        self._init_defect_set(root, samples, (transform, target_transform))
 
 
 __all__ = ["MVTecAD"]

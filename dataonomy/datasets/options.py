@@ -3,29 +3,79 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from dataonomy.datasets.base import Sampling
 from dataonomy.datasets.registry import get_dataset_reader
+from dataonomy.datasets.splits import SplitSpec
 from dataonomy.errors import DataonomyError
+
+# The flat options readers take grouped: into ``sampling`` (every reader), and into ``split`` for a reader
+# whose ``split`` takes a SplitSpec (DAGM). ``seed`` seeds both.
+SAMPLING_OPTIONS = ("images_per_class", "seed", "skip_bad")
+SPLIT_OPTIONS = ("split", "val_fraction", "test_fraction", "folds", "fold", "seed")
+
+
+def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``reader`` (registered as ``name``) for ``options``, as users and the CLI give
+    them: flat (``images_per_class=5, seed=1, skip_bad=True``, ``split="val", val_fraction=0.25``) or already
+    grouped (``sampling=Sampling(...)``, ``split=SplitSpec(...)``).
+
+    ``images_per_class``/``seed``/``skip_bad`` become a :class:`~dataonomy.datasets.base.Sampling`; where the
+    reader's ``split`` takes a :class:`~dataonomy.datasets.splits.SplitSpec`, ``split``/``val_fraction``/
+    ``test_fraction``/``folds``/``fold``/``seed`` become one (``seed`` seeds both). Other options go to the
+    reader as they are. An option the reader does not take is an error naming it (``--x-y is not an option
+    of the 'name' reader``), and so is a flat option beside the grouped argument it belongs to.
+    """
+    params = inspect.signature(reader.__init__).parameters
+    groups: dict[str, tuple[type, tuple[str, ...]]] = {}  # argument -> (its class, the flat options it holds)
+    if "split" in params and "SplitSpec" in str(params["split"].annotation):
+        # First, so that split errors come before sampling's, as they did.
+        groups["split"] = (SplitSpec, SPLIT_OPTIONS)
+    if "sampling" in params:
+        groups["sampling"] = (Sampling, SAMPLING_OPTIONS)
+    built = {g: options[g] for g, (cls, _) in groups.items() if isinstance(options.get(g), cls)}
+    flat: dict[str, dict[str, Any]] = {g: {} for g in groups if g not in built}
+    kwargs: dict[str, Any] = dict(built)
+    for key, value in options.items():
+        if key in built:
+            continue
+        owners = [g for g in flat if key in groups[g][1]]
+        if owners:
+            for g in owners:
+                flat[g][key] = value
+        elif key in params:
+            kwargs[key] = value
+        else:
+            holder = next((g for g in built if key in groups[g][1]), None)
+            if holder is not None:
+                raise DataonomyError(
+                    f"{key}={value!r} and {holder}={built[holder]!r}: give {key} inside {holder}"
+                )
+            raise DataonomyError(f"--{key.replace('_', '-')} is not an option of the '{name}' reader")
+    for g, values in flat.items():
+        if values:
+            kwargs[g] = groups[g][0](**values)
+    return kwargs
+
+
+def get_dataset(name: str, root, **options):
+    """Build the reader registered as ``name`` on ``root``. ``options`` are its constructor's arguments or the
+    flat options the CLI gives (``images_per_class=5, seed=1``, ``split="val", val_fraction=0.25``), mapped by
+    :func:`reader_arguments`; an option the reader does not take is an error."""
+    reader = get_dataset_reader(name)
+    return reader(root, **reader_arguments(name, reader, options))
 
 
 def open_dataset(name: str, root, **options: Any):
-    """``get_dataset(name, root, **options)`` where options left at None are dropped.
+    """``get_dataset(name, root, **options)`` where options left at None (or False) are dropped.
 
-    An option set by the user that the reader does not accept is an error naming the option,
-    rather than being silently ignored.
+    Options are flat, as the CLI gives them (see :func:`reader_arguments`). An option set by the user that
+    the reader does not accept is an error naming the option, rather than being silently ignored.
     """
-    reader = get_dataset_reader(name)
-    accepted = inspect.signature(reader.__init__).parameters
-    kwargs = {}
-    for key, value in options.items():
-        if value is None or value is False:
-            continue
-        if key not in accepted:
-            raise DataonomyError(f"--{key.replace('_', '-')} is not an option of the '{name}' reader")
-        kwargs[key] = value
-    return reader(root, **kwargs)
+    return get_dataset(name, root, **{k: v for k, v in options.items() if v is not None and v is not False})
 
 
 @dataclass(frozen=True)
@@ -60,3 +110,33 @@ def reader_options(**options: Any) -> dict[str, Any]:
     """The dataset options a command sets (:class:`ReaderOptions`' fields, by keyword), for :func:`open_dataset`
     and feature-cache provenance: see :meth:`ReaderOptions.as_dict`."""
     return ReaderOptions(**options).as_dict()
+
+
+@dataclass(kw_only=True)
+class DefectLayout:
+    """A defect set's layout options, one field per ``--data`` option, as every reader of a defect set (the
+    fine-tuning config, the stage configs, ``transfer.data.DefectData``) names them.
+
+    ``labels_root``/``allow_partial`` are the ``dagm`` reader's; ``masks``, ``mask_suffix``, ``normal_dir``,
+    ``abnormal_dir``, ``mask_dir`` the ``pairs`` reader's; ``defect_classes`` the ``folder`` reader's (which
+    class folders hold defective images). Options another layout does not take are refused by name.
+    """
+
+    labels_root: str | None = None
+    allow_partial: bool = False
+    masks: str | None = None
+    mask_suffix: str | None = None
+    normal_dir: str | None = None
+    abnormal_dir: str | None = None
+    mask_dir: str | None = None
+    defect_classes: list[str] | tuple[str, ...] | None = None
+
+    def layout_options(self) -> dict:
+        """The layout options set (not None, not False), as the reader's keyword arguments."""
+        out = {f.name: getattr(self, f.name) for f in fields(DefectLayout)}
+        if self.defect_classes is not None:
+            out["defect_classes"] = list(self.defect_classes)
+        return {k: v for k, v in out.items() if v is not None and v is not False}
+
+
+LAYOUT_FIELDS = tuple(f.name for f in fields(DefectLayout))

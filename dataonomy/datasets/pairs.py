@@ -33,12 +33,10 @@ from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
     Sample,
     SampleDataset,
+    Sampling,
     check_mask_sizes,
-    check_reader_options,
-    drop_bad_files,
     listed_mask_defect,
     require_dir,
-    seeded_subsample,
 )
 from dataonomy.datasets.registry import register_dataset
 from dataonomy.errors import DataonomyError
@@ -207,8 +205,9 @@ class ImageMaskPairs(SampleDataset):
         normal_dir, abnormal_dir: anomalib ``Folder`` layout: folders of defect-free and of
             defective images (either or both; ``abnormal_dir`` may be a list).
         mask_dir: anomalib layout: masks of the defective images.
-        images_per_class: keep at most N images, seeded (masks are only read for the kept ones).
-        skip_bad: decode every image and mask now and drop bad ones with a warning and a count.
+        sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` keeps at most N images,
+            seeded (masks are only read for the kept ones); ``skip_bad`` decodes every image and mask now
+            and drops bad ones with a warning and a count.
     """
 
     def __init__(
@@ -219,16 +218,13 @@ class ImageMaskPairs(SampleDataset):
         normal_dir: str | Path | None = None,
         abnormal_dir: str | Path | Sequence[str | Path] | None = None,
         mask_dir: str | Path | None = None,
-        images_per_class: int | None = None,
-        seed: int = 0,
-        skip_bad: bool = False,
+        sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
-        image_mode: str = "RGB",
     ):
+        sampling = sampling or Sampling()
         root = require_dir(Path(root), "pairs root")
         label = Path(os.path.abspath(root)).name or str(root)
-        check_reader_options(images_per_class)
         if normal_dir is not None or abnormal_dir is not None:
             if masks is not None:
                 raise DataonomyError(
@@ -236,22 +232,18 @@ class ImageMaskPairs(SampleDataset):
                 )
             self.layout = "anomalib"
             samples, notes = self._read_anomalib(
-                root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, images_per_class, seed
+                root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, sampling
             )
         else:
             if mask_dir is not None:
                 raise DataonomyError("--mask-dir goes with --normal-dir/--abnormal-dir (use --masks here)")
             self.layout = "pairs"
-            samples, notes = self._read_pairs(
-                root, label, masks, mask_suffix, images_per_class, seed, skip_bad
-            )
-        samples = drop_bad_files(samples, skip_bad)
-        self._init_defect_set(root, samples, image_mode, (transform, target_transform), notes=notes)
+            samples, notes = self._read_pairs(root, label, masks, mask_suffix, sampling)
+        samples = sampling.drop_bad(samples)
+        self._init_defect_set(root, samples, (transform, target_transform), notes=notes)
 
     @staticmethod
-    def _read_pairs(
-        root, label, masks, mask_suffix, images_per_class, seed, skip_bad=False
-    ) -> tuple[list, list]:
+    def _read_pairs(root, label, masks, mask_suffix, sampling: Sampling) -> tuple[list, list]:
         notes = []
         if masks is not None:
             masks_dir = resolve_folder(root, masks, "--masks")
@@ -278,12 +270,12 @@ class ImageMaskPairs(SampleDataset):
         unmasked = len(images) - len(pairing)
         if unmasked:
             notes.append(f"{unmasked} images have no mask: read as defect-free")
-        images = seeded_subsample(images, images_per_class, seed, label)
+        images = sampling.subsample(images, label)
         samples = []
         for p in images:
             mask = pairing.get(p)
             defect = mask is not None and listed_mask_defect(
-                mask, p, skip_bad, lambda m: warnings.warn(m, stacklevel=4)
+                mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=4)
             )
             if defect is None:  # a bad file, reported and skipped (--skip-bad)
                 continue
@@ -294,7 +286,7 @@ class ImageMaskPairs(SampleDataset):
 
     @staticmethod
     def _read_anomalib(
-        root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, images_per_class, seed
+        root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, sampling: Sampling
     ) -> tuple[list, list]:
         notes = []
         folders: list[tuple[Path, bool]] = []
@@ -344,7 +336,7 @@ class ImageMaskPairs(SampleDataset):
                         group=group,
                     )
                 )
-        samples = seeded_subsample(samples, images_per_class, seed, label)
+        samples = sampling.subsample(samples, label)
         check_mask_sizes(samples)
         return samples, notes
 

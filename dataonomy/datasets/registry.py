@@ -24,8 +24,3 @@ def list_datasets() -> list[str]:
 
 def get_dataset_reader(name: str) -> Callable:
     return _READERS.get(name)
-
-
-def get_dataset(name: str, root, **kwargs):
-    """Build the reader registered as ``name`` on ``root``; kwargs go to its constructor."""
-    return get_dataset_reader(name)(root, **kwargs)

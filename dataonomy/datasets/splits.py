@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -63,18 +64,34 @@ def check_split_options(
             raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
 
 
-def split_samples(
-    read: Callable[[str], list[Sample]],
-    split: str,
-    *,
-    own_split: bool,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.0,
-    seed: int = 0,
-    folds: int | None = None,
-    fold: int = 0,
-) -> list[Sample]:
-    """The samples of ``split`` (one of :data:`SPLITS`).
+@dataclass(frozen=True)
+class SplitSpec:
+    """Which fold of a defect set to read, and how the folds are cut (see :func:`split_samples`).
+
+    ``split`` is one of :data:`SPLITS`; ``val_fraction`` the share of the training images held out for
+    validation; ``test_fraction`` > 0 holds out seeded, stratified test images from every image found;
+    ``folds``/``fold``: K-fold cross-validation, part ``fold`` of ``folds`` is ``test`` (excludes
+    ``test_fraction``); ``seed`` seeds the cut. Options that cannot be honoured are a one-line error here.
+    """
+
+    split: str = "all"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    folds: int | None = None
+    fold: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        check_split_options(self.split, self.val_fraction, self.test_fraction, self.folds, self.fold)
+
+    @classmethod
+    def of(cls, split: str | SplitSpec) -> SplitSpec:
+        """``split`` as a spec: a name becomes ``SplitSpec(split=name)``; a spec is returned as it is."""
+        return split if isinstance(split, SplitSpec) else cls(split=split)
+
+
+def split_samples(read: Callable[[str], list[Sample]], spec: SplitSpec, *, own_split: bool) -> list[Sample]:
+    """The samples of ``spec.split`` (one of :data:`SPLITS`), cut as ``spec`` says.
 
     ``read(which)`` returns the samples of the dataset's own ``train`` or ``test`` split, or ``all`` of them;
     ``own_split`` says whether the dataset has one. With ``folds``: K seeded, stratified parts of all the
@@ -83,7 +100,8 @@ def split_samples(
     the images. Otherwise ``test`` and ``trainval`` are the dataset's own, and ``train``/``val`` a stratified
     cut of its training images. Strata are (label, defect); the same seed gives the same folds.
     """
-    check_split_options(split, val_fraction, test_fraction, folds, fold)
+    split, val_fraction, test_fraction, seed = spec.split, spec.val_fraction, spec.test_fraction, spec.seed
+    folds, fold = spec.folds, spec.fold
     if folds is not None:
         samples = read("all")
         parts = stratified_folds(samples, {i: 1.0 / folds for i in range(folds)}, seed)
@@ -109,4 +127,4 @@ def split_samples(
     return stratified_folds(read("train"), {"train": 1 - val_fraction, "val": val_fraction}, seed)[split]
 
 
-__all__ = ["SPLITS", "check_split_options", "split_samples", "stratified_folds"]
+__all__ = ["SPLITS", "SplitSpec", "check_split_options", "split_samples", "stratified_folds"]

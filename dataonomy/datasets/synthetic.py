@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from matplotlib.colors import hsv_to_rgb
@@ -568,27 +569,54 @@ def _subset(p: dict, idx: np.ndarray) -> dict:
     return out
 
 
+def _check_common(size: int, seed: int) -> None:
+    if size < MIN_SIZE:
+        raise DataonomyError(f"--size {size}: must be at least {MIN_SIZE} pixels")
+    if seed < 0:
+        raise DataonomyError(f"--seed {seed}: must be a non-negative integer")
+
+
+def _check_severity(severity: float) -> None:
+    if not 0.0 < severity <= 4.0:
+        raise DataonomyError(f"--severity {severity}: must be in (0, 4]")
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How the synthetic target's images are drawn: ``size`` (the side of the square images, in pixels),
+    ``seed`` (the same seed draws the same images) and ``severity`` (how far a defect departs from the
+    texture: below 1 subtler, above 1 easier to see; 0-4). Checked when made."""
+
+    size: int = 128
+    seed: int = 0
+    severity: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_common(self.size, self.seed)
+        _check_severity(self.severity)
+
+
 def render_dagm_class(
     class_number: int,
     count: int,
-    size: int = 128,
-    seed: int = 0,
+    rendering: Rendering = Rendering(),
     *,
     stream: int = 0,
     start: int = 0,
     defective: Sequence[bool] | np.ndarray | None = None,
     ellipses: Sequence[Ellipse | None] | None = None,
-    severity: float = 1.0,
 ) -> DagmBatch:
-    """Render ``count`` images of synthetic DAGM class ``class_number`` (1-10).
+    """Render ``count`` images of synthetic DAGM class ``class_number`` (1-10), ``rendering.size``
+    pixels square.
 
-    Image ``i`` depends only on (seed, class_number, stream, start + i). ``defective`` (count,)
+    Image ``i`` depends only on (rendering.seed, class_number, stream, start + i). ``defective`` (count,)
     says which images get a defect in their own random ellipse; ``ellipses`` instead gives each
     image's ellipse explicitly (None: defect-free), e.g. the same ellipse in a run of images to
-    mimic a systematic defect. ``severity`` scales how far a defect departs from the texture
+    mimic a systematic defect. ``rendering.severity`` scales how far a defect departs from the texture
     (smudge and scratch contrast, the change of orientation or frequency): below 1 is subtler, above
     1 easier. The defect-free rendering of every image comes back too.
     """
+    size, seed, severity = rendering.size, rendering.seed, rendering.severity
     tex = dagm_texture(class_number)
     R = PerImageRandom((seed, _DAGM_STREAM, class_number, stream), start, count)
     p = tex.draw(R, size)
@@ -659,41 +687,31 @@ def _dagm_class_numbers(classes: int | Sequence[int | str]) -> list[int]:
     return sorted(numbers)
 
 
-def _check_common(size: int, seed: int) -> None:
-    if size < MIN_SIZE:
-        raise DataonomyError(f"--size {size}: must be at least {MIN_SIZE} pixels")
-    if seed < 0:
-        raise DataonomyError(f"--seed {seed}: must be a non-negative integer")
-
-
 def make_synthetic_dagm(
     out: str | Path,
     classes: int | Sequence[int | str] = 10,
     images_per_split: int = 100,
     defect_fraction: float = 0.18,
-    size: int = 128,
-    seed: int = 0,
-    severity: float = 1.0,
+    rendering: Rendering = Rendering(),
     overwrite: bool = False,
 ) -> Path:
     """Write a synthetic DAGM dataset in the Kaggle layout; return ``out``.
 
     Each class gets ``images_per_split`` images in Train and in Test, of which
-    ``round(defect_fraction * images_per_split)`` are defective (which ones is seeded). Test is
-    numbered 0001..N and Train N+1..2N, as in the Kaggle copy. ``synthetic.json`` beside the class
-    folders records the parameters, each class's texture and defect kind, and every ellipse
-    (``semi_major semi_minor angle x y``, pixels and radians, as DAGM 2007's labels).
+    ``round(defect_fraction * images_per_split)`` are defective (which ones is seeded), drawn with
+    ``rendering``'s size, seed and severity. Test is numbered 0001..N and Train N+1..2N, as in the
+    Kaggle copy. ``synthetic.json`` beside the class folders records the parameters, each class's
+    texture and defect kind, and every ellipse (``semi_major semi_minor angle x y``, pixels and
+    radians, as DAGM 2007's labels).
     """
     numbers = _dagm_class_numbers(classes)
-    _check_common(size, seed)
+    size, seed, severity = rendering.size, rendering.seed, rendering.severity
     if images_per_split < 1:
         raise DataonomyError(f"--images-per-split {images_per_split}: must be at least 1")
     if images_per_split > 4999:
         raise DataonomyError(f"--images-per-split {images_per_split}: at most 4999 (4-digit DAGM file names)")
     if not 0.0 <= defect_fraction <= 1.0:
         raise DataonomyError(f"--defect-fraction {defect_fraction}: must be in [0, 1]")
-    if not 0.0 < severity <= 4.0:
-        raise DataonomyError(f"--severity {severity}: must be in (0, 4]")
     n_defective = int(round(defect_fraction * images_per_split))
     record = {
         "generator": "dataonomy.datasets.synthetic.make_synthetic_dagm",
@@ -731,12 +749,10 @@ def make_synthetic_dagm(
                     batch = render_dagm_class(
                         number,
                         count,
-                        size,
-                        seed,
+                        rendering,
                         stream=stream,
                         start=start,
                         defective=flags[start : start + count],
-                        severity=severity,
                     )
                     for j in range(count):
                         ident = f"{first_id + start + j:04d}"
@@ -773,7 +789,7 @@ def mvtec_category(class_number: int) -> str:
 
 
 def _render_flags(
-    number: int, flags: np.ndarray, size: int, seed: int, stream: int, severity: float, start: int = 0
+    number: int, flags: np.ndarray, rendering: Rendering, stream: int, start: int = 0
 ) -> Iterator[tuple[int, np.ndarray, Ellipse | None]]:
     """(index, gray image (H, W) uint8, ellipse or None) for images ``start .. start + len(flags) - 1``
     of a synthetic DAGM class, rendered in chunks; ``flags`` says which get a defect."""
@@ -782,12 +798,10 @@ def _render_flags(
         batch = render_dagm_class(
             number,
             count,
-            size,
-            seed,
+            rendering,
             stream=stream,
             start=start + first,
             defective=flags[first : first + count],
-            severity=severity,
         )
         for j in range(count):
             yield first + j, batch.images[j], batch.ellipses[j]
@@ -809,20 +823,13 @@ def _seeded_flags(count: int, n_defective: int, key: Sequence[int]) -> np.ndarra
     return flags
 
 
-def _check_severity(severity: float) -> None:
-    if not 0.0 < severity <= 4.0:
-        raise DataonomyError(f"--severity {severity}: must be in (0, 4]")
-
-
 def make_synthetic_mvtec(
     out: str | Path,
     classes: int | Sequence[int | str] = 2,
     train_images: int = 10,
     test_good: int = 4,
     test_defective: int = 4,
-    size: int = 128,
-    seed: int = 0,
-    severity: float = 1.0,
+    rendering: Rendering = Rendering(),
     overwrite: bool = False,
 ) -> Path:
     """Write the synthetic DAGM textures in the MVTec AD layout; return ``out``.
@@ -831,11 +838,11 @@ def make_synthetic_mvtec(
     (``train_images`` defect-free images), ``test/good/NNN.png`` (``test_good``),
     ``test/<defect kind>/NNN.png`` (``test_defective``, the class's defect kind: smudge, scratch,
     orientation or frequency) and ``ground_truth/<defect kind>/NNN_mask.png`` (0/255 ellipses). Images
-    are RGB PNGs (three equal channels). ``synthetic.json`` records the parameters and every ellipse.
+    are RGB PNGs (three equal channels), drawn with ``rendering``'s size, seed and severity.
+    ``synthetic.json`` records the parameters and every ellipse.
     """
     numbers = _dagm_class_numbers(classes)
-    _check_common(size, seed)
-    _check_severity(severity)
+    size, seed, severity = rendering.size, rendering.seed, rendering.severity
     for option, n, least in (
         ("--train-images", train_images, 1),
         ("--test-good", test_good, 0),
@@ -871,10 +878,10 @@ def make_synthetic_mvtec(
             category = stage / mvtec_category(number)
             record["categories"][category.name] = {"class": number, "texture": tex.name, "defect": tex.defect}
             flags = np.zeros(train_images, bool)
-            for i, image, _ in _render_flags(number, flags, size, seed, _MVTEC_STREAMS["train"], severity):
+            for i, image, _ in _render_flags(number, flags, rendering, _MVTEC_STREAMS["train"]):
                 save(image, category / "train" / "good" / f"{i:03d}.png")
             flags = np.array([False] * test_good + [True] * test_defective)
-            for i, image, e in _render_flags(number, flags, size, seed, _MVTEC_STREAMS["test"], severity):
+            for i, image, e in _render_flags(number, flags, rendering, _MVTEC_STREAMS["test"]):
                 if e is None:
                     save(image, category / "test" / "good" / f"{i:03d}.png")
                     continue
@@ -889,62 +896,105 @@ def make_synthetic_mvtec(
     return Path(out)
 
 
+@dataclass(frozen=True)
+class KsddLayout:
+    """The KolektorSDD layout and its counts: ``items`` folders ``kos01``.. (1-99) of ``parts`` images each.
+    Checked when made."""
+
+    items: int = 4
+    parts: int = 8
+    name: ClassVar[str] = "ksdd"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.items <= 99:
+            raise DataonomyError(f"--items {self.items}: must be 1-99 (kos01..kos99)")
+        if self.parts < 1:
+            raise DataonomyError(f"--parts {self.parts}: must be at least 1")
+
+
+@dataclass(frozen=True)
+class Ksdd2Layout:
+    """The KolektorSDD2 layout and its count: ``images_per_split`` images (1-49999) in train and in test.
+    Checked when made."""
+
+    images_per_split: int = 12
+    name: ClassVar[str] = "ksdd2"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.images_per_split <= 49999:
+            raise DataonomyError(
+                f"--images-per-split {self.images_per_split}: must be 1-49999 (5-digit file names)"
+            )
+
+
+def kolektor_layout(
+    name: str, items: int | None = None, parts: int | None = None, images_per_split: int | None = None
+) -> KsddLayout | Ksdd2Layout:
+    """The layout ``name`` (one of :data:`KOLEKTOR_LAYOUTS`) with the counts given, None for a default: the
+    ``synth kolektor`` command's flat options. A count of the other layout is an error."""
+    if name not in KOLEKTOR_LAYOUTS:
+        raise DataonomyError(f"--layout '{name}': must be one of {', '.join(KOLEKTOR_LAYOUTS)}")
+    if name == "ksdd":
+        if images_per_split is not None:
+            raise DataonomyError("--images-per-split applies to --layout ksdd2 (KolektorSDD has no split)")
+        counts = {"items": items, "parts": parts}
+        return KsddLayout(**{k: v for k, v in counts.items() if v is not None})
+    for option, value in (("--items", items), ("--parts", parts)):
+        if value is not None:
+            raise DataonomyError(f"{option} applies to --layout ksdd (KolektorSDD2 has no items)")
+    return Ksdd2Layout() if images_per_split is None else Ksdd2Layout(images_per_split)
+
+
 def make_synthetic_kolektor(
     out: str | Path,
-    layout: str = "ksdd",
+    layout: KsddLayout | Ksdd2Layout = KsddLayout(),
     texture: int = 2,
-    items: int | None = None,
-    parts: int | None = None,
-    images_per_split: int | None = None,
     defect_fraction: float = 0.25,
-    size: int = 128,
-    seed: int = 0,
-    severity: float = 1.0,
+    rendering: Rendering = Rendering(),
     quality: int = 95,
     overwrite: bool = False,
 ) -> Path:
     """Write one synthetic DAGM texture in a KolektorSDD layout; return ``out``.
 
-    ``layout`` ``ksdd``: ``kosNN/PartK.jpg`` (8-bit gray JPEG, ``quality``) with ``kosNN/PartK_label.bmp``
-    (0/255; all zero for a defect-free part), ``items`` folders (default 4) of ``parts`` images (default 8).
-    ``ksdd2``: ``{train,test}/NNNNN.png`` (RGB) with ``NNNNN_GT.png`` (0/255), ``images_per_split``
-    images per split (default 12), train numbered first. ``round(defect_fraction * images)`` images
-    are defective (which ones is seeded). ``texture`` is the synthetic DAGM class drawn (default 2,
-    vertical fibres with scratches, which looks most like a commutator). ``synthetic.json`` records
-    the parameters and every ellipse.
+    ``layout`` :class:`KsddLayout`: ``kosNN/PartK.jpg`` (8-bit gray JPEG, ``quality``) with
+    ``kosNN/PartK_label.bmp`` (0/255; all zero for a defect-free part), ``items`` folders (default 4) of
+    ``parts`` images (default 8). :class:`Ksdd2Layout`: ``{train,test}/NNNNN.png`` (RGB) with
+    ``NNNNN_GT.png`` (0/255), ``images_per_split`` images per split (default 12), train numbered first.
+    ``round(defect_fraction * images)`` images are defective (which ones is seeded). ``texture`` is the
+    synthetic DAGM class drawn (default 2, vertical fibres with scratches, which looks most like a
+    commutator), with ``rendering``'s size, seed and severity. ``synthetic.json`` records the parameters
+    and every ellipse.
     """
-    if layout not in KOLEKTOR_LAYOUTS:
-        raise DataonomyError(f"--layout '{layout}': must be one of {', '.join(KOLEKTOR_LAYOUTS)}")
-    job = _KolektorJob(int(texture), size, seed, severity, quality, defect_fraction)
-    job.check()
-    if layout == "ksdd":
-        items, parts = _ksdd_counts(items, parts, images_per_split)
+    if isinstance(layout, KsddLayout):
+        counts = {"items": layout.items, "parts": layout.parts, "images_per_split": None}
+    elif isinstance(layout, Ksdd2Layout):
+        counts = {"items": None, "parts": None, "images_per_split": layout.images_per_split}
     else:
-        images_per_split = _ksdd2_count(items, parts, images_per_split)
+        raise TypeError(f"layout: expected a KsddLayout or a Ksdd2Layout, got {layout!r}")
+    job = _KolektorJob(int(texture), rendering, quality, defect_fraction)
+    job.check()
     tex = dagm_texture(texture)
     record = {
         "generator": "dataonomy.datasets.synthetic.make_synthetic_kolektor",
         "version": GENERATOR_VERSION,
         "parameters": {
-            "layout": layout,
+            "layout": layout.name,
             "texture": int(texture),
-            "items": items,
-            "parts": parts,
-            "images_per_split": images_per_split,
+            **counts,
             "defect_fraction": defect_fraction,
-            "size": size,
-            "seed": seed,
-            "severity": severity,
+            "size": rendering.size,
+            "seed": rendering.seed,
+            "severity": rendering.severity,
             "quality": quality,
         },
         "texture": {"name": tex.name, "defect": tex.defect},
         "ellipses": {},
     }
     with staged_folder(out, overwrite) as stage:
-        if layout == "ksdd":
-            _write_ksdd(stage, job, items, parts, record["ellipses"])
+        if isinstance(layout, KsddLayout):
+            _write_ksdd(stage, job, layout.items, layout.parts, record["ellipses"])
         else:
-            _write_ksdd2(stage, job, images_per_split, record["ellipses"])
+            _write_ksdd2(stage, job, layout.images_per_split, record["ellipses"])
         write_json(stage / "synthetic.json", record)
     return Path(out)
 
@@ -954,16 +1004,12 @@ class _KolektorJob:
     """What every synthetic Kolektor image is drawn with."""
 
     texture: int
-    size: int
-    seed: int
-    severity: float
+    rendering: Rendering
     quality: int
     defect_fraction: float
 
     def check(self) -> None:
         dagm_texture(self.texture)
-        _check_common(self.size, self.seed)
-        _check_severity(self.severity)
         if not 0.0 <= self.defect_fraction <= 1.0:
             raise DataonomyError(f"--defect-fraction {self.defect_fraction}: must be in [0, 1]")
         if not 1 <= self.quality <= 100:
@@ -971,33 +1017,12 @@ class _KolektorJob:
 
     def render(self, count: int, stream: int):
         """``(i, image, ellipse or None)`` for ``count`` images of ``stream``, the defective ones seeded."""
-        key = (self.seed, stream, self.texture, 1 << 20)
+        key = (self.rendering.seed, stream, self.texture, 1 << 20)
         flags = _seeded_flags(count, int(round(self.defect_fraction * count)), key)
-        return _render_flags(self.texture, flags, self.size, self.seed, stream, self.severity)
+        return _render_flags(self.texture, flags, self.rendering, stream)
 
     def mask(self, e: Ellipse | None) -> Image.Image:
-        return _mask_image(self.size, e)
-
-
-def _ksdd_counts(items: int | None, parts: int | None, images_per_split: int | None) -> tuple[int, int]:
-    if images_per_split is not None:
-        raise DataonomyError("--images-per-split applies to --layout ksdd2 (KolektorSDD has no split)")
-    items, parts = 4 if items is None else items, 8 if parts is None else parts
-    if not 1 <= items <= 99:
-        raise DataonomyError(f"--items {items}: must be 1-99 (kos01..kos99)")
-    if parts < 1:
-        raise DataonomyError(f"--parts {parts}: must be at least 1")
-    return items, parts
-
-
-def _ksdd2_count(items: int | None, parts: int | None, images_per_split: int | None) -> int:
-    for option, value in (("--items", items), ("--parts", parts)):
-        if value is not None:
-            raise DataonomyError(f"{option} applies to --layout ksdd (KolektorSDD2 has no items)")
-    images_per_split = 12 if images_per_split is None else images_per_split
-    if not 1 <= images_per_split <= 49999:
-        raise DataonomyError(f"--images-per-split {images_per_split}: must be 1-49999 (5-digit file names)")
-    return images_per_split
+        return _mask_image(self.rendering.size, e)
 
 
 def _keep_ellipse(ellipses: dict, e: Ellipse | None, key: str) -> None:
