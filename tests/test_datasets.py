@@ -13,6 +13,7 @@ from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
 from dataonomy.datasets import DAGM, ImageNet, Sample, Sampling, SplitSpec, get_dataset, list_datasets
 from dataonomy.datasets.dagm import Ellipse, rasterize_ellipse
+from dataonomy.datasets.options import reader_arguments
 from dataonomy.errors import BadImageError, DataonomyError
 from dataonomy.wordnet import imagenet_classes, load_wordnet
 from transfer.cli import app as transfer_app
@@ -117,6 +118,30 @@ def test_dagm_kfold_cross_validation_tests_every_image_once(dagm_class1_test):
             DAGM(dagm_class1_test, split=SplitSpec("test", **kwargs))
         with pytest.raises(DataonomyError, match=message):
             get_dataset("dagm", dagm_class1_test, split="test", **kwargs)
+
+
+Fold = SplitSpec  # a user's alias: what matters is the type, not how the annotation is spelled
+
+
+class _FoldReader:
+    def __init__(self, root: str, split: str | Fold = "all", sampling: Sampling | None = None):
+        pass
+
+
+class _NamedSplitReader:
+    def __init__(self, root: str, split: str = "train", sampling: Sampling | None = None):
+        pass
+
+
+def test_reader_arguments_group_split_options_by_the_annotated_type():
+    # A user-registered reader whose split takes a SplitSpec (under an alias) gets one built from the flat
+    # options; a reader whose split is a plain name gets it as given, and a fold option is refused.
+    kwargs = reader_arguments("fold", _FoldReader, {"split": "test", "folds": 3, "fold": 1, "seed": 2})
+    assert kwargs == {"split": SplitSpec("test", folds=3, fold=1, seed=2), "sampling": Sampling(seed=2)}
+    kwargs = reader_arguments("named", _NamedSplitReader, {"split": "val", "seed": 2})
+    assert kwargs == {"split": "val", "sampling": Sampling(seed=2)}
+    with pytest.raises(DataonomyError, match="--folds is not an option of the 'named' reader"):
+        reader_arguments("named", _NamedSplitReader, {"split": "val", "folds": 3})
 
 
 def test_dagm_2007_layout_rasterises_ellipses(tmp_path, dagm_class1_test):

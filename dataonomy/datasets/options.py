@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, get_args
 
 from dataonomy.datasets.base import Sampling
 from dataonomy.datasets.registry import get_dataset_reader
@@ -16,6 +16,21 @@ from dataonomy.errors import DataonomyError
 # whose ``split`` takes a SplitSpec (DAGM). ``seed`` seeds both.
 SAMPLING_OPTIONS = ("images_per_class", "seed", "skip_bad")
 SPLIT_OPTIONS = ("split", "val_fraction", "test_fraction", "folds", "fold", "seed")
+
+
+def _init_parameters(reader: Callable) -> dict[str, inspect.Parameter]:
+    """``reader.__init__``'s parameters, with postponed (string) annotations evaluated where they resolve."""
+    try:
+        return dict(inspect.signature(reader.__init__, eval_str=True).parameters)
+    except (NameError, AttributeError, SyntaxError, TypeError):
+        # An annotation that does not resolve (a name imported only for type checkers): keep the strings;
+        # the reader's ``split`` then counts as a plain value.
+        return dict(inspect.signature(reader.__init__).parameters)
+
+
+def _accepts(annotation: Any, cls: type) -> bool:
+    """Whether a parameter annotated ``annotation`` takes a ``cls`` (the class itself, or in a union)."""
+    return annotation is cls or cls in get_args(annotation)
 
 
 def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> dict[str, Any]:
@@ -29,9 +44,9 @@ def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> di
     reader as they are. An option the reader does not take is an error naming it (``--x-y is not an option
     of the 'name' reader``), and so is a flat option beside the grouped argument it belongs to.
     """
-    params = inspect.signature(reader.__init__).parameters
+    params = _init_parameters(reader)
     groups: dict[str, tuple[type, tuple[str, ...]]] = {}  # argument -> (its class, the flat options it holds)
-    if "split" in params and "SplitSpec" in str(params["split"].annotation):
+    if "split" in params and _accepts(params["split"].annotation, SplitSpec):
         # First, so that split errors come before sampling's, as they did.
         groups["split"] = (SplitSpec, SPLIT_OPTIONS)
     if "sampling" in params:
