@@ -76,7 +76,8 @@ class ExperimentConfig:
     dagm_root: Path = SHARED / "dagm" / "Class1" / "Test"
     arms: tuple[str, ...] = ARMS
     targets: tuple[str, ...] = TARGETS
-    seeds: int = 5
+    # 6: every Class1 fold tested twice, and 6 pairs let the Wilcoxon test reach p = 0.031 (5 pairs: 0.0625)
+    seeds: int = 6
     k: int = 20
     # Selection (class statistics from a sample of images per class), per Class1 fold on its training images.
     backbone: str = "efficientnet_lite0"
@@ -687,8 +688,10 @@ def plot_results(results: dict, path: Path) -> Path:
             aps = [r["ap"] for r in runs if r["condition"] == condition]
             ax.scatter([i] * len(aps), aps, color=colours[condition], alpha=0.6)
             if aps:
-                sd = np.std(aps, ddof=1) if len(aps) > 1 else 0
-                ax.errorbar(i + 0.15, np.mean(aps), yerr=sd, fmt="_k", capsize=4)
+                mean, sd = np.mean(aps), (np.std(aps, ddof=1) if len(aps) > 1 else 0.0)
+                # AP lives in [0, 1]: clip the bar there rather than draw a spread past a perfect score
+                yerr = [[min(sd, mean)], [min(sd, 1.0 - mean)]]
+                ax.errorbar(i + 0.15, mean, yerr=yerr, fmt="_k", capsize=4)
         chance = sum(r["n_defective"] for r in runs) / max(1, sum(r["n"] for r in runs))
         ax.axhline(chance, color="k", ls=":", lw=1, label=f"chance (defect rate {chance:.2f})")
         ax.legend(fontsize=8, loc="best")
@@ -846,7 +849,7 @@ def main(
         Path("experiment_out"), "--out", help="Folder for every run and the results (resumable)."
     ),
     seeds: int = typer.Option(
-        5, "--seeds", help="Paired seeds (seed s tests on Class1 fold s mod 3; a fresh random draw)."
+        6, "--seeds", help="Paired seeds (seed s tests on Class1 fold s mod 3; a fresh random draw)."
     ),
     k: int = typer.Option(None, "--k", help="Classes per pretraining subset (default 20; 4 with --quick)."),
     arms: str = typer.Option(",".join(ARMS), "--arms", help="Comma-separated: scratch, imagenet."),
