@@ -503,6 +503,17 @@ SynthOverwriteOpt = typer.Option(
 _RENDERING_OPTIONS = ("size", "seed", "severity")  # a synth target command's --size, --seed and --severity
 
 
+def _synth_textures(
+    make, ctx: typer.Context, reader: str, grouped: tuple[str, ...] = (), **converted
+) -> None:
+    """:func:`_synth` for a synthetic DAGM-texture target: its --size, --seed and --severity go to ``make`` as
+    one :class:`~dataonomy.datasets.synthetic.Rendering`."""
+    from dataonomy.datasets.synthetic import Rendering
+
+    rendering = Rendering(**{name: ctx.params[name] for name in _RENDERING_OPTIONS})
+    _synth(make, ctx, reader, (*_RENDERING_OPTIONS, *grouped), rendering=rendering, **converted)
+
+
 @synth_app.command("dagm")
 def synth_dagm_cmd(
     ctx: typer.Context,
@@ -522,16 +533,9 @@ def synth_dagm_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write a synthetic DAGM target (textures with ellipse-labelled defects) in the DAGM Kaggle layout."""
-    from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
+    from dataonomy.datasets.synthetic import make_synthetic_dagm
 
-    _synth(
-        make_synthetic_dagm,
-        ctx,
-        "dagm",
-        _RENDERING_OPTIONS,
-        classes=_synth_classes(parse_list(classes) or []),
-        rendering=Rendering(size, seed, severity),
-    )
+    _synth_textures(make_synthetic_dagm, ctx, "dagm", classes=_synth_classes(parse_list(classes) or []))
 
 
 @synth_app.command("mvtec")
@@ -557,16 +561,9 @@ def synth_mvtec_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write the synthetic DAGM textures in the MVTec AD layout (train/good, test/<type>, ground_truth)."""
-    from dataonomy.datasets.synthetic import Rendering, make_synthetic_mvtec
+    from dataonomy.datasets.synthetic import make_synthetic_mvtec
 
-    _synth(
-        make_synthetic_mvtec,
-        ctx,
-        "mvtec",
-        _RENDERING_OPTIONS,
-        classes=_synth_classes(parse_list(classes) or []),
-        rendering=Rendering(size, seed, severity),
-    )
+    _synth_textures(make_synthetic_mvtec, ctx, "mvtec", classes=_synth_classes(parse_list(classes) or []))
 
 
 @synth_app.command("kolektor")
@@ -596,15 +593,14 @@ def synth_kolektor_cmd(
     overwrite: bool = SynthOverwriteOpt,
 ):
     """Write one synthetic DAGM texture in the KolektorSDD or KolektorSDD2 layout (images with label masks)."""
-    from dataonomy.datasets.synthetic import Rendering, kolektor_layout, make_synthetic_kolektor
+    from dataonomy.datasets.synthetic import kolektor_layout, make_synthetic_kolektor
 
-    _synth(
+    _synth_textures(
         make_synthetic_kolektor,
         ctx,
         "kolektor",
-        (*_RENDERING_OPTIONS, "items", "parts", "images_per_split"),
+        ("items", "parts", "images_per_split"),
         layout=kolektor_layout(layout, items, parts, images_per_split),
-        rendering=Rendering(size, seed, severity),
     )
 
 
