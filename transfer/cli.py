@@ -429,6 +429,12 @@ def pretrain_cmd(
         "--images-per-class",
         help="Read at most N images per class for training and validation (seeded sample).",
     ),
+    patience: int = typer.Option(
+        _default(PretrainConfig, "patience"),
+        "--patience",
+        help="Early stopping: end the run once validation top-1 has not improved for N epochs (--epochs is the "
+        "budget). metrics.jsonl records the curve.",
+    ),
     augment: bool = typer.Option(
         True, "--augment/--no-augment", help="Random resized crops and flips (off: centre crops)."
     ),
@@ -581,6 +587,18 @@ def finetune_cmd(
     ),
     patience: int = typer.Option(
         _default(FinetuneConfig, "patience"), "--patience", help="Stop after N epochs without improvement."
+    ),
+    defective_train: int = typer.Option(
+        None,
+        "--defective-train",
+        help="Train on only N of the training fold's defective images (seeded by --split-seed, nested: the 5 "
+        "kept are among the 10 kept); every clean image and the validation fold stay. How many defects do you need?",
+    ),
+    trunk_lr_scale: float = typer.Option(
+        None,
+        "--trunk-lr-scale",
+        help="The base's trunk trains at --lr times this; the new heads at --lr. Default: 1 from scratch, "
+        "the measured default from a pretrained base (docs/experiment.md).",
     ),
     monitor: str = typer.Option(
         _default(FinetuneConfig, "monitor"),

@@ -20,6 +20,8 @@ from transfer.models import check_image_size, model_spec, uses_aux_logits
 MONITORS = ("ap", "auroc", "loss")
 # segdec: segmentation + decision at native resolution, trained from masks; classify: image classifier.
 HEADS = ("segdec", "classify")
+# The trunk's share of the fine-tuning learning rate when the base is pretrained (see FinetuneConfig).
+PRETRAINED_TRUNK_LR_SCALE = 1.0
 
 
 def _option(name: str) -> str:
@@ -132,6 +134,10 @@ class PretrainConfig(TrainConfig):
     label_smoothing: float = 0.1
     val_fraction: float = 0.05
     images_per_class: int | None = None
+    # Early stopping on validation top-1: ``epochs`` is the budget, the run ends once top-1 has not improved
+    # for ``patience`` epochs (None: train every epoch). A run that stops short of converging transfers
+    # nothing (docs/experiment.md: 100 steps made every pretrained trunk worse than a random one).
+    patience: int | None = 10
 
     def __post_init__(self):
         if self.lr is None and isinstance(self.batch_size, int):
@@ -146,6 +152,8 @@ class PretrainConfig(TrainConfig):
             raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
         if self.images_per_class is not None and self.images_per_class < 2:
             raise DataonomyError(f"--images-per-class {self.images_per_class}: must be at least 2")
+        if self.patience is not None and self.patience < 1:
+            raise DataonomyError(f"--patience {self.patience}: must be at least 1")
 
 
 @dataclass(kw_only=True)
@@ -192,8 +200,17 @@ class FinetuneConfig(DefectLayout, TrainConfig):
     pixel_weighting: str = "uniform"
     seg_loss_weight: float = 1.0
     image_loss_weight: float = 1.0
+    # Few defects, as users have them: keep ``defective_train`` of the training fold's defective images (a
+    # seeded choice by ``split_seed``, nested: the 5 kept are among the 10 kept), every clean one, and the
+    # validation fold as it is. None: every defective image.
+    defective_train: int | None = None
+    # The pretrained trunk's learning rate as a multiple of ``lr`` (the new heads take ``lr``). None: 1 from
+    # scratch, PRETRAINED_TRUNK_LR_SCALE from a pretrained base (the config records the value used).
+    trunk_lr_scale: float | None = None
 
     def __post_init__(self):
+        if self.trunk_lr_scale is None and isinstance(self.base, str):
+            self.trunk_lr_scale = 1.0 if self.base == "scratch" else PRETRAINED_TRUNK_LR_SCALE
         if self.head is None:
             self.head = "classify" if self.patches else "segdec"
         if self.head not in HEADS:
@@ -226,6 +243,10 @@ class FinetuneConfig(DefectLayout, TrainConfig):
         check_split_options("train", self.val_fraction, self.test_fraction, self.folds, self.fold)
         if self.patience < 1:
             raise DataonomyError(f"--patience {self.patience}: must be at least 1")
+        if self.defective_train is not None and self.defective_train < 1:
+            raise DataonomyError(f"--defective-train {self.defective_train}: must be at least 1")
+        if self.trunk_lr_scale is not None and self.trunk_lr_scale < 0:
+            raise DataonomyError(f"--trunk-lr-scale {self.trunk_lr_scale}: must not be negative")
         if self.monitor not in MONITORS:
             raise DataonomyError(f"--monitor '{self.monitor}': must be one of {', '.join(MONITORS)}")
         from transfer.metrics import THRESHOLD_CRITERIA
@@ -265,6 +286,12 @@ class FinetuneConfig(DefectLayout, TrainConfig):
 
 
 _KINDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+# Fields added after runs were saved without them, with the value that reproduces those runs (a saved run
+# loads and resumes as it trained, not with today's default).
+LEGACY_DEFAULTS = {
+    "pretrain": {"patience": None},
+    "finetune": {"defective_train": None, "trunk_lr_scale": 1.0},
+}
 
 # `transfer pretrain`/`finetune` have one option per config field, named after it, except for the fields below;
 # tests/test_config_cli.py holds the commands to these lists so options and fields cannot drift apart.
@@ -321,6 +348,7 @@ def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
             "data": data["dagm"],
             "format": "dagm",
         }  # runs before --data
+    data = LEGACY_DEFAULTS[data["kind"]] | data
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

@@ -356,7 +356,11 @@ def run_fold(
             fold=config.fold,
             seed=config.split_seed if config.split_seed is not None else config.seed,
         )
-        return defect_fold(config.defect_data() if data is None else data, spec, config.classes, skip_bad)
+        fold = defect_fold(config.defect_data() if data is None else data, spec, config.classes, skip_bad)
+        defective_train = getattr(config, "defective_train", None)
+        if split == "train" and same_set and defective_train is not None:
+            fold = keep_defective(fold, defective_train, spec.seed, f"--defective-train {defective_train}")
+        return fold
     except DataonomyError as exc:
         no_test = same_set and split == "test" and config.test_fraction == 0 and config.folds is None
         if no_test and ("no DAGM images found" in str(exc) or "no images in the" in str(exc)):
@@ -365,6 +369,22 @@ def run_fold(
                 f"it has no test fold there; pass --data with a set that has its own test split, or {instead}"
             ) from None
         raise
+
+
+_DEFECTIVE_STREAM = 0x5EED  # the choice's own random stream, apart from the split's
+
+
+def keep_defective(fold: SampleDataset, n: int, seed: int, option: str) -> SampleDataset:
+    """``fold`` with only ``n`` of its defective images (every clean one kept, order unchanged): the first ``n``
+    of a permutation seeded by ``seed`` over the defective images sorted by path, so a smaller ``n`` keeps a
+    subset of a larger one's and every run cut with the same seed trains on the same images."""
+    defective = sorted((s for s in fold.samples if s.target == 1), key=lambda s: str(s.path))
+    if n > len(defective):
+        raise DataonomyError(f"{option}: the training fold has only {len(defective)} defective images")
+    order = np.random.default_rng(seed_for(seed, _DEFECTIVE_STREAM)).permutation(len(defective))
+    kept = {str(defective[i].path) for i in order[:n]}
+    fold.samples = [s for s in fold.samples if s.target == 0 or str(s.path) in kept]
+    return fold
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -350,6 +350,11 @@ class SegDecTask:
         self.image_loss_weight = c.image_loss_weight if kinds["train"] else 0.0
         self.class_weights = torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
 
+    @staticmethod
+    def trunk(model) -> nn.Module:
+        """The part of the model the base brings (``--trunk-lr-scale`` applies to it)."""
+        return model.trunk
+
     def build_model(self):
         c = self.config
         return build_segdec(c.arch, c.base, c.output_stride, c.head_channels)

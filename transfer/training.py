@@ -244,10 +244,11 @@ def _ignore_sigint(_worker_id: int) -> None:
 class PretrainTask:
     """Classify the manifest's source classes; validation top-1/top-5 accuracy and loss; best = top-1."""
 
-    monitor, mode, patience = "val_top1", "max", None
+    monitor, mode = "val_top1", "max"
 
     def __init__(self, config: PretrainConfig):
         self.config = config
+        self.patience = config.patience
         train, val = pretrain_folds(
             config.source_root,
             config.wnids,
@@ -356,6 +357,11 @@ class FinetuneTask:
         # Inverse class frequency, scaled so that a balanced set would get weights (1, 1).
         self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
 
+    @staticmethod
+    def trunk(model: ClassifierNet) -> nn.Module:
+        """The part of the model the base brings (``--trunk-lr-scale`` applies to it)."""
+        return model.features
+
     def build_model(self) -> ClassifierNet:
         c = self.config
         # The base's trunk (and head, if it had two classes) is loaded; the last layer is always a new one.
@@ -437,11 +443,29 @@ def make_task(config: TrainConfig):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD with momentum; no weight decay on biases and normalisation weights (1-d parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def sgd(
+    model: nn.Module,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trunk: nn.Module | None = None,
+    trunk_lr_scale: float = 1.0,
+) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on biases and normalisation weights (1-d parameters). With a
+    ``trunk`` (a submodule of ``model``) and ``trunk_lr_scale`` other than 1, its parameters train at
+    ``lr * trunk_lr_scale`` and the rest (the new heads) at ``lr``: a pretrained trunk kept near what it learned."""
+    trunk_ids = {id(p) for p in trunk.parameters()} if trunk is not None and trunk_lr_scale != 1 else set()
+    parts = [(lr, [p for p in model.parameters() if id(p) not in trunk_ids])]
+    if trunk_ids:
+        parts.insert(0, (lr * trunk_lr_scale, [p for p in model.parameters() if id(p) in trunk_ids]))
+    groups = []
+    for group_lr, params in parts:
+        decay = [p for p in params if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, "lr": group_lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": group_lr},
+        ]
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
@@ -704,7 +728,8 @@ def _checkpoint_to_resume(config: TrainConfig, run_dir: Path, resume: bool) -> d
     if resume and last_path.exists():
         checkpoint = load_training_checkpoint(last_path)
         # Only --epochs may change on resume (extending the run; see the module docstring).
-        if {**checkpoint["config"], "epochs": None} != {**config.to_dict(), "epochs": None}:
+        saved = config_from_dict(checkpoint["config"], str(last_path)).to_dict()  # older runs: legacy fields
+        if {**saved, "epochs": None} != {**config.to_dict(), "epochs": None}:
             raise DataonomyError(f"--resume: the config differs from the one saved in {last_path}")
         return checkpoint
     if not resume and (last_path.exists() or (run_dir / "best.pt").exists()):
@@ -744,7 +769,15 @@ def setup(config: TrainConfig, run_dir: Path, runtime: Runtime, procs: Processes
             f"--batch-size {config.batch_size}: larger than the training set ({len(task.train_set)} examples)"
         )
     total_steps, warmup_steps = config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch)
-    optimizer = sgd(model, config.lr, config.momentum, config.weight_decay)
+    trunk_of = getattr(task, "trunk", None)  # fine-tuning tasks name the base's trunk; pretraining has none
+    optimizer = sgd(
+        model,
+        config.lr,
+        config.momentum,
+        config.weight_decay,
+        trunk=trunk_of(model) if trunk_of is not None else None,
+        trunk_lr_scale=getattr(config, "trunk_lr_scale", 1.0),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
     )
