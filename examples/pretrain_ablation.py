@@ -1,0 +1,390 @@
+"""What makes a pretrained trunk fine-tune better than a random one on a few-defect target? (issue 25, part 1)
+
+The scratch arm of docs/experiment.md, one lever at a time, seeds paired::
+
+    python examples/pretrain_ablation.py --out ablation_out            # the full run (about 1.5 h on 2 cores)
+    python examples/pretrain_ablation.py --out ablation_quick --quick  # every stage on tiny sizes (CI)
+
+Source: all 200 standard Tiny ImageNet classes (``../shared/data/tiny-imagenet-200-subset``), ``small_cnn``
+pretrained from a random initialisation. Target: real DAGM Class1 (``Class1/Test``, 3-fold cross-validated
+by the tool), fine-tuned with ``--defective-train N`` defective training images (every clean one kept), segdec
+at output stride 8. Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
+pretrained trunks are trained once (seed 0) and shared by every fine-tuning seed, so the paired difference is
+the trunk's, measured over fine-tuning seeds and folds.
+
+Conditions (``LEVERS``): each names the base it starts from and what its fine-tuning changes; each is compared,
+paired by seed, with the baseline of the same fine-tuning resolution (``none`` or ``none-256``). Every stage
+calls the product (``transfer.training.train``, ``evaluate_run``, ``localize_images``); runs are skipped when
+complete and resumed from their checkpoint when interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "examples"))
+
+from subset_experiment import SHARED, TINY_IMAGENET_EXTRAS, evaluate, log, train_run  # noqa: E402
+
+from dataonomy.errors import DataonomyError  # noqa: E402
+from dataonomy.io import write_json  # noqa: E402
+
+METRICS = ("ap", "auroc", "tpr", "tnr", "mean_iou")
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One condition: the base (``None``: a random initialisation; else a key of ``BASES``), and the fine-tuning
+    fields it changes; ``baseline`` is the condition it is paired with."""
+
+    base: str | None
+    baseline: str | None
+    finetune: dict = field(default_factory=dict)
+    what: str = ""
+
+
+# Fine-tuning Class1 at half resolution: the 512 px images resized to 256, crops of 96 (192 at native size).
+HALF = {"image_size": 256, "crop_size": 96}
+LEVERS = {
+    "none": Lever(None, None, what="random initialisation (the baseline), native 512 px, 192 px crops"),
+    "short": Lever("short", "none", what="pretrained 100 steps of 32 (docs/experiment.md's recipe)"),
+    "converged": Lever("converged", "none", what="pretrained to the validation plateau"),
+    "converged-trunk0.1": Lever(
+        "converged", "none", {"trunk_lr_scale": 0.1}, "converged, the trunk at 0.1 x the fine-tuning lr"
+    ),
+    "none-256": Lever(None, None, HALF, "random initialisation, Class1 resized to 256 px, 96 px crops"),
+    "converged-256": Lever("converged", "none-256", HALF, "converged, Class1 resized to 256 px, 96 px crops"),
+}
+
+
+@dataclass
+class AblationConfig:
+    """Every parameter of the ablation (saved as ``ablation_config.json`` in ``out``)."""
+
+    out: Path = Path("ablation_out")
+    source_root: Path = SHARED / "tiny-imagenet-200-subset"
+    dagm_root: Path = SHARED / "dagm" / "Class1" / "Test"
+    seeds: int = 6
+    levers: tuple[str, ...] = tuple(LEVERS)
+    defective_train: int = 10
+    folds: int = 3
+    arch: str = "small_cnn"
+    output_stride: int = 8
+    pretrain_image_size: int = 64
+    # converged: an epoch budget with early stopping on validation top-1 (the product's rule)
+    pretrain_epochs: int = 30
+    pretrain_patience: int = 4
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 0.1
+    pretrain_images_per_class: int | None = None  # None: all 50 training and 50 validation images
+    # short: docs/experiment.md's 100 steps of 32 at lr 0.05
+    short_steps: int = 100
+    short_batch_size: int = 32
+    short_lr: float = 0.05
+    # fine-tuning: docs/experiment.md's scratch-arm recipe (120 steps of 8, lr 0.02, no early stop)
+    crop_size: int = 192
+    finetune_epochs: int = 3
+    finetune_steps_per_epoch: int = 40
+    finetune_batch_size: int = 8
+    finetune_lr: float = 0.02
+    localize: bool = True
+    base_seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, out: Path, **changes) -> AblationConfig:
+        sizes = dict(
+            out=out, seeds=2, levers=("converged-trunk0.1",), defective_train=3,
+            pretrain_image_size=16, pretrain_epochs=3, pretrain_patience=1, pretrain_batch_size=16,
+            pretrain_images_per_class=4, short_steps=2, short_batch_size=8, crop_size=64, finetune_epochs=1,
+            finetune_steps_per_epoch=2, finetune_batch_size=4, quick=True,
+        )  # fmt: skip
+        return cls(**(sizes | changes))
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def source_classes(cfg: AblationConfig) -> list[str]:
+    wnids = (Path(cfg.source_root) / "wnids.txt").read_text().split()
+    pool = [w for w in wnids if w not in TINY_IMAGENET_EXTRAS]
+    return pool[:8] if cfg.quick else pool
+
+
+def pretrain(cfg: AblationConfig, name: str, runtime) -> Path:
+    """The ``converged`` or ``short`` trunk, trained once (seed ``base_seed``) on every source class."""
+    from transfer.config import PretrainConfig
+
+    wnids = source_classes(cfg)
+    manifest = cfg.out / "pretrain" / "all.json"
+    write_json(manifest, {"schema": "dataonomy.manifest/1", "selected": [{"wnid": w} for w in wnids]})
+    common = dict(
+        manifest=str(manifest.resolve()), source_root=str(Path(cfg.source_root).resolve()), wnids=wnids,
+        arch=cfg.arch, init="scratch", image_size=cfg.pretrain_image_size, seed=cfg.base_seed,
+        images_per_class=cfg.pretrain_images_per_class, checkpoint_every=10_000,
+    )  # fmt: skip
+    if name == "converged":
+        config = PretrainConfig(
+            **common, epochs=cfg.pretrain_epochs, patience=cfg.pretrain_patience,
+            batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr,
+        )  # fmt: skip
+    else:
+        config = PretrainConfig(
+            **common, epochs=1, steps_per_epoch=cfg.short_steps, batch_size=cfg.short_batch_size,
+            lr=cfg.short_lr, warmup_epochs=1 / 3, patience=None,
+        )  # fmt: skip
+    run_dir = cfg.out / "pretrain" / name
+    train_run(config, run_dir, runtime)
+    return run_dir
+
+
+def finetune_config(cfg: AblationConfig, lever: str, base: Path | None, seed: int):
+    from transfer.checkpoint import finetune_base_fields
+    from transfer.config import FinetuneConfig
+
+    fields = dict(
+        data=str(Path(cfg.dagm_root).resolve()), folds=cfg.folds, fold=seed % cfg.folds,
+        split_seed=cfg.base_seed, defective_train=cfg.defective_train, head="segdec",
+        output_stride=cfg.output_stride, crop_size=cfg.crop_size, epochs=cfg.finetune_epochs,
+        steps_per_epoch=cfg.finetune_steps_per_epoch, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
+        patience=cfg.finetune_epochs, checkpoint_every=10_000, seed=seed,
+    )  # fmt: skip
+    if cfg.quick:  # the quick run's 96 px crops stand in for the half-resolution lever's
+        fields["image_size"] = 96
+    fields.update(LEVERS[lever].finetune)
+    if cfg.quick and "crop_size" in LEVERS[lever].finetune:
+        fields["crop_size"] = 32
+    base_arg = str(base) if base is not None else "scratch"
+    return FinetuneConfig(**finetune_base_fields(base_arg, cfg.arch), **fields)
+
+
+def finetune(cfg: AblationConfig, lever: str, base: Path | None, seed: int, runtime) -> Path:
+    run_dir = cfg.out / "finetune" / lever / f"seed{seed}"
+    train_run(finetune_config(cfg, lever, base, seed), run_dir, runtime)
+    return run_dir
+
+
+def trunk_logme(cfg: AblationConfig, lever: str, base: Path | None, seed: int) -> dict:
+    """LogME of the lever's starting trunk on the seed's training fold (transfer.transferability), before any
+    fine-tuning; kept in ``OUT/logme/`` (levers with the same trunk and resolution share one)."""
+    from transfer.transferability import run_logme
+
+    config = finetune_config(cfg, lever, base, seed)
+    path = (
+        cfg.out
+        / "logme"
+        / f"{LEVERS[lever].base or 'random'}-{config.image_size or 'native'}-seed{seed}.json"
+    )
+    if not path.exists():
+        write_json(path, run_logme(config, device=cfg.device))
+    return json.loads(path.read_text())
+
+
+def check_saved_config(cfg: AblationConfig) -> None:
+    saved = cfg.out / "ablation_config.json"
+    same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in ("seeds", "levers")}
+    if saved.exists():
+        old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("seeds", "levers")}
+        if old != same:
+            raise DataonomyError(
+                f"--out {cfg.out}: holds an ablation with other parameters; choose another folder"
+            )
+    write_json(saved, cfg.to_dict())
+
+
+def run_ablation(cfg: AblationConfig) -> dict:
+    from transfer.training import Runtime
+
+    unknown = sorted(set(cfg.levers) - set(LEVERS))
+    if unknown:
+        raise DataonomyError(f"--levers: unknown {', '.join(unknown)} (known: {', '.join(LEVERS)})")
+    started = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    check_saved_config(cfg)
+    runtime = Runtime(device=cfg.device, progress=False)
+    levers = [name for name in LEVERS if name in cfg.levers or any(
+        LEVERS[x].baseline == name for x in cfg.levers)]  # fmt: skip
+    bases = {}
+    for name in sorted({LEVERS[x].base for x in levers} - {None}):
+        log(f"== pretrain {name} ==")
+        bases[name] = pretrain(cfg, name, runtime)
+    rows = []
+    for seed in range(cfg.seeds):
+        for lever in levers:
+            base = bases.get(LEVERS[lever].base)
+            log(f"[seed {seed}] fine-tune {lever}")
+            run_dir = finetune(cfg, lever, base, seed, runtime)
+            row = {"lever": lever, "seed": seed, "fold": seed % cfg.folds, **evaluate(cfg, run_dir)}
+            row["run"] = str(run_dir)
+            if seed < cfg.folds:  # one estimate per fold and starting trunk
+                row["logme"] = trunk_logme(cfg, lever, base, seed)["logme"]
+            rows.append(row)
+            log(f"    test AP {row['ap']:.3f}, AUROC {row['auroc']:.3f}, pixel mean IoU {row['mean_iou']}")
+    results = summarize(cfg, rows, bases)
+    results["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
+    write_json(cfg.out / "results.json", results)
+    (cfg.out / "results.md").write_text(format_results(results))
+    log(format_results(results))
+    return results
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    keep = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5")
+    return [{k: json.loads(x).get(k) for k in keep} for x in lines if x.strip()]
+
+
+def _wilcoxon(diffs: np.ndarray) -> float | None:
+    from scipy.stats import wilcoxon
+
+    if len(diffs) < 2 or not np.any(diffs != 0):
+        return None
+    return float(wilcoxon(diffs).pvalue)
+
+
+def summarize(cfg: AblationConfig, rows: list[dict], bases: dict[str, Path]) -> dict:
+    by = {(r["lever"], r["seed"]): r for r in rows}
+    table = []
+    for lever in dict.fromkeys(r["lever"] for r in rows):
+        mine = [r for r in rows if r["lever"] == lever]
+        entry = {"lever": lever, "what": LEVERS[lever].what, "runs": len(mine)}
+        for m in METRICS:
+            v = np.array([r[m] for r in mine if r[m] is not None], dtype=float)
+            entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None}
+        estimates = [r["logme"] for r in mine if r.get("logme") is not None]
+        entry["logme"] = float(np.mean(estimates)) if estimates else None
+        baseline = LEVERS[lever].baseline
+        if baseline is not None:
+            seeds = [r["seed"] for r in mine if (baseline, r["seed"]) in by]
+            for m in ("ap", "auroc", "mean_iou"):
+                pairs = [(by[(lever, s)][m], by[(baseline, s)][m]) for s in seeds]
+                d = np.array([a - b for a, b in pairs if a is not None and b is not None], dtype=float)
+                entry[f"{m}_vs_{baseline}"] = {
+                    "mean_difference": float(d.mean()) if len(d) else None,
+                    "better_on": int(np.sum(d > 0)),
+                    "pairs": len(d),
+                    "wilcoxon_p": _wilcoxon(d),
+                }
+        table.append(entry)
+    pretrain = {}
+    for name, run_dir in bases.items():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        pretrain[name] = {
+            "status": summary["status"], "epochs": summary["epochs"], "steps": summary["steps"],
+            "best_epoch": summary["best_epoch"], "val_top1": summary["best"], "curve": _curve(run_dir),
+        }  # fmt: skip
+    return {
+        "config": cfg.to_dict(),
+        "pretrain": pretrain,
+        "levers": table,
+        "logme_vs_ap": _logme_vs_ap(rows),
+        "runs": rows,
+    }
+
+
+def _logme_vs_ap(rows: list[dict]) -> dict:
+    """Spearman's rho between a run's starting-trunk LogME and its fine-tuned test AP (runs with an estimate)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(r["logme"], r["ap"]) for r in rows if r.get("logme") is not None]
+    if len(pairs) < 3:
+        return {"runs": len(pairs), "rho": None, "p": None}
+    rho, p = spearmanr(*zip(*pairs, strict=True))
+    return {"runs": len(pairs), "rho": float(rho), "p": float(p)}
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["std"] is not None else "")
+
+
+def format_results(results: dict) -> str:
+    n = results["config"]["defective_train"]
+    lines = [f"# Pretraining ablation: scratch arm, real Class1 with {n} defective training images", ""]
+    for name, p in results["pretrain"].items():
+        lines.append(
+            f"- pretrain **{name}**: {p['status']}, {p['epochs']} epochs ({p['steps']} steps), best validation "
+            f"top-1 {p['val_top1']:.3f} at epoch {p['best_epoch']}"
+        )
+    lines += [
+        "",
+        "| lever | runs | AP | AUROC | TPR | TNR | pixel mean IoU | vs | AP diff | better on | p (AP) | IoU diff | p (IoU) |",
+    ]
+    lines.append("|" + "---|" * 13)
+    for e in results["levers"]:
+        baseline = LEVERS[e["lever"]].baseline
+        cells = [e["lever"], str(e["runs"]), *(_fmt(e[m]) for m in METRICS)]
+        if baseline is None:
+            cells += ["-"] * 6
+        else:
+            ap, iou = e[f"ap_vs_{baseline}"], e[f"mean_iou_vs_{baseline}"]
+
+            def f(x, spec="+.3f"):
+                return "-" if x is None else format(x, spec)
+
+            cells += [
+                baseline, f(ap["mean_difference"]), f"{ap['better_on']}/{ap['pairs']}", f(ap["wilcoxon_p"], ".3f"),
+                f(iou["mean_difference"]), f(iou["wilcoxon_p"], ".3f"),
+            ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    corr = results["logme_vs_ap"]
+    if corr["rho"] is not None:
+        lines += [
+            "",
+            f"Starting trunk's LogME (transfer.transferability, before fine-tuning) against test AP: Spearman rho "
+            f"{corr['rho']:+.2f} (p = {corr['p']:.3f}) over {corr['runs']} runs (one per fold and trunk). "
+            "Per lever: "
+            + ", ".join(f"{e['lever']} {e['logme']:.4f}" for e in results["levers"] if e["logme"] is not None)
+            + ".",
+        ]
+    lines += ["", "Conditions:", ""] + [f"- **{e['lever']}**: {e['what']}" for e in results["levers"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(
+    out: Path = typer.Option(Path("ablation_out"), "--out", help="Folder for every run and the results."),
+    seeds: int = typer.Option(
+        None,
+        "--seeds",
+        help="Fine-tuning seeds (default 6; --quick: 2); seed s tests fold s mod 3; more extends a run.",
+    ),
+    levers: str = typer.Option(
+        None,
+        "--levers",
+        help=f"Comma-separated conditions (default all; --quick: three): {', '.join(LEVERS)}.",
+    ),
+    defective_train: int = typer.Option(
+        10, "--defective-train", help="Defective Class1 training images kept."
+    ),
+    localize: bool = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: every stage in about a minute (CI)."),
+) -> None:
+    """Pretrained against random trunks on a few-defect Class1, one lever at a time; see the module docstring."""
+    changes = dict(defective_train=defective_train, localize=localize, device=device)
+    if seeds is not None:
+        changes["seeds"] = seeds
+    if levers is not None:
+        changes["levers"] = tuple(x for x in levers.split(",") if x)
+    cfg = AblationConfig.quick_config(out, **changes) if quick else AblationConfig(out=out, **changes)
+    try:
+        run_ablation(cfg)
+    except DataonomyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+if __name__ == "__main__":
+    typer.run(main)
