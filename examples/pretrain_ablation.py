@@ -245,12 +245,40 @@ def _curve(run_dir: Path) -> list[dict]:
     return [{k: json.loads(x).get(k) for k in keep} for x in lines if x.strip()]
 
 
+def _paired_t(diffs: np.ndarray) -> float | None:
+    from scipy.stats import ttest_1samp
+
+    if len(diffs) < 2 or np.std(diffs) == 0:
+        return None
+    return float(ttest_1samp(diffs, 0.0).pvalue)
+
+
 def _wilcoxon(diffs: np.ndarray) -> float | None:
     from scipy.stats import wilcoxon
 
     if len(diffs) < 2 or not np.any(diffs != 0):
         return None
     return float(wilcoxon(diffs).pvalue)
+
+
+def seeds_for_power(differences: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> int | None:
+    """Paired seeds a two-sided paired t-test needs to detect the mean of ``differences`` at ``alpha`` with
+    ``power``, taking their spread as the population's (noncentral t); None when there is no effect or spread
+    to plan on, or more than 1000 would be needed. The pre-registered comparison's seed count comes from here."""
+    from scipy.stats import nct, t
+
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2 or d.std(ddof=1) == 0 or d.mean() == 0:
+        return None
+    effect = abs(d.mean()) / d.std(ddof=1)
+    for n in range(2, 1001):
+        critical = t.ppf(1 - alpha / 2, n - 1)
+        reached = (
+            1 - nct.cdf(critical, n - 1, effect * np.sqrt(n)) + nct.cdf(-critical, n - 1, effect * np.sqrt(n))
+        )
+        if reached >= power:
+            return n
+    return None
 
 
 def summarize(cfg: AblationConfig, rows: list[dict], bases: dict[str, Path]) -> dict:
@@ -272,9 +300,12 @@ def summarize(cfg: AblationConfig, rows: list[dict], bases: dict[str, Path]) -> 
                 d = np.array([a - b for a, b in pairs if a is not None and b is not None], dtype=float)
                 entry[f"{m}_vs_{baseline}"] = {
                     "mean_difference": float(d.mean()) if len(d) else None,
+                    "sd_difference": float(d.std(ddof=1)) if len(d) > 1 else None,
                     "better_on": int(np.sum(d > 0)),
                     "pairs": len(d),
                     "wilcoxon_p": _wilcoxon(d),
+                    "paired_t_p": _paired_t(d),
+                    "seeds_for_80_power": seeds_for_power(d),
                 }
         table.append(entry)
     pretrain = {}
@@ -288,16 +319,17 @@ def summarize(cfg: AblationConfig, rows: list[dict], bases: dict[str, Path]) -> 
         "config": cfg.to_dict(),
         "pretrain": pretrain,
         "levers": table,
-        "logme_vs_ap": _logme_vs_ap(rows),
+        "logme_vs_ap": _logme_vs(rows, "ap"),
+        "logme_vs_iou": _logme_vs(rows, "mean_iou"),
         "runs": rows,
     }
 
 
-def _logme_vs_ap(rows: list[dict]) -> dict:
-    """Spearman's rho between a run's starting-trunk LogME and its fine-tuned test AP (runs with an estimate)."""
+def _logme_vs(rows: list[dict], metric: str) -> dict:
+    """Spearman's rho between a run's starting-trunk LogME and its fine-tuned test ``metric`` (runs with both)."""
     from scipy.stats import spearmanr
 
-    pairs = [(r["logme"], r["ap"]) for r in rows if r.get("logme") is not None]
+    pairs = [(r["logme"], r[metric]) for r in rows if r.get("logme") is not None and r[metric] is not None]
     if len(pairs) < 3:
         return {"runs": len(pairs), "rho": None, "p": None}
     rho, p = spearmanr(*zip(*pairs, strict=True))
@@ -320,14 +352,14 @@ def format_results(results: dict) -> str:
         )
     lines += [
         "",
-        "| lever | runs | AP | AUROC | TPR | TNR | pixel mean IoU | vs | AP diff | better on | p (AP) | IoU diff | p (IoU) |",
+        "| lever | runs | AP | AUROC | TPR | TNR | pixel mean IoU | vs | AP diff | better on | p (AP) | IoU diff | better on | p (IoU) | seeds for 80 % power (AP / IoU) |",
     ]
-    lines.append("|" + "---|" * 13)
+    lines.append("|" + "---|" * 15)
     for e in results["levers"]:
         baseline = LEVERS[e["lever"]].baseline
         cells = [e["lever"], str(e["runs"]), *(_fmt(e[m]) for m in METRICS)]
         if baseline is None:
-            cells += ["-"] * 6
+            cells += ["-"] * 8
         else:
             ap, iou = e[f"ap_vs_{baseline}"], e[f"mean_iou_vs_{baseline}"]
 
@@ -336,15 +368,21 @@ def format_results(results: dict) -> str:
 
             cells += [
                 baseline, f(ap["mean_difference"]), f"{ap['better_on']}/{ap['pairs']}", f(ap["wilcoxon_p"], ".3f"),
-                f(iou["mean_difference"]), f(iou["wilcoxon_p"], ".3f"),
+                f(iou["mean_difference"]), f"{iou['better_on']}/{iou['pairs']}", f(iou["wilcoxon_p"], ".3f"),
+                f"{ap['seeds_for_80_power'] or '-'} / {iou['seeds_for_80_power'] or '-'}",
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    corr = results["logme_vs_ap"]
+    corr, iou = results["logme_vs_ap"], results["logme_vs_iou"]
     if corr["rho"] is not None:
+        also = (
+            f"; against pixel mean IoU {iou['rho']:+.2f} (p = {iou['p']:.3f})"
+            if iou["rho"] is not None
+            else ""
+        )
         lines += [
             "",
             f"Starting trunk's LogME (transfer.transferability, before fine-tuning) against test AP: Spearman rho "
-            f"{corr['rho']:+.2f} (p = {corr['p']:.3f}) over {corr['runs']} runs (one per fold and trunk). "
+            f"{corr['rho']:+.2f} (p = {corr['p']:.3f}) over {corr['runs']} runs (one per fold and trunk){also}. "
             "Per lever: "
             + ", ".join(f"{e['lever']} {e['logme']:.4f}" for e in results["levers"] if e["logme"] is not None)
             + ".",

@@ -85,3 +85,15 @@ def test_rerun_skips_finished_runs_and_reproduces_results(ablation):
     assert after["levers"] == before["levers"] and after["runs"] == before["runs"]
     bad = run_script("--quick", "--out", str(ablation), "--defective-train", "5", "--no-localize")
     assert bad.returncode == 2 and "holds an ablation with other parameters" in bad.stderr
+
+
+def test_seeds_for_power_matches_the_paired_t_test_table():
+    sys.path.insert(0, str(REPO / "examples"))
+    import numpy as np
+    from pretrain_ablation import seeds_for_power
+
+    # Effect size 1 (mean 1, sd 1): 10 pairs give a two-sided paired t-test 80 % power at 0.05 (Cohen's table).
+    assert seeds_for_power(np.array([0.0, 1.0, 2.0])) == 10
+    assert seeds_for_power(np.array([0.0, 2.0])) == 18  # effect 0.71
+    assert seeds_for_power(np.array([0.3, 0.3])) is None  # no spread to plan on
+    assert seeds_for_power(np.array([-1.0, 1.0])) is None  # no effect
