@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # OpenMP threads that spin while waiting make torch many times slower when a 2-core machine is also
@@ -30,3 +32,11 @@ def dagm_class1_test(shared_data) -> Path:
 @pytest.fixture(scope="session")
 def tiny_imagenet(shared_data) -> Path:
     return shared_data / "tiny-imagenet-200-subset"
+
+
+def run_example(script: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """Run an ``examples/`` script as a user would (a fresh interpreter), OpenMP waiting passively."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )

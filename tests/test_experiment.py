@@ -5,13 +5,12 @@ rerun skips the finished runs and reproduces the results."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_example
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "subset_experiment.py"
@@ -20,10 +19,7 @@ TARGETS = ("dagm-class1", "synthetic")
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=1500
-    )
+    return run_example(SCRIPT, *args, timeout=1500)
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,20 @@ the lever's own change reaches its config, the paired statistics are computed, a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_example
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "pretrain_ablation.py"
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=1200
-    )
+    return run_example(SCRIPT, *args, timeout=1200)
 
 
 @pytest.fixture(scope="module")
