@@ -219,14 +219,20 @@ def run_ablation(cfg: AblationConfig) -> dict:
     for name in sorted({LEVERS[x].base for x in levers} - {None}):
         log(f"== pretrain {name} ==")
         bases[name] = pretrain(cfg, name, runtime)
-    rows = []
+    rows, total, worked = [], cfg.seeds * len(levers), []
     for seed in range(cfg.seeds):
         for lever in levers:
             base = bases.get(LEVERS[lever].base)
-            log(f"[seed {seed}] fine-tune {lever}")
+            log(
+                f"[seed {seed}] fine-tune {lever} (run {len(rows) + 1} of {total}{_remaining(worked, total - len(rows))})"
+            )
+            run_started = time.perf_counter()
+            done = (cfg.out / "finetune" / lever / f"seed{seed}" / "experiment_metrics.json").exists()
             run_dir = finetune(cfg, lever, base, seed, runtime)
             row = {"lever": lever, "seed": seed, "fold": seed % cfg.folds, **evaluate(cfg, run_dir)}
             row["run"] = str(run_dir)
+            if not done:  # a finished run is skipped in no time: only work done here predicts the rest
+                worked.append(time.perf_counter() - run_started)
             if seed < cfg.folds:  # one estimate per fold and starting trunk
                 row["logme"] = trunk_logme(cfg, lever, base, seed)["logme"]
             rows.append(row)
@@ -237,6 +243,13 @@ def run_ablation(cfg: AblationConfig) -> dict:
     (cfg.out / "results.md").write_text(format_results(results))
     log(format_results(results))
     return results
+
+
+def _remaining(worked: list[float], runs_left: int) -> str:
+    """ ", about N min left" from the mean time of the runs trained in this invocation (none yet: no estimate)."""
+    if not worked:
+        return ""
+    return f", about {np.mean(worked) * runs_left / 60:.0f} min left"
 
 
 def _curve(run_dir: Path) -> list[dict]:
