@@ -6,9 +6,14 @@ The scratch arm of docs/experiment.md, one lever at a time, seeds paired::
     python examples/pretrain_ablation.py --out ablation_quick --quick  # every stage on tiny sizes (CI)
 
 Source: all 200 standard Tiny ImageNet classes (``../shared/data/tiny-imagenet-200-subset``), ``small_cnn``
-pretrained from a random initialisation. Target: real DAGM Class1 (``Class1/Test``, 3-fold cross-validated
-by the tool), fine-tuned with ``--defective-train N`` defective training images (every clean one kept), segdec
-at output stride 8. Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
+pretrained from a random initialisation. Targets (``--target``), 3-fold cross-validated by the tool and
+fine-tuned with ``--defective-train N`` defective training images (every clean one kept), segdec at output
+stride 8:
+
+    class1    real DAGM Class1 (``dagm/Class1/Test``, 512 px, 192 px training crops): image AP and pixel IoU
+    neu-seg   real NEU-Seg steel defects (``neu-seg``, 200 px whole images, read as ``--format pairs --masks``):
+              every image is defective, so N is the whole training set, the decision is segdec's per cell,
+              and the outcome is pixel IoU, overall and per defect type (the mask's class index) Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
 pretrained trunks are trained once (seed 0) and shared by every fine-tuning seed, so the paired difference is
 the trunk's, measured over fine-tuning seeds and folds.
 
@@ -40,6 +45,9 @@ from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
 
 METRICS = ("ap", "auroc", "tpr", "tnr", "mean_iou")
+TARGETS = ("class1", "neu-seg")
+# NEU-Seg's class-index masks: 1, 2, 3 are its three defect types (the source does not say which is which).
+NEU_TYPES = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class Lever:
 # Fine-tuning Class1 at half resolution: the 512 px images resized to 256, crops of 96 (192 at native size).
 HALF = {"image_size": 256, "crop_size": 96}
 LEVERS = {
-    "none": Lever(None, None, what="random initialisation (the baseline), native 512 px, 192 px crops"),
+    "none": Lever(None, None, what="random initialisation (the baseline), the target at native resolution"),
     "short": Lever("short", "none", what="pretrained 100 steps of 32 (docs/experiment.md's recipe)"),
     "converged": Lever("converged", "none", what="pretrained to the validation plateau"),
     "converged-trunk0.1": Lever(
@@ -74,6 +82,8 @@ class AblationConfig:
     out: Path = Path("ablation_out")
     source_root: Path = SHARED / "tiny-imagenet-200-subset"
     dagm_root: Path = SHARED / "dagm" / "Class1" / "Test"
+    neu_root: Path = SHARED / "neu-seg"
+    target: str = "class1"
     seeds: int = 6
     levers: tuple[str, ...] = tuple(LEVERS)
     defective_train: int = 10
@@ -149,18 +159,47 @@ def pretrain(cfg: AblationConfig, name: str, runtime) -> Path:
     return run_dir
 
 
+def target_fields(cfg: AblationConfig) -> dict:
+    """The fine-tuning fields that name the target's images and how it trains on them."""
+    if cfg.target == "neu-seg":  # 200 px images: trained whole
+        root = Path(cfg.neu_root).resolve()
+        return {
+            "data": str(root / "images"),
+            "format": "pairs",
+            "masks": str(root / "masks"),
+            "crop_size": None,
+        }
+    return {"data": str(Path(cfg.dagm_root).resolve()), "crop_size": cfg.crop_size}
+
+
+def iou_by_defect_type(localize_json: Path, masks: Path) -> dict[str, float | None]:
+    """Mean pixel IoU of the test images holding each NEU-Seg defect type (an image with two types counts in
+    both), from ``localize.json``'s per-image IoU and the class indices of the image's mask."""
+    from PIL import Image
+
+    per_type: dict[int, list[float]] = {t: [] for t in NEU_TYPES}
+    for image in json.loads(localize_json.read_text())["images"]:
+        if not image["defect"]:
+            continue
+        classes = np.unique(np.asarray(Image.open(masks / f"{image['name']}.png")))
+        for t in NEU_TYPES:
+            if t in classes:
+                per_type[t].append(image["iou"])
+    return {f"type{t}": (float(np.mean(v)) if v else None) for t, v in per_type.items()}
+
+
 def finetune_config(cfg: AblationConfig, lever: str, base: Path | None, seed: int):
     from transfer.checkpoint import finetune_base_fields
     from transfer.config import FinetuneConfig
 
     fields = dict(
-        data=str(Path(cfg.dagm_root).resolve()), folds=cfg.folds, fold=seed % cfg.folds,
+        **target_fields(cfg), folds=cfg.folds, fold=seed % cfg.folds,
         split_seed=cfg.base_seed, defective_train=cfg.defective_train, head="segdec",
-        output_stride=cfg.output_stride, crop_size=cfg.crop_size, epochs=cfg.finetune_epochs,
+        output_stride=cfg.output_stride, epochs=cfg.finetune_epochs,
         steps_per_epoch=cfg.finetune_steps_per_epoch, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
         patience=cfg.finetune_epochs, checkpoint_every=10_000, seed=seed,
     )  # fmt: skip
-    if cfg.quick:  # the quick run's 96 px crops stand in for the half-resolution lever's
+    if cfg.quick:  # the quick run's 96 px images stand in for the half-resolution lever's
         fields["image_size"] = 96
     fields.update(LEVERS[lever].finetune)
     if cfg.quick and "crop_size" in LEVERS[lever].finetune:
@@ -196,6 +235,9 @@ def check_saved_config(cfg: AblationConfig) -> None:
     same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in ("seeds", "levers")}
     if saved.exists():
         old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("seeds", "levers")}
+        # a field added since the folder's run takes its default: the run was made with it
+        defaults = json.loads(json.dumps(AblationConfig().to_dict()))
+        old = {k: old.get(k, defaults[k]) for k in same} if set(old) <= set(same) else old
         if old != same:
             raise DataonomyError(
                 f"--out {cfg.out}: holds an ablation with other parameters; choose another folder"
@@ -209,6 +251,13 @@ def run_ablation(cfg: AblationConfig) -> dict:
     unknown = sorted(set(cfg.levers) - set(LEVERS))
     if unknown:
         raise DataonomyError(f"--levers: unknown {', '.join(unknown)} (known: {', '.join(LEVERS)})")
+    if cfg.target not in TARGETS:
+        raise DataonomyError(f"--target {cfg.target}: must be one of {', '.join(TARGETS)}")
+    resized = [x for x in cfg.levers if "image_size" in LEVERS[x].finetune]
+    if cfg.target != "class1" and resized:
+        raise DataonomyError(
+            f"--levers {', '.join(resized)}: resize Class1's 512 px images; not for {cfg.target}"
+        )
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     check_saved_config(cfg)
@@ -230,13 +279,17 @@ def run_ablation(cfg: AblationConfig) -> dict:
             done = (cfg.out / "finetune" / lever / f"seed{seed}" / "experiment_metrics.json").exists()
             run_dir = finetune(cfg, lever, base, seed, runtime)
             row = {"lever": lever, "seed": seed, "fold": seed % cfg.folds, **evaluate(cfg, run_dir)}
+            if cfg.target == "neu-seg" and row["mean_iou"] is not None:
+                row |= iou_by_defect_type(
+                    run_dir / "localize" / "localize.json", Path(cfg.neu_root) / "masks"
+                )
             row["run"] = str(run_dir)
             if not done:  # a finished run is skipped in no time: only work done here predicts the rest
                 worked.append(time.perf_counter() - run_started)
             if seed < cfg.folds:  # one estimate per fold and starting trunk
                 row["logme"] = trunk_logme(cfg, lever, base, seed)["logme"]
             rows.append(row)
-            log(f"    test AP {row['ap']:.3f}, AUROC {row['auroc']:.3f}, pixel mean IoU {row['mean_iou']}")
+            log(f"    test AP {row['ap']}, AUROC {row['auroc']}, pixel mean IoU {row['mean_iou']}")
     results = summarize(cfg, rows, bases)
     results["seconds_this_invocation"] = round(time.perf_counter() - started, 1)
     write_json(cfg.out / "results.json", results)
@@ -294,22 +347,33 @@ def seeds_for_power(differences: np.ndarray, alpha: float = 0.05, power: float =
     return None
 
 
+def type_metrics(cfg: AblationConfig) -> tuple[str, ...]:
+    return tuple(f"type{t}" for t in NEU_TYPES) if cfg.target == "neu-seg" else ()
+
+
+def metrics(cfg: AblationConfig) -> tuple[str, ...]:
+    return (*METRICS, *type_metrics(cfg))
+
+
 def summarize(cfg: AblationConfig, rows: list[dict], bases: dict[str, Path]) -> dict:
     by = {(r["lever"], r["seed"]): r for r in rows}
     table = []
     for lever in dict.fromkeys(r["lever"] for r in rows):
         mine = [r for r in rows if r["lever"] == lever]
         entry = {"lever": lever, "what": LEVERS[lever].what, "runs": len(mine)}
-        for m in METRICS:
-            v = np.array([r[m] for r in mine if r[m] is not None], dtype=float)
-            entry[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else None}
+        for m in metrics(cfg):
+            v = np.array([r[m] for r in mine if r.get(m) is not None], dtype=float)
+            entry[m] = {
+                "mean": float(v.mean()) if len(v) else None,
+                "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            }
         estimates = [r["logme"] for r in mine if r.get("logme") is not None]
         entry["logme"] = float(np.mean(estimates)) if estimates else None
         baseline = LEVERS[lever].baseline
         if baseline is not None:
             seeds = [r["seed"] for r in mine if (baseline, r["seed"]) in by]
-            for m in ("ap", "auroc", "mean_iou"):
-                pairs = [(by[(lever, s)][m], by[(baseline, s)][m]) for s in seeds]
+            for m in ("ap", "auroc", "mean_iou", *type_metrics(cfg)):
+                pairs = [(by[(lever, s)].get(m), by[(baseline, s)].get(m)) for s in seeds]
                 d = np.array([a - b for a, b in pairs if a is not None and b is not None], dtype=float)
                 entry[f"{m}_vs_{baseline}"] = {
                     "mean_difference": float(d.mean()) if len(d) else None,
@@ -356,8 +420,10 @@ def _fmt(stat: dict) -> str:
 
 
 def format_results(results: dict) -> str:
-    n = results["config"]["defective_train"]
-    lines = [f"# Pretraining ablation: scratch arm, real Class1 with {n} defective training images", ""]
+    cfg = results["config"]
+    n, target = cfg["defective_train"], cfg.get("target", "class1")
+    what = "real Class1" if target == "class1" else "real NEU-Seg (every image defective; AP per cell)"
+    lines = [f"# Pretraining ablation: scratch arm, {what} with {n} defective training images", ""]
     for name, p in results["pretrain"].items():
         lines.append(
             f"- pretrain **{name}**: {p['status']}, {p['epochs']} epochs ({p['steps']} steps), best validation "
@@ -400,6 +466,27 @@ def format_results(results: dict) -> str:
             + ", ".join(f"{e['lever']} {e['logme']:.4f}" for e in results["levers"] if e["logme"] is not None)
             + ".",
         ]
+    types = [k for k in results["levers"][0] if k.startswith("type") and "_vs_" not in k]
+    if types:  # NEU-Seg: pixel IoU of the images holding each defect type
+        lines += [
+            "",
+            "Pixel mean IoU per defect type (mask class index), and the paired difference to the baseline:",
+            "",
+        ]
+        lines += ["| lever | " + " | ".join(types) + " |", "|" + "---|" * (1 + len(types))]
+        for e in results["levers"]:
+            baseline = LEVERS[e["lever"]].baseline
+            cells = []
+            for t in types:
+                cell = _fmt(e[t])
+                paired = e.get(f"{t}_vs_{baseline}") if baseline else None
+                if paired and paired["mean_difference"] is not None:
+                    p = "-" if paired["wilcoxon_p"] is None else f"{paired['wilcoxon_p']:.3f}"
+                    cell += (
+                        f" ({paired['mean_difference']:+.3f}, {paired['better_on']}/{paired['pairs']}, p {p})"
+                    )
+                cells.append(cell)
+            lines.append(f"| {e['lever']} | " + " | ".join(cells) + " |")
     lines += ["", "Conditions:", ""] + [f"- **{e['lever']}**: {e['what']}" for e in results["levers"]]
     return "\n".join(lines) + "\n"
 
@@ -417,18 +504,23 @@ def main(
         help=f"Comma-separated conditions (default all; --quick: three): {', '.join(LEVERS)}.",
     ),
     defective_train: int = typer.Option(
-        10, "--defective-train", help="Defective Class1 training images kept."
+        None, "--defective-train", help="Defective training images kept (default 10; --quick: 3)."
     ),
+    target: str = typer.Option("class1", "--target", help=f"The few-defect target: {', '.join(TARGETS)}."),
     localize: bool = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes: every stage in about a minute (CI)."),
 ) -> None:
     """Pretrained against random trunks on a few-defect Class1, one lever at a time; see the module docstring."""
-    changes = dict(defective_train=defective_train, localize=localize, device=device)
+    changes = dict(target=target, localize=localize, device=device)
+    if defective_train is not None:
+        changes["defective_train"] = defective_train
     if seeds is not None:
         changes["seeds"] = seeds
     if levers is not None:
         changes["levers"] = tuple(x for x in levers.split(",") if x)
+    elif target != "class1" and not quick:  # the resized levers are Class1's
+        changes["levers"] = tuple(x for x in LEVERS if "image_size" not in LEVERS[x].finetune)
     cfg = AblationConfig.quick_config(out, **changes) if quick else AblationConfig(out=out, **changes)
     try:
         run_ablation(cfg)

@@ -94,3 +94,54 @@ def test_seeds_for_power_matches_the_paired_t_test_table():
     assert seeds_for_power(np.array([0.0, 2.0])) == 18  # effect 0.71
     assert seeds_for_power(np.array([0.3, 0.3])) is None  # no spread to plan on
     assert seeds_for_power(np.array([-1.0, 1.0])) is None  # no effect
+
+
+def _ablation_module():
+    sys.path.insert(0, str(REPO / "examples"))
+    import pretrain_ablation
+
+    return pretrain_ablation
+
+
+def test_neu_seg_target_reads_pairs_and_groups_iou_by_defect_type(tmp_path, shared_data):
+    import numpy as np
+    from PIL import Image
+
+    ablation = _ablation_module()
+    cfg = ablation.AblationConfig(out=tmp_path / "out", target="neu-seg", neu_root=shared_data / "neu-seg")
+    config = ablation.finetune_config(cfg, "converged-trunk0.1", None, seed=1)
+    assert config.format == "pairs" and config.masks == str((shared_data / "neu-seg" / "masks").resolve())
+    assert config.crop_size is None and config.fold == 1 and config.trunk_lr_scale == 0.1
+    # Real masks: each image's IoU counts toward every defect type its mask holds.
+    masks = sorted((shared_data / "neu-seg" / "masks").glob("*.png"))[::100]  # across the set
+    types = {m.stem: set(np.unique(np.asarray(Image.open(m))).tolist()) - {0} for m in masks}
+    images = [{"name": stem, "defect": True, "iou": i / len(types)} for i, stem in enumerate(types)]
+    images.append({"name": masks[0].stem, "defect": False, "iou": 1.0})  # a clean image: not counted
+    path = tmp_path / "localize.json"
+    path.write_text(json.dumps({"images": images}))
+    got = ablation.iou_by_defect_type(path, shared_data / "neu-seg" / "masks")
+    for t in (1, 2, 3):
+        expected = [x["iou"] for x in images[:-1] if t in types[x["name"]]]
+        assert got[f"type{t}"] == (pytest.approx(np.mean(expected)) if expected else None)
+    assert len(set().union(*types.values())) >= 2  # the sample holds more than one type
+
+
+def test_neu_seg_refuses_class1_resizing_levers(tmp_path, shared_data):
+    done = run_script(
+        "--quick", "--target", "neu-seg", "--levers", "converged-256", "--out", str(tmp_path / "o")
+    )
+    assert done.returncode == 2 and "converged-256: resize Class1's 512 px images" in done.stderr
+    assert not (tmp_path / "o").exists()
+    bad = run_script("--quick", "--target", "kolektor", "--out", str(tmp_path / "o"))
+    assert bad.returncode == 2 and "--target kolektor: must be one of class1, neu-seg" in bad.stderr
+
+
+def test_saved_config_from_before_the_target_field_still_matches(tmp_path):
+    ablation = _ablation_module()
+    cfg = ablation.AblationConfig(out=tmp_path)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("target", "neu_root")}
+    (tmp_path / "ablation_config.json").write_text(json.dumps(old))
+    ablation.check_saved_config(cfg)  # a run made before the field existed was made with its default
+    changed = ablation.AblationConfig(out=tmp_path, crop_size=128)
+    with pytest.raises(ablation.DataonomyError, match="holds an ablation with other parameters"):
+        ablation.check_saved_config(changed)
