@@ -13,7 +13,8 @@ stride 8:
     class1    real DAGM Class1 (``dagm/Class1/Test``, 512 px, 192 px training crops): image AP and pixel IoU
     neu-seg   real NEU-Seg steel defects (``neu-seg``, 200 px whole images, read as ``--format pairs --masks``):
               every image is defective, so N is the whole training set, the decision is segdec's per cell,
-              and the outcome is pixel IoU, overall and per defect type (the mask's class index) Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
+              and the outcome is pixel IoU, overall and per defect type (the mask's class index); staged
+              without the 4 images it holds twice (``stage_neu``) Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
 pretrained trunks are trained once (seed 0) and shared by every fine-tuning seed, so the paired difference is
 the trunk's, measured over fine-tuning seeds and folds.
 
@@ -159,10 +160,40 @@ def pretrain(cfg: AblationConfig, name: str, runtime) -> Path:
     return run_dir
 
 
+def stage_neu(cfg: AblationConfig) -> Path:
+    """NEU-Seg without its repeated images, as links in ``OUT/target/neu-seg/{images,masks}``.
+
+    NEU-Seg holds a few images twice under two names (with different masks); a random split puts copies in
+    two folds, and the tool then rightly refuses the test fold (it holds images the run validated on). The
+    first name of each content is kept; the dropped names are listed in ``dropped.json``."""
+    import hashlib
+    import os
+
+    staged = (cfg.out / "target" / "neu-seg").resolve()
+    if (staged / "dropped.json").exists():
+        return staged
+    source = Path(cfg.neu_root).resolve()
+    seen, dropped = {}, []
+    for d in ("images", "masks"):
+        (staged / d).mkdir(parents=True, exist_ok=True)
+    for image in sorted((source / "images").glob("*.jpg")):
+        digest = hashlib.sha256(image.read_bytes()).hexdigest()
+        if digest in seen:
+            dropped.append({"image": image.name, "same_as": seen[digest]})
+            continue
+        seen[digest] = image.name
+        mask = source / "masks" / f"{image.stem}.png"
+        for link, target in ((staged / "images" / image.name, image), (staged / "masks" / mask.name, mask)):
+            if not link.is_symlink():
+                os.symlink(target, link)
+    write_json(staged / "dropped.json", {"source": str(source), "kept": len(seen), "dropped": dropped})
+    return staged
+
+
 def target_fields(cfg: AblationConfig) -> dict:
     """The fine-tuning fields that name the target's images and how it trains on them."""
     if cfg.target == "neu-seg":  # 200 px images: trained whole
-        root = Path(cfg.neu_root).resolve()
+        root = stage_neu(cfg)
         return {
             "data": str(root / "images"),
             "format": "pairs",
@@ -280,9 +311,7 @@ def run_ablation(cfg: AblationConfig) -> dict:
             run_dir = finetune(cfg, lever, base, seed, runtime)
             row = {"lever": lever, "seed": seed, "fold": seed % cfg.folds, **evaluate(cfg, run_dir)}
             if cfg.target == "neu-seg" and row["mean_iou"] is not None:
-                row |= iou_by_defect_type(
-                    run_dir / "localize" / "localize.json", Path(cfg.neu_root) / "masks"
-                )
+                row |= iou_by_defect_type(run_dir / "localize" / "localize.json", stage_neu(cfg) / "masks")
             row["run"] = str(run_dir)
             if not done:  # a finished run is skipped in no time: only work done here predicts the rest
                 worked.append(time.perf_counter() - run_started)

@@ -110,7 +110,16 @@ def test_neu_seg_target_reads_pairs_and_groups_iou_by_defect_type(tmp_path, shar
     ablation = _ablation_module()
     cfg = ablation.AblationConfig(out=tmp_path / "out", target="neu-seg", neu_root=shared_data / "neu-seg")
     config = ablation.finetune_config(cfg, "converged-trunk0.1", None, seed=1)
-    assert config.format == "pairs" and config.masks == str((shared_data / "neu-seg" / "masks").resolve())
+    staged = (tmp_path / "out" / "target" / "neu-seg").resolve()
+    assert config.format == "pairs" and config.masks == str(staged / "masks")
+    # NEU-Seg holds 4 images twice (different names and masks): one copy of each is kept.
+    dropped = json.loads((staged / "dropped.json").read_text())
+    assert dropped["kept"] == 4466 and len(dropped["dropped"]) == 4
+    assert len(list((staged / "images").iterdir())) == len(list((staged / "masks").iterdir())) == 4466
+    first = dropped["dropped"][0]
+    assert (
+        not (staged / "images" / first["image"]).exists() and (staged / "images" / first["same_as"]).exists()
+    )
     assert config.crop_size is None and config.fold == 1 and config.trunk_lr_scale == 0.1
     # Real masks: each image's IoU counts toward every defect type its mask holds.
     masks = sorted((shared_data / "neu-seg" / "masks").glob("*.png"))[::100]  # across the set
