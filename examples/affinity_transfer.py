@@ -232,15 +232,17 @@ def spearman_with_interval(x, y, resamples: int, seed: int) -> dict:
     def statistic(a, b):
         return spearmanr(a, b).statistic
 
-    # A resample that repeats one subset throughout has no rank order: its rho is nan, and scipy warns per draw.
+    # A resample that repeats one subset throughout has no rank order: its rho is nan (scipy warns per draw);
+    # the interval is read from the defined ones.
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore")
-        interval = bootstrap(
+        distribution = bootstrap(
             (x, y), statistic, paired=True, vectorized=False, n_resamples=resamples, method="percentile",
             random_state=np.random.default_rng(seed),
-        ).confidence_interval  # fmt: skip
-    if np.isfinite(interval.low) and np.isfinite(interval.high):
-        out["ci95"] = [float(interval.low), float(interval.high)]
+        ).bootstrap_distribution  # fmt: skip
+    defined = distribution[np.isfinite(distribution)]
+    if len(defined) >= 0.9 * resamples:
+        out["ci95"] = [float(v) for v in np.percentile(defined, [2.5, 97.5])]
     return out
 
 

@@ -103,5 +103,8 @@ def test_spearman_interval_brackets_the_rank_correlation():
     noisy = spearman_with_interval(x, x + rng.normal(0, 4, 12), resamples=500, seed=0)
     low, high = noisy["ci95"]
     assert low < noisy["rho"] < high and high - low > 0.1
+    # Five subsets: a few resamples repeat one subset (no rho); the interval comes from the others.
+    few = spearman_with_interval(x[:5], np.array([0.1, 0.3, 0.2, 0.5, 0.4]), resamples=500, seed=0)
+    assert few["ci95"] is not None and few["ci95"][0] <= few["rho"] <= few["ci95"][1] <= 1
     assert spearman_with_interval(x, np.ones(12), resamples=100, seed=0)["rho"] is None
     assert spearman_with_interval(x[:2], x[:2], resamples=100, seed=0)["rho"] is None
