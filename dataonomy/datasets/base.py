@@ -14,6 +14,7 @@ anti-aliased 0..255 edges are cut at half).
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -57,10 +58,56 @@ class Sample:
     split: str | None = None
 
 
+# An image whose header claims more pixels than this is refused before it is decoded: a decompression bomb
+# (a few bytes that say 30000 x 30000) would otherwise take gigabytes. PIL's own bound (twice
+# ``Image.MAX_IMAGE_PIXELS``, about 13,400 x 13,400); line-scan frames beyond it set the variable.
+MAX_IMAGE_PIXELS_ENV = "DATAONOMY_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def max_image_pixels() -> int | None:
+    """The pixel limit in force: ``$DATAONOMY_MAX_IMAGE_PIXELS`` (0: no limit), else the default."""
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(raw.replace("_", ""))
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise DataonomyError(
+            f"{MAX_IMAGE_PIXELS_ENV}={raw!r}: must be a whole number of pixels >= 0 (0: no limit)"
+        )
+    return limit or None
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """``Image.open`` (header only) with the pixel limit applied by size, one line naming the file."""
+    limit = max_image_pixels()
+    # PIL warns between its bound and twice it and raises above; the limit here decides instead. Its bound is a
+    # module global: lifted for the header read only, under a lock (the readers open images from threads).
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = im.size
+    if limit is not None and width * height > limit:
+        im.close()
+        raise BadImageError(
+            f"{path}: its header says {width} x {height} = {width * height:,} pixels, above the limit of "
+            f"{limit:,} (a decompression bomb?); set {MAX_IMAGE_PIXELS_ENV} to allow larger images (0: no limit)"
+        )
+    return im
+
+
 def open_image(path: Path, mode: str | None = None) -> Image.Image:
     """Decode an image fully, turning every decoding failure into a one-line :class:`BadImageError`."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             im.load()  # force a full decode so truncated files fail here, not inside a model
             return im.convert(mode) if mode else im.copy()
     except FileNotFoundError:
@@ -72,9 +119,9 @@ def open_image(path: Path, mode: str | None = None) -> Image.Image:
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+    """(width, height) from the image header, without decoding the pixels (the pixel limit applies)."""
     try:
-        with Image.open(path) as im:
+        with _open_checked(path) as im:
             return im.size
     except FileNotFoundError:
         raise BadImageError(f"{path}: file not found") from None
