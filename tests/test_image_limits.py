@@ -112,3 +112,45 @@ def test_the_limit_is_settable_and_checked(tmp_path, monkeypatch):
     with pytest.raises(DataonomyError, match=f"{MAX_IMAGE_PIXELS_ENV}='lots': must be a whole number"):
         image_size(big)
     assert Image.MAX_IMAGE_PIXELS is not None  # PIL's global bound is left as it was
+
+
+# --- folder links (issue 29, part 2) -----------------------------------------------------------------------------
+
+
+def _class_tree(root: Path) -> Path:
+    for cls in ("NOK", "OK"):
+        (root / cls / "sub").mkdir(parents=True)
+        for i in range(6):
+            where = root / cls / ("sub" if i >= 4 else "")
+            Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(where / f"{cls}{i}.jpg")
+    return root
+
+
+def test_folder_reader_reads_each_real_file_once_through_links(tmp_path):
+    from dataonomy.datasets import ImageFolderDataset
+
+    root = _class_tree(tmp_path / "tree")
+    (root / "OK" / "loop").symlink_to("..", target_is_directory=True)  # back up to the root: a loop
+    (root / "OK" / "again").symlink_to(root / "OK" / "sub", target_is_directory=True)
+    (root / "OK" / "twice.jpg").symlink_to(root / "OK" / "OK0.jpg")
+    with pytest.warns(UserWarning) as caught:
+        ds = ImageFolderDataset(root)
+    assert len(ds.samples) == 12  # the real files, each once, in its own class
+    assert sorted(s.label for s in ds.samples) == ["NOK"] * 6 + ["OK"] * 6
+    assert len({Path(s.path).resolve() for s in ds.samples}) == 12
+    messages = " ".join(str(w.message) for w in caught)
+    assert "did not follow 2 folder link(s)" in messages and "loop" in messages
+    assert "1 file(s) are a second name of a file already listed" in messages and "twice.jpg" in messages
+
+
+def test_folder_reader_follows_a_link_to_images_elsewhere(tmp_path):
+    from dataonomy.datasets import ImageFolderDataset
+
+    root = _class_tree(tmp_path / "tree")
+    outside = tmp_path / "more"
+    outside.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 7 * i, np.uint8)).save(outside / f"x{i}.jpg")
+    (root / "OK" / "linked").symlink_to(outside, target_is_directory=True)
+    ds = ImageFolderDataset(root)
+    assert sum(s.label == "OK" for s in ds.samples) == 9 and len(ds.samples) == 15

@@ -76,12 +76,24 @@ class ImageFolderDataset(SampleDataset):
         masks: dict[Path, Path] = {}
         skipped: list[tuple[Path, str]] = []
         ignored: list[Path] = []
+        # Directory links are followed (users link folders of images in), but each real folder is read once: a
+        # link back up the tree (a loop) or into another class folder would list the same files again, and put
+        # one image in several folds. Each real file is read once too, under its first name.
+        read_dirs = {os.path.realpath(root), *(os.path.realpath(root / cls) for cls in classes)}
+        unfollowed: list[Path] = []
+        real_files: dict[str, Path] = {}
+        second_names: list[tuple[Path, Path]] = []
         for cls in classes:
             images = by_class.setdefault(cls, [])
-            for folder, _, names in sorted(os.walk(root / cls, followlinks=True)):
+            for folder, _, names in sorted(_walk_once(root / cls, read_dirs, unfollowed)):
                 files = []
                 for name in sorted(names):
                     p = Path(folder) / name
+                    real = os.path.realpath(p)
+                    if real in real_files:
+                        second_names.append((p, real_files[real]))
+                        continue
+                    real_files[real] = p
                     (files if p.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(p)
                 found = pair_masks_in_folder(files)
                 images += found.images
@@ -107,6 +119,19 @@ class ImageFolderDataset(SampleDataset):
             )
         if ignored:
             notes.append(f"ignored {len(ignored)} files that are not images (first: {ignored[0]})")
+        if unfollowed:
+            warnings.warn(
+                f"{root}: did not follow {len(unfollowed)} folder link(s) to folders already read, so no file "
+                f"is listed twice (first: {unfollowed[0]} -> {os.path.realpath(unfollowed[0])})",
+                stacklevel=2,
+            )
+        if second_names:
+            p, first = second_names[0]
+            warnings.warn(
+                f"{root}: {len(second_names)} file(s) are a second name of a file already listed, read once "
+                f"(first: {p}, the same file as {first})",
+                stacklevel=2,
+            )
         self.pairing = {"paired": len(masks), "skipped": [p for p, _ in skipped], "ignored": len(ignored)}
         samples = []
         for target, cls in enumerate(classes):
@@ -128,3 +153,19 @@ class ImageFolderDataset(SampleDataset):
         super().__init__(
             root, samples, classes, transform=transform, target_transform=target_transform, notes=notes
         )
+
+
+def _walk_once(top: Path, read_dirs: set[str], unfollowed: list[Path]):
+    """``os.walk(top, followlinks=True)`` in sorted order, entering no real folder twice: a sub-folder whose real
+    path is in ``read_dirs`` is left out (and appended to ``unfollowed``); every folder entered is added."""
+    for folder, dirnames, names in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(Path(folder) / d)
+            if real in read_dirs:
+                unfollowed.append(Path(folder) / d)
+            else:
+                read_dirs.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        yield folder, keep, names
