@@ -58,7 +58,7 @@ from dataonomy.backbones import Backbone, describe_backbone, get_backbone
 from dataonomy.datasets.options import open_dataset
 from dataonomy.devices import resolve_device
 from dataonomy.errors import BadImageError, DataonomyError
-from dataonomy.io import atomic_path
+from dataonomy.io import atomic_path, check_writable, make_dirs
 from dataonomy.manifest import fingerprint_json
 
 # /2: row and metadata checksums (a /1 cache has none, so it is refused as made for other inputs).
@@ -924,7 +924,8 @@ def ensure_features(
     reused = _reusable(out, provenance, request.overwrite, request.overwrite_option)
     if reused is not None:
         return reused
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # before the extraction, which can take hours
+    make_dirs(out.parent, "--out")  # the lock file goes beside the cache
     if request.num_workers is None:
         device = backbone.device if isinstance(backbone, Backbone) else request.device
         request = dataclasses.replace(request, num_workers=default_num_workers(device))

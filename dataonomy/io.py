@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -13,17 +14,61 @@ from pathlib import Path
 
 from dataonomy.errors import DataonomyError
 
+# An output that cannot be written fails with the OS's reason (permission, a parent that is a file, a read-only
+# or full disk), naming the path, never a traceback; a full disk mid-write leaves nothing that looks complete.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def output_error(path: str | Path, exc: OSError, option: str | None = None) -> DataonomyError:
+    """The one-line error for an output ``path`` the OS refused (``option``: the CLI option that named it)."""
+    where = f"{option} {path}" if option else str(path)
+    culprit = f" at {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+    return DataonomyError(f"{where}: cannot write ({exc.strerror or exc}{culprit})")
+
+
+def make_dirs(path: str | Path, option: str | None = None) -> Path:
+    """``mkdir -p`` as a one-line error naming the path and the reason."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(path, exc, option) from None
+    return path
+
+
+def check_writable(path: str | Path, option: str = "--out") -> Path:
+    """Fail now, before any long work, when the file ``path`` could not be written. Nothing is left behind: a
+    probe file is made and removed in the nearest folder that exists (the folders below it are made later,
+    by the writer)."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise output_error(path, exc, option) from None
+    return path
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     A crash or an error leaves no file at ``path`` that looks complete (the rename is atomic
-    on POSIX), and no temporary file behind.
+    on POSIX), and no temporary file behind. A folder that cannot be written, or a disk that fills
+    while writing, is a one-line :class:`DataonomyError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     os.close(fd)
     tmp = Path(tmp)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would.
@@ -33,6 +78,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL or str(exc.filename or "") in (str(tmp), str(path)):
+            raise output_error(path, exc) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -62,9 +111,17 @@ def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(partial)  # left by an interrupted run
     elif partial.exists():
         partial.unlink()
-    partial.mkdir(parents=True)
+    try:
+        partial.mkdir(parents=True)
+    except OSError as exc:
+        raise output_error(out, exc, "--out") from None
     try:
         yield partial
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if exc.errno in _DISK_FULL:
+            raise output_error(out, exc, "--out") from None
+        raise
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.features import ExtractionRequest, FeatureSet, ensure_features, feature_cache_path
+from dataonomy.io import check_writable
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
 from dataonomy.taxonomy import export_graph, graph_from_manifest
 from dataonomy.wordnet import imagenet_classes, imagenet_index, load_wordnet
@@ -240,6 +241,7 @@ def check_outputs(out: Path) -> tuple[Path, Path]:
             if not parent.is_dir():
                 raise DataonomyError(f"--out {out}: {parent} is a file, not a folder")
             break
+    check_writable(out)  # permission or a read-only disk: said now, not after hours of extraction
     return out, graph
 
 

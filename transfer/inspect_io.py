@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from dataonomy.datasets.base import IMAGE_EXTENSIONS, image_size, open_image
 from dataonomy.errors import BadImageError, DataonomyError
-from dataonomy.io import staged_folder
+from dataonomy.io import make_dirs, output_error, staged_folder
 
 __all__ = [
     "PREDICTED_COLOUR",
@@ -171,8 +171,11 @@ def save_png(array: np.ndarray, path: Path) -> Path:
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    make_dirs(path.parent)
+    try:
+        Image.fromarray(array).save(path, format="PNG")
+    except OSError as exc:
+        raise output_error(path, exc) from None
     return path
 
 

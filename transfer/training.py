@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
-from dataonomy.io import atomic_path, json_safe, write_json
+from dataonomy.io import atomic_path, json_safe, make_dirs, write_json
 from transfer import metrics as M
 from transfer.checkpoint import (
     RUN_IN_PROGRESS,
@@ -834,7 +834,7 @@ def _start(trainer: Trainer) -> None:
     for DDP."""
     procs, run_dir = trainer.procs, trainer.run_dir
     if procs.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(run_dir, "--out")
         write_json(run_dir / "config.json", trainer.config.to_dict())
         _truncate_metrics(run_dir / "metrics.jsonl", trainer.position.epoch)  # a fresh start keeps none
         reopen_run(run_dir)
