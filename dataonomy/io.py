@@ -166,3 +166,73 @@ def read_config_json(path: str | Path):
     return read_json_file(
         path, f"--config {path}: not a readable config", detail=lambda exc: type(exc).__name__
     )
+
+
+def _type_name(hint) -> str:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin in (list, tuple, set) or (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if hint is type(None):
+        return "null"
+    if hint is float:
+        return "a number"
+    if hint is Path:
+        return "a path (a string)"
+    return {int: "a whole number", str: "a string", bool: "true or false", dict: "an object"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )
+
+
+def _fits(value, hint) -> bool:
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, tuple, set) or (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if not isinstance(value, list | tuple):
+            return False
+        # tuple[int, int]: each position its own type; list[str] / tuple[str, ...]: one type for all
+        if origin is tuple and len(args) > 1 and Ellipsis not in typing.get_args(hint):
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, str | Path)
+    return True  # a type a JSON file cannot hold (a callable, a class): the constructor decides
+
+
+def check_field_types(cls, data: dict, where: str) -> None:
+    """Every field of the dataclass ``cls`` present in ``data`` (a config read from a file) holds a value of its
+    declared type; else a one-line error naming ``where``, the field, the value and the type expected."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in data and f.name in hints and not _fits(data[f.name], hints[f.name]):
+            raise DataonomyError(
+                f"{where}: field {f.name} is {json.dumps(data[f.name], default=str)}; "
+                f"expected {_type_name(hints[f.name])}"
+            )

@@ -737,7 +737,7 @@ def read_select_config(path: str | Path) -> dict:
     """The :class:`SelectConfig` fields saved in ``path``: a manifest written by ``dataonomy select`` (its
     recorded ``parameters``: the fields that shape the selection) or a JSON object of the fields themselves.
     Path fields come back as paths; any problem is a one-line error naming the file (``--config``)."""
-    from dataonomy.io import read_config_json
+    from dataonomy.io import check_field_types, read_config_json
 
     where = f"--config {path}"
     data = read_config_json(path)
@@ -749,4 +749,5 @@ def read_select_config(path: str | Path) -> dict:
     unknown = sorted(set(data) - set(types))
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    check_field_types(SelectConfig, data, where)
     return {k: Path(v) if "Path" in types[k] and isinstance(v, str) else v for k, v in data.items()}

@@ -15,6 +15,7 @@ from typing import Any
 from dataonomy.datasets.options import DefectLayout
 from dataonomy.datasets.splits import check_split_options
 from dataonomy.errors import DataonomyError
+from dataonomy.io import check_field_types
 from transfer.models import check_image_size, model_spec, uses_aux_logits
 
 MONITORS = ("ap", "auroc", "loss")
@@ -353,6 +354,7 @@ def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
     unknown = sorted(set(data) - names)
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    check_field_types(cls, data, where)
     try:
         return cls(**data)
     except TypeError as exc:

@@ -240,7 +240,7 @@ def read_stage_config(path: str | Path, kind: str) -> dict:
     """The fields (kind left out) of the ``kind`` config saved in ``path``: a bare config (localize's and
     rootcause's ``config.json``) or a file holding one under ``config`` (split's JSON, ``eval_<split>.json``),
     checked by building it; any problem is a one-line error naming the file."""
-    from dataonomy.io import read_config_json
+    from dataonomy.io import check_field_types, read_config_json
 
     where = f"--config {path}"
     data = read_config_json(path)
@@ -255,6 +255,7 @@ def read_stage_config(path: str | Path, kind: str) -> dict:
     unknown = sorted(set(data) - {f.name for f in fields(cls)})
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
+    check_field_types(cls, data, where)
     try:
         cls(**data)
     except TypeError as exc:
