@@ -154,3 +154,26 @@ def test_folder_reader_follows_a_link_to_images_elsewhere(tmp_path):
     (root / "OK" / "linked").symlink_to(outside, target_is_directory=True)
     ds = ImageFolderDataset(root)
     assert sum(s.label == "OK" for s in ds.samples) == 9 and len(ds.samples) == 15
+
+
+def test_dagm_reads_image_and_mask_links_to_files_outside_alike(tmp_path):
+    """Links are followed for images and masks alike; only a labels file's names must stay inside."""
+    from dataonomy.datasets import DAGM, load_mask
+
+    source = make_synthetic_dagm(
+        tmp_path / "src", classes=[1], images_per_split=6, defect_fraction=0.34, rendering=Rendering(size=32)
+    )
+    linked = tmp_path / "linked" / "Class1" / "Test"
+    (linked / "Label").mkdir(parents=True)
+    original = source / "Class1" / "Test"
+    for f in original.glob("*.PNG"):
+        (linked / f.name).symlink_to(f.resolve())
+    for f in (original / "Label").glob("*_label.PNG"):
+        (linked / "Label" / f.name).symlink_to(f.resolve())
+    (linked / "Label" / "Labels.txt").write_text((original / "Label" / "Labels.txt").read_text())
+    mine, theirs = DAGM(tmp_path / "linked", split="test"), DAGM(source, split="test")
+    assert [s.path.name for s in mine.samples] == [s.path.name for s in theirs.samples]
+    assert [s.defect for s in mine.samples] == [s.defect for s in theirs.samples]
+    for a, b in zip(mine.samples, theirs.samples, strict=True):
+        if a.defect:
+            assert np.array_equal(load_mask(a.mask, (32, 32)), load_mask(b.mask, (32, 32)))
