@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "examples"))
 from subset_experiment import (  # noqa: E402
     SHARED,
     TINY_IMAGENET_EXTRAS,
+    check_study_folder,
     evaluate,
     log,
     random_subset,
@@ -371,15 +372,10 @@ def plot_results(results: dict, path: Path) -> Path:
 
 def check_saved_config(cfg: AffinityTransferConfig) -> None:
     """A folder holds one study: the same parameters, more subsets or seeds allowed (they extend it)."""
-    saved = cfg.out / "affinity_transfer_config.json"
-    same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in ("subsets", "seeds")}
-    if saved.exists():
-        old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("subsets", "seeds")}
-        if old != same:
-            raise DataonomyError(
-                f"--out {cfg.out}: holds a study with other parameters; choose another folder"
-            )
-    write_json(saved, cfg.to_dict())
+    check_study_folder(
+        cfg.out / "affinity_transfer_config.json", cfg.to_dict(), AffinityTransferConfig().to_dict(),
+        ("subsets", "seeds"), "a study",
+    )  # fmt: skip
 
 
 def run_study(cfg: AffinityTransferConfig) -> dict:

@@ -40,7 +40,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 sys.path.insert(0, str(REPO / "examples"))
 
-from subset_experiment import SHARED, TINY_IMAGENET_EXTRAS, evaluate, log, train_run  # noqa: E402
+from subset_experiment import (  # noqa: E402
+    SHARED,
+    TINY_IMAGENET_EXTRAS,
+    check_study_folder,
+    evaluate,
+    log,
+    train_run,
+)
 
 from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
@@ -262,18 +269,13 @@ def trunk_logme(cfg: AblationConfig, lever: str, base: Path | None, seed: int) -
 
 
 def check_saved_config(cfg: AblationConfig) -> None:
-    saved = cfg.out / "ablation_config.json"
-    same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k not in ("seeds", "levers")}
-    if saved.exists():
-        old = {k: v for k, v in json.loads(saved.read_text()).items() if k not in ("seeds", "levers")}
-        # a field added since the folder's run takes its default: the run was made with it
-        defaults = json.loads(json.dumps(AblationConfig().to_dict()))
-        old = {k: old.get(k, defaults[k]) for k in same} if set(old) <= set(same) else old
-        if old != same:
-            raise DataonomyError(
-                f"--out {cfg.out}: holds an ablation with other parameters; choose another folder"
-            )
-    write_json(saved, cfg.to_dict())
+    check_study_folder(
+        cfg.out / "ablation_config.json",
+        cfg.to_dict(),
+        AblationConfig().to_dict(),
+        ("seeds", "levers"),
+        "an ablation",
+    )
 
 
 def run_ablation(cfg: AblationConfig) -> dict:

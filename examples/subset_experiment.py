@@ -457,15 +457,38 @@ def _summary(run_dir: Path) -> dict:
 # --- 4. the whole experiment ----------------------------------------------------------------------------------------
 
 
+def check_study_folder(
+    saved: Path, current: dict, defaults: dict, extends: tuple[str, ...], what: str
+) -> None:
+    """One study per ``--out`` folder: refuse a folder whose saved config (``saved``) has other parameters than
+    ``current`` (both ``to_dict()`` forms), then save ``current``. The ``extends`` fields only add runs (more
+    seeds, more subsets, another lever) and may differ; a field saved before it existed takes its ``defaults``
+    value, the one that run was made with."""
+
+    def comparable(d: dict) -> dict:
+        return {k: v for k, v in json.loads(json.dumps(d)).items() if k not in extends}
+
+    same = comparable(current)
+    if saved.exists():
+        old = comparable(json.loads(saved.read_text()))
+        if set(old) <= set(same):
+            old = {k: old.get(k, comparable(defaults)[k]) for k in same}
+        if old != same:
+            raise DataonomyError(
+                f"--out {saved.parent}: holds {what} with other parameters; choose another folder"
+            )
+    write_json(saved, current)
+
+
 def check_saved_config(cfg: ExperimentConfig) -> None:
-    saved = cfg.out / "experiment_config.json"
     # More --seeds only adds runs (seed s's runs do not depend on how many seeds there are): allowed.
-    same = {k: v for k, v in json.loads(json.dumps(cfg.to_dict())).items() if k != "seeds"}
-    if saved.exists() and {k: v for k, v in json.loads(saved.read_text()).items() if k != "seeds"} != same:
-        raise DataonomyError(
-            f"--out {cfg.out}: holds an experiment with other parameters; choose another folder"
-        )
-    write_json(saved, cfg.to_dict())
+    check_study_folder(
+        cfg.out / "experiment_config.json",
+        cfg.to_dict(),
+        ExperimentConfig().to_dict(),
+        ("seeds",),
+        "an experiment",
+    )
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
