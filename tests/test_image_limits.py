@@ -177,3 +177,16 @@ def test_dagm_reads_image_and_mask_links_to_files_outside_alike(tmp_path):
     for a, b in zip(mine.samples, theirs.samples, strict=True):
         if a.defect:
             assert np.array_equal(load_mask(a.mask, (32, 32)), load_mask(b.mask, (32, 32)))
+
+
+def test_defect_readers_report_two_names_of_one_image(tmp_path):
+    from dataonomy.datasets import ImageMaskPairs
+
+    root = tmp_path / "pairs"
+    _jpeg_tree(root)
+    (root / "3.jpg").symlink_to(root / "0.jpg")
+    with pytest.warns(
+        UserWarning, match=r"1 image\(s\) are a second name of an image already listed .*3.jpg"
+    ):
+        ds = ImageMaskPairs(root)
+    assert len(ds.samples) == 4  # reported, not dropped: the listing a manifest fingerprints stays as it was

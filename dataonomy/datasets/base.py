@@ -359,6 +359,19 @@ class SampleDataset(VisionDataset):
         """What the defect-set readers (DAGM, MVTec AD, Kolektor, pairs) build: classes ``ok`` and ``defect``;
         ``transforms`` is ``(transform, target_transform)``."""
         transform, target_transform = transforms
+        first_name: dict[str, Path] = {}
+        second = []
+        for sample in samples:  # a link to another image of the set: one image under two names, in two folds
+            real = os.path.realpath(sample.path)
+            if real in first_name:
+                second.append((sample.path, first_name[real]))
+            first_name.setdefault(real, sample.path)
+        if second:
+            warnings.warn(
+                f"{root}: {len(second)} image(s) are a second name of an image already listed (first: "
+                f"{second[0][0]}, the same file as {second[0][1]}); both names are read",
+                stacklevel=3,
+            )
         SampleDataset.__init__(
             self,
             root,
