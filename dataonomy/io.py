@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import errno
 import json
 import math
 import os
 import shutil
 import tempfile
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -168,67 +172,66 @@ def read_config_json(path: str | Path):
     )
 
 
-def _type_name(hint) -> str:
-    import types
-    import typing
+# What a JSON value must be for a declared scalar type: (how an error names it, the check).
+_SCALARS = {
+    type(None): ("null", lambda v: v is None),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    int: ("a whole number", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    Path: ("a path (a string)", lambda v: isinstance(v, str | Path)),
+    dict: ("an object", lambda v: isinstance(v, dict)),
+}
 
+
+def _kind(hint) -> tuple[str, tuple]:
+    """(``union``, ``literal``, ``sequence``, ``fixed`` (a tuple of positions), ``dict`` or ``scalar``, the
+    type arguments without ``...``)."""
     origin = typing.get_origin(hint)
+    args = tuple(a for a in typing.get_args(hint) if a is not Ellipsis)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if origin in (list, tuple, set) or (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return "union", args
+    if origin is typing.Literal:
+        return "literal", args
+    if origin in (list, tuple, set, collections.abc.Sequence):
+        # tuple[int, int]: each position its own type; list[str] / tuple[str, ...]: one type for all
+        fixed = origin is tuple and len(args) > 1 and Ellipsis not in typing.get_args(hint)
+        return ("fixed" if fixed else "sequence"), args
+    return ("dict" if origin is dict else "scalar"), args
+
+
+def _type_name(hint) -> str:
+    kind, args = _kind(hint)
+    if kind == "union":
+        return " or ".join(_type_name(a) for a in args)
+    if kind in ("sequence", "fixed"):
         return f"a list of {_type_name(args[0])}" if args else "a list"
-    if hint is type(None):
-        return "null"
-    if hint is float:
-        return "a number"
-    if hint is Path:
-        return "a path (a string)"
-    return {int: "a whole number", str: "a string", bool: "true or false", dict: "an object"}.get(
-        hint, getattr(hint, "__name__", str(hint))
-    )
+    if kind == "dict":
+        return _SCALARS[dict][0]
+    return _SCALARS[hint][0] if hint in _SCALARS else getattr(hint, "__name__", str(hint))
 
 
 def _fits(value, hint) -> bool:
-    import types
-    import typing
-
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in typing.get_args(hint))
-    if origin is typing.Literal:
-        return value in typing.get_args(hint)
-    if origin in (list, tuple, set) or (origin is not None and getattr(origin, "__name__", "") == "Sequence"):
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+    kind, args = _kind(hint)
+    if kind == "union":
+        return any(_fits(value, a) for a in args)
+    if kind == "literal":
+        return value in args
+    if kind in ("sequence", "fixed"):
         if not isinstance(value, list | tuple):
             return False
-        # tuple[int, int]: each position its own type; list[str] / tuple[str, ...]: one type for all
-        if origin is tuple and len(args) > 1 and Ellipsis not in typing.get_args(hint):
+        if kind == "fixed":
             return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
         return not args or all(_fits(v, args[0]) for v in value)
-    if origin is dict or hint is dict:
+    if kind == "dict":
         return isinstance(value, dict)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is Path:
-        return isinstance(value, str | Path)
-    return True  # a type a JSON file cannot hold (a callable, a class): the constructor decides
+    # a type a JSON file cannot hold (a callable, a class): the constructor decides
+    return _SCALARS[hint][1](value) if hint in _SCALARS else True
 
 
 def check_field_types(cls, data: dict, where: str) -> None:
     """Every field of the dataclass ``cls`` present in ``data`` (a config read from a file) holds a value of its
     declared type; else a one-line error naming ``where``, the field, the value and the type expected."""
-    import dataclasses
-    import typing
-
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in data and f.name in hints and not _fits(data[f.name], hints[f.name]):
