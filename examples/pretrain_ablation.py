@@ -71,6 +71,8 @@ class Lever:
 
 # Fine-tuning Class1 at half resolution: the 512 px images resized to 256, crops of 96 (192 at native size).
 HALF = {"image_size": 256, "crop_size": 96}
+# A fine-tuning budget at which a random trunk can learn: 5 x the 120 steps, stopped on validation AP.
+LONG = {"epochs": 15, "patience": 5}
 LEVERS = {
     "none": Lever(None, None, what="random initialisation (the baseline), the target at native resolution"),
     "short": Lever("short", "none", what="pretrained 100 steps of 32 (docs/experiment.md's recipe)"),
@@ -80,6 +82,12 @@ LEVERS = {
     ),
     "none-256": Lever(None, None, HALF, "random initialisation, Class1 resized to 256 px, 96 px crops"),
     "converged-256": Lever("converged", "none-256", HALF, "converged, Class1 resized to 256 px, 96 px crops"),
+    "none-long": Lever(
+        None, None, LONG, "random initialisation, up to 600 fine-tuning steps, early stop (patience 5)"
+    ),
+    "converged-long": Lever(
+        "converged", "none-long", LONG, "converged, up to 600 fine-tuning steps, early stop (patience 5)"
+    ),
 }
 
 
@@ -242,6 +250,8 @@ def finetune_config(cfg: AblationConfig, lever: str, base: Path | None, seed: in
     fields.update(LEVERS[lever].finetune)
     if cfg.quick and "crop_size" in LEVERS[lever].finetune:
         fields["crop_size"] = 32
+    if cfg.quick and "epochs" in LEVERS[lever].finetune:  # the long budget's shape, at the quick run's size
+        fields.update(epochs=2, patience=1)
     base_arg = str(base) if base is not None else "scratch"
     return FinetuneConfig(**finetune_base_fields(base_arg, cfg.arch), **fields)
 

@@ -154,3 +154,14 @@ def test_saved_config_from_before_the_target_field_still_matches(tmp_path):
     changed = ablation.AblationConfig(out=tmp_path, crop_size=128)
     with pytest.raises(ablation.DataonomyError, match="holds an ablation with other parameters"):
         ablation.check_saved_config(changed)
+
+
+def test_long_budget_lever_pairs_with_a_random_trunk_on_the_same_budget(tmp_path, shared_data):
+    ablation = _ablation_module()
+    cfg = ablation.AblationConfig(out=tmp_path, dagm_root=shared_data / "dagm" / "Class1" / "Test")
+    assert ablation.LEVERS["converged-long"].baseline == "none-long"
+    short, long = (ablation.finetune_config(cfg, lever, None, seed=2) for lever in ("none", "none-long"))
+    assert short.epochs * short.steps_per_epoch == 120 and short.patience == short.epochs  # no early stop
+    assert long.epochs * long.steps_per_epoch == 600 and long.patience == 5  # stops on validation AP
+    same = ("fold", "defective_train", "split_seed", "seed", "crop_size", "lr", "batch_size")
+    assert [getattr(short, f) for f in same] == [getattr(long, f) for f in same]
