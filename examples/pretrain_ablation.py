@@ -14,7 +14,12 @@ stride 8:
     neu-seg   real NEU-Seg steel defects (``neu-seg``, 200 px whole images, read as ``--format pairs --masks``):
               every image is defective, so N is the whole training set, the decision is segdec's per cell,
               and the outcome is pixel IoU, overall and per defect type (the mask's class index); staged
-              without the 4 images it holds twice (``stage_neu``) Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
+              without the 4 images it holds twice (``stage_neu``)
+    synthetic docs/experiment.md's synthetic DAGM (10 texture classes, 60 images per class and split, 128 px,
+              ``stage_synthetic``), trained on whole images; it has its own Test split, so every seed tests
+              the same images and seeds differ by initialisation and by which N defects are kept
+
+Seed s fine-tunes fold s mod 3 with initialisation seed s in every condition; the
 pretrained trunks are trained once (seed 0) and shared by every fine-tuning seed, so the paired difference is
 the trunk's, measured over fine-tuning seeds and folds.
 
@@ -53,7 +58,7 @@ from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
 
 METRICS = ("ap", "auroc", "tpr", "tnr", "mean_iou")
-TARGETS = ("class1", "neu-seg")
+TARGETS = ("class1", "neu-seg", "synthetic")
 # NEU-Seg's class-index masks: 1, 2, 3 are its three defect types (the source does not say which is which).
 NEU_TYPES = (1, 2, 3)
 
@@ -99,6 +104,10 @@ class AblationConfig:
     source_root: Path = SHARED / "tiny-imagenet-200-subset"
     dagm_root: Path = SHARED / "dagm" / "Class1" / "Test"
     neu_root: Path = SHARED / "neu-seg"
+    # the synthetic target: issue 16's (docs/experiment.md), generated from base_seed
+    synthetic_classes: int = 10
+    synthetic_images_per_split: int = 60
+    synthetic_size: int = 128
     target: str = "class1"
     seeds: int = 6
     levers: tuple[str, ...] = tuple(LEVERS)
@@ -134,7 +143,8 @@ class AblationConfig:
             out=out, seeds=2, levers=("converged-trunk0.1",), defective_train=3,
             pretrain_image_size=16, pretrain_epochs=3, pretrain_patience=1, pretrain_batch_size=16,
             pretrain_images_per_class=4, short_steps=2, short_batch_size=8, crop_size=64, finetune_epochs=1,
-            finetune_steps_per_epoch=2, finetune_batch_size=4, quick=True,
+            finetune_steps_per_epoch=2, finetune_batch_size=4, synthetic_classes=2, synthetic_images_per_split=16,
+            synthetic_size=64, quick=True,
         )  # fmt: skip
         return cls(**(sizes | changes))
 
@@ -205,8 +215,32 @@ def stage_neu(cfg: AblationConfig) -> Path:
     return staged
 
 
-def target_fields(cfg: AblationConfig) -> dict:
-    """The fine-tuning fields that name the target's images and how it trains on them."""
+def stage_synthetic(cfg: AblationConfig) -> Path:
+    """The synthetic DAGM target in ``OUT/target/synthetic/dagm``, generated once (written under a temporary
+    name, renamed when complete)."""
+    import shutil
+
+    from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
+
+    root = (cfg.out / "target" / "synthetic").resolve()
+    if not (root / "dagm").exists():
+        tmp = root / "dagm.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_synthetic_dagm(
+            tmp,
+            classes=cfg.synthetic_classes,
+            images_per_split=cfg.synthetic_images_per_split,
+            rendering=Rendering(size=cfg.synthetic_size, seed=cfg.base_seed),
+        )
+        tmp.rename(root / "dagm")
+    return root / "dagm"
+
+
+def target_fields(cfg: AblationConfig, seed: int) -> dict:
+    """The fine-tuning fields that name the target's images, its split and how it trains on them."""
+    if cfg.target == "synthetic":  # its own Train/Test split; whole 128 px images
+        return {"data": str(stage_synthetic(cfg)), "crop_size": None, "split_seed": cfg.base_seed}
+    folds = {"folds": cfg.folds, "fold": seed % cfg.folds, "split_seed": cfg.base_seed}
     if cfg.target == "neu-seg":  # 200 px images: trained whole
         root = stage_neu(cfg)
         return {
@@ -214,8 +248,9 @@ def target_fields(cfg: AblationConfig) -> dict:
             "format": "pairs",
             "masks": str(root / "masks"),
             "crop_size": None,
+            **folds,
         }
-    return {"data": str(Path(cfg.dagm_root).resolve()), "crop_size": cfg.crop_size}
+    return {"data": str(Path(cfg.dagm_root).resolve()), "crop_size": cfg.crop_size, **folds}
 
 
 def iou_by_defect_type(localize_json: Path, masks: Path) -> dict[str, float | None]:
@@ -239,8 +274,7 @@ def finetune_config(cfg: AblationConfig, lever: str, base: Path | None, seed: in
     from transfer.config import FinetuneConfig
 
     fields = dict(
-        **target_fields(cfg), folds=cfg.folds, fold=seed % cfg.folds,
-        split_seed=cfg.base_seed, defective_train=cfg.defective_train, head="segdec",
+        **target_fields(cfg, seed), defective_train=cfg.defective_train, head="segdec",
         output_stride=cfg.output_stride, epochs=cfg.finetune_epochs,
         steps_per_epoch=cfg.finetune_steps_per_epoch, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
         patience=cfg.finetune_epochs, checkpoint_every=10_000, seed=seed,
@@ -321,13 +355,14 @@ def run_ablation(cfg: AblationConfig) -> dict:
             run_started = time.perf_counter()
             done = (cfg.out / "finetune" / lever / f"seed{seed}" / "experiment_metrics.json").exists()
             run_dir = finetune(cfg, lever, base, seed, runtime)
-            row = {"lever": lever, "seed": seed, "fold": seed % cfg.folds, **evaluate(cfg, run_dir)}
+            fold = None if cfg.target == "synthetic" else seed % cfg.folds
+            row = {"lever": lever, "seed": seed, "fold": fold, **evaluate(cfg, run_dir)}
             if cfg.target == "neu-seg" and row["mean_iou"] is not None:
                 row |= iou_by_defect_type(run_dir / "localize" / "localize.json", stage_neu(cfg) / "masks")
             row["run"] = str(run_dir)
             if not done:  # a finished run is skipped in no time: only work done here predicts the rest
                 worked.append(time.perf_counter() - run_started)
-            if seed < cfg.folds:  # one estimate per fold and starting trunk
+            if seed < (1 if fold is None else cfg.folds):  # one estimate per fold and starting trunk
                 row["logme"] = trunk_logme(cfg, lever, base, seed)["logme"]
             rows.append(row)
             log(f"    test AP {row['ap']}, AUROC {row['auroc']}, pixel mean IoU {row['mean_iou']}")
@@ -463,7 +498,11 @@ def _fmt(stat: dict) -> str:
 def format_results(results: dict) -> str:
     cfg = results["config"]
     n, target = cfg["defective_train"], cfg.get("target", "class1")
-    what = "real Class1" if target == "class1" else "real NEU-Seg (every image defective; AP per cell)"
+    what = {
+        "class1": "real Class1",
+        "neu-seg": "real NEU-Seg (every image defective; AP per cell)",
+        "synthetic": "synthetic DAGM (its own Test split)",
+    }[target]
     lines = [f"# Pretraining ablation: scratch arm, {what} with {n} defective training images", ""]
     for name, p in results["pretrain"].items():
         lines.append(

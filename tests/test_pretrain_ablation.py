@@ -165,3 +165,37 @@ def test_long_budget_lever_pairs_with_a_random_trunk_on_the_same_budget(tmp_path
     assert long.epochs * long.steps_per_epoch == 600 and long.patience == 5  # stops on validation AP
     same = ("fold", "defective_train", "split_seed", "seed", "crop_size", "lr", "batch_size")
     assert [getattr(short, f) for f in same] == [getattr(long, f) for f in same]
+
+
+def test_synthetic_target_trains_on_its_own_split_with_the_same_defects_per_seed(tmp_path, shared_data):
+    out = tmp_path / "syn"
+    done = run_script(
+        "--quick",
+        "--target",
+        "synthetic",
+        "--levers",
+        "converged",
+        "--defective-train",
+        "3",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["lever"], r["seed"], r["fold"]) for r in results["runs"]} == {
+        (lever, seed, None) for lever in ("none", "converged") for seed in (0, 1)
+    }
+    staged = (out / "target" / "synthetic" / "dagm").resolve()
+    assert json.loads((staged / "synthetic.json").read_text())["parameters"]["classes"] == [1, 2]
+    assert not (out / "target" / "synthetic" / "dagm.partial").exists()
+    configs = [json.loads(p.read_text()) for p in sorted((out / "finetune").glob("*/seed*/config.json"))]
+    assert {(c["data"], c["folds"], c["crop_size"], c["defective_train"]) for c in configs} == {
+        (str(staged), None, None, 3)
+    }
+    seen = {
+        tuple(torch.load(p, map_location="cpu", weights_only=True)["seen_images"]["train"])
+        for p in (out / "finetune").glob("*/seed*/best.pt")
+    }
+    assert len(seen) == 1  # every seed and condition trains on the same 3 defects (and every clean image)
+    assert "synthetic DAGM (its own Test split)" in (out / "results.md").read_text()
+    assert len(list((out / "logme").glob("*.json"))) == 2  # one per trunk: every seed tests the same split
