@@ -23,7 +23,8 @@ from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import open_dataset, reader_options
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
-from dataonomy.features import ExtractionRequest, FeatureSet, ensure_features, feature_cache_path
+from dataonomy.feature_store import FeatureSet
+from dataonomy.features import ExtractionRequest, ensure_features, feature_cache_path
 from dataonomy.io import check_writable
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
 from dataonomy.taxonomy import export_graph, graph_from_manifest

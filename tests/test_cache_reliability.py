@@ -20,12 +20,8 @@ from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
 from dataonomy.datasets.options import reader_options
 from dataonomy.errors import DataonomyError
-from dataonomy.features import (
-    DamagedCacheError,
-    ensure_features,
-    feature_cache_path,
-    load_features,
-)
+from dataonomy.feature_store import DamagedCacheError, load_features
+from dataonomy.features import ensure_features, feature_cache_path
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_the_rule_on_a_machine_without_a_gpu(monkeypatch):
 
 
 def test_training_evaluation_and_selection_use_the_one_rule(two_gpus, monkeypatch):
-    from transfer.training import Processes
+    from dataonomy.processes import Processes
 
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     assert Processes.from_env("cuda:1").device == torch.device("cuda", 1)

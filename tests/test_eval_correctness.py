@@ -228,11 +228,12 @@ def _patch_set(root: Path) -> tuple[Path, Path]:
 
 
 def test_patch_validation_image_scores_equal_image_scores(tmp_path):
+    from dataonomy.processes import Processes
     from transfer.checkpoint import LoadedModel, ModelRecord, model_record
     from transfer.config import FinetuneConfig
     from transfer.data import PatchDataset, run_fold
     from transfer.evaluate import image_scores
-    from transfer.training import FinetuneTask, Processes, predict
+    from transfer.training import FinetuneTask, predict
 
     images, masks = _patch_set(tmp_path)
     config = FinetuneConfig(

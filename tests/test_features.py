@@ -23,7 +23,8 @@ from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
 from dataonomy.datasets import DAGM, ImageNet, Sampling
 from dataonomy.errors import BadImageError, DataonomyError
-from dataonomy.features import ensure_features, extract_features, load_features
+from dataonomy.feature_store import load_features
+from dataonomy.features import ensure_features, extract_features
 
 TINY_WNIDS = ["n01443537", "n01629819"]  # goldfish, European fire salamander
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -37,15 +36,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
-from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, json_safe, make_dirs, write_json
+from dataonomy.processes import Processes
 from transfer import metrics as M
 from transfer.checkpoint import (
     RUN_IN_PROGRESS,
@@ -106,70 +104,6 @@ class Runtime:
     progress: bool | None = None
     stop_after_steps: int | None = None
     log_every: float | None = 30.0
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Processes
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    """This process's place in a (possibly single-process) job, as torchrun's environment describes it."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool
-
-    @classmethod
-    def from_env(cls, device: str | None) -> Processes:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = resolve_device(device)  # cuda without an index: this rank's GPU
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        owns_group = False
-        if world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-            owns_group = True
-        return cls(rank, world_size, local_rank, dev, owns_group)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum over processes, as a new float64 tensor on this device (``values`` is left as it is)."""
-        values = values.detach().to(self.device, torch.float64, copy=True)
-        if self.distributed:
-            dist.all_reduce(values)
-        return values
-
-    def any(self, flag: bool) -> bool:
-        return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
-
-    def gather(self, obj):
-        """A list with every process's ``obj``, in rank order."""
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 class ResumableSampler(DistributedSampler):
@@ -1050,7 +984,6 @@ __all__ = [
     "FinetuneTask",
     "Position",
     "PretrainTask",
-    "Processes",
     "ResumableSampler",
     "Runtime",
     "StopRequest",
