@@ -5,7 +5,7 @@ Measured, interleaved round by round on the same real DAGM Class1/Test images (`
 
 * ``train``: one optimiser step of a batch (forward, the segdec loss of ``transfer.segdec_task`` from the masks
   and labels, backward, SGD), as ``transfer finetune --head segdec`` takes it (loader and checkpoints aside);
-* ``infer``: the image scores and defect maps of the batch, one forward pass (``segdec_scores``);
+* ``infer``: the image scores and defect maps of the batch, one forward pass (``transfer.heads.segdec.segdec_scores``);
 * ``segmap``: localisation as ``transfer localize`` does it for a segdec run: one pass per image, the map
   upsampled to the image;
 * ``patch_loop``: the reference patch heatmap (``heatmap_loop``, ``--patch-size``/``--stride``, default 64/32:
@@ -30,10 +30,11 @@ import torch
 from _common import DAGM_CLASS1_TEST, finish, interleaved, median_ratio, parser, setup, stats, table
 
 from transfer.data import DefectData, defect_fold
+from transfer.heads.segdec import segdec_scores
 from transfer.localize import heatmap_batched, heatmap_loop
 from transfer.models import build_model, model_spec
 from transfer.segdec import build_segdec
-from transfer.segdec_task import MaskedImages, segdec_loss, segdec_scores
+from transfer.segdec_task import MaskedImages, segdec_loss
 
 
 def measure(arch: str, fold, chosen: list[int], args, device: torch.device) -> tuple[dict, dict]:

@@ -15,7 +15,8 @@ from transfer import metrics
 from transfer.checkpoint import load_model
 from transfer.cli import app
 from transfer.data import DefectData, PatchDataset, defect_fold
-from transfer.evaluate import evaluation_report, image_scores, max_patch_scores
+from transfer.evaluate import evaluation_report, image_scores
+from transfer.heads.patch import max_patch_scores
 from transfer.models import get_model
 
 # --- the report on a hand-checked confusion matrix -------------------------------------------------------------

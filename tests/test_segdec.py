@@ -15,8 +15,9 @@ from transfer import metrics as M
 from transfer.checkpoint import load_model
 from transfer.cli import app
 from transfer.data import DefectData, defect_fold
+from transfer.heads.segdec import segdec_scores
 from transfer.segdec import SegDecNet, build_segdec, cut_trunk, upsample_map
-from transfer.segdec_task import MaskedImages, distance_weights, pixel_loss, segdec_loss, segdec_scores
+from transfer.segdec_task import MaskedImages, distance_weights, pixel_loss, segdec_loss
 
 EFFNET_MEAN, EFFNET_STD = (127 / 255,) * 3, (128 / 255,) * 3
 

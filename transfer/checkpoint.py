@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, json_safe, write_json
 from transfer.config import TrainConfig, config_from_dict
-from transfer.models import ClassifierNet, get_model, load_weights, model_spec, read_checkpoint
+from transfer.models import ClassifierNet, model_spec, read_checkpoint
 
 MODEL_FORMAT = "transfer.model/1"
 CHECKPOINT_FORMAT = "transfer.checkpoint/1"
@@ -55,7 +55,8 @@ class ModelRecord:
     own scale, on a grid of ``patch_stride``). ``head``: None (a classifier) or ``segdec`` (with ``output_stride``
     and ``head_channels``). ``decision``: what the stored ``threshold`` decides (``image``, or where validation
     could not hold both kinds of image, a classifier ``patch`` or a segdec map ``cell``). ``input_size`` None: a
-    segdec model that takes images at their own size.
+    segdec model that takes images at their own size. ``head_fields``: the fields its kind
+    (:attr:`transfer.heads.Head.record_fields`) records, by name.
     """
 
     path: Path
@@ -80,6 +81,7 @@ class ModelRecord:
     epoch: int | None = None
     status: str | None = None
     seen_images: dict | None = None
+    head_fields: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, obj: dict, path: str | Path) -> ModelRecord:
@@ -87,11 +89,10 @@ class ModelRecord:
         path = Path(path)
         if obj.get("format") != MODEL_FORMAT:
             raise DataonomyError(f"{path}: not a model saved by transfer pretrain/finetune")
-        required = ["kind", "arch", "num_classes", "input_size", "mean", "std", "config"]
-        if obj.get("input") == "patch":
-            required += ["patch_size", "patch_stride"]
-        if obj.get("head") == "segdec":
-            required += ["output_stride", "head_channels"]
+        from transfer.heads import get_head, head_name
+
+        head_fields = get_head(head_name(obj.get("head"), obj.get("input"))).record_fields
+        required = ["kind", "arch", "num_classes", "input_size", "mean", "std", "config", *head_fields]
         missing = [key for key in required if key not in obj]
         if missing:
             raise DataonomyError(
@@ -108,6 +109,7 @@ class ModelRecord:
             std=tuple(obj["std"]),
             saved_config=obj["config"],
             classes=tuple(obj.get("classes", ())),
+            head_fields={name: obj[name] for name in head_fields},
             **optional,
         )
 
@@ -122,12 +124,11 @@ class ModelRecord:
         return config_from_dict(self.saved_config, str(self.path))
 
     @property
-    def is_patch_model(self) -> bool:
-        return self.input == "patch"
+    def head_kind(self):
+        """The model's kind (:class:`transfer.heads.Head`): what it outputs and how it is used."""
+        from transfer.heads import head_of
 
-    @property
-    def is_segdec(self) -> bool:
-        return self.head == "segdec"
+        return head_of(self)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images (B, 3, H, W) -> the model's input normalisation."""
@@ -145,7 +146,7 @@ class ModelRecord:
 
         if self.kind == "pretrain":
             return pretrain_transforms(self.input_size, self.mean, self.std, False)[1]
-        size = None if self.is_patch_model or self.is_segdec else self.input_size
+        size = self.input_size if self.head_kind.image_input == "resized" else None
         return texture_transforms(size, self.mean, self.std, False)[1]
 
     def unfinished(self) -> str | None:
@@ -226,20 +227,8 @@ def load_model(
     record, weights = read_model_record(run)
     if not allow_incomplete:
         record.refuse_unfinished("--model", allow_option)
-    model = _segdec_model(record, weights) if record.is_segdec else _classifier(record, weights)
+    model = record.head_kind.build(record, weights)
     return LoadedModel(model.to(device).eval(), record, record.path)
-
-
-def _classifier(record: ModelRecord, weights: dict) -> ClassifierNet:
-    model = get_model(record.arch, record.num_classes, record.dropout, aux_logits=False, init=False)
-    load_weights(model, weights, str(record.path), record.arch)
-    return model
-
-
-def _segdec_model(record: ModelRecord, weights: dict) -> nn.Module:
-    from transfer.segdec import saved_segdec
-
-    return saved_segdec(record.arch, record.output_stride, record.head_channels, weights, str(record.path))
 
 
 def finetune_base_fields(base: str, arch: str | None, allow_incomplete: bool = False) -> dict:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -34,33 +33,6 @@ from transfer.data import (
 from transfer.stage_config import EvaluateConfig
 
 
-def max_patch_scores(
-    model: nn.Module, images: torch.Tensor, patch_size: int, stride: int, batch_size: int = 256
-) -> torch.Tensor:
-    """Each image's highest defect probability over its patches on the localisation grid.
-
-    ``images``: normalised (N, 3, H, W) on the model's device. An image is as defective as its most defective
-    patch, so a patch-level threshold decides images too.
-    """
-    from transfer.localize import patch_grid
-
-    n, _, height, width = images.shape
-    ys, xs = patch_grid(height, width, patch_size, stride)
-    windows = images.unfold(2, patch_size, 1).unfold(3, patch_size, 1)  # (N, C, H', W', p, p), a view
-    rows, cols = np.meshgrid(ys, xs, indexing="ij")
-    rows, cols = torch.as_tensor(rows.ravel()), torch.as_tensor(cols.ravel())
-    out = torch.empty(n, device=images.device)
-    with torch.no_grad():
-        for i in range(n):
-            probs = []
-            for begin in range(0, rows.numel(), batch_size):
-                r, c = rows[begin : begin + batch_size], cols[begin : begin + batch_size]
-                patches = windows[i][:, r, c].permute(1, 0, 2, 3).contiguous()  # (B, C, p, p)
-                probs.append(torch.softmax(model(patches).float(), dim=1)[:, 1])
-            out[i] = torch.cat(probs).max()
-    return out
-
-
 def image_scores(
     loaded: LoadedModel, dataset, batch_size: int = 32, num_workers: int = 0, progress: bool | None = None
 ) -> np.ndarray:
@@ -71,10 +43,10 @@ def image_scores(
 
     from dataonomy.datasets.base import image_size
 
-    record, model = loaded.record, loaded.model
+    record, model, head = loaded.record, loaded.model, loaded.record.head_kind
     device = next(model.parameters()).device
-    patch_mode, segdec, size = record.is_patch_model, record.is_segdec, record.input_size
-    if segdec:
+    native, size = head.image_input == "native", record.input_size
+    if native:
         # segdec runs see each image at its own size, or with its longer side at the size they were trained
         # with; batches hold images of one size (nothing padded or stretched to fit another).
         sizes = []
@@ -84,7 +56,8 @@ def image_scores(
         resize = []  # per image, below
     else:
         sizes = [(0, 0)] * len(dataset)  # classifiers: every image resized to the input size, one batch shape
-        resize = [] if patch_mode or size is None else [v2.Resize((size, size), antialias=True)]
+        resized = head.image_input == "resized" and size is not None
+        resize = [v2.Resize((size, size), antialias=True)] if resized else []
     to_tensor = v2.Compose([v2.ToImage(), *resize])
 
     class _Tensors(torch.utils.data.Dataset):
@@ -94,11 +67,11 @@ def image_scores(
         def __getitem__(self, i):
             image, target = dataset[i]
             x = to_tensor(image)
-            if segdec and tuple(x.shape[-2:]) != sizes[i]:
+            if native and tuple(x.shape[-2:]) != sizes[i]:
                 x = v2.functional.resize(x, list(sizes[i]), antialias=True)
             return x, target
 
-    batches = size_batches(sizes, 1 if patch_mode else batch_size)
+    batches = size_batches(sizes, 1 if head.image_input == "as_is" else batch_size)
     order = [i for batch in batches for i in batch]
     loader = DataLoader(_Tensors(), batch_sampler=batches, num_workers=num_workers)
     scores = []
@@ -106,13 +79,7 @@ def image_scores(
         for images, _ in tqdm(
             loader, desc="scoring", disable=None if progress is not False else True, leave=False
         ):
-            x = loaded.normalize(images.to(device))
-            if patch_mode:
-                scores.append(max_patch_scores(model, x, record.patch_size, record.patch_stride, batch_size))
-            elif segdec:
-                scores.append(torch.sigmoid(model(x).image_logit.float()))
-            else:
-                scores.append(torch.softmax(model(x).float(), dim=1)[:, 1])
+            scores.append(head.score_images(loaded, loaded.normalize(images.to(device)), batch_size))
     out = np.empty(len(order), dtype=np.float64)
     out[order] = torch.cat(scores).cpu().numpy() if scores else []
     return out
@@ -286,7 +253,7 @@ def _decided(loaded: LoadedModel, dataset, unit: str, batch_size: int, num_worke
     """Scores and labels of what the run's threshold decides (images, map cells or patches) over ``dataset``,
     each with its image's index, and every image's own score."""
     if unit == "cell":
-        from transfer.segdec_task import map_cells
+        from transfer.heads.segdec import map_cells
 
         return map_cells(loaded, dataset, batch_size, num_workers)
     scores = image_scores(loaded, dataset, batch_size, num_workers)
@@ -299,7 +266,7 @@ def _decided(loaded: LoadedModel, dataset, unit: str, batch_size: int, num_worke
 def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_workers: int = 0) -> dict:
     """Defect probabilities and labels of a patch run's training patches (the fine-tuning's own patch rule) over
     ``dataset``, with each patch's image index."""
-    record = loaded.record
+    record, head = loaded.record, loaded.record.head_kind
     patches = PatchDataset(
         dataset, record.patch_size, record.patch_stride, loaded.config.patch_defect_fraction
     )
@@ -310,7 +277,7 @@ def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_worker
     scores = []
     with torch.no_grad():
         for x, _ in loader:
-            scores.append(torch.softmax(loaded.model(x.to(device)).float(), dim=1)[:, 1].cpu())
+            scores.append(head.defect_probability(loaded.model(x.to(device))).cpu())
     return {
         "scores": torch.cat(scores).double().numpy(),
         "labels": np.asarray(patches.targets),
@@ -329,7 +296,6 @@ __all__ = [
     "evaluate_run",
     "evaluation_report",
     "image_scores",
-    "max_patch_scores",
     "patch_scores",
     "plot_pr_curves",
 ]

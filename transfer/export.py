@@ -24,12 +24,10 @@ import torch
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path
 from transfer.checkpoint import LoadedModel, load_model
+from transfer.heads import Head, get_head
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_OPSET = 17
-
-
-SEGDEC_OUTPUTS = ("score_logit", "map_logits")
 
 
 def export_onnx(
@@ -37,23 +35,16 @@ def export_onnx(
     path: str | Path,
     input_size: int | tuple[int, int],
     opset: int = DEFAULT_OPSET,
-    segdec: bool = False,
+    head: Head | None = None,
 ) -> Path:
-    """Export ``model`` (eval mode, on CPU) to ONNX at ``path``: input ``image`` (N, 3, S, S), output ``logits``;
-    with ``segdec``, input (N, 3, H, W) of any size (``input_size`` (H, W) is the traced example's) and outputs
-    ``score_logit``, ``map_logits``."""
+    """Export ``model`` (eval mode, on CPU) to ONNX at ``path``: input ``image``, the outputs of ``head`` (default
+    ``classify``: ``logits``) with its dynamic axes: (N, 3, S, S) for a classifier; a segdec model's (N, 3, H, W)
+    of any size (``input_size`` (H, W) is the traced example's) and outputs ``score_logit``, ``map_logits``."""
+    head = head or get_head("classify")
     model = model.cpu().eval()
     height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
     example = torch.zeros(1, 3, height, width)
-    if segdec:
-        names = list(SEGDEC_OUTPUTS)
-        axes = {
-            "image": {0: "batch", 2: "height", 3: "width"},
-            "score_logit": {0: "batch"},
-            "map_logits": {0: "batch", 2: "map_height", 3: "map_width"},
-        }
-    else:
-        names, axes = ["logits"], {"image": {0: "batch"}, "logits": {0: "batch"}}
+    names, axes = list(head.onnx_outputs), head.onnx_axes
     with warnings.catch_warnings():
         # The TorchScript exporter announces its deprecation; it is the one that needs no onnxscript.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -149,9 +140,8 @@ def parity_images(
     there are defects: images of the defect set (``data``, a :class:`transfer.data.DefectData`, default the
     run's own; whole, resized) or patches for fine-tuned runs, source-pool validation images for pretrain
     runs. Segdec runs take images at their own size: a list of one-image batches."""
-    from torchvision.transforms import v2
 
-    from transfer.data import PatchDataset, pretrain_folds, run_fold, scaled_size
+    from transfer.data import pretrain_folds, run_fold
 
     config, record = loaded.config, loaded.record
     if record.kind == "pretrain":
@@ -164,30 +154,7 @@ def parity_images(
     split = split or (
         "test" if config.test_fraction > 0 or config.folds is not None or not same_set else "val"
     )
-    fold = run_fold(config, split, data)
-    if record.is_patch_model:
-        patches = PatchDataset(fold, record.patch_size, record.patch_stride, config.patch_defect_fraction)
-        targets = np.asarray(patches.targets)
-        chosen = _balanced(targets, n)
-        return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))
-    chosen = _balanced(np.asarray(fold.targets), n)
-    if record.is_segdec:
-        # Each image at its own size, or its longer side at the training size (the segdec policy).
-        out = []
-        for i in chosen:
-            x = v2.functional.to_image(fold[int(i)][0])
-            x = v2.functional.resize(x, list(scaled_size(*x.shape[-2:], record.input_size)), antialias=True)
-            out.append(loaded.normalize(x[None]))
-        return out
-    return torch.stack([loaded.transforms()(fold[int(i)][0]) for i in chosen])
-
-
-def _balanced(targets: np.ndarray, n: int) -> np.ndarray:
-    """Indices of up to n examples, half defective where possible, spread over the fold (deterministic)."""
-    defective, clean = np.flatnonzero(targets == 1), np.flatnonzero(targets == 0)
-    k = min(len(defective), n // 2)
-    spread = lambda idx, m: idx[np.linspace(0, len(idx) - 1, m).round().astype(int)] if m else idx[:0]  # noqa: E731
-    return np.sort(np.r_[spread(defective, k), spread(clean, min(len(clean), n - k))])
+    return record.head_kind.examples(loaded, run_fold(config, split, data), n)
 
 
 def export_run(
@@ -211,7 +178,7 @@ def export_run(
     if tolerance < 0:
         raise DataonomyError(f"--tolerance {tolerance}: must not be negative")
     loaded = load_model(run, "cpu", allow_incomplete, "--allow-incomplete")
-    record, segdec = loaded.record, loaded.record.is_segdec
+    record, head = loaded.record, loaded.record.head_kind
     images = parity_images(loaded, data, split, n_images)
     metadata = {
         "transfer.arch": record.arch,
@@ -222,17 +189,13 @@ def export_run(
         "transfer.mean": list(record.mean),
         "transfer.std": list(record.std),
         "transfer.threshold": record.threshold,
-        "transfer.output": "logits; the defect probability is softmax(logits)[:, 1]",
+        "transfer.head": head.name,
+        "transfer.output": head.onnx_meaning,
+        **{f"transfer.{name}": value for name, value in record.head_fields.items()},
     }
-    if segdec:
-        metadata["transfer.output"] = (
-            "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
-            "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
-        )
-        metadata["transfer.output_stride"] = record.output_stride
-    example = tuple(images[0].shape[-2:]) if segdec else record.input_size
+    example = record.input_size if head.image_input == "resized" else tuple(images[0].shape[-2:])
     with atomic_path(onnx_path) as tmp:
-        export_onnx(loaded.model, tmp, example, opset, segdec=segdec)
+        export_onnx(loaded.model, tmp, example, opset, head=head)
         add_metadata(tmp, metadata)
         result = parity(tmp, loaded.model, images)
         check_parity(result, tolerance)

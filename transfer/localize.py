@@ -25,7 +25,7 @@ the masks, and :func:`binarize` applies it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -114,15 +114,25 @@ def _as_batch(images) -> tuple[torch.Tensor, bool]:
     raise DataonomyError(f"images: expected (C, H, W) or (N, C, H, W), got shape {tuple(images.shape)}")
 
 
-def _defect_probability(model: nn.Module, patches: torch.Tensor, input_size: int | None) -> torch.Tensor:
-    if input_size is not None and patches.shape[-1] != input_size:
-        patches = F.interpolate(patches, size=(input_size, input_size), mode="bilinear", antialias=True)
-    logits = model(patches)
+def two_class_probability(logits: torch.Tensor) -> torch.Tensor:
+    """The defect probability of each row of a two-class classifier's logits (class 1 = defective), float32."""
     if logits.ndim != 2 or logits.shape[1] != 2:
         raise DataonomyError(
             f"model: a patch classifier must return (batch, 2) logits, got shape {tuple(logits.shape)}"
         )
     return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+#: The rule from a patch classifier's output to each patch's defect probability (the run's head's).
+Probability = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _defect_probability(
+    model: nn.Module, patches: torch.Tensor, input_size: int | None, probability: Probability
+) -> torch.Tensor:
+    if input_size is not None and patches.shape[-1] != input_size:
+        patches = F.interpolate(patches, size=(input_size, input_size), mode="bilinear", antialias=True)
+    return probability(model(patches))
 
 
 def heatmap_loop(
@@ -132,12 +142,15 @@ def heatmap_loop(
     stride: int,
     input_size: int | None = None,
     device=None,
+    probability: Probability = two_class_probability,
 ) -> torch.Tensor:
     """Reference heatmap: crop every patch, classify it alone, average the probabilities per pixel.
 
     ``images``: (C, H, W) or (N, C, H, W); returns (H, W) or (N, H, W) float32 on the CPU, values in [0, 1].
     ``input_size``: resize each patch to this side before classifying (when the model was trained at a fixed
     input size); ``None`` classifies patches at their own size. ``device``: where to run (default: the model's).
+    ``probability``: the rule from the model's output to each patch's defect probability (the run's head's;
+    default a two-class softmax), in every heatmap function.
     """
     batch, single = _as_batch(images)
     n, _, height, width = batch.shape
@@ -151,8 +164,8 @@ def heatmap_loop(
             for y in ys:
                 for x in xs:
                     patch = image[None, :, y : y + patch_size, x : x + patch_size]
-                    probability = _defect_probability(model, patch, input_size).item()
-                    total[i, y : y + patch_size, x : x + patch_size] += probability
+                    score = _defect_probability(model, patch, input_size, probability).item()
+                    total[i, y : y + patch_size, x : x + patch_size] += score
                     if i == 0:
                         count[y : y + patch_size, x : x + patch_size] += 1
     heat = (total / count).to(torch.float32)
@@ -173,6 +186,7 @@ def heatmap_batched(
     batch_size: int | None = None,
     input_size: int | None = None,
     device=None,
+    probability: Probability = two_class_probability,
 ) -> torch.Tensor:
     """The :func:`heatmap_loop` heatmap, with patches classified ``batch_size`` at a time.
 
@@ -199,7 +213,7 @@ def heatmap_batched(
         for begin in range(0, image_index.numel(), batch_size):
             chunk = slice(begin, begin + batch_size)
             patches = windows[image_index[chunk], :, row_index[chunk], col_index[chunk]]  # (B, C, p, p)
-            probabilities.append(_defect_probability(model, patches.contiguous(), input_size))
+            probabilities.append(_defect_probability(model, patches.contiguous(), input_size, probability))
     patch_probs = torch.cat(probabilities).reshape(n, len(ys), len(xs))
     heat = assemble(patch_probs, ys, xs, patch_size, height, width).cpu()
     return heat[0] if single else heat
@@ -239,6 +253,7 @@ def heatmap_dense(
     stride: int,
     input_size: int | None = None,
     device=None,
+    probability: Probability = two_class_probability,
 ) -> torch.Tensor:
     """Heatmap from one pass of the convolutional trunk per image, classifying every patch from its features.
 
@@ -296,7 +311,7 @@ def heatmap_dense(
                 aligned=True,
             ).mean(dim=(2, 3))
             logits = model.classifier(pooled.to(feature_map.dtype))
-            patch_probs = torch.softmax(logits.float(), dim=1)[:, 1].reshape(1, len(ys), len(xs))
+            patch_probs = probability(logits).reshape(1, len(ys), len(xs))
             heats.append(assemble(patch_probs, ys, xs, patch_size, height, width).cpu())
     heat = torch.cat(heats)
     return heat[0] if single else heat

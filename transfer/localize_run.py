@@ -36,7 +36,6 @@ components of the masks), per-defect detection at IoU >= 0.5.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from dataonomy.datasets import SampleDataset, open_image
 from dataonomy.datasets.base import seeded_subsample
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
-from dataonomy.io import read_json_file, write_json
+from dataonomy.io import file_sha256, read_json_file, write_json
 from transfer import localize as L
 from transfer import metrics as M
 from transfer.data import check_overlap, scaled_size, training_overlap
@@ -130,14 +129,6 @@ def _device(device: str | None) -> str:
     return str(resolve_device(device))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class LocalizeSettings:
     """How heatmaps are computed: patch side and stride (pixels; None for ``segmap``, the segdec model's own map
@@ -150,6 +141,7 @@ class LocalizeSettings:
     input_size: int | None
     batch_size: int
     device: str
+    probability: Callable[[torch.Tensor], torch.Tensor] = L.two_class_probability  # the run's head's rule
 
     @property
     def heat_kind(self) -> str:
@@ -162,11 +154,11 @@ class LocalizeSettings:
 
     def heatmap_and_score(self, model: torch.nn.Module, image: torch.Tensor) -> tuple[np.ndarray, float]:
         """The heatmap and the image's defect score: the segdec decision, or the heatmap's highest value."""
-        common = {"input_size": self.input_size, "device": self.device}
+        common = {"input_size": self.input_size, "device": self.device, "probability": self.probability}
         if self.mode == "segmap":
             # One forward pass: the segdec model's defect map, upsampled to the image (resized first and back
             # when the run was trained resized).
-            from transfer.segdec_task import segdec_scores
+            from transfer.heads.segdec import segdec_scores
 
             height, width = image.shape[-2:]
             x = image[None]
@@ -191,25 +183,24 @@ class LocalizeSettings:
 def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettings:
     from transfer.models import check_image_size
 
-    record = loaded.record
-    segdec = record.is_segdec
+    record, head = loaded.record, loaded.record.head_kind
     if mode is None:
-        mode = "segmap" if segdec else "batched"
+        mode = head.localize_modes[0]
     if mode not in MODES:
         raise DataonomyError(f"--mode '{mode}': must be one of {', '.join(MODES)}")
-    if segdec != (mode == "segmap"):
+    if mode not in head.localize_modes:
         raise DataonomyError(
             f"--mode {mode}: a segdec run localises with its own defect map (--mode segmap)"
-            if segdec
-            else f"--mode segmap: the run {loaded.path} is a classifier; use loop, batched or dense"
+            if mode != "segmap"
+            else f"--mode segmap: the run {loaded.path} is a classifier; use {', '.join(head.localize_modes)}"
         )
-    if segdec:
+    if mode == "segmap":
         if patch is not None or stride is not None:
             raise DataonomyError(
                 "--patch-size/--stride: a segdec run maps whole images in one pass; leave them out"
             )
         return LocalizeSettings(None, None, mode, record.input_size, 1, str(device))
-    patch_trained = record.is_patch_model
+    patch_trained = "patch_size" in head.record_fields  # trained on patches: it has a patch size
     if patch is None:
         if not patch_trained:
             raise DataonomyError(
@@ -233,7 +224,9 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
     # An image-trained model saw whole images resized to its input size: give it patches at that size.
     input_size = None if patch_trained else record.input_size
     check_image_size(record.arch, input_size or patch, "--patch-size")
-    return LocalizeSettings(patch, stride, mode, input_size, batch_size, str(device))
+    return LocalizeSettings(
+        patch, stride, mode, input_size, batch_size, str(device), probability=head.defect_probability
+    )
 
 
 def _image_tensor(loaded, pixels: np.ndarray, device: str) -> torch.Tensor:
@@ -468,7 +461,7 @@ def localize_images(
     items, source, overlap = _chosen_items(
         loaded, config, config.images if images is None else images, settings
     )
-    model_sha256 = _sha256(loaded.path)
+    model_sha256 = file_sha256(loaded.path)
     chosen = _threshold(loaded, config, settings, model_sha256, progress)
     with staged_folder(out_dir, overwrite=True) as stage:
         rows, metrics = _localize_items(loaded, settings, items, chosen["value"], stage, config, progress)

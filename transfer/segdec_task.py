@@ -48,7 +48,7 @@ from dataonomy.datasets.base import image_size as header_size
 from dataonomy.errors import DataonomyError
 from transfer import metrics as M
 from transfer.data import one_kind_error, rot90, run_fold, scaled_size, seed_for, seen_images
-from transfer.segdec import SegDecOutput, build_segdec, upsample_map
+from transfer.segdec import SegDecOutput, build_segdec
 
 PIXEL_WEIGHTINGS = ("uniform", "distance")
 
@@ -431,62 +431,13 @@ class SegDecTask:
         }
 
 
-def map_cells(
-    loaded, dataset, batch_size: int = 8, num_workers: int = 0, progress: bool | None = None
-) -> dict:
-    """The defect-map cells of every image of a defect set (with masks), as a ``decision = "cell"`` run is
-    thresholded: ``scores`` (probabilities) and ``labels`` of the labelled cells, ``image`` (each cell's image
-    index), and ``image_scores`` (each image's highest map value). Images are batched by size."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from transfer.data import size_batches
-
-    record, model = loaded.record, loaded.model
-    device = next(model.parameters()).device
-    images = MaskedImages(dataset, record.mean, record.std, image_size=record.input_size)
-    batches = size_batches(images.sizes(), batch_size)
-    loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
-    scores, labels, owner = [], [], []
-    image_scores = np.zeros(len(images), dtype=np.float64)
-    with torch.no_grad():
-        for (x, y), batch in tqdm(
-            zip(loader, batches, strict=True), total=len(batches), desc="map cells",
-            disable=None if progress is not False else True, leave=False,
-        ):  # fmt: skip
-            seg = model(x.to(device)).seg_logits.float().cpu()
-            probs = torch.sigmoid(seg).flatten(1)
-            cells = cell_labels(y["mask"], tuple(seg.shape[-2:])).flatten(1)
-            image_scores[batch] = probs.amax(1).double().numpy()
-            for index, p, label in zip(batch, probs, cells, strict=True):
-                keep = label >= 0
-                scores.append(p[keep].double().numpy())
-                labels.append(label[keep].long().numpy())
-                owner.append(np.full(int(keep.sum()), index, dtype=np.int64))
-    return {
-        "scores": np.concatenate(scores),
-        "labels": np.concatenate(labels),
-        "image": np.concatenate(owner),
-        "image_scores": image_scores,
-    }
-
-
-def segdec_scores(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image scores (B,), defect maps (B, H, W) at the input's size) of normalised images, in one pass."""
-    with torch.no_grad():
-        out = model(images)
-    return torch.sigmoid(out.image_logit.float()), upsample_map(out.seg_logits, tuple(images.shape[-2:]))
-
-
 __all__ = [
     "PIXEL_WEIGHTINGS",
     "MaskedImages",
     "SegDecTask",
     "cell_labels",
     "distance_weights",
-    "map_cells",
     "pad_collate",
     "pixel_loss",
     "segdec_loss",
-    "segdec_scores",
 ]

@@ -77,6 +77,7 @@ from transfer.data import (
     size_batches,
     texture_transforms,
 )
+from transfer.localize import two_class_probability
 from transfer.models import ClassifierNet, build_model, load_state, model_loss, replace_head
 
 
@@ -308,7 +309,7 @@ class FinetuneTask:
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         weights = self.class_weights.to(logits.device)[targets]
         return {
-            "score": torch.softmax(logits.float(), dim=1)[:, 1],
+            "score": two_class_probability(logits),
             "weighted_loss": nn.functional.cross_entropy(logits.float(), targets, reduction="none") * weights,
             "weight": weights,
         }

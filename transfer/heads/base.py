@@ -1,0 +1,97 @@
+"""What differs between kinds of trained defect model, in one object per kind: a :class:`Head`.
+
+A head says how a model of its kind is rebuilt from its saved record, the rule that turns the model's output
+into a defect probability, how it scores a batch of images, how images reach it, and what its ONNX export
+holds. ``transfer.checkpoint``, ``evaluate``, ``localize_run`` and ``export`` ask the run's head
+(:func:`head_of`) instead of branching on the kind, so a kind is changed (or added) in its own module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dataonomy.registry import Registry
+
+#: How images reach a model when a set is scored (:attr:`Head.image_input`).
+IMAGE_INPUTS = ("resized", "native", "as_is")
+
+
+class Head:
+    """One kind of defect model, as used once trained.
+
+    ``record_fields``: what a saved model of this kind records besides every model's fields.
+    ``image_input``: ``resized`` (every image resized to the run's input size, batched), ``native`` (each image
+    at its own size, its longer side scaled to the input size; batched by size) or ``as_is`` (the image as it
+    is, one at a time: a patch model slides over it). ``localize_modes``: the ``--mode`` values of ``transfer
+    localize`` it supports, the first the default. ``onnx_outputs``/``onnx_axes``/``onnx_meaning``: its ONNX
+    outputs, their dynamic axes (the input ``image``'s included) and what they mean (stored in the file).
+    """
+
+    name: str = ""
+    record_fields: tuple[str, ...] = ()
+    image_input: str = "resized"
+    localize_modes: tuple[str, ...] = ()
+    onnx_outputs: tuple[str, ...] = ("logits",)
+    onnx_axes: dict = {"image": {0: "batch"}, "logits": {0: "batch"}}
+    onnx_meaning: str = ""
+
+    def build(self, record, weights: dict) -> nn.Module:
+        """The model a saved record describes, with ``weights`` loaded (eval mode is the caller's)."""
+        raise NotImplementedError
+
+    def defect_probability(self, output) -> torch.Tensor:
+        """The rule from the model's output for a batch to each input's defect probability, float32 (B,)."""
+        raise NotImplementedError
+
+    def score_images(self, loaded, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Defect probabilities (B,) of normalised images (B, 3, H, W) on the model's device."""
+        with torch.no_grad():
+            return self.defect_probability(loaded.model(images))
+
+    def examples(self, loaded, fold, n: int) -> torch.Tensor | list[torch.Tensor]:
+        """Up to ``n`` real examples of ``fold`` (a defect set) as the model takes them, normalised, half of them
+        defective where there are defects: one batch, or a list of batches where their sizes differ (what an
+        export is traced on and checked with)."""
+        chosen = balanced_indices(np.asarray(fold.targets), n)
+        return torch.stack([loaded.transforms()(fold[int(i)][0]) for i in chosen])
+
+
+def balanced_indices(targets: np.ndarray, n: int) -> np.ndarray:
+    """Indices of up to n examples, half defective where possible, spread over the fold (deterministic)."""
+    defective, clean = np.flatnonzero(targets == 1), np.flatnonzero(targets == 0)
+    k = min(len(defective), n // 2)
+    spread = lambda idx, m: idx[np.linspace(0, len(idx) - 1, m).round().astype(int)] if m else idx[:0]  # noqa: E731
+    return np.sort(np.r_[spread(defective, k), spread(clean, min(len(clean), n - k))])
+
+
+HEADS: Registry[Head] = Registry("head", "unknown model kind '{name}' (known: {known})")
+
+
+def register_head(head: Head, replace: bool = False) -> Head:
+    """Make ``head`` the one of kind ``head.name``."""
+    if head.image_input not in IMAGE_INPUTS:
+        raise ValueError(f"head {head.name!r}: image_input must be one of {', '.join(IMAGE_INPUTS)}")
+    return HEADS.add(head.name, head, replace)
+
+
+def list_heads() -> list[str]:
+    return HEADS.names()
+
+
+def get_head(name: str) -> Head:
+    return HEADS.get(name)
+
+
+def head_name(head: str | None, input: str | None) -> str:
+    """The kind of a saved model from its ``head`` and ``input`` fields: models saved before heads had names of
+    their own record a patch classifier as ``head = classify, input = patch``."""
+    if head in (None, "classify") and input == "patch":
+        return "patch"
+    return head or "classify"
+
+
+def head_of(record) -> Head:
+    """The head of a saved model (a :class:`transfer.checkpoint.ModelRecord`)."""
+    return get_head(head_name(record.head, record.input))

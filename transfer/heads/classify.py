@@ -1,0 +1,27 @@
+"""``classify``: a whole-image two-class classifier (:class:`transfer.models.ClassifierNet`), its images resized
+to the run's input size; the defect probability is ``softmax(logits)[:, 1]``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from transfer.heads.base import Head
+from transfer.localize import two_class_probability
+
+
+class ClassifyHead(Head):
+    name = "classify"
+    image_input = "resized"
+    localize_modes = ("batched", "loop", "dense")
+    onnx_meaning = "logits; the defect probability is softmax(logits)[:, 1]"
+
+    def build(self, record, weights: dict) -> nn.Module:
+        from transfer.models import get_model, load_weights
+
+        model = get_model(record.arch, record.num_classes, record.dropout, aux_logits=False, init=False)
+        load_weights(model, weights, str(record.path), record.arch)
+        return model
+
+    def defect_probability(self, output) -> torch.Tensor:
+        return two_class_probability(output)

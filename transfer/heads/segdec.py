@@ -1,0 +1,104 @@
+"""``segdec``: the segmentation-decision model (:mod:`transfer.segdec`): a defect map at 1/output_stride of the
+image and an image decision, in one pass over each image at its own size; the defect probability is
+``sigmoid(image_logit)``, the map's ``sigmoid(seg_logits)`` upsampled to the image."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from transfer.data import scaled_size, size_batches
+from transfer.heads.base import Head, balanced_indices
+from transfer.segdec import saved_segdec, upsample_map
+from transfer.segdec_task import MaskedImages, cell_labels
+
+#: The ONNX outputs of a segdec model: the image decision's logit and the defect map's logits.
+SEGDEC_OUTPUTS = ("score_logit", "map_logits")
+
+
+class SegdecHead(Head):
+    name = "segdec"
+    record_fields = ("output_stride", "head_channels")
+    image_input = "native"
+    localize_modes = ("segmap",)
+    onnx_outputs = SEGDEC_OUTPUTS
+    onnx_axes = {
+        "image": {0: "batch", 2: "height", 3: "width"},
+        "score_logit": {0: "batch"},
+        "map_logits": {0: "batch", 2: "map_height", 3: "map_width"},
+    }
+    onnx_meaning = (
+        "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
+        "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
+    )
+
+    def build(self, record, weights: dict) -> nn.Module:
+        return saved_segdec(
+            record.arch, record.output_stride, record.head_channels, weights, str(record.path)
+        )
+
+    def defect_probability(self, output) -> torch.Tensor:
+        return decision_probability(output)
+
+    def examples(self, loaded, fold, n: int) -> list[torch.Tensor]:
+        """One-image batches: each image at its own size, or its longer side at the training size."""
+        from torchvision.transforms import v2
+
+        out = []
+        for i in balanced_indices(np.asarray(fold.targets), n):
+            x = v2.functional.to_image(fold[int(i)][0])
+            x = v2.functional.resize(
+                x, list(scaled_size(*x.shape[-2:], loaded.record.input_size)), antialias=True
+            )
+            out.append(loaded.normalize(x[None]))
+        return out
+
+
+def decision_probability(output) -> torch.Tensor:
+    """A segdec output's image decisions as defect probabilities, float32 (B,)."""
+    return torch.sigmoid(output.image_logit.float())
+
+
+def map_cells(
+    loaded, dataset, batch_size: int = 8, num_workers: int = 0, progress: bool | None = None
+) -> dict:
+    """The defect-map cells of every image of a defect set (with masks), as a ``decision = "cell"`` run is
+    thresholded: ``scores`` (probabilities) and ``labels`` of the labelled cells, ``image`` (each cell's image
+    index), and ``image_scores`` (each image's highest map value). Images are batched by size."""
+    record, model = loaded.record, loaded.model
+    device = next(model.parameters()).device
+    images = MaskedImages(dataset, record.mean, record.std, image_size=record.input_size)
+    batches = size_batches(images.sizes(), batch_size)
+    loader = DataLoader(images, batch_sampler=batches, num_workers=num_workers)
+    scores, labels, owner = [], [], []
+    image_scores = np.zeros(len(images), dtype=np.float64)
+    with torch.no_grad():
+        for (x, y), batch in tqdm(
+            zip(loader, batches, strict=True), total=len(batches), desc="map cells",
+            disable=None if progress is not False else True, leave=False,
+        ):  # fmt: skip
+            seg = model(x.to(device)).seg_logits.float().cpu()
+            probs = torch.sigmoid(seg).flatten(1)
+            cells = cell_labels(y["mask"], tuple(seg.shape[-2:])).flatten(1)
+            image_scores[batch] = probs.amax(1).double().numpy()
+            for index, p, label in zip(batch, probs, cells, strict=True):
+                keep = label >= 0
+                scores.append(p[keep].double().numpy())
+                labels.append(label[keep].long().numpy())
+                owner.append(np.full(int(keep.sum()), index, dtype=np.int64))
+    return {
+        "scores": np.concatenate(scores),
+        "labels": np.concatenate(labels),
+        "image": np.concatenate(owner),
+        "image_scores": image_scores,
+    }
+
+
+def segdec_scores(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image scores (B,), defect maps (B, H, W) at the input's size) of normalised images, in one pass."""
+    with torch.no_grad():
+        out = model(images)
+    return decision_probability(out), upsample_map(out.seg_logits, tuple(images.shape[-2:]))
