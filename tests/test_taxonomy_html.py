@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,9 +42,16 @@ CHROMIUM = next(
     ),
     None,
 )
+# CI sets DATAONOMY_REQUIRE_BROWSER=1 (.ci/run installs Chromium): there a missing browser fails, not skips.
+REQUIRE_BROWSER = os.environ.get("DATAONOMY_REQUIRE_BROWSER") == "1"
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium not installed: apt-get install chromium"
+    CHROMIUM is None and not REQUIRE_BROWSER, reason="chromium not installed: apt-get install chromium"
 )
+
+
+def test_ci_has_the_browser_it_requires():
+    if REQUIRE_BROWSER:
+        assert CHROMIUM is not None, "DATAONOMY_REQUIRE_BROWSER=1 but no chromium on PATH"
 
 
 @pytest.fixture(scope="module")
