@@ -54,6 +54,7 @@ from subset_experiment import (  # noqa: E402
 
 from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import atomic_path, write_json  # noqa: E402
+from dataonomy.selection import SelectConfig  # noqa: E402
 
 AFFINITIES = ("softmax", "prototype", "gaussian", "frechet")
 # Predictors computed without fine-tuning, besides the affinities.
@@ -247,6 +248,33 @@ def spearman_with_interval(x, y, resamples: int, seed: int) -> dict:
     return out
 
 
+def rho_difference_with_interval(a, b, y, resamples: int, seed: int) -> dict:
+    """rho(a, y) - rho(b, y) over the same subsets, with a percentile bootstrap 95 % interval (subsets
+    resampled once for both predictors, so the interval is of the paired difference): whether one predictor
+    ranks transfer better than another, not only whether each differs from 0."""
+    from scipy.stats import bootstrap, spearmanr
+
+    a, b, y = (np.asarray(v, dtype=float) for v in (a, b, y))
+    out = {"n": int(len(y)), "difference": None, "ci95": None}
+    if len(y) < 3 or 0 in (np.ptp(a), np.ptp(b), np.ptp(y)):
+        return out
+    out["difference"] = float(spearmanr(a, y).statistic - spearmanr(b, y).statistic)
+
+    def statistic(a_, b_, y_):
+        return spearmanr(a_, y_).statistic - spearmanr(b_, y_).statistic
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore")
+        distribution = bootstrap(
+            (a, b, y), statistic, paired=True, vectorized=False, n_resamples=resamples, method="percentile",
+            random_state=np.random.default_rng(seed),
+        ).bootstrap_distribution  # fmt: skip
+    defined = distribution[np.isfinite(distribution)]
+    if len(defined) >= 0.9 * resamples:
+        out["ci95"] = [float(v) for v in np.percentile(defined, [2.5, 97.5])]
+    return out
+
+
 def summarize(cfg: AffinityTransferConfig, subsets: list[dict]) -> dict:
     predictors = (*cfg.affinities, *ESTIMATORS)
     correlations = {}
@@ -269,12 +297,26 @@ def summarize(cfg: AffinityTransferConfig, subsets: list[dict]) -> dict:
             if correlations[f"{a}_vs_{outcome}"]["rho"] is not None
         ]
         best[outcome] = max(ranked)[1] if ranked else None
+    # Each predictor against the product's default affinity, paired over the same subsets.
+    default = SelectConfig.affinity
+    against_default = {}
+    for outcome in OUTCOMES:
+        for predictor in predictors:
+            if predictor == default or default not in cfg.affinities:
+                continue
+            rows = [s for s in subsets if all(s.get(k) is not None for k in (predictor, default, outcome))]
+            against_default[f"{predictor}_vs_{outcome}"] = rho_difference_with_interval(
+                [s[predictor] for s in rows], [s[default] for s in rows], [s[outcome] for s in rows],
+                cfg.bootstrap_resamples, cfg.base_seed,
+            )  # fmt: skip
     return {
         "config": cfg.to_dict(),
         "subsets_done": len(subsets),
         "subsets_planned": cfg.subsets,
         "correlations": correlations,
         "best_affinity": best,
+        "default_affinity": default,
+        "against_default": against_default,
         "subsets": subsets,
     }
 
@@ -282,6 +324,32 @@ def summarize(cfg: AffinityTransferConfig, subsets: list[dict]) -> dict:
 def _mean(values: list) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
+
+
+def _against_default_lines(results: dict) -> list[str]:
+    against = results.get("against_default") or {}
+    if not against:
+        return []
+
+    def cell(c: dict) -> str:
+        if c["difference"] is None:
+            return "-"
+        ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+        return f"{c['difference']:+.2f}{ci}"
+
+    default = results["default_affinity"]
+    lines = [
+        f"Each predictor's rho minus the product's default affinity's (**{default}**), the same subsets "
+        "resampled for both (paired bootstrap 95 % interval):",
+        "",
+        f"| predictor | rho - rho({default}) vs AP | vs pixel IoU |",
+        "|---|---|---|",
+    ]
+    for predictor in dict.fromkeys(k.rsplit("_vs_", 1)[0] for k in against if k.endswith("_vs_ap")):
+        lines.append(
+            f"| {predictor} | {cell(against[f'{predictor}_vs_ap'])} | {cell(against[f'{predictor}_vs_mean_iou'])} |"
+        )
+    return [*lines, ""]
 
 
 def format_results(results: dict) -> str:
@@ -315,6 +383,7 @@ def format_results(results: dict) -> str:
         f"Best affinity by rho: against AP **{results['best_affinity']['ap']}**, against pixel IoU "
         f"**{results['best_affinity']['mean_iou']}**.",
         "",
+        *_against_default_lines(results),
         "| subset | pretrain val top-1 | epochs | AP (mean) | pixel IoU (mean) | LogME | "
         + " | ".join(cfg["affinities"])
         + " |",

@@ -73,6 +73,10 @@ def test_correlations_for_every_affinity_and_estimator(study):
         if c["rho"] is not None:
             assert -1 <= c["rho"] <= 1
     assert results["best_affinity"]["ap"] in (*AFFINITIES, None)
+    # every other predictor is compared with the product's default affinity, paired over the same subsets
+    assert results["default_affinity"] == "softmax"
+    compared = {k.rsplit("_vs_", 1)[0] for k in results["against_default"]}
+    assert compared == {"prototype", "gaussian", "frechet", "logme", "pretrain_val_top1"}
     table = (out / "results.md").read_text()
     assert "4 of 4 random 3-class subsets" in table and "| frechet |" in table
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,3 +112,20 @@ def test_spearman_interval_brackets_the_rank_correlation():
     assert few["ci95"] is not None and few["ci95"][0] <= few["rho"] <= few["ci95"][1] <= 1
     assert spearman_with_interval(x, np.ones(12), resamples=100, seed=0)["rho"] is None
     assert spearman_with_interval(x[:2], x[:2], resamples=100, seed=0)["rho"] is None
+
+
+def test_difference_against_the_default_is_paired_over_the_same_subsets():
+    sys.path.insert(0, str(REPO / "examples"))
+    from affinity_transfer import rho_difference_with_interval
+
+    y = np.arange(12.0)
+    rng = np.random.default_rng(1)
+    # a predictor that ranks every subset right against one that ranks them backwards: +2, and the interval
+    # excludes 0 because each resample scores both predictors on the same subsets
+    both = rho_difference_with_interval(y, -y, y, resamples=500, seed=0)
+    assert both["difference"] == pytest.approx(2.0) and both["ci95"] == pytest.approx([2.0, 2.0])
+    # two equally noisy predictors: a difference near 0 with an interval spanning it
+    a, b = y + rng.normal(0, 6, 12), y + rng.normal(0, 6, 12)
+    same = rho_difference_with_interval(a, b, y, resamples=500, seed=0)
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    assert rho_difference_with_interval(y, np.ones(12), y, resamples=100, seed=0)["difference"] is None
