@@ -120,3 +120,10 @@ def test_bad_option_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit, match="--device cuda:7"):
         bench("ahp").main(["--device", "cuda:7", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_predict(bench, tmp_path, dagm_class1_test):
+    results = run(bench, "predict", tmp_path, "--dagm", str(dagm_class1_test))
+    assert results["image_size"] == [512, 512] and results["images"] == 2
+    assert positive(results["pytorch"]["images_per_s"]) and positive(results["onnxruntime"]["images_per_s"])
+    assert positive(results["onnxruntime_over_pytorch_seconds"])

@@ -1,7 +1,7 @@
 """The ``transfer`` command line: pretrain on a manifest, fine-tune on the target, inspect.
 
-Each command parses options, calls the stage modules (training, metrics, localize, rootcause,
-export), and prints a short report.
+Each command parses options, calls the stage modules (training, evaluate, localize_run, predict,
+rootcause_run, export), and prints a short report.
 """
 
 from __future__ import annotations
@@ -902,6 +902,79 @@ def localize_cmd(
     patch = {"patch_size": old_option_name(ctx, "patch_size", "old_patch")} if old_patch is not None else {}
     report = localize_images(_stage_config(ctx, "localize", **patch), out, device=device, overwrite=overwrite)
     typer.echo(format_localize_summary(report))
+
+
+@app.command("predict")
+def predict_cmd(
+    ctx: typer.Context,
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="The config.json of an earlier predict output: redo it with the options given here changed.",
+    ),
+    model: Path = typer.Option(
+        None, "--model", help="A segdec fine-tuning run folder (or its best.pt), run with PyTorch."
+    ),
+    onnx: Path = typer.Option(
+        None,
+        "--onnx",
+        help="An ONNX file written by transfer export, run with ONNX Runtime (instead of --model).",
+    ),
+    images: str = typer.Option(
+        None, "--images", help="Image folder, file or glob (quote it) to score; no labels needed."
+    ),
+    skip_bad: bool = SkipBadOpt,
+    decision_threshold: float = typer.Option(
+        None,
+        "--decision-threshold",
+        help="Image decision threshold on the defect probability (default: the one fine-tuning chose on "
+        "validation, stored in the run and in the ONNX file).",
+    ),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        help="Pixel threshold that binarises the defect map (default: --threshold-from, the ONNX file's, or "
+        "chosen on the run's validation fold as transfer localize does).",
+    ),
+    threshold_from: Path = typer.Option(
+        None,
+        "--threshold-from",
+        help="Reuse the pixel threshold of a localize.json made with the same run (--model only).",
+    ),
+    val_limit: int = typer.Option(
+        None,
+        "--val-limit",
+        help="Choose the pixel threshold on a seeded sample of N validation images (default: the whole fold).",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images of one size per forward pass."),
+    write_masks: bool = typer.Option(
+        False, "--write-masks", help="Also write each image's binary defect mask (PNG at the image's size)."
+    ),
+    write_overlays: bool = typer.Option(
+        False,
+        "--write-overlays",
+        help="Also write each image's defect map over it, the defects outlined (PNG).",
+    ),
+    colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
+    alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: predictions.csv, predict.json, config.json (masks/, overlays/)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    device: str = typer.Option(
+        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
+    ),
+):
+    """Score new images with a segdec run or its ONNX export: predictions.csv with each image's score, decision
+    and defects (count, largest area and box).
+
+    Both runtimes read the same raw pixels the same way (the run's resize and normalisation, stored in the ONNX
+    file), so they give the same decisions. Unlike localize, no masks are needed or scored.
+    """
+    from transfer.predict import format_predict_summary, predict_images
+
+    report = predict_images(_stage_config(ctx, "predict"), out, device=device, overwrite=overwrite)
+    typer.echo(format_predict_summary(report))
 
 
 @app.command("rootcause")

@@ -4,8 +4,10 @@ Classifier runs: the graph takes normalised images ``image`` (batch, 3, S, S) wi
 image size, or the patch size of a patch model) and returns the class logits ``logits`` (batch, num_classes); the
 batch dimension is dynamic. Segdec runs (native resolution): ``image`` (batch, 3, H, W) with H and W dynamic, and
 two outputs, ``score_logit`` (batch,), the image's defect logit (probability: its sigmoid), and ``map_logits``
-(batch, 1, H / stride, W / stride), the defect map's logits. What a caller needs to prepare inputs and read outputs (mean, std, input size, classes,
-decision threshold) is stored in the ONNX file's metadata (``metadata_props``, values in JSON).
+(batch, 1, H / stride, W / stride), the defect map's logits. What a caller needs to prepare inputs and read
+outputs (mean, std, input size, classes, the decision threshold and, for segdec, the resize rule and the pixel
+threshold chosen on validation) is stored in the ONNX file's metadata (``metadata_props``, values in JSON), so
+that ``transfer predict --onnx`` decides from raw pixels as the run does.
 
 The file is exported with the TorchScript-based exporter (``dynamo=False``): the torch.export-based one, torch's
 default since 2.9, needs the ``onnxscript`` package. The file is written only when ONNX Runtime's outputs on real
@@ -157,6 +159,30 @@ def parity_images(
     return record.head_kind.examples(loaded, run_fold(config, split, data), n)
 
 
+def _pixel_threshold(loaded: LoadedModel) -> dict:
+    """What ``transfer predict --onnx`` needs to binarise the defect map: the pixel threshold chosen on the run's
+    validation fold as ``transfer localize`` chooses it, and the resize rule. Without a readable validation fold
+    the file holds no pixel threshold (a warning says so; predict then asks for ``--threshold``)."""
+    from transfer.localize_run import _settings, validation_threshold
+    from transfer.predict import RESIZE_RULE
+
+    out = {"transfer.preprocessing": RESIZE_RULE}
+    try:
+        chosen = validation_threshold(
+            loaded, _settings(loaded, None, None, "segmap", None, "cpu"), progress=False
+        )
+    except DataonomyError as exc:
+        warnings.warn(f"no pixel threshold stored in the ONNX file: {exc}", stacklevel=2)
+        return out
+    return {
+        **out,
+        "transfer.pixel_threshold": chosen["value"],
+        "transfer.pixel_threshold_source": {
+            k: chosen[k] for k in ("source", "criterion", "f1") if k in chosen
+        },
+    }
+
+
 def export_run(
     run: str | Path,
     onnx_path: str | Path,
@@ -193,6 +219,8 @@ def export_run(
         "transfer.output": head.onnx_meaning,
         **{f"transfer.{name}": value for name, value in record.head_fields.items()},
     }
+    if head.maps_in_one_pass:
+        metadata.update(_pixel_threshold(loaded))
     example = record.input_size if head.image_input == "resized" else tuple(images[0].shape[-2:])
     with atomic_path(onnx_path) as tmp:
         export_onnx(loaded.model, tmp, example, opset, head=head)

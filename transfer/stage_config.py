@@ -1,4 +1,5 @@
-"""Configs of the stages that read a fine-tuned run or a defect set: split, evaluate, localize, rootcause.
+"""Configs of the stages that read a fine-tuned run or a defect set: split, evaluate, localize, predict,
+rootcause.
 
 One dataclass per stage, its fields the stage's parameters that shape the result, checked in ``__post_init__``
 (one-line :class:`DataonomyError` messages naming the option). Where and how a stage runs (output folder,
@@ -32,6 +33,15 @@ def _image_spec(images):
     if images is None or isinstance(images, str | Path):
         return None if images is None else str(images)
     return [str(p) for p in images]
+
+
+def _check_drawing(colormap: str, alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise DataonomyError(f"--alpha {alpha}: must be in [0, 1]")
+    from matplotlib import colormaps
+
+    if colormap not in colormaps:
+        raise DataonomyError(f"--colormap '{colormap}': not a matplotlib colormap (try inferno or jet)")
 
 
 def _need_model(config) -> None:
@@ -172,19 +182,53 @@ class LocalizeConfig(DefectSetFields):
             raise DataonomyError("--images and --data: give one of them, not both")
         self.images = _image_spec(self.images)
         _check_split(self.split)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise DataonomyError(f"--alpha {self.alpha}: must be in [0, 1]")
-        from matplotlib import colormaps
-
-        if self.colormap not in colormaps:
-            raise DataonomyError(
-                f"--colormap '{self.colormap}': not a matplotlib colormap (try inferno or jet)"
-            )
+        _check_drawing(self.colormap, self.alpha)
         if self.threshold is not None and self.threshold_from is not None:
             raise DataonomyError("--threshold and --threshold-from: give one of them, not both")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise DataonomyError(f"--threshold {self.threshold}: must be in [0, 1] (a defect probability)")
         for name in ("patch_size", "stride", "val_limit", "limit", "batch_size"):
+            _at_least(getattr(self, name), 1, "--" + name.replace("_", "-"))
+
+
+@dataclass(kw_only=True)
+class PredictConfig(StageConfig):
+    """``transfer predict``: decisions and defects of unlabelled ``images`` with the run ``model`` or the export
+    ``onnx``; see :mod:`transfer.predict` for where both thresholds come from."""
+
+    kind: str = "predict"
+    model: str | None = None
+    onnx: str | None = None
+    images: str | list[str] | None = None
+    skip_bad: bool = False
+    decision_threshold: float | None = None
+    threshold: float | None = None
+    threshold_from: str | None = None
+    val_limit: int | None = None
+    batch_size: int = 8
+    write_masks: bool = False
+    write_overlays: bool = False
+    colormap: str = "inferno"
+    alpha: float = 0.45
+
+    def __post_init__(self):
+        if (self.model is None) == (self.onnx is None):
+            raise DataonomyError(
+                "--model or --onnx: which model to predict with (a run folder or its best.pt, or an ONNX "
+                "file from transfer export); give one of them"
+            )
+        if self.images is None:
+            raise DataonomyError("--images: which images to score (a folder, a file or a glob)")
+        self.images = _image_spec(self.images)
+        for name in ("decision_threshold", "threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                option = "--" + name.replace("_", "-")
+                raise DataonomyError(f"{option} {value}: must be in [0, 1] (a defect probability)")
+        if self.threshold is not None and self.threshold_from is not None:
+            raise DataonomyError("--threshold and --threshold-from: give one of them, not both")
+        _check_drawing(self.colormap, self.alpha)
+        for name in ("val_limit", "batch_size"):
             _at_least(getattr(self, name), 1, "--" + name.replace("_", "-"))
 
 
@@ -222,7 +266,7 @@ class RootcauseConfig(StageConfig):
 
 
 STAGE_CONFIGS = {"split": SplitConfig, "evaluate": EvaluateConfig, "localize": LocalizeConfig,
-                 "rootcause": RootcauseConfig}  # fmt: skip
+                 "predict": PredictConfig, "rootcause": RootcauseConfig}  # fmt: skip
 
 # Each stage command has one option per config field, named after it, except for the fields below; options
 # without a field only say where and how the stage runs (--config only supplies the fields), and --dagm is
@@ -232,6 +276,7 @@ STAGE_RUN_OPTIONS = {
     "split": ("out", "config", "dagm"),
     "evaluate": ("config", "dagm", "device", "workers"),
     "localize": ("out", "config", "dagm", "device", "overwrite", "old_patch"),
+    "predict": ("out", "config", "device", "overwrite"),
     "rootcause": ("out", "config", "device", "overwrite"),
 }
 
@@ -273,6 +318,7 @@ __all__ = [
     "DefectSetFields",
     "EvaluateConfig",
     "LocalizeConfig",
+    "PredictConfig",
     "RootcauseConfig",
     "SplitConfig",
     "StageConfig",

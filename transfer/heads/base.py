@@ -27,6 +27,8 @@ class Head:
     is, one at a time: a patch model slides over it). ``localize_modes``: the ``--mode`` values of ``transfer
     localize`` it supports, the first the default. ``onnx_outputs``/``onnx_axes``/``onnx_meaning``: its ONNX
     outputs, their dynamic axes (the input ``image``'s included) and what they mean (stored in the file).
+    ``maps_in_one_pass``: one forward pass gives both the image's score and its defect map
+    (:meth:`score_and_map`), what ``transfer predict`` needs.
     """
 
     name: str = ""
@@ -36,6 +38,7 @@ class Head:
     onnx_outputs: tuple[str, ...] = ("logits",)
     onnx_axes: dict = {"image": {0: "batch"}, "logits": {0: "batch"}}
     onnx_meaning: str = ""
+    maps_in_one_pass: bool = False
 
     def build(self, record, weights: dict) -> nn.Module:
         """The model a saved record describes, with ``weights`` loaded (eval mode is the caller's)."""
@@ -49,6 +52,11 @@ class Head:
         """Defect probabilities (B,) of normalised images (B, 3, H, W) on the model's device."""
         with torch.no_grad():
             return self.defect_probability(loaded.model(images))
+
+    def score_and_map(self, outputs, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(defect probabilities (B,), defect maps (B, H, W) at ``size``) from the model's outputs for a batch,
+        in :attr:`onnx_outputs` order (PyTorch's or ONNX Runtime's, as tensors): one rule for both runtimes."""
+        raise NotImplementedError(f"a {self.name} model gives no defect map in one pass")
 
     def examples(self, loaded, fold, n: int) -> torch.Tensor | list[torch.Tensor]:
         """Up to ``n`` real examples of ``fold`` (a defect set) as the model takes them, normalised, half of them

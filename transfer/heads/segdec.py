@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from transfer.data import scaled_size, size_batches
 from transfer.heads.base import Head, balanced_indices
-from transfer.segdec import saved_segdec, upsample_map
+from transfer.segdec import SegDecOutput, saved_segdec, upsample_map
 from transfer.segdec_task import MaskedImages, cell_labels
 
 #: The ONNX outputs of a segdec model: the image decision's logit and the defect map's logits.
@@ -34,6 +34,7 @@ class SegdecHead(Head):
         "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
         "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
     )
+    maps_in_one_pass = True
 
     def build(self, record, weights: dict) -> nn.Module:
         return saved_segdec(
@@ -42,6 +43,10 @@ class SegdecHead(Head):
 
     def defect_probability(self, output) -> torch.Tensor:
         return decision_probability(output)
+
+    def score_and_map(self, outputs, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = SegDecOutput(*outputs)
+        return decision_probability(out), upsample_map(out.seg_logits, size)
 
     def examples(self, loaded, fold, n: int) -> list[torch.Tensor]:
         """One-image batches: each image at its own size, or its longer side at the training size."""
