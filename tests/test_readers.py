@@ -667,3 +667,71 @@ def test_cli_inspect_each_layout_writes_group_and_split(tmp_path, synthetic_mvte
         "--masks",
         "'kolektor'",
     )
+
+
+# --- one reading of the same data (issue 28) --------------------------------------------------------
+
+
+def test_an_empty_mask_means_defect_free_in_every_reader(tmp_path, real):
+    """The same four real defective images, one of them given an empty mask: the mask decides in `folder`,
+    `pairs` and in MVTec's defect folders alike, and each reader warns how many masks were empty."""
+    clean, bad, _ = real
+    category = _mvtec_from_real(tmp_path / "mv", real)
+    blank = bad[0].path.stem
+    _zeros_like(bad[0].path, category / "ground_truth" / "defect" / f"{blank}_mask.png")
+    folder = tmp_path / "folder" / "defect"
+    folder.mkdir(parents=True)
+    for s in bad:
+        shutil.copy(s.path, folder / s.path.name)
+        shutil.copy(
+            category / "ground_truth" / "defect" / f"{s.path.stem}_mask.png",
+            folder / f"{s.path.stem}_mask.png",
+        )
+    for s in clean[:2]:
+        shutil.copy(s.path, folder / s.path.name)
+    with pytest.warns(UserWarning, match="1 of 4 masks are empty"):
+        mvtec = MVTecAD(tmp_path / "mv", split="test")
+    with pytest.warns(UserWarning, match="1 of 4 masks are empty"):
+        tree = ImageFolderDataset(tmp_path / "folder")
+    with pytest.warns(UserWarning, match="1 of 4 masks are empty"):
+        pairs = ImageMaskPairs(folder)
+    defective = [sorted(s.path.stem for s in ds.samples if s.defect) for ds in (mvtec, tree, pairs)]
+    assert defective[0] == defective[1] == defective[2] and len(defective[0]) == 3
+    for ds in (mvtec, tree, pairs):
+        (empty,) = [s for s in ds.samples if s.path.stem == blank]
+        assert empty.defect is False and empty.target == 0
+        assert sum(bool(s.defect) for s in ds.samples) == 3
+
+
+def test_a_class_value_mask_with_a_background_of_one_warns(tmp_path, real):
+    """Masks saved as class values 1 (background) / 2 (defect): every pixel is non-zero, so under the 0/1 rule
+    every pixel is a defect; the reader says so instead of reporting every image defective in silence."""
+    _, bad, truth = real
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for s in bad:
+        shutil.copy(s.path, images / s.path.name)
+        Image.fromarray(np.where(truth[s.path.stem], 2, 1).astype(np.uint8)).save(
+            masks / f"{s.path.stem}.png"
+        )
+    with pytest.warns(UserWarning, match=r"all 4 masks mark more than 90% .*values \[1, 2\]"):
+        ImageMaskPairs(images, masks=masks, mask_suffix="")
+
+
+def test_foreign_masks_and_class_folder_trees_get_a_clear_word(tmp_path, real, capsys):
+    _, bad, _ = real
+    images, mats = tmp_path / "images", tmp_path / "mats"
+    images.mkdir()
+    mats.mkdir()
+    for s in bad:
+        shutil.copy(s.path, images / s.path.name)
+        (mats / f"{s.path.stem}.mat").write_bytes(b"MATLAB 5.0 MAT-file")
+    with pytest.raises(DataonomyError, match=r"holds \.mat masks \(MATLAB arrays\).*save them as PNG"):
+        ImageMaskPairs(images, masks=mats)
+    tree = tmp_path / "tree"
+    for cls in ("crack", "scratch"):
+        (tree / cls).mkdir(parents=True)
+        shutil.copy(bad[0].path, tree / cls / bad[0].path.name)
+    with pytest.raises(DataonomyError, match=r"holds folders of images \(crack, scratch\).*--format folder"):
+        ImageMaskPairs(tree)

@@ -311,6 +311,39 @@ def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_crop_larger_than_the_smallest_image_is_refused_before_training(dagm_class1_test, tmp_path, capsys):
+    """Images of mixed sizes (real Class1 crops): --crop-size is checked against every training image's header
+    before the first step, and the message names the smallest one."""
+    from PIL import Image
+
+    ds = DefectData(str(dagm_class1_test))
+    fold = defect_fold(ds, "all")
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    picked = [s for s in fold.samples if s.defect][:6] + [s for s in fold.samples if not s.defect][:18]
+    for i, s in enumerate(picked):
+        side = 100 if i == 7 else 160  # one small image among them
+        Image.open(s.path).convert("L").crop((0, 0, side, side + 20)).save(images / f"{i:03d}.png")
+        mask = np.zeros((side + 20, side), np.uint8)
+        if s.defect:
+            mask[10:30, 10:30] = 255
+        Image.fromarray(mask).save(masks / f"{i:03d}.png")
+    out = tmp_path / "run"
+    code = run_app(
+        app,
+        [
+            *"finetune --base scratch --arch small_cnn --output-stride 8 --format pairs".split(),
+            "--data", str(images), "--masks", str(masks), "--crop-size", "128", "--epochs", "1",
+            "--steps-per-epoch", "1", "--batch-size", "2", "--out", str(out), "--device", "cpu",
+        ],
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--crop-size 128: larger than the smallest image" in err, err
+    assert "007.png (100x120)" in err and "give at most 100" in err
+    assert not (out / "checkpoints").exists() and not (out / "best.pt").exists()
+
+
 def test_export_writes_segdec_runs_for_images_of_any_size(segdec_run, dagm_class1_test, tmp_path, capsys):
     path = tmp_path / "m.onnx"
     code = run_app(app, ["export", "--model", str(segdec_run), "--onnx", str(path), "--images", "2"])

@@ -257,8 +257,10 @@ def test_crash_resumes_from_the_last_periodic_checkpoint(manifest, tiny_imagenet
         assert_same_weights(weights(tmp_path / "straight" / name), weights(tmp_path / "crashed" / name))
 
 
-def test_sigint_saves_a_checkpoint_and_the_run_resumes(manifest, tiny_imagenet, tmp_path):
-    """Ctrl-C on a real `transfer pretrain` process: exit 130 after saving; --resume continues from there."""
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes(manifest, tiny_imagenet, tmp_path, signum, code):
+    """Ctrl-C, or SIGTERM from a scheduler, on a real `transfer pretrain` process: the step in progress ends, a
+    checkpoint is saved and the process exits 128 + the signal; --resume continues from there."""
     run = tmp_path / "run"
     argv = [
         sys.executable, "-m", "transfer.cli", "pretrain", "--manifest", str(manifest), "--source-root",
@@ -274,10 +276,12 @@ def test_sigint_saves_a_checkpoint_and_the_run_resumes(manifest, tiny_imagenet, 
     while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert checkpoint.exists(), proc.communicate()[1]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
+    started = time.monotonic()
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted at step" in err and "--resume" in err
+    assert proc.returncode == code, err
+    assert time.monotonic() - started < 30  # within a step or two, not at the end of the epoch
+    assert f"interrupted: {signal.Signals(signum).name} at step" in err and "--resume" in err
     step = torch.load(checkpoint, map_location="cpu", weights_only=True)["state"]["step"]
     assert step >= 1
     # Resume (options are taken from the run; only --out is needed) for two more steps.

@@ -354,7 +354,7 @@ def _run_training(config_or_none, out: Path, resume: bool, requested: dict, runt
     except TrainingInterrupted as exc:
         if exc.rank == 0:
             typer.echo(f"interrupted: {exc}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exc.exit_code) from None
     if summary.get("status") in ("complete", "stopped early") and summary.get("rank", 0) == 0:
         typer.echo(
             f"{summary['status']}: {summary['epochs']} epochs, best {summary['monitor']} {summary['best']} "

@@ -72,6 +72,20 @@ def distance_weights(mask: np.ndarray, power: float = 2.0) -> np.ndarray:
     return out
 
 
+def check_crop_fits(samples, crop_size: int) -> None:
+    """Refuse, before any training, a crop larger than the smallest image (header reads only), naming it."""
+    if not samples:
+        return
+    sizes = [(min(header_size(s.path)), s.path) for s in samples]
+    side, path = min(sizes, key=lambda x: x[0])
+    if crop_size > side:
+        width, height = header_size(path)
+        raise DataonomyError(
+            f"--crop-size {crop_size}: larger than the smallest image, {path} ({width}x{height}); "
+            f"give at most {side}"
+        )
+
+
 def _crop_box(mask: torch.Tensor, size: int, generator: torch.Generator) -> tuple[int, int]:
     """(top, left) of a ``size`` crop: around a random defect pixel when the mask has one, else anywhere."""
     height, width = mask.shape[-2:]
@@ -121,6 +135,8 @@ class MaskedImages(Dataset):
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
         self.geometric = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
         self.photometric = v2.ColorJitter(brightness=0.2, contrast=0.2)
+        if crop_size is not None:
+            check_crop_fits(images.samples, crop_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -82,13 +82,14 @@ from transfer.models import ClassifierNet, build_model, load_state, model_loss, 
 
 
 class TrainingInterrupted(Exception):
-    """Raised after an interrupted run saved its checkpoint (the CLI exits 130)."""
+    """Raised after an interrupted run saved its checkpoint; the CLI exits ``exit_code``, 128 + the signal's
+    number as a shell reports it (130 for Ctrl-C, 143 for SIGTERM from a scheduler or ``kill``)."""
 
-    def __init__(self, checkpoint: Path, step: int, rank: int = 0):
-        super().__init__(
-            f"interrupted at step {step}; checkpoint saved to {checkpoint} (continue with --resume)"
-        )
+    def __init__(self, checkpoint: Path, step: int, rank: int = 0, signum: int = signal.SIGINT):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at step {step}; checkpoint saved to {checkpoint} (continue with --resume)")
         self.checkpoint, self.step, self.rank = checkpoint, step, rank
+        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -148,12 +149,13 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT  # the signal that asked (another process's, under DDP: Ctrl-C's)
         self._previous = {}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __enter__(self):
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -898,7 +900,7 @@ def _stopped(trainer: Trainer, stop_request: StopRequest) -> dict:
     step budget) say how to continue."""
     step, last_path = trainer.position.step, trainer.last_path
     if stop_request.requested:
-        raise TrainingInterrupted(last_path, step, trainer.procs.rank)
+        raise TrainingInterrupted(last_path, step, trainer.procs.rank, stop_request.signum)
     if trainer.procs.main:
         tqdm.write(
             f"stopped after {trainer.steps_here} steps (step {step}); checkpoint saved to {last_path}, "

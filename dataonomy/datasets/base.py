@@ -19,7 +19,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -156,12 +156,7 @@ def load_mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     8-bit gray (``L``) first. Pixels are then binarised by :func:`binarize_mask`: below 128 at
     most, any non-zero pixel is a defect; else values above 127 are.
     """
-    im = open_image(path)
-    if size is not None and im.size != tuple(size):
-        raise BadImageError(f"{path}: mask is {im.size[0]}x{im.size[1]}, image is {size[0]}x{size[1]}")
-    if im.mode not in _RAW_MASK_MODES:
-        im = im.convert("L")
-    return binarize_mask(np.asarray(im))
+    return read_mask_values(path, size)[0]
 
 
 def mask_has_defect(path: Path, size: tuple[int, int] | None = None) -> bool:
@@ -169,16 +164,95 @@ def mask_has_defect(path: Path, size: tuple[int, int] | None = None) -> bool:
     return bool(load_mask(path, size).any())
 
 
-def listed_mask_defect(mask: Path, image: Path, skip_bad: bool, warn: Callable[[str], None]) -> bool | None:
-    """Whether ``image``'s mask has a defect pixel, for readers that read masks while listing; with
-    ``skip_bad`` a bad image or mask is reported through ``warn`` and None returned (skip the sample)."""
+#: A mask that marks more than this share of its image as defect is suspect (:class:`MaskAudit`).
+MOSTLY_DEFECT = 0.9
+
+
+class MaskAudit:
+    """What a reader's masks say as a whole, reported once per listing (a warning each, naming how many and the
+    first file): masks that are empty (their image counts as defect-free, in every reader) and masks that mark
+    most of their image as defect, which is what a class-index mask whose background is not 0 (values 1/2)
+    looks like under :func:`binarize_mask`."""
+
+    def __init__(self, root: Path):
+        self.root, self.read = root, 0
+        self.empty: list[Path] = []
+        self.mostly: list[tuple[Path, float, list[int]]] = []
+
+    def add(self, path: Path, mask: np.ndarray, values: np.ndarray | None = None) -> None:
+        self.read += 1
+        share = float(mask.mean()) if mask.size else 0.0
+        if share == 0.0:
+            self.empty.append(path)
+        elif share > MOSTLY_DEFECT:
+            shown = [] if values is None else [int(v) for v in np.unique(values)[:4]]
+            self.mostly.append((path, share, shown))
+
+    def warn(self, stacklevel: int = 3) -> None:
+        if self.empty:
+            warnings.warn(
+                f"{self.root}: {len(self.empty)} of {self.read} masks are empty, so their images count as "
+                f"defect-free (first: {self.empty[0]})",
+                stacklevel=stacklevel,
+            )
+        if self.mostly:
+            path, share, shown = self.mostly[0]
+            every = (
+                f"all {self.read}" if len(self.mostly) == self.read else f"{len(self.mostly)} of {self.read}"
+            )
+            values = f", values {shown}" if shown else ""
+            warnings.warn(
+                f"{self.root}: {every} masks mark more than {MOSTLY_DEFECT:.0%} of their image as defect "
+                f"(first: {path}, {share:.0%}{values}); a class-index mask must be 0 where there is no defect "
+                "(a background of 1 marks every pixel)",
+                stacklevel=stacklevel,
+            )
+
+
+def read_mask_values(path: Path, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(defect pixels, the raw one-channel values) of a mask, as :func:`load_mask` reads it."""
+    im = open_image(path)
+    if size is not None and im.size != tuple(size):
+        raise BadImageError(f"{path}: mask is {im.size[0]}x{im.size[1]}, image is {size[0]}x{size[1]}")
+    if im.mode not in _RAW_MASK_MODES:
+        im = im.convert("L")
+    values = np.asarray(im)
+    return binarize_mask(values), values
+
+
+def listed_mask_defect(
+    mask: Path, image: Path, skip_bad: bool, warn: Callable[[str], None], audit: MaskAudit | None = None
+) -> bool | None:
+    """Whether ``image``'s mask has a defect pixel, for readers that read masks while listing (``audit`` notes
+    what it holds); with ``skip_bad`` a bad image or mask is reported through ``warn`` and None returned (skip
+    the sample)."""
     try:
-        return mask_has_defect(mask, image_size(image))
+        pixels, values = read_mask_values(mask, image_size(image))
     except BadImageError as exc:
         if not skip_bad:
             raise
         warn(f"skipping {exc}")
         return None
+    if audit is not None:
+        audit.add(mask, pixels, values)
+    return bool(pixels.any())
+
+
+def masks_decide(samples: list[Sample], root: Path, skip_bad: bool) -> list[Sample]:
+    """The one rule for an empty mask, for readers whose folders say which images are defective (MVTec's
+    defect types, anomalib's abnormal folder): an image whose mask is empty is defect-free, as in the readers
+    where the mask alone decides; :class:`MaskAudit` warns how many. A bad mask is skipped with ``skip_bad``."""
+    audit, out = MaskAudit(root), []
+    for s in samples:
+        if s.mask is None or not s.defect:
+            out.append(s)
+            continue
+        defect = listed_mask_defect(s.mask, s.path, skip_bad, lambda m: warnings.warn(m, stacklevel=4), audit)
+        if defect is None:
+            continue
+        out.append(s if defect else replace(s, defect=False, target=0))
+    audit.warn(stacklevel=4)
+    return out
 
 
 def check_mask_sizes(samples: Sequence[Sample]) -> None:

@@ -25,6 +25,7 @@ from torchvision.datasets.folder import find_classes
 
 from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
+    MaskAudit,
     Sample,
     SampleDataset,
     Sampling,
@@ -133,7 +134,7 @@ class ImageFolderDataset(SampleDataset):
                 stacklevel=2,
             )
         self.pairing = {"paired": len(masks), "skipped": [p for p, _ in skipped], "ignored": len(ignored)}
-        samples = []
+        samples, audit = [], MaskAudit(root)
         for target, cls in enumerate(classes):
             for p in sampling.subsample(by_class[cls], cls):
                 mask = masks.get(p)
@@ -141,13 +142,14 @@ class ImageFolderDataset(SampleDataset):
                     defect = cls in defect_classes
                 elif masks:
                     defect = mask is not None and listed_mask_defect(
-                        mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=3)
+                        mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=3), audit
                     )
                     if defect is None:  # a bad file, reported and skipped (--skip-bad)
                         continue
                 else:
                     defect = None
                 samples.append(Sample(path=p, label=cls, target=target, defect=defect, mask=mask, group=cls))
+        audit.warn(stacklevel=2)
         check_mask_sizes(samples)
         samples = sampling.drop_bad(samples)
         super().__init__(

@@ -23,6 +23,7 @@ from dataonomy.datasets.base import (
     Sampling,
     check_mask_sizes,
     check_reader_options,
+    masks_decide,
     require_dir,
 )
 from dataonomy.datasets.pairs import list_files
@@ -170,7 +171,7 @@ class MVTecAD(SampleDataset):
                 f"{root}: no images found for split '{split}' (extensions: {', '.join(IMAGE_EXTENSIONS)})"
             )
         check_mask_sizes(samples)
-        samples = sampling.drop_bad(samples)
+        samples = sampling.drop_bad(masks_decide(samples, root, sampling.skip_bad))
         self.split = split
         self.categories = [d.name for d in found]
         self._init_defect_set(root, samples, (transform, target_transform))

@@ -31,11 +31,13 @@ from pathlib import Path
 
 from dataonomy.datasets.base import (
     IMAGE_EXTENSIONS,
+    MaskAudit,
     Sample,
     SampleDataset,
     Sampling,
     check_mask_sizes,
     listed_mask_defect,
+    masks_decide,
     require_dir,
 )
 from dataonomy.datasets.registry import register_dataset
@@ -43,6 +45,14 @@ from dataonomy.errors import DataonomyError
 
 # Mask-name suffixes recognised without being told (compared case-insensitively, so ``_gt`` too).
 MASK_SUFFIXES = ("_label", "_GT", "_mask")
+# Mask files of other tools that are not images: named in the error, with what to do.
+FOREIGN_MASK_FORMATS = {
+    ".mat": "MATLAB arrays",
+    ".seg": "BSDS segmentation files",
+    ".npy": "NumPy arrays",
+    ".json": "polygon annotations",
+    ".xml": "annotation files",
+}
 _JPEG = (".jpg", ".jpeg")
 _MASK_BESIDE_JPEG = (".png", ".bmp")
 
@@ -152,8 +162,14 @@ def match_masks(
                 f"{p}: two images named {p.stem}.* ({by_stem[p.stem].name}); a mask could belong to either"
             )
         by_stem[p.stem] = p
-    mask_files, _ = list_files(masks_dir)
+    mask_files, other_files = list_files(masks_dir)
     if not mask_files:
+        foreign = sorted({q.suffix.lower() for q in other_files} & set(FOREIGN_MASK_FORMATS))
+        if foreign:
+            raise DataonomyError(
+                f"{masks_dir}: holds {', '.join(foreign)} masks ({FOREIGN_MASK_FORMATS[foreign[0]]}), which are "
+                "not read; save them as PNG images (0 where there is no defect, non-zero on the defect)"
+            )
         raise DataonomyError(f"{masks_dir}: no mask images in this folder")
     candidates = [mask_suffix] if mask_suffix is not None else ["", *MASK_SUFFIXES]
 
@@ -249,7 +265,7 @@ class ImageMaskPairs(SampleDataset):
             masks_dir = resolve_folder(root, masks, "--masks")
             images, other = list_files(root)
             if not images:
-                raise DataonomyError(f"{root}: no images in this folder")
+                raise DataonomyError(f"{root}: no images in this folder{_class_folder_hint(root)}")
             pairing, suffix = match_masks(images, masks_dir, mask_suffix, root)
             notes.append(f"paired {len(pairing)} masks in {masks_dir} with images (mask suffix '{suffix}')")
         else:
@@ -263,7 +279,7 @@ class ImageMaskPairs(SampleDataset):
                 raise DataonomyError(f"{p}: {why}")
             images, pairing = found.images, found.masks
             if not images:
-                raise DataonomyError(f"{root}: no images in this folder")
+                raise DataonomyError(f"{root}: no images in this folder{_class_folder_hint(root)}")
             notes.append(f"paired {len(pairing)} masks with images in the same folder")
         if other:
             notes.append(f"ignored {len(other)} files that are not images (first: {other[0].name})")
@@ -271,17 +287,18 @@ class ImageMaskPairs(SampleDataset):
         if unmasked:
             notes.append(f"{unmasked} images have no mask: read as defect-free")
         images = sampling.subsample(images, label)
-        samples = []
+        samples, audit = [], MaskAudit(root)
         for p in images:
             mask = pairing.get(p)
             defect = mask is not None and listed_mask_defect(
-                mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=4)
+                mask, p, sampling.skip_bad, lambda m: warnings.warn(m, stacklevel=4), audit
             )
             if defect is None:  # a bad file, reported and skipped (--skip-bad)
                 continue
             samples.append(
                 Sample(path=p, label=label, target=int(defect), defect=defect, mask=mask, group=label)
             )
+        audit.warn(stacklevel=4)
         return samples, notes
 
     @staticmethod
@@ -338,10 +355,20 @@ class ImageMaskPairs(SampleDataset):
                 )
         samples = sampling.subsample(samples, label)
         check_mask_sizes(samples)
-        return samples, notes
+        return masks_decide(samples, root, sampling.skip_bad), notes
+
+
+def _class_folder_hint(root: Path) -> str:
+    """What to say when a pairs root holds folders of images instead of images."""
+    subfolders = sorted(d.name for d in Path(root).iterdir() if d.is_dir() and list_files(d)[0])
+    if not subfolders:
+        return ""
+    shown = ", ".join(subfolders[:3]) + (", ..." if len(subfolders) > 3 else "")
+    return f"; it holds folders of images ({shown}): read a tree of class folders with --format folder"
 
 
 __all__ = [
+    "FOREIGN_MASK_FORMATS",
     "MASK_SUFFIXES",
     "FolderPairs",
     "ImageMaskPairs",
