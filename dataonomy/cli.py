@@ -12,10 +12,8 @@ from pathlib import Path
 
 import typer
 
-from dataonomy.affinity import list_affinities
-from dataonomy.backbones import list_backbones
+from dataonomy.builtin_names import AFFINITIES, BACKBONES, DATASETS
 from dataonomy.cli_utils import new_app, old_option_name, parse_list, run_app, with_config
-from dataonomy.datasets import list_datasets
 from dataonomy.datasets.options import reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
@@ -24,7 +22,7 @@ app = new_app("Dataonomy: pick the source classes that best prepare a model for 
 
 
 # Options shared by every command that reads a dataset.
-DatasetOpt = typer.Option(..., "--dataset", help=f"Reader name: {', '.join(list_datasets())}.")
+DatasetOpt = typer.Option(..., "--dataset", help=f"Reader name: {', '.join(DATASETS)}.")
 RootOpt = typer.Option(..., "--root", help="Folder the reader reads (see README for each layout).")
 ClassesOpt = typer.Option(
     None,
@@ -132,7 +130,7 @@ def features_cmd(
     backbone: str = typer.Option(
         "auto",
         "--backbone",
-        help=f"Pretrained backbone: {', '.join(list_backbones())}, or auto: inception_v3 (the method's) when its "
+        help=f"Pretrained backbone: {', '.join(BACKBONES)}, or auto: inception_v3 (the method's) when its "
         "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
         "installed with the package).",
     ),
@@ -235,7 +233,7 @@ def select_cmd(
     affinity: str = typer.Option(
         "softmax",
         "--affinity",
-        help=f"Per-image score: {', '.join(list_affinities())} (softmax needs an ImageNet-1k pool).",
+        help=f"Per-image score: {', '.join(AFFINITIES)} (softmax needs an ImageNet-1k pool).",
     ),
     coverage: int = typer.Option(
         1,
@@ -282,7 +280,7 @@ def select_cmd(
     backbone: str = typer.Option(
         "auto",
         "--backbone",
-        help=f"Pretrained backbone: {', '.join(list_backbones())}, or auto: inception_v3 (the method's) when its "
+        help=f"Pretrained backbone: {', '.join(BACKBONES)}, or auto: inception_v3 (the method's) when its "
         "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
         "installed with the package).",
     ),
@@ -464,6 +462,8 @@ def graph_cmd(
 @app.command("datasets")
 def datasets_cmd():
     """List the registered dataset readers."""
+    from dataonomy.datasets import list_datasets
+
     for name in list_datasets():
         typer.echo(name)
 

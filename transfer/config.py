@@ -16,7 +16,6 @@ from dataonomy.datasets.options import DefectLayout
 from dataonomy.datasets.splits import check_split_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import check_field_types
-from transfer.models import check_image_size, model_spec, uses_aux_logits
 
 MONITORS = ("ap", "auroc", "loss")
 # segdec: segmentation + decision at native resolution, trained from masks; classify: image classifier.
@@ -64,6 +63,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        from transfer.models import model_spec  # torch: imported when a config is built, not for --help
+
         spec = model_spec(self.arch)
         if self.image_size is None and not self.native_resolution:
             self.image_size = spec.image_size
@@ -71,6 +72,8 @@ class TrainConfig:
             self.dropout = spec.dropout
         self.mean = tuple(float(v) for v in (self.mean if self.mean is not None else spec.mean))
         self.std = tuple(float(v) for v in (self.std if self.std is not None else spec.std))
+        from transfer.models import uses_aux_logits
+
         aux_usable = self.input_size is not None and uses_aux_logits(self.arch, self.input_size)
         if self.aux_logits is None:
             self.aux_logits = aux_usable and not self.native_resolution
@@ -106,6 +109,8 @@ class TrainConfig:
             raise DataonomyError("--mean/--std: need three values each, std positive")
         if self.input_size is not None:
             option = "--patch-size" if self.input_size != self.image_size else "--image-size"
+            from transfer.models import check_image_size
+
             check_image_size(self.arch, self.input_size, option)
 
     def to_dict(self) -> dict:

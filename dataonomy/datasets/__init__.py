@@ -1,46 +1,47 @@
 """Dataset readers by name: ``get_dataset("dagm" | "mvtec" | "kolektor" | "pairs" | "imagenet" | "folder", root,
-**options)``."""
+**options)``.
 
-from dataonomy.datasets import dagm, folder, imagenet, kolektor, mvtec, pairs  # noqa: F401  (registers the readers)
-from dataonomy.datasets.base import (
-    Sample,
-    SampleDataset,
-    Sampling,
-    binarize_mask,
-    load_mask,
-    mask_has_defect,
-    open_image,
-)
-from dataonomy.datasets.dagm import DAGM
-from dataonomy.datasets.folder import ImageFolderDataset
-from dataonomy.datasets.imagenet import ImageNet
-from dataonomy.datasets.kolektor import KolektorSDD
-from dataonomy.datasets.mvtec import MVTecAD
-from dataonomy.datasets.options import get_dataset
-from dataonomy.datasets.pairs import ImageMaskPairs
-from dataonomy.datasets.registry import get_dataset_reader, list_datasets, register_dataset
-from dataonomy.datasets.splits import SPLITS, SplitSpec, split_samples, stratified_folds
+The names below are imported on first use (PEP 562), so that ``import dataonomy.datasets`` (and a command's
+``--help``) does not load torch and torchvision; the readers register themselves when one is looked up.
+"""
 
-__all__ = [
-    "DAGM",
-    "ImageFolderDataset",
-    "ImageMaskPairs",
-    "ImageNet",
-    "KolektorSDD",
-    "MVTecAD",
-    "Sample",
-    "SampleDataset",
-    "Sampling",
-    "SplitSpec",
-    "binarize_mask",
-    "get_dataset",
-    "get_dataset_reader",
-    "list_datasets",
-    "load_mask",
-    "mask_has_defect",
-    "open_image",
-    "register_dataset",
-    "SPLITS",
-    "split_samples",
-    "stratified_folds",
-]
+from __future__ import annotations
+
+import importlib
+
+# name -> the module that defines it
+_WHERE = {
+    "DAGM": "dagm",
+    "ImageFolderDataset": "folder",
+    "ImageNet": "imagenet",
+    "KolektorSDD": "kolektor",
+    "MVTecAD": "mvtec",
+    "ImageMaskPairs": "pairs",
+    "Sample": "base",
+    "SampleDataset": "base",
+    "Sampling": "base",
+    "binarize_mask": "base",
+    "load_mask": "base",
+    "mask_has_defect": "base",
+    "open_image": "base",
+    "get_dataset": "options",
+    "get_dataset_reader": "registry",
+    "list_datasets": "registry",
+    "register_dataset": "registry",
+    "SPLITS": "splits",
+    "SplitSpec": "splits",
+    "split_samples": "splits",
+    "stratified_folds": "splits",
+}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dataonomy.datasets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"dataonomy.datasets.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_WHERE)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, get_args
 
-from dataonomy.datasets.base import Sampling
 from dataonomy.datasets.registry import get_dataset_reader
 from dataonomy.datasets.splits import SplitSpec
 from dataonomy.errors import DataonomyError
@@ -44,6 +43,8 @@ def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> di
     reader as they are. An option the reader does not take is an error naming it (``--x-y is not an option
     of the 'name' reader``), and so is a flat option beside the grouped argument it belongs to.
     """
+    from dataonomy.datasets.base import Sampling  # torchvision: loaded with the readers, not with the options
+
     params = _init_parameters(reader)
     groups: dict[str, tuple[type, tuple[str, ...]]] = {}  # argument -> (its class, the flat options it holds)
     if "split" in params and _accepts(params["split"].annotation, SplitSpec):

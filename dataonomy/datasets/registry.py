@@ -18,9 +18,23 @@ def register_dataset(name: str) -> Callable:
     return _READERS.decorator(name)
 
 
+# The modules whose readers register themselves on import; imported when a reader is first looked up, so that
+# importing the package (a CLI's --help) does not load torchvision.
+READER_MODULES = ("dagm", "folder", "imagenet", "kolektor", "mvtec", "pairs")
+
+
+def _load_readers() -> None:
+    import importlib
+
+    for module in READER_MODULES:
+        importlib.import_module(f"dataonomy.datasets.{module}")
+
+
 def list_datasets() -> list[str]:
+    _load_readers()
     return _READERS.names()
 
 
 def get_dataset_reader(name: str) -> Callable:
+    _load_readers()
     return _READERS.get(name)

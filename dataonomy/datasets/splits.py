@@ -10,11 +10,14 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dataonomy.datasets.base import Sample
 from dataonomy.errors import DataonomyError
+
+if TYPE_CHECKING:
+    from dataonomy.datasets.base import Sample
 
 SPLITS = ("all", "train", "val", "trainval", "test")
 
