@@ -186,3 +186,40 @@ def test_localization_report_on_dagm_masks(dagm_class1_test):
     assert report["mean_iou_defective"] == pytest.approx(np.mean(expected))
     assert report["recall"] == 1.0 and report["precision"] < 1.0
     assert report["n_detected"] == sum(e >= 0.5 for e in expected)
+
+
+def test_a_one_pixel_crack_traced_one_pixel_off_is_found_with_a_tolerance():
+    """Thin defects: a 1-px crack drawn one pixel beside the truth scores 0 by plain pixel counts and IoU, and
+    1 with crack benchmarks' 2-pixel tolerance; a prediction far away stays wrong with the tolerance."""
+    mask = np.zeros((64, 64), bool)
+    rows = np.arange(5, 60)
+    mask[rows, rows] = True  # a diagonal crack, one pixel wide
+    beside = np.zeros_like(mask)
+    beside[rows, np.minimum(rows + 1, 63)] = True
+    far = np.zeros_like(mask)
+    far[rows, np.minimum(rows + 8, 63)] = True
+
+    assert metrics.pixel_counts(beside, mask).f1 == 0.0 and metrics.iou(beside, mask) == 0.0
+    assert metrics.detect_defects(beside, mask).n_detected == 0
+    near = metrics.tolerant_counts(beside, mask, 2)
+    assert near.precision == near.recall == near.f1 == 1.0
+    assert (near.n_defects, near.n_detected) == (1, 1)
+    off = metrics.tolerant_counts(far, mask, 2)
+    assert off.f1 == 0.0 and off.n_detected == 0
+    # Tolerance 0 is the plain rule.
+    assert metrics.tolerant_counts(beside, mask, 0).f1 == metrics.pixel_counts(beside, mask).f1
+    # Half the crack drawn: recall about 1/2, precision 1, the defect found (half its pixels are near).
+    half = beside.copy()
+    half[32:] = False
+    partial = metrics.tolerant_counts(half, mask, 2)
+    assert partial.precision == 1.0 and 0.45 < partial.recall < 0.6 and partial.n_detected == 1
+
+    report = metrics.localization_report(
+        [beside, far, np.zeros_like(mask)], [mask, mask, np.zeros_like(mask)], tolerance=2
+    )
+    assert report["f1"] == 0.0 and report["n_detected"] == 0
+    assert report["n_detected_tolerant"] == 1 and report["detection_rate_tolerant"] == 0.5
+    assert report["tolerant_precision"] == pytest.approx(0.5, abs=0.02)
+    assert "tolerance" not in metrics.localization_report([beside], [mask])
+    with pytest.raises(DataonomyError, match="--tolerance -1"):
+        metrics.tolerant_counts(beside, mask, -1)

@@ -271,10 +271,16 @@ def test_evaluate_reports_errors_side_by_side(segdec_run, capsys):
 def test_localize_uses_the_segmentation_map_and_boxes_each_defect(segdec_run, tmp_path, capsys):
     out = tmp_path / "loc"
     code = run_app(
-        app, ["localize", "--model", str(segdec_run), "--out", str(out), "--limit", "4", "--val-limit", "8"]
-    )
+        app,
+        ["localize", "--model", str(segdec_run), "--out", str(out), "--limit", "4", "--val-limit", "8",
+         "--tolerance", "2"],
+    )  # fmt: skip
     assert code == 0
+    assert "within 2 px: precision" in capsys.readouterr().out
     report = json.loads((out / "localize.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["tolerance"] == 2 and metrics["tolerant_f1"] >= metrics["f1"] - 1e-9
+    assert metrics["n_detected_tolerant"] <= metrics["n_defects"]
     assert report["parameters"]["mode"] == "segmap" and report["parameters"]["patch"] is None
     assert report["threshold"]["criterion"] == "pooled pixel F1"
     for row in report["images"]:

@@ -886,6 +886,12 @@ def localize_cmd(
     ),
     colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
     alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
+    tolerance: float = typer.Option(
+        None,
+        "--tolerance",
+        help="Also score with a pixel tolerance, as crack benchmarks do (e.g. 2): a predicted pixel within that "
+        "distance of a defect pixel is right, a defect with half its pixels that near a prediction is found.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."

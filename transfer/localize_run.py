@@ -536,7 +536,9 @@ def _localize_items(loaded, settings, items: list[_Item], value: float, stage: P
             truths.append(truth)
         predictions.append(predicted)
         rows.append(row)
-    return rows, (M.localization_report(predictions, truths) if labelled and rows else None)
+    if not (labelled and rows):
+        return rows, None
+    return rows, M.localization_report(predictions, truths, tolerance=config.tolerance)
 
 
 def _localize_one(loaded, settings, item: _Item, name: str, value: float, stage: Path, config):
@@ -629,6 +631,12 @@ def format_localize_summary(report: dict) -> str:
         row["threshold"] = chosen["value"]
         row["detected"] = f"{metrics['n_detected']}/{metrics['n_defects']}"
         lines.append(M.format_table([row], SUMMARY_COLUMNS))
+        if "tolerance" in metrics:
+            lines.append(
+                f"within {metrics['tolerance']:g} px: precision {metrics['tolerant_precision']:.3f}, recall "
+                f"{metrics['tolerant_recall']:.3f}, F1 {metrics['tolerant_f1']:.3f}; defects found "
+                f"{metrics['n_detected_tolerant']}/{metrics['n_defects']}"
+            )
     else:
         top = sorted(report["images"], key=lambda r: -r["score"])[:5]
         lines.append("highest scores:")

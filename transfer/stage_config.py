@@ -174,6 +174,7 @@ class LocalizeConfig(DefectSetFields):
     batch_size: int | None = None
     colormap: str = "inferno"
     alpha: float = 0.45
+    tolerance: float | None = None
 
     def __post_init__(self):
         _need_model(self)
@@ -189,6 +190,7 @@ class LocalizeConfig(DefectSetFields):
             raise DataonomyError(f"--threshold {self.threshold}: must be in [0, 1] (a defect probability)")
         for name in ("patch_size", "stride", "val_limit", "limit", "batch_size"):
             _at_least(getattr(self, name), 1, "--" + name.replace("_", "-"))
+        _at_least(self.tolerance, 0, "--tolerance")
 
 
 @dataclass(kw_only=True)
