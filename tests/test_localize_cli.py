@@ -137,7 +137,7 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
     assert all(pooled_f1(t) <= best["f1"] + 1e-12 for t in L.DEFAULT_THRESHOLDS[::7])
     value = best["value"]
 
-    preds, masks = [], []
+    preds, masks, heats = [], [], []
     for i, row in enumerate(report["images"]):
         heat = np.load(out / row["heatmap"])
         assert heat.shape == (512, 512) and heat.dtype == np.float32
@@ -158,8 +158,20 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
         assert row["iou"] == pytest.approx(metrics.iou(predicted, truth))
         preds.append(predicted)
         masks.append(truth)
+        heats.append(heat)
 
     expected = metrics.localization_report(preds, masks)
+    # Pixel-level AP/AUROC over every pixel of the 4 images, threshold-free; binned at 0.001 in the report.
+    pixel_scores = np.concatenate([h.ravel() for h in heats]).astype(np.float64)
+    pixel_labels = np.concatenate([m.ravel() for m in masks]).astype(int)
+    exact = {
+        "pixel_ap": metrics.average_precision(pixel_scores, pixel_labels),
+        "pixel_auroc": metrics.auroc(pixel_scores, pixel_labels),
+        "n_pixels": pixel_labels.size,
+        "n_defect_pixels": int(pixel_labels.sum()),
+    }
+    for key, value in exact.items():
+        assert report["metrics"].pop(key) == pytest.approx(value, abs=0.01)
     for key, value in report["metrics"].items():
         if expected[key] != expected[key]:  # NaN is stored as null
             assert value is None
@@ -173,7 +185,8 @@ def test_localize_writes_heatmaps_overlays_masks_and_scores_them(batched, patch_
     assert f"threshold {chosen['value']:.3g} (chosen on {len(val)} validation images" in terminal
     header = next(line for line in terminal.splitlines() if "precision" in line)
     assert header.split() == ["n_images", "n_defective_images", "threshold", "precision", "recall", "f1", "iou",
-                              "mean_iou", "mean_iou_defective", "ar", "detected"]  # fmt: skip
+                              "mean_iou", "mean_iou_defective", "ar", "detected", "pixel_ap",
+                              "pixel_auroc"]  # fmt: skip
 
 
 def test_loop_gives_the_batched_numbers_and_dense_its_own_threshold(batched, tmp_path, capsys):

@@ -223,3 +223,17 @@ def test_a_one_pixel_crack_traced_one_pixel_off_is_found_with_a_tolerance():
     assert "tolerance" not in metrics.localization_report([beside], [mask])
     with pytest.raises(DataonomyError, match="--tolerance -1"):
         metrics.tolerant_counts(beside, mask, -1)
+
+
+def test_binned_ap_and_auroc_equal_the_exact_ones_when_no_two_classes_share_a_bin():
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(400), 3)
+    labels = (rng.random(400) < 0.2 + 0.6 * scores).astype(int)
+    edges = np.linspace(0, 1 + 1e-9, 1001)
+    pos = np.histogram(scores[labels == 1], edges)[0]
+    neg = np.histogram(scores[labels == 0], edges)[0]
+    ap, auc = metrics.binned_ap_auroc(pos, neg)
+    # One bin per distinct 3-decimal score: the binned figures are the exact ones (ties in a bin count 1/2).
+    assert ap == pytest.approx(metrics.average_precision(scores, labels), abs=1e-12)
+    assert auc == pytest.approx(metrics.auroc(scores, labels), abs=1e-12)
+    assert np.isnan(metrics.binned_ap_auroc(pos, np.zeros_like(neg))[0])

@@ -272,7 +272,7 @@ def test_localize_uses_the_segmentation_map_and_boxes_each_defect(segdec_run, tm
     out = tmp_path / "loc"
     code = run_app(
         app,
-        ["localize", "--model", str(segdec_run), "--out", str(out), "--limit", "4", "--val-limit", "8",
+        ["localize", "--model", str(segdec_run), "--out", str(out), "--limit", "10", "--val-limit", "8",
          "--tolerance", "2"],
     )  # fmt: skip
     assert code == 0
@@ -281,6 +281,10 @@ def test_localize_uses_the_segmentation_map_and_boxes_each_defect(segdec_run, tm
     metrics = report["metrics"]
     assert metrics["tolerance"] == 2 and metrics["tolerant_f1"] >= metrics["f1"] - 1e-9
     assert metrics["n_detected_tolerant"] <= metrics["n_defects"]
+    # Threshold-free pixel figures over every pixel of the 10 images (one of them defective), with the counts.
+    assert metrics["n_defective_images"] == 1 and metrics["n_pixels"] == 10 * 512 * 512
+    assert 0 < metrics["n_defect_pixels"] < metrics["n_pixels"]
+    assert 0 <= metrics["pixel_ap"] <= 1 and 0 <= metrics["pixel_auroc"] <= 1
     assert report["parameters"]["mode"] == "segmap" and report["parameters"]["patch"] is None
     assert report["threshold"]["criterion"] == "pooled pixel F1"
     for row in report["images"]:

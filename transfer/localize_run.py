@@ -50,6 +50,7 @@ from dataonomy.datasets.base import seeded_subsample
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import file_sha256, read_json_file, write_json
+from dataonomy.progress import progress as show_progress
 from transfer import localize as L
 from transfer import metrics as M
 from transfer.data import check_overlap, scaled_size, training_overlap
@@ -71,6 +72,8 @@ CONFIG_NAME = "config.json"
 # Below this mean IoU of the defective validation images at the chosen threshold, the maps miss the defects.
 NEAR_ZERO_IOU = 0.05
 MODES = ("loop", "batched", "dense", "segmap")
+# Heat bins of the pixel-level AP/AUROC (heat is a probability): 1,000 of 0.001, far finer than a threshold needs.
+PIXEL_BINS = np.linspace(0.0, 1.0 + 1e-9, 1001)
 SUMMARY_COLUMNS = (
     "n_images",
     "n_defective_images",
@@ -83,6 +86,8 @@ SUMMARY_COLUMNS = (
     "mean_iou_defective",
     "ar",
     "detected",
+    "pixel_ap",
+    "pixel_auroc",
 )
 
 __all__ = [
@@ -526,19 +531,31 @@ def _localize_items(loaded, settings, items: list[_Item], value: float, stage: P
     names = _unique_names([item.path for item in items])
     rows, predictions, truths = [], _PackedMasks(), _PackedMasks()
     labelled = True
-    for item, name in tqdm(
-        list(zip(items, names, strict=True)), desc="localize", disable=_quiet(progress), leave=False
+    # Pixel-level AP/AUROC of the heatmaps, threshold-free: every pixel's heat binned by class.
+    pixel_hist = np.zeros((2, len(PIXEL_BINS) - 1), dtype=np.int64)
+    for item, name in show_progress(
+        list(zip(items, names, strict=True)), desc="localize", enabled=None if progress is None else progress
     ):
-        row, predicted, truth = _localize_one(loaded, settings, item, name, value, stage, config)
+        row, predicted, truth, heat = _localize_one(loaded, settings, item, name, value, stage, config)
         if truth is None:
             labelled = False
         else:
             truths.append(truth)
+            pixel_hist[1] += np.histogram(heat[truth], PIXEL_BINS)[0]
+            pixel_hist[0] += np.histogram(heat[~truth], PIXEL_BINS)[0]
         predictions.append(predicted)
         rows.append(row)
     if not (labelled and rows):
         return rows, None
-    return rows, M.localization_report(predictions, truths, tolerance=config.tolerance)
+    report = M.localization_report(predictions, truths, tolerance=config.tolerance)
+    pixel_ap, pixel_auroc = M.binned_ap_auroc(pixel_hist[1], pixel_hist[0])
+    return rows, {
+        **report,
+        "pixel_ap": pixel_ap,
+        "pixel_auroc": pixel_auroc,
+        "n_pixels": int(pixel_hist.sum()),
+        "n_defect_pixels": int(pixel_hist[1].sum()),
+    }
 
 
 def _localize_one(loaded, settings, item: _Item, name: str, value: float, stage: Path, config):
@@ -574,7 +591,7 @@ def _localize_one(loaded, settings, item: _Item, name: str, value: float, stage:
             n_detected=detection.n_detected,
             defect_ious=M.defect_ious(predicted, truth).tolist(),  # what AR sums over
         )
-    return {**row, **files}, predicted, truth
+    return {**row, **files}, predicted, truth, heat
 
 
 def _parameters(settings: LocalizeSettings, model_sha256: str, config: LocalizeConfig) -> dict:

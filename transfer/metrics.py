@@ -165,6 +165,24 @@ def auroc(scores, labels) -> float:
     return float(u) / (positives.size * negatives.size)
 
 
+def binned_ap_auroc(positives, negatives) -> tuple[float, float]:
+    """(AP, AUROC) from counts of defective and of clean examples per score bin (bins in increasing score order),
+    for more examples than fit in memory as scores: every pixel of a set of defect maps. Operating points are
+    the bins' lower edges; examples in one bin tie (AUROC counts them 1/2, as :func:`auroc` does ties). NaN where
+    one class is absent."""
+    pos, neg = np.asarray(positives, dtype=np.float64), np.asarray(negatives, dtype=np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan"), float("nan")
+    tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # predicting "defect" from the top bin down
+    kept = (tp + fp) > 0
+    precision, recall = tp[kept] / (tp[kept] + fp[kept]), tp[kept] / n_pos
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    above = np.r_[0.0, tp[:-1]]  # defective examples in higher bins than each (reversed) bin
+    auroc_value = float(np.sum(neg[::-1] * (above + 0.5 * pos[::-1])) / (n_pos * n_neg))
+    return ap, auroc_value
+
+
 THRESHOLD_CRITERIA = ("balanced_accuracy", "f1")
 
 

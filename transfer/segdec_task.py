@@ -293,15 +293,17 @@ def segdec_loss(
 # processes): 0.01 wide between -20 and 20, far finer than any threshold needs.
 CELL_EDGES = torch.linspace(-20.0, 20.0, 4001)
 CELL_CENTRES = ((CELL_EDGES[:-1] + CELL_EDGES[1:]) / 2).numpy().astype(np.float64)
-DEFECT_CELL_SHARE = 0.5
+# A cell holding any defect pixel is defective: a 1-3 px crack covers a few per cent of a stride-8 or -16 cell,
+# so a "half the cell" rule left all but a handful of a thin defect's cells out of the metrics.
+DEFECT_CELL_MIN_SHARE = 0.0
 
 
 def cell_labels(mask: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
-    """Labels of the defect map's cells from a mask (B, 1, H, W): 1 where at least half the cell's pixels are
-    defective, 0 where none is, -1 (left out) in between."""
+    """Labels of the defect map's cells from a mask (B, 1, H, W): 1 where more than ``DEFECT_CELL_MIN_SHARE`` of
+    the cell's pixels (any one, at 0) are defective, 0 where none is, -1 (left out) in between (none at 0)."""
     share = nn.functional.adaptive_avg_pool2d(mask.float(), map_size)
     labels = torch.full_like(share, -1.0)
-    labels[share >= DEFECT_CELL_SHARE] = 1.0
+    labels[share > DEFECT_CELL_MIN_SHARE] = 1.0
     labels[share == 0] = 0.0
     return labels
 
