@@ -68,3 +68,21 @@ def old_option_name(ctx: typer.Context, name: str, old_name: str):
         option, old = spelling[name], spelling[old_name]
         raise DataonomyError(f"{option} and {old}: the same option ({old} is its old name); give one")
     return ctx.params[old_name] if old_name in given else ctx.params[name]
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | None, option: str) -> float | None:
+    """Seconds of a duration such as ``90s``, ``30m``, ``1h30m`` or ``2.5h`` (None stays None); a bare number
+    or an unknown unit is a one-line error naming ``option``."""
+    import re
+
+    if text is None:
+        return None
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip().lower())
+    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])|\s", "", text.strip().lower()):
+        raise DataonomyError(
+            f"{option} '{text}': give a duration with its unit, such as 90s, 30m, 1h30m or 2h"
+        )
+    return sum(float(value) * _DURATION_UNITS[unit] for value, unit in parts)

@@ -381,3 +381,50 @@ def test_steps_per_epoch_gives_equal_step_budgets(manifest, tiny_imagenet, tmp_p
     assert_same_weights(weights(tmp_path / "small" / "best.pt"), weights(tmp_path / "resumed" / "best.pt"))
     with pytest.raises(DataonomyError, match="--steps-per-epoch 0: must be at least 1"):
         small_config(manifest, tiny_imagenet, steps_per_epoch=0)
+
+
+def test_a_time_budget_ends_the_run_before_an_epoch_that_would_pass_it(
+    manifest, tiny_imagenet, tmp_path, capsys, monkeypatch
+):
+    """`--time-budget`: the run prints its estimate after its first steps and the time left after each epoch,
+    and ends (keeping its best epoch) when the next epoch would pass the budget. The loop's clock is replaced by
+    one that moves 0.1 s per reading, so the epochs' durations do not depend on this machine's speed."""
+    import types
+
+    import transfer.training as training
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 0.1))
+    run = tmp_path / "run"
+    argv = [
+        "pretrain", "--manifest", str(manifest), "--source-root", str(tiny_imagenet), "--out", str(run),
+        "--arch", "small_cnn", "--image-size", "32", "--images-per-class", "8", "--epochs", "50",
+        "--batch-size", "4", "--device", "cpu", "--time-budget", "5s",
+    ]  # fmt: skip
+    assert run_app(app, argv) == 0
+    out = capsys.readouterr().out
+    assert "time estimate:" in out and "s per step of 4" in out
+    assert "so far" in out and "within the time budget" in out  # the time left, after the first epoch
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped early" and summary["stop_reason"] == "time budget"
+    epochs, seconds = summary["epochs"], summary["seconds"]
+    # It stopped at the first epoch end where one more epoch at the mean pace would pass the budget.
+    assert 1 < epochs < 50 and seconds <= 5 < seconds + seconds / epochs
+    assert f"stopping with the best epoch ({summary['best_epoch']})" in out and (run / "best.pt").is_file()
+    assert json.loads((run / "config.json").read_text())["time_budget"] == 5.0
+
+
+def test_durations_need_their_unit(capsys):
+    from dataonomy.cli_utils import parse_duration
+
+    assert parse_duration("90s", "--time-budget") == 90
+    assert parse_duration("30m", "--time-budget") == 1800
+    assert parse_duration("1h30m", "--time-budget") == 5400
+    assert parse_duration("2.5h", "--time-budget") == 9000
+    assert parse_duration(None, "--time-budget") is None
+    for bad in ("30", "ten minutes", "5x", "1h 30q"):
+        with pytest.raises(DataonomyError, match=f"--time-budget '{bad}': give a duration with its unit"):
+            parse_duration(bad, "--time-budget")
+    code = run_app(app, ["finetune", "--dagm", "x", "--out", "y", "--time-budget", "30"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--time-budget '30'" in err and err.count("\n") == 1

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import typer
 
-from dataonomy.cli_utils import given_options, new_app, old_option_name, parse_list, run_app, with_config
+from dataonomy.cli_utils import (
+    given_options,
+    new_app,
+    old_option_name,
+    parse_duration,
+    parse_list,
+    run_app,
+    with_config,
+)
 from transfer.config import (
     FinetuneConfig,
     PretrainConfig,
@@ -77,6 +85,13 @@ LogEveryOpt = typer.Option(
     "--log-every",
     help="When stderr is not a terminal (no progress bar), print a progress line (step, loss, images/s) to it "
     "every N seconds.",
+)
+TimeBudgetOpt = typer.Option(
+    None,
+    "--time-budget",
+    help="Wall-clock budget of training and validation, such as 30m or 2h (over resumes): the run ends, keeping "
+    "its best epoch, before an epoch that would pass it. The run prints its time estimate after its first steps "
+    "and the time left after every epoch either way.",
 )
 ConfigOpt = typer.Option(
     None,
@@ -448,14 +463,16 @@ def pretrain_cmd(
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
     log_every: float = LogEveryOpt,
+    time_budget: str = TimeBudgetOpt,
 ):
     """Pretrain the base model on exactly the manifest's classes (also under torchrun for several GPUs/nodes).
 
     With --config, the saved run's fields are the defaults and the options given here change them."""
     from transfer.train_request import TrainRequest, pretrain_fields, pretrain_requested
 
-    options = _field_options(ctx, PretrainConfig, ("manifest", "source_root", "mean", "std"))
+    options = _field_options(ctx, PretrainConfig, ("manifest", "source_root", "mean", "std", "time_budget"))
     options.update(mean=_triple(mean, "--mean"), std=_triple(std, "--std"))
+    options["time_budget"] = parse_duration(time_budget, "--time-budget")
     saved = read_config_file(config, "pretrain") if config is not None else None
     request = TrainRequest(options, _given(ctx), saved)
     requested = pretrain_requested(request, manifest, source_root)
@@ -628,6 +645,7 @@ def finetune_cmd(
     workers: int = TrainWorkersOpt,
     stop_after_steps: int = StopAfterStepsOpt,
     log_every: float = LogEveryOpt,
+    time_budget: str = TimeBudgetOpt,
 ):
     """Fine-tune every layer of a base model to find defects in a defect set of any layout (a defect map and an
     image score with --head segdec, the default; an image classifier with --head classify); store the validation
@@ -638,8 +656,9 @@ def finetune_cmd(
 
     given = _given(ctx)
     saved = read_config_file(config, "finetune") if config is not None else None
-    options = _field_options(ctx, FinetuneConfig, ("base", "arch", "classes", *_DATA_OPTIONS))
+    options = _field_options(ctx, FinetuneConfig, ("base", "arch", "classes", "time_budget", *_DATA_OPTIONS))
     options["classes"] = parse_list(classes)
+    options["time_budget"] = parse_duration(time_budget, "--time-budget")
     source = _defect_data(_data_args(ctx.params, given, saved))
     request, base_request = (
         TrainRequest(options, given, saved),

@@ -61,6 +61,9 @@ class TrainConfig:
     sync_bn: bool = False
     checkpoint_every: int = 500
     seed: int = 0
+    # Wall-clock seconds of training and validation (over resumes) the run may take: it ends, keeping its best
+    # epoch, before an epoch that would pass it (None: --epochs and early stopping alone decide).
+    time_budget: float | None = None
 
     def __post_init__(self):
         from transfer.models import model_spec  # torch: imported when a config is built, not for --help
@@ -98,6 +101,8 @@ class TrainConfig:
                 raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must be at least 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise DataonomyError(f"--steps-per-epoch {self.steps_per_epoch}: must be at least 1")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise DataonomyError(f"--time-budget {self.time_budget}: must be a positive duration")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "aux_weight"):
             if getattr(self, name) < 0:
                 raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must not be negative")

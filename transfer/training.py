@@ -572,6 +572,8 @@ class Position:
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     finished: str | None = None  # ``complete`` or ``stopped early`` once training ended
     extensions: list[dict] = field(default_factory=list)  # --epochs changed on resume (module docstring)
+    seconds: float = 0.0  # wall-clock seconds of the completed epochs, validation included (over resumes)
+    stop_reason: str | None = None  # why a run stopped early: ``patience`` or ``time budget``
 
 
 @dataclass
@@ -594,6 +596,7 @@ class Trainer:
     ddp_model: nn.Module | None = None
     running: torch.Tensor | None = None  # the position's sums, kept on the device while an epoch runs
     steps_here: int = 0  # optimiser steps taken by this invocation (for ``Runtime.stop_after_steps``)
+    clock: dict = field(default_factory=dict)  # when this invocation's first steps ran (the time estimate)
 
     @property
     def per_process_batch(self) -> int:
@@ -812,6 +815,7 @@ def train_one_epoch(trainer: Trainer, stop_request: StopRequest) -> bool:
     try:
         for x, y in _loader(trainer):
             _train_step(trainer, x, y)
+            _estimate_after_first_steps(trainer)
             progress.update(trainer)
             stop = _stop_now(trainer, stop_request)
             if stop or position.step % trainer.config.checkpoint_every == 0:
@@ -843,6 +847,42 @@ def _train_step(trainer: Trainer, x, y) -> None:
     with torch.no_grad():
         count = trainer.running.new_tensor(len(x))
         trainer.running += torch.stack([loss.detach().double() * len(x), correct(logits, y).double(), count])
+
+
+# Steps timed before the first estimate (the first step, with its warm-up, is left out of the rate).
+ESTIMATE_STEPS = 5
+
+
+def _estimate_after_first_steps(trainer: Trainer) -> None:
+    """Once this invocation has timed ``ESTIMATE_STEPS`` steps, say how long an epoch and the rest of the run take
+    at that rate (training only: validation is timed at the end of the first epoch)."""
+    clock, now = trainer.clock, time.perf_counter()
+    if trainer.steps_here == 1:
+        clock["first"] = now
+        return
+    if trainer.steps_here != ESTIMATE_STEPS + 1 or not trainer.procs.main:
+        return
+    per_step = (now - clock["first"]) / ESTIMATE_STEPS
+    position, config = trainer.position, trainer.config
+    steps_left = (trainer.steps_per_epoch - position.batch) + (
+        config.epochs - position.epoch - 1
+    ) * trainer.steps_per_epoch
+    budget = "" if config.time_budget is None else f"; time budget {_duration(config.time_budget)}"
+    tqdm.write(
+        f"time estimate: {per_step:.2f} s per step of {config.batch_size}, an epoch of {trainer.steps_per_epoch} "
+        f"steps about {_duration(per_step * trainer.steps_per_epoch)}; the {config.epochs - position.epoch} "
+        f"epochs left at most about {_duration(per_step * steps_left)} of training, plus validation (early "
+        f"stopping may end sooner){budget}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _stop_now(trainer: Trainer, stop_request: StopRequest) -> bool:
@@ -937,15 +977,44 @@ def finish_epoch(trainer: Trainer, started: float) -> bool:
             + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
         )
     position.epoch, position.batch, position.sums = position.epoch + 1, 0, [0.0, 0.0, 0.0]
+    position.seconds += record["epoch_seconds"]
     trainer.running.zero_()
+    per_epoch = position.seconds / position.epoch
     if task.patience is not None and position.stale_epochs >= task.patience:
-        position.finished = "stopped early"
+        position.finished, position.stop_reason = "stopped early", "patience"
     elif position.epoch >= config.epochs:
         position.finished = "complete"
+    elif config.time_budget is not None and position.seconds + per_epoch > config.time_budget:
+        position.finished, position.stop_reason = "stopped early", "time budget"
     trainer.save_checkpoint()
-    if position.finished == "stopped early" and procs.main:
-        tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
+    if procs.main:
+        _report_time(trainer, per_epoch)
     return position.finished == "stopped early"
+
+
+def _report_time(trainer: Trainer, per_epoch: float) -> None:
+    """After an epoch: why the run stopped, or how long the rest takes at the epochs' mean pace."""
+    position, config, task = trainer.position, trainer.config, trainer.task
+    if position.stop_reason == "patience":
+        tqdm.write(f"early stopping: no improvement of {task.monitor} for {task.patience} epochs")
+    elif position.stop_reason == "time budget":
+        tqdm.write(
+            f"time budget: {_duration(position.seconds)} of {_duration(config.time_budget)} spent, and an epoch "
+            f"takes about {_duration(per_epoch)}; stopping with the best epoch ({position.best_epoch})"
+        )
+    elif position.finished is None:
+        left = config.epochs - position.epoch
+        fits = (
+            ""
+            if config.time_budget is None
+            else (
+                f", {int((config.time_budget - position.seconds) // per_epoch)} of them within the time budget"
+            )
+        )
+        tqdm.write(
+            f"time: {_duration(position.seconds)} so far, {_duration(per_epoch)} per epoch; at most {left} epochs "
+            f"left, about {_duration(left * per_epoch)}{fits} (early stopping may end sooner)"
+        )
 
 
 def _keep_best(trainer: Trainer, val: dict, metrics: dict, predictions: tuple) -> None:
@@ -980,6 +1049,9 @@ def _summary(trainer: Trainer) -> dict:
     }
     if position.extensions:
         summary["extensions"] = position.extensions
+    if position.stop_reason is not None:
+        summary["stop_reason"] = position.stop_reason
+    summary["seconds"] = round(position.seconds, 1)
     return summary
 
 
