@@ -29,10 +29,11 @@ def progress(
     """Yield ``items``, showing progress in ``unit``s: ``weights`` gives how many units each item holds (a batch
     of images), default 1. ``enabled``: None shows progress (a bar on a terminal, lines in a log), False hides it.
     """
-    items = list(items) if total is None and not hasattr(items, "__len__") else items
     weights = None if weights is None else list(weights)
-    if total is None:
-        total = sum(weights) if weights is not None else len(items)
+    if total is None and weights is not None:
+        total = sum(weights)
+    elif total is None and hasattr(items, "__len__"):
+        total = len(items)
     terminal = sys.stderr.isatty()
     bar = tqdm(total=total, desc=desc, unit=unit, leave=False, disable=enabled is False or not terminal)
     logging = enabled is not False and not terminal
@@ -54,8 +55,10 @@ def progress(
         print(f"{desc}: {done} {unit}s in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def _line(desc: str, done: int, total: int, unit: str, seconds: float) -> str:
+def _line(desc: str, done: int, total: int | None, unit: str, seconds: float) -> str:
     rate = done / max(seconds, 1e-9)
+    if total is None:
+        return f"{desc}: {done} {unit}s, {rate:.2f} {unit}s/s"
     left = (total - done) / rate if rate > 0 else float("inf")
     return f"{desc}: {done}/{total} {unit}s, {rate:.2f} {unit}s/s, about {left:.0f} s left"
 

@@ -253,13 +253,25 @@ def _json(path: Path) -> dict:
 
 def test_split_reruns_a_saved_split_with_the_options_given(dagm_class1_test, tmp_path, capsys):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
-    assert run_app(app, ["split", "--dagm", str(dagm_class1_test), "--out", str(first), "--seed", "3"]) == 0
+    assert (
+        run_app(app, ["split", "--dagm", str(dagm_class1_test), "--out", str(first), "--split-seed", "3"])
+        == 0
+    )
     argv = ["split", "--config", str(first), "--out", str(second), "--val-fraction", "0.3"]
     assert run_app(app, argv) == 0, capsys.readouterr().err
     a, b = _json(first), _json(second)
-    assert b["config"] == a["config"] | {"val_fraction": 0.3} and a["config"]["seed"] == 3
+    assert b["config"] == a["config"] | {"val_fraction": 0.3} and a["config"]["split_seed"] == 3
     assert b["params"] == a["params"] | {"val_fraction": 0.3}
     assert len(b["folds"]["val"]) > len(a["folds"]["val"])
+    # The option's old name still works, and a split saved with the old field name (seed) still reruns.
+    third, fourth = tmp_path / "c.json", tmp_path / "d.json"
+    assert run_app(app, ["split", "--dagm", str(dagm_class1_test), "--out", str(third), "--seed", "3"]) == 0
+    assert _json(third)["folds"] == a["folds"]
+    old = _json(first)
+    old["config"]["seed"] = old["config"].pop("split_seed")
+    first.write_text(json.dumps(old))
+    assert run_app(app, ["split", "--config", str(first), "--out", str(fourth)]) == 0, capsys.readouterr().err
+    assert _json(fourth)["folds"] == a["folds"] and _json(fourth)["config"]["split_seed"] == 3
 
 
 def test_evaluate_reruns_a_saved_evaluation_with_the_options_given(patch_run, capsys):

@@ -299,7 +299,13 @@ def split_cmd(
     ),
     folds: int = FoldsOpt,
     fold: int = FoldOpt,
-    seed: int = typer.Option(0, "--seed", help="Seed of the stratified split."),
+    split_seed: int = typer.Option(
+        0, "--split-seed", help="Seed of the stratified split (as finetune's --split-seed: the same folds)."
+    ),
+    # The old name, hidden: scripts written with it still run.
+    old_seed: int = typer.Option(
+        None, "--seed", hidden=True, help="Old name of --split-seed (still accepted)."
+    ),
     labels_root: Path = LabelsRootOpt,
     allow_partial: bool = AllowPartialOpt,
     masks: Path = MasksOpt,
@@ -315,7 +321,8 @@ def split_cmd(
     from transfer.split import write_split
 
     check_output_file(out, "--out")
-    write_split(_stage_config(ctx, "split", {"classes": parse_list}), out, log=typer.echo)
+    seed = {"split_seed": old_option_name(ctx, "split_seed", "old_seed")} if old_seed is not None else {}
+    write_split(_stage_config(ctx, "split", {"classes": parse_list}, **seed), out, log=typer.echo)
 
 
 # --------------------------------------------------------------------------------------------------------------

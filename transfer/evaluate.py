@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from dataonomy.devices import resolve_device
 from dataonomy.errors import DataonomyError
 from dataonomy.io import atomic_path, json_safe, write_json
+from dataonomy.progress import progress as show_progress
 from transfer import metrics as M
 from transfer.checkpoint import LoadedModel, load_model
 from transfer.data import (
@@ -76,8 +76,8 @@ def image_scores(
     loader = DataLoader(_Tensors(), batch_sampler=batches, num_workers=num_workers)
     scores = []
     with torch.no_grad():
-        for images, _ in tqdm(
-            loader, desc="scoring", disable=None if progress is not False else True, leave=False
+        for images, _ in show_progress(
+            loader, desc="scoring", weights=[len(b) for b in batches], enabled=progress
         ):
             scores.append(head.score_images(loaded, loaded.normalize(images.to(device)), batch_size))
     out = np.empty(len(order), dtype=np.float64)

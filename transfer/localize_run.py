@@ -43,7 +43,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from dataonomy.datasets import SampleDataset, open_image
 from dataonomy.datasets.base import seeded_subsample
@@ -347,7 +346,7 @@ def validation_threshold(
         }
     indices = groups[True] + groups[False]
     curves = L.ThresholdCurves()
-    for i in tqdm(indices, desc="validation heatmaps", disable=_quiet(progress), leave=False):
+    for i in show_progress(indices, desc="validation heatmaps", enabled=progress):
         sample = fold.samples[i]
         pixels = np.asarray(open_image(sample.path, "RGB"))
         mask = fold.mask(i)
@@ -398,10 +397,6 @@ def _threshold_from(path: str | Path, model_sha256: str, settings: LocalizeSetti
             f"--threshold-from {report_path}: its threshold was chosen for other settings: {', '.join(differ)}"
         )
     return {"value": float(report["threshold"]["value"]), "source": "file", "file": str(report_path)}
-
-
-def _quiet(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress  # tqdm: None hides the bar when not on a terminal
 
 
 def _check_fits(path: Path, shape: tuple, patch: int | None) -> None:

@@ -45,7 +45,7 @@ def write_split(config: SplitConfig, out: str | Path, log: Callable[[str], None]
         "test_fraction": config.test_fraction,
         "folds": config.folds,
         "fold": config.fold,
-        "seed": config.seed,
+        "seed": config.split_seed,
     }
     record = {"params": params, "folds": split_lists(config, log), "config": config.to_dict()}
     write_json(out, record)

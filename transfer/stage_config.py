@@ -115,7 +115,7 @@ class SplitConfig(DefectSetFields):
     test_fraction: float = 0.0
     folds: int | None = None
     fold: int = 0
-    seed: int = 0
+    split_seed: int = 0  # named as finetune's --split-seed, which cuts the same folds
 
     def __post_init__(self):
         if self.data is None:
@@ -128,7 +128,7 @@ class SplitConfig(DefectSetFields):
         """Fold ``split`` of this cut, as the readers take it (:class:`dataonomy.datasets.SplitSpec`)."""
         from dataonomy.datasets.splits import SplitSpec
 
-        return SplitSpec(split, self.val_fraction, self.test_fraction, self.folds, self.fold, self.seed)
+        return SplitSpec(split, self.val_fraction, self.test_fraction, self.folds, self.fold, self.split_seed)
 
 
 @dataclass(kw_only=True)
@@ -275,12 +275,16 @@ STAGE_CONFIGS = {"split": SplitConfig, "evaluate": EvaluateConfig, "localize": L
 # short for the --data and --format fields. tests/test_config_cli.py holds the commands to these lists.
 STAGE_DERIVED_FIELDS = {kind: {"kind": "the command"} for kind in STAGE_CONFIGS}
 STAGE_RUN_OPTIONS = {
-    "split": ("out", "config", "dagm"),
+    "split": ("out", "config", "dagm", "old_seed"),
     "evaluate": ("config", "dagm", "device", "workers"),
     "localize": ("out", "config", "dagm", "device", "overwrite", "old_patch"),
     "predict": ("out", "config", "device", "overwrite"),
     "rootcause": ("out", "config", "device", "overwrite"),
 }
+
+
+# Fields renamed since configs were first saved: kind -> {old name: new name}.
+LEGACY_FIELDS = {"split": {"seed": "split_seed"}}
 
 
 def read_stage_config(path: str | Path, kind: str) -> dict:
@@ -299,6 +303,9 @@ def read_stage_config(path: str | Path, kind: str) -> dict:
             f"{where}: a {found or 'unknown'} config; `transfer {kind}` takes a {kind} config"
         )
     cls = STAGE_CONFIGS[kind]
+    for old, new in LEGACY_FIELDS.get(kind, {}).items():  # configs saved before a field was renamed
+        if old in data and new not in data:
+            data[new] = data.pop(old)
     unknown = sorted(set(data) - {f.name for f in fields(cls)})
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from dataonomy.progress import progress as show_progress
 from transfer.data import scaled_size, size_batches
 from transfer.heads.base import Head, balanced_indices
 from transfer.segdec import SegDecOutput, saved_segdec, upsample_map
@@ -81,9 +81,9 @@ def map_cells(
     scores, labels, owner = [], [], []
     image_scores = np.zeros(len(images), dtype=np.float64)
     with torch.no_grad():
-        for (x, y), batch in tqdm(
-            zip(loader, batches, strict=True), total=len(batches), desc="map cells",
-            disable=None if progress is not False else True, leave=False,
+        for (x, y), batch in show_progress(
+            zip(loader, batches, strict=True), desc="map cells", weights=[len(b) for b in batches],
+            enabled=progress,
         ):  # fmt: skip
             seg = model(x.to(device)).seg_logits.float().cpu()
             probs = torch.sigmoid(seg).flatten(1)
