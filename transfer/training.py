@@ -1012,8 +1012,9 @@ def _report_time(trainer: Trainer, per_epoch: float) -> None:
             )
         )
         tqdm.write(
-            f"time: {_duration(position.seconds)} so far, {_duration(per_epoch)} per epoch; at most {left} epochs "
-            f"left, about {_duration(left * per_epoch)}{fits} (early stopping may end sooner)"
+            f"time: {_duration(position.seconds)} so far, {_duration(per_epoch)} per epoch; at most {left} "
+            f"epoch{'s' if left != 1 else ''} left, about {_duration(left * per_epoch)}{fits} (early stopping may "
+            "end sooner)"
         )
 
 
