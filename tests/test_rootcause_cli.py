@@ -190,3 +190,33 @@ def test_mixed_sizes_framed_tiles_bad_files_and_one_onset(production_run, stampe
         f"onset: image {ONSET} ({stamped / 'images' / f'frame{ONSET}.png'})"
     )
     assert all("onset" not in line for line in lines[:-2])
+
+
+def test_stamp_handles_mixed_sizes_with_one_centred_stamp(production_run, tmp_path):
+    """Tiles of different sizes: one stamp drawn at the largest size, each image stamped with its centred part,
+    so the defect stays at one place relative to the image centre."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    frames = sorted(production_run.iterdir(), key=lambda p: int(p.stem[5:]))[:6]
+    for i, path in enumerate(frames):
+        pixels = _png(path)
+        (h, w) = (512, 512) if i % 2 == 0 else (384, 448)
+        top, left = (512 - h) // 2, (512 - w) // 2
+        Image.fromarray(pixels[top : top + h, left : left + w]).save(mixed / path.name)
+    out = tmp_path / "stamped"
+    assert (
+        run_app(app, ["stamp", "--images", str(mixed), "--out", str(out), "--start", "2", "--seed", "3"]) == 0
+    )
+    record = json.loads((out / "stamp.json").read_text())
+    assert record["mask_size"] == [512, 512]
+    stamp = _png(out / "stamp_mask.png") > 0
+    for i, path in enumerate(frames):
+        before, after = _png(mixed / path.name), _png(out / "images" / path.name)
+        assert after.shape == before.shape
+        top, left = (512 - before.shape[0]) // 2, (512 - before.shape[1]) // 2
+        part = stamp[top : top + before.shape[0], left : left + before.shape[1]]
+        changed = after != before
+        if i < 2:
+            assert not changed.any()
+        else:  # only inside the centred part of the stamp, and most of it
+            assert not changed[~part].any() and changed[part].mean() > 0.5

@@ -308,6 +308,12 @@ def _quiet(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
+def _centred(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The centred ``shape`` part of a stamp mask drawn at the largest image size."""
+    top, left = (mask.shape[0] - shape[0]) // 2, (mask.shape[1] - shape[1]) // 2
+    return mask[top : top + shape[0], left : left + shape[1]]
+
+
 def stamp_images(
     paths: str | Path | Sequence[str | Path],
     out_dir: str | Path,
@@ -319,7 +325,8 @@ def stamp_images(
     progress: bool | None = None,
 ) -> dict:
     """Write 8-bit grayscale PNG copies of the images, ``out_dir/images/<stem>.png``, with the same seeded scratch or blot
-    (:func:`transfer.stamps.stamp_systematic_defect`) on images ``start`` onwards (0-based, natural order),
+    (:func:`transfer.stamps.stamp_systematic_defect`) on images ``start`` onwards (0-based, natural order; images of
+    mixed sizes each take the centred part of a stamp drawn at the largest size),
     plus ``out_dir/stamp_mask.png`` and ``out_dir/stamp.json``. One image is held in memory at a time. Returns the record
     ``stamp.json`` holds (kind, seed, start, strength, the first stamped image, the files)."""
     out_dir = Path(out_dir)
@@ -329,7 +336,10 @@ def stamp_images(
     paths = list_images(paths)
     if not 0 <= start < len(paths):
         raise DataonomyError(f"--start {start}: must be between 0 and {len(paths) - 1} (the images found)")
-    (width, height), *_ = check_images(paths, same_size=True)
+    sizes = check_images(paths)
+    # Mixed sizes (tiles, crops): one stamp on a canvas of the largest size, each image taking its centred part,
+    # so the defect sits at one place relative to the image centre (what `rootcause --crop W,H` compares).
+    width, height = max(w for w, _ in sizes), max(h for _, h in sizes)
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         raise DataonomyError("--images: two images have the same file name stem; the copies would collide")
@@ -340,7 +350,7 @@ def stamp_images(
         for index, path in enumerate(tqdm(paths, desc="stamp", disable=_quiet(progress), leave=False)):
             pixels = np.asarray(open_image(path, "L"))[None]
             if index >= start:
-                pixels = S.apply_stamp(pixels, mask, kind, strength)
+                pixels = S.apply_stamp(pixels, _centred(mask, pixels.shape[1:]), kind, strength)
             save_png(pixels[0], stage / "images" / f"{path.stem}.png")
         save_png(mask, stage / "stamp_mask.png")
         record = {
@@ -352,6 +362,8 @@ def stamp_images(
             "first_stamped": str(out_dir / "images" / f"{paths[start].stem}.png"),
             "n_images": len(paths),
             "mask": str(out_dir / "stamp_mask.png"),
+            "mask_size": [width, height],
+            "placement": "centred: an image smaller than the mask takes its centred part",
         }
         write_json(stage / "stamp.json", record)
     return record
