@@ -220,3 +220,24 @@ def test_stamp_handles_mixed_sizes_with_one_centred_stamp(production_run, tmp_pa
             assert not changed.any()
         else:  # only inside the centred part of the stamp, and most of it
             assert not changed[~part].any() and changed[part].mean() > 0.5
+
+
+def test_resize_scales_the_border_band_with_the_enlargement(production_run, tmp_path, capsys):
+    """Small tiles of two sizes with a 2-px dark frame line, enlarged to 256 px by --resize: the line becomes
+    4-5 px wide, past a 4-px band in the resized frame; the band is scaled by the largest enlargement, so the
+    frame is not a common defect, and the report says which band it applied."""
+    tiles = tmp_path / "small"
+    tiles.mkdir()
+    for i in range(30):
+        side = 100 if i % 2 else 128
+        pixels = _png(production_run / f"frame{i}.png")[:side, :side].copy()
+        pixels[:2], pixels[-2:], pixels[:, :2], pixels[:, -2:] = 0, 0, 0, 0
+        Image.fromarray(pixels).save(tiles / f"tile{i}.png")
+    out = tmp_path / "rc"
+    code = run_app(app, ["rootcause", "--images", str(tiles), "--out", str(out), "--resize", "256"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "common defect: no" in printed, printed
+    report = json.loads((out / "rootcause.json").read_text())
+    assert (
+        report["parameters"]["border"] == 4 and report["parameters"]["border_applied"] == 11
+    )  # ceil(4 x 2.56)

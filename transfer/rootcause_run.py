@@ -23,8 +23,9 @@ The folder is written whole or not at all.
 
 Images of different sizes need ``resize`` (every image scaled to one size) or ``crop`` (the centre of every
 image cut to one size); a band of ``border`` pixels along the frame is left out of the masks (edges from
-padding, resizing or tiling sit at the same place in every image), and the report warns when a detected mask
-still hugs the frame.
+padding, resizing or tiling sit at the same place in every image; with ``resize`` the band is scaled by the
+largest enlargement, recorded as ``border_applied``), and the report warns when a detected mask still hugs the
+frame.
 
 :func:`stamp_images` writes copies of images with a seeded systematic scratch or blot (:mod:`transfer.stamps`)
 from image ``start`` on, to try the analysis on one's own images.
@@ -33,6 +34,7 @@ from image ``start`` on, to try the analysis on one's own images.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -183,7 +185,7 @@ def rootcause_stream(
     """
     out_dir = Path(out_dir)
     _check_outputs(out_dir, overwrite)
-    paths, (width, height) = _checked_images(config)
+    paths, (width, height), border = _checked_images(config)
     resize = tuple(config.resize) if config.resize is not None else None
     crop = tuple(config.crop) if config.crop is not None else None
 
@@ -193,14 +195,14 @@ def rootcause_stream(
 
     with staged_folder(out_dir, overwrite=True) as stage:
         results = R.stream_common_defects(
-            images(), config.window, config.stride, config.z_threshold, config.min_area, device, config.border
+            images(), config.window, config.stride, config.z_threshold, config.min_area, device, border
         )
         entries, first, (best, best_entry) = _windows(results, paths, stage, config.window_maps, on_window)
         _write_headline(best, best_entry, config.z_threshold, stage)
         report = finite(
             {
                 "format": REPORT_FORMAT,
-                "parameters": _parameters(config, len(paths), (width, height)),
+                "parameters": {**_parameters(config, len(paths), (width, height)), "border_applied": border},
                 "verdict": "yes" if first is not None else "no",
                 "score": max(e["score"] for e in entries),
                 "onset": None if first is None else first["onset"],
@@ -210,7 +212,7 @@ def rootcause_stream(
                 "windows": entries,
             }
         )
-        if first is not None and _hugs_frame(best.mask, config.border):
+        if first is not None and _hugs_frame(best.mask, border):
             report["warning"] = (
                 f"the common defect of images {best.start}-{best.stop - 1} lies along the frame: often an edge "
                 "left by resizing, padding or tiling rather than a fault; look at map.png, or raise --border"
@@ -223,9 +225,11 @@ def rootcause_stream(
     return report
 
 
-def _checked_images(config: RootcauseConfig) -> tuple[list[Path], tuple[int, int]]:
+def _checked_images(config: RootcauseConfig) -> tuple[list[Path], tuple[int, int], int]:
     """The images in natural order (unreadable ones dropped with ``skip_bad``), checked to be enough for one
-    window and of one size after ``crop``/``resize``; and that size (width, height)."""
+    window and of one size after ``crop``/``resize``; that size (width, height); and the border band in the
+    analysed frame: ``border`` pixels of the images as they are, so with ``resize`` scaled by the largest
+    enlargement (a tile's 2-px frame line enlarged 2.5 times is 5 px wide, past a 4-px band)."""
     window, resize, crop, border = config.window, config.resize, config.crop, config.border
     paths = list_images(config.images)
     if config.skip_bad:
@@ -248,9 +252,12 @@ def _checked_images(config: RootcauseConfig) -> tuple[list[Path], tuple[int, int
                 f"--crop {crop[0]},{crop[1]}: larger than {paths[small]} ({sizes[small][0]}x{sizes[small][1]})"
             )
     width, height = resize or crop or sizes[0]
+    if resize is not None:
+        enlargement = max(max(width / w, height / h) for w, h in sizes)
+        border = math.ceil(border * max(1.0, enlargement))
     if 2 * border >= min(width, height):
-        raise DataonomyError(f"--border {border}: leaves nothing of {width}x{height} images")
-    return paths, (width, height)
+        raise DataonomyError(f"--border {config.border}: leaves nothing of {width}x{height} images")
+    return paths, (width, height), border
 
 
 def _windows(results, paths: list[Path], stage: Path, window_maps: bool, on_window) -> tuple:
