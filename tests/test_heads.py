@@ -55,11 +55,11 @@ def calibrated_run(tmp_path, dagm_class1_test, monkeypatch):
 
 
 def test_the_kinds_and_how_saved_models_name_them():
-    assert heads.list_heads() == ["classify", "patch", "segdec"]
+    assert heads.list_heads() == ["classify", "patch", "probe", "segdec"]
     # Runs saved before kinds had names of their own: a patch classifier is head=classify, input=patch.
     assert heads.head_name("classify", "patch") == "patch" and heads.head_name(None, "image") == "classify"
     assert heads.head_name("segdec", "image") == "segdec"
-    with pytest.raises(DataonomyError, match=r"unknown model kind 'unet' \(known: classify, patch, segdec\)"):
+    with pytest.raises(DataonomyError, match=r"unknown model kind 'unet' \(known: classify, patch, probe, segdec\)"):
         heads.get_head("unet")
 
 

@@ -525,7 +525,9 @@ def finetune_cmd(
         None,
         "--head",
         help="segdec (default): a defect map and an image score from one pass, trained from the masks at native "
-        "resolution; classify: an image classifier (the default with --patches).",
+        "resolution; probe: the base's trunk frozen and a per-location logistic regression fitted from the masks "
+        "in one pass (the fastest detector, and the floor a fine-tune must beat); classify: an image classifier "
+        "(the default with --patches).",
     ),
     output_stride: int = typer.Option(
         _default(FinetuneConfig, "output_stride"),

@@ -19,7 +19,9 @@ from dataonomy.io import check_field_types
 
 MONITORS = ("ap", "auroc", "loss")
 # segdec: segmentation + decision at native resolution, trained from masks; classify: image classifier.
-HEADS = ("segdec", "classify")
+HEADS = ("segdec", "classify", "probe")
+# The heads that map defects at the trunk's output stride, at native resolution (segdec, and the frozen probe).
+MAP_HEADS = ("segdec", "probe")
 # The trunk's share of the fine-tuning learning rate when the base is pretrained (see FinetuneConfig).
 PRETRAINED_TRUNK_LR_SCALE = 1.0
 
@@ -226,15 +228,15 @@ class FinetuneConfig(DefectLayout, TrainConfig):
             self.head = "classify" if self.patches else "segdec"
         if self.head not in HEADS:
             raise DataonomyError(f"--head '{self.head}': must be one of {', '.join(HEADS)}")
-        if self.head == "segdec" and self.patches:
-            raise DataonomyError("--head segdec and --patches: patch training is for --head classify")
-        if self.head == "segdec":
+        if self.head in MAP_HEADS and self.patches:
+            raise DataonomyError(f"--head {self.head} and --patches: patch training is for --head classify")
+        if self.head in MAP_HEADS:
             self.aux_logits = False if self.aux_logits is None else self.aux_logits
         super().__post_init__()
 
     @property
     def native_resolution(self) -> bool:
-        return self.head == "segdec"
+        return self.head in MAP_HEADS
 
     def defect_data(self):
         """The run's defect set (:class:`transfer.data.DefectData`)."""
@@ -266,14 +268,16 @@ class FinetuneConfig(DefectLayout, TrainConfig):
             raise DataonomyError(
                 f"--threshold-criterion '{self.threshold_criterion}': must be one of {', '.join(THRESHOLD_CRITERIA)}"
             )
-        if self.head == "segdec":
+        if self.head in MAP_HEADS:
             from transfer.segdec import OUTPUT_STRIDES
-            from transfer.segdec_task import PIXEL_WEIGHTINGS
 
             if self.output_stride not in OUTPUT_STRIDES:
                 raise DataonomyError(
                     f"--output-stride {self.output_stride}: must be one of {', '.join(map(str, OUTPUT_STRIDES))}"
                 )
+        if self.head == "segdec":
+            from transfer.segdec_task import PIXEL_WEIGHTINGS
+
             if self.head_channels < 1:
                 raise DataonomyError(f"--head-channels {self.head_channels}: must be at least 1")
             if self.crop_size is not None and self.crop_size < self.output_stride:
@@ -392,6 +396,7 @@ __all__ = [
     "ARCH_DEFAULTS",
     "DERIVED_FIELDS",
     "HEADS",
+    "MAP_HEADS",
     "MONITORS",
     "RUN_OPTIONS",
     "FinetuneConfig",

@@ -631,11 +631,60 @@ def train(
     """
     runtime = runtime or Runtime()
     run_dir = Path(run_dir)
+    head = _one_pass_head(config)
+    if head is not None:  # a kind fitted in one pass (the frozen probe): no epochs, nothing to resume
+        if resume and (run_dir / "summary.json").is_file():
+            return json.loads((run_dir / "summary.json").read_text())
+        return _fit_once(config, run_dir, runtime, head)
     procs = Processes.from_env(runtime.device)
     try:
         return _train(config, run_dir, resume, runtime, procs)
     finally:
         procs.close()
+
+
+def _one_pass_head(config: TrainConfig):
+    """The run's head where its kind is fitted in one pass rather than by the SGD loop (None otherwise)."""
+    name = getattr(config, "head", None)
+    if name is None:
+        return None
+    from transfer.heads import get_head
+
+    head = get_head(name)
+    return head if head.one_pass else None
+
+
+def _fit_once(config: TrainConfig, run_dir: Path, runtime: Runtime, head) -> dict:
+    """A one-pass run: the task's fit, then validation, threshold and run folder as the loop writes them
+    (``config.json``, ``best.pt``, ``metrics.jsonl``, ``summary.json``)."""
+    started = time.perf_counter()
+    _checkpoint_to_resume(config, run_dir, resume=False)  # refuses a folder that already holds a run
+    make_dirs(run_dir, "--out")
+    write_json(run_dir / "config.json", config.to_dict())
+    procs = Processes.from_env(runtime.device)
+    task = head.make_task(config)
+    torch.manual_seed(config.seed)
+    model = task.build_model().to(procs.device)
+    fit = task.fit(model, runtime.progress)
+    outputs, targets = predict(model, task.val_set, task, procs, 2, runtime.num_workers, False, False)
+    val = task.val_metrics(outputs, targets)
+    seconds = time.perf_counter() - started
+    record = json_safe({"epoch": 1, "step": 0, **val, "fit": fit, "epoch_seconds": seconds})
+    meta = {**task.model_meta(), **task.best_extras(outputs, targets)}
+    save_model(model_record(config, model, meta, 1, record, status=RUN_IN_PROGRESS), run_dir / "best.pt")
+    _append_metrics(run_dir / "metrics.jsonl", record)
+    summary = {
+        "rank": 0, "status": "complete", "epochs": 1, "steps": 0, "best_epoch": 1, "monitor": task.monitor,
+        "best": val[task.monitor], "best_model": str(run_dir / "best.pt"), "seconds": round(seconds, 1),
+        "fit": fit,
+    }  # fmt: skip
+    finish_run(run_dir, "complete", summary)
+    tqdm.write(
+        f"{head.name}: fitted on {fit['examples']} map cells ({fit['defective']} defective) of {fit['images']} "
+        f"training images in {_duration(seconds)}; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+    )
+    return summary
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, runtime: Runtime, procs: Processes) -> dict:
