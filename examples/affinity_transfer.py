@@ -222,7 +222,7 @@ def trunk_logme(cfg: AffinityTransferConfig, name: str, base: Path, seed: int) -
 def spearman_with_interval(x, y, resamples: int, seed: int) -> dict:
     """Spearman's rho of paired ``x``, ``y`` with a percentile bootstrap 95 % interval (subsets resampled in
     pairs, ``scipy.stats.bootstrap``); None where fewer than 3 pairs or either side is constant."""
-    from scipy.stats import bootstrap, spearmanr
+    from scipy.stats import spearmanr
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     out = {"n": int(len(x)), "rho": None, "p": None, "ci95": None}
@@ -234,25 +234,33 @@ def spearman_with_interval(x, y, resamples: int, seed: int) -> dict:
     def statistic(a, b):
         return spearmanr(a, b).statistic
 
-    # A resample that repeats one subset throughout has no rank order: its rho is nan (scipy warns per draw);
-    # the interval is read from the defined ones.
+    out["ci95"] = _paired_interval((x, y), statistic, resamples, seed)
+    return out
+
+
+def _paired_interval(data: tuple, statistic, resamples: int, seed: int) -> list[float] | None:
+    """Percentile bootstrap 95 % interval of ``statistic`` over ``data`` resampled in pairs (subsets), or None
+    when fewer than 90 % of the resamples define it. A resample that repeats one subset throughout has no rank
+    order: its rho is nan (scipy warns per draw); the interval is read from the defined ones."""
+    from scipy.stats import bootstrap
+
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore")
         distribution = bootstrap(
-            (x, y), statistic, paired=True, vectorized=False, n_resamples=resamples, method="percentile",
+            data, statistic, paired=True, vectorized=False, n_resamples=resamples, method="percentile",
             random_state=np.random.default_rng(seed),
         ).bootstrap_distribution  # fmt: skip
     defined = distribution[np.isfinite(distribution)]
-    if len(defined) >= 0.9 * resamples:
-        out["ci95"] = [float(v) for v in np.percentile(defined, [2.5, 97.5])]
-    return out
+    if len(defined) < 0.9 * resamples:
+        return None
+    return [float(v) for v in np.percentile(defined, [2.5, 97.5])]
 
 
 def rho_difference_with_interval(a, b, y, resamples: int, seed: int) -> dict:
     """rho(a, y) - rho(b, y) over the same subsets, with a percentile bootstrap 95 % interval (subsets
     resampled once for both predictors, so the interval is of the paired difference): whether one predictor
     ranks transfer better than another, not only whether each differs from 0."""
-    from scipy.stats import bootstrap, spearmanr
+    from scipy.stats import spearmanr
 
     a, b, y = (np.asarray(v, dtype=float) for v in (a, b, y))
     out = {"n": int(len(y)), "difference": None, "ci95": None}
@@ -263,15 +271,7 @@ def rho_difference_with_interval(a, b, y, resamples: int, seed: int) -> dict:
     def statistic(a_, b_, y_):
         return spearmanr(a_, y_).statistic - spearmanr(b_, y_).statistic
 
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore")
-        distribution = bootstrap(
-            (a, b, y), statistic, paired=True, vectorized=False, n_resamples=resamples, method="percentile",
-            random_state=np.random.default_rng(seed),
-        ).bootstrap_distribution  # fmt: skip
-    defined = distribution[np.isfinite(distribution)]
-    if len(defined) >= 0.9 * resamples:
-        out["ci95"] = [float(v) for v in np.percentile(defined, [2.5, 97.5])]
+    out["ci95"] = _paired_interval((a, b, y), statistic, resamples, seed)
     return out
 
 
