@@ -59,7 +59,9 @@ def test_the_kinds_and_how_saved_models_name_them():
     # Runs saved before kinds had names of their own: a patch classifier is head=classify, input=patch.
     assert heads.head_name("classify", "patch") == "patch" and heads.head_name(None, "image") == "classify"
     assert heads.head_name("segdec", "image") == "segdec"
-    with pytest.raises(DataonomyError, match=r"unknown model kind 'unet' \(known: classify, patch, probe, segdec\)"):
+    with pytest.raises(
+        DataonomyError, match=r"unknown model kind 'unet' \(known: classify, patch, probe, segdec\)"
+    ):
         heads.get_head("unet")
 
 
