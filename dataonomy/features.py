@@ -33,7 +33,6 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from dataonomy.backbones import Backbone, describe_backbone, get_backbone
 from dataonomy.datasets.options import open_dataset
@@ -56,6 +55,7 @@ from dataonomy.feature_store import (
 from dataonomy.io import check_writable, make_dirs
 from dataonomy.manifest import fingerprint_json
 from dataonomy.processes import Processes
+from dataonomy.progress import Counter
 
 # --- pure extraction ----------------------------------------------------------------------------
 
@@ -267,12 +267,12 @@ def _extract_missing_rows(
     rank, world = shard
     done = f["done"][:]
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    bar = tqdm(
-        total=len(indices),
+    bar = Counter(
+        len(indices),
+        f"features {backbone.name}" + (f" rank {rank}/{world}" if world > 1 else ""),
+        unit="image",
         initial=int(done.sum()),
-        desc=f"features {backbone.name}" + (f" rank {rank}/{world}" if world > 1 else ""),
-        unit="img",
-        disable=not request.progress or rank != 0,
+        enabled=bool(request.progress) and rank == 0,
     )
     extracted = 0
     try:

@@ -32,3 +32,15 @@ def test_an_iterator_without_a_length_is_not_read_ahead(capsys):
 def test_progress_off_prints_nothing(capsys):
     assert list(progress(range(5), desc="x", enabled=False, log_every=0.0)) == list(range(5))
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_count_starts_where_the_work_stood(capsys):
+    from dataonomy.progress import Counter
+
+    counter = Counter(10, "features", initial=4, log_every=0.0)
+    counter.update(3)
+    counter.update(3)
+    counter.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("features: 7/10 images,") and lines[1].startswith("features: 10/10 images,")
+    assert lines[-1].startswith("features: 6 images in ")  # the work of this run, not the resumed part
