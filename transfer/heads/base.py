@@ -58,13 +58,14 @@ class Head:
         in :attr:`onnx_outputs` order (PyTorch's or ONNX Runtime's, as tensors): one rule for both runtimes."""
         raise NotImplementedError(f"a {self.name} model gives no defect map in one pass")
 
-    #: A kind fitted in one pass instead of the SGD loop (the probe): :meth:`make_task` gives a task with
-    #: ``fit(model, progress) -> dict``, and the training loop validates and saves it as any run.
+    #: A kind fitted in one pass instead of the SGD loop (the probe): its task has ``fit(model, progress) ->
+    #: dict``, and the training loop validates and saves it as any run.
     one_pass: bool = False
 
     def make_task(self, config):
-        """The training task of a one-pass kind (the SGD loop's tasks are chosen in :mod:`transfer.training`)."""
-        raise NotImplementedError(f"a {self.name} model is trained by the SGD loop")
+        """The training task of a fine-tuning run of this kind (what :mod:`transfer.training`'s loop asks of a
+        run: data, model, loss, validation, what ``best.pt`` records)."""
+        raise NotImplementedError(f"a {self.name} model has no training task here")
 
     def examples(self, loaded, fold, n: int) -> torch.Tensor | list[torch.Tensor]:
         """Up to ``n`` real examples of ``fold`` (a defect set) as the model takes them, normalised, half of them

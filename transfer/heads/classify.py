@@ -25,3 +25,9 @@ class ClassifyHead(Head):
 
     def defect_probability(self, output) -> torch.Tensor:
         return two_class_probability(output)
+
+    def make_task(self, config):
+        """Fine-tuning a two-class classifier on whole images or patches (:class:`transfer.tasks.FinetuneTask`)."""
+        from transfer.tasks import FinetuneTask
+
+        return FinetuneTask(config)

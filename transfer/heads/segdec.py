@@ -44,6 +44,12 @@ class SegdecHead(Head):
     def defect_probability(self, output) -> torch.Tensor:
         return decision_probability(output)
 
+    def make_task(self, config):
+        """Fine-tuning from the masks (:class:`transfer.segdec_task.SegDecTask`)."""
+        from transfer.segdec_task import SegDecTask
+
+        return SegDecTask(config)
+
     def score_and_map(self, outputs, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         out = SegDecOutput(*outputs)
         return decision_probability(out), upsample_map(out.seg_logits, size)
