@@ -80,9 +80,12 @@ def parse_duration(text: str | None, option: str) -> float | None:
 
     if text is None:
         return None
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip().lower())
-    if not parts or re.sub(r"(\d+(?:\.\d+)?)\s*([smhd])|\s", "", text.strip().lower()):
+    compact = re.sub(r"\s", "", text.lower())
+    if not re.fullmatch(r"(\d+(\.\d+)?[smhd])+", compact):
         raise DataonomyError(
             f"{option} '{text}': give a duration with its unit, such as 90s, 30m, 1h30m or 2h"
         )
-    return sum(float(value) * _DURATION_UNITS[unit] for value, unit in parts)
+    return sum(
+        float(value) * _DURATION_UNITS[unit]
+        for value, unit in re.findall(r"(\d+(?:\.\d+)?)([smhd])", compact)
+    )

@@ -86,6 +86,9 @@ LogEveryOpt = typer.Option(
     help="When stderr is not a terminal (no progress bar), print a progress line (step, loss, images/s) to it "
     "every N seconds.",
 )
+ColormapOpt = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays.")
+AlphaOpt = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder.")
 TimeBudgetOpt = typer.Option(
     None,
     "--time-budget",
@@ -912,15 +915,15 @@ def localize_cmd(
         "--batch-size",
         help="Patches per forward pass (batched mode); default 256 on a GPU, 32 on a CPU.",
     ),
-    colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
-    alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
+    colormap: str = ColormapOpt,
+    alpha: float = AlphaOpt,
     tolerance: float = typer.Option(
         None,
         "--tolerance",
         help="Also score with a pixel tolerance, as crack benchmarks do (e.g. 2): a predicted pixel within that "
         "distance of a defect pixel is right, a defect with half its pixels that near a prediction is found.",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = OverwriteOpt,
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
     ),
@@ -989,12 +992,12 @@ def predict_cmd(
         "--write-overlays",
         help="Also write each image's defect map over it, the defects outlined (PNG).",
     ),
-    colormap: str = typer.Option("inferno", "--colormap", help="Matplotlib colormap of the overlays."),
-    alpha: float = typer.Option(0.45, "--alpha", help="Opacity of the heatmap over the image."),
+    colormap: str = ColormapOpt,
+    alpha: float = AlphaOpt,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: predictions.csv, predict.json, config.json (masks/, overlays/)."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = OverwriteOpt,
     device: str = typer.Option(
         None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
     ),
@@ -1036,7 +1039,7 @@ def rootcause_cmd(
     window_maps: bool = typer.Option(
         False, "--window-maps", help="Also save every window's map and mask under OUT/windows/."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = OverwriteOpt,
     device: str = typer.Option(None, "--device", help="Device for the gradients and medians (default cpu)."),
     resize: str = typer.Option(
         None,
@@ -1101,7 +1104,7 @@ def stamp_cmd(
         "--strength",
         help="Scratch: added brightness as a share of the range (default 0.3); blot: opacity (default 0.7).",
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = OverwriteOpt,
 ):
     """Write copies of images with the same synthetic systematic defect from --start on (to try rootcause)."""
     from transfer.rootcause_run import stamp_images

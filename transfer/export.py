@@ -163,14 +163,12 @@ def _pixel_threshold(loaded: LoadedModel) -> dict:
     """What ``transfer predict --onnx`` needs to binarise the defect map: the pixel threshold chosen on the run's
     validation fold as ``transfer localize`` chooses it, and the resize rule. Without a readable validation fold
     the file holds no pixel threshold (a warning says so; predict then asks for ``--threshold``)."""
-    from transfer.localize_run import _settings, validation_threshold
+    from transfer.localize_run import segmap_settings, validation_threshold
     from transfer.predict import RESIZE_RULE
 
     out = {"transfer.preprocessing": RESIZE_RULE}
     try:
-        chosen = validation_threshold(
-            loaded, _settings(loaded, None, None, "segmap", None, "cpu"), progress=False
-        )
+        chosen = validation_threshold(loaded, segmap_settings(loaded, "cpu"), progress=False)
     except DataonomyError as exc:
         warnings.warn(f"no pixel threshold stored in the ONNX file: {exc}", stacklevel=2)
         return out

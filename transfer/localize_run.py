@@ -98,6 +98,7 @@ __all__ = [
     "format_localize_summary",
     "load_localization_model",
     "localize_images",
+    "segmap_settings",
     "validation_threshold",
 ]
 
@@ -231,6 +232,12 @@ def _settings(loaded, patch, stride, mode, batch_size, device) -> LocalizeSettin
     return LocalizeSettings(
         patch, stride, mode, input_size, batch_size, str(device), probability=head.defect_probability
     )
+
+
+def segmap_settings(loaded, device: str) -> LocalizeSettings:
+    """The heatmap settings of a run whose head maps defects in one pass (``--mode segmap``): what ``export`` and
+    ``predict`` choose a pixel threshold with."""
+    return _settings(loaded, None, None, "segmap", None, device)
 
 
 def _image_tensor(loaded, pixels: np.ndarray, device: str) -> torch.Tensor:

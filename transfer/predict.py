@@ -256,9 +256,9 @@ def _pixel_threshold(predictor: Predictor, config: PredictConfig, progress: bool
                 "transfer predict existed); give --threshold or export it again"
             )
         return {"value": float(stored), "source": "onnx metadata"}
-    from transfer.localize_run import _settings, _threshold_from, validation_threshold
+    from transfer.localize_run import _threshold_from, segmap_settings, validation_threshold
 
-    settings = _settings(predictor.loaded, None, None, "segmap", None, predictor.device)
+    settings = segmap_settings(predictor.loaded, predictor.device)
     if config.threshold_from is not None:
         return _threshold_from(config.threshold_from, predictor.source["model_sha256"], settings)
     return validation_threshold(predictor.loaded, settings, config.val_limit, progress)
