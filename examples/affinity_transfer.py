@@ -127,17 +127,14 @@ def source_pool(cfg: AffinityTransferConfig) -> list[str]:
 # --- 1. every pool class's affinity to each training fold, per affinity --------------------------------------------
 
 
-def class_values(cfg: AffinityTransferConfig, fold: int, affinity: str, pool: list[str]) -> dict[str, float]:
-    """Pool class -> what selecting it adds to the selection objective (``SelectionProblem.source_value``) for
-    Class1's fold ``fold``, under ``affinity``; kept in ``OUT/affinity/foldF-AFFINITY.json``."""
-    from dataonomy.bip import SelectionProblem
+def selection_run(cfg, fold: int, affinity: str, pool: list[str], name: str, **constraints):
+    """``run_selection`` of ``cfg.k`` pool classes for Class1's fold ``fold`` on its training images only (staged
+    as links), under ``affinity`` and the BIP ``constraints`` (``SelectConfig`` fields); the manifest is
+    ``OUT/affinity/NAME_manifest.json``, the features cached in ``OUT/cache``."""
     from dataonomy.selection import SelectConfig, run_selection
 
-    path = cfg.out / "affinity" / f"fold{fold}-{affinity}.json"
-    if path.exists():
-        return json.loads(path.read_text())["values"]
     staged, _ = stage_training_fold(cfg, Path(cfg.dagm_root), fold)
-    run = run_selection(
+    return run_selection(
         SelectConfig(
             target_root=staged,
             source_root=Path(cfg.source_root),
@@ -152,10 +149,22 @@ def class_values(cfg: AffinityTransferConfig, fold: int, affinity: str, pool: li
             device=cfg.device,
             num_workers=cfg.workers,
             cache_dir=cfg.out / "cache",
-            out=cfg.out / "affinity" / f"fold{fold}-{affinity}_manifest.json",
+            out=cfg.out / "affinity" / f"{name}_manifest.json",
+            **constraints,
         ),  # fmt: skip
         log=log,
     )
+
+
+def class_values(cfg: AffinityTransferConfig, fold: int, affinity: str, pool: list[str]) -> dict[str, float]:
+    """Pool class -> what selecting it adds to the selection objective (``SelectionProblem.source_value``) for
+    Class1's fold ``fold``, under ``affinity``; kept in ``OUT/affinity/foldF-AFFINITY.json``."""
+    from dataonomy.bip import SelectionProblem
+
+    path = cfg.out / "affinity" / f"fold{fold}-{affinity}.json"
+    if path.exists():
+        return json.loads(path.read_text())["values"]
+    run = selection_run(cfg, fold, affinity, pool, f"fold{fold}-{affinity}")
     values = SelectionProblem(run.affinity, k=cfg.k).source_value
     record = {
         "fold": fold,
@@ -175,14 +184,16 @@ def subset_score(values: dict[str, float], wnids: list[str]) -> float:
 # --- 2. pretraining each subset, fine-tuning it on Class1 -----------------------------------------------------------
 
 
-def pretrain(cfg: AffinityTransferConfig, name: str, wnids: list[str], runtime) -> Path:
+def pretrain(cfg: AffinityTransferConfig, name: str, wnids: list[str], runtime, source_root=None) -> Path:
+    """``small_cnn`` pretrained from random on ``wnids`` of ``source_root`` (default: the pool) to the validation
+    plateau, in ``OUT/pretrain/NAME``."""
     from transfer.config import PretrainConfig
 
     manifest = cfg.out / "pretrain" / f"{name}.json"
     write_json(manifest, {"schema": "dataonomy.manifest/1", "selected": [{"wnid": w} for w in wnids]})
     config = PretrainConfig(
-        manifest=str(manifest.resolve()), source_root=str(Path(cfg.source_root).resolve()), wnids=wnids,
-        arch=cfg.arch, init="scratch", image_size=cfg.pretrain_image_size, seed=cfg.base_seed,
+        manifest=str(manifest.resolve()), source_root=str(Path(source_root or cfg.source_root).resolve()),
+        wnids=wnids, arch=cfg.arch, init="scratch", image_size=cfg.pretrain_image_size, seed=cfg.base_seed,
         images_per_class=cfg.pretrain_images_per_class, checkpoint_every=10_000, epochs=cfg.pretrain_epochs,
         patience=cfg.pretrain_patience, batch_size=cfg.pretrain_batch_size, lr=cfg.pretrain_lr,
     )  # fmt: skip
