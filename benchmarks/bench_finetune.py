@@ -32,7 +32,7 @@ import numpy as np
 from _common import DAGM_CLASS1_TEST, finish, interleaved, parser, setup, stats, table
 
 from transfer.config import FinetuneConfig
-from transfer.training import FinetuneTask, Runtime, train
+from transfer.training import Runtime, make_task, train
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
                 patch_size=args.patch_size,
                 patch_stride=args.patch_stride,
             )
-            train_examples = len(FinetuneTask(config).train_set)
+            train_examples = len(make_task(config).train_set)
             if args.warmup_steps + args.steps > train_examples // batch:
                 raise SystemExit(
                     f"{arch}: {args.warmup_steps + args.steps} steps of {batch} do not fit in one epoch of"

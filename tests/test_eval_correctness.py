@@ -233,14 +233,14 @@ def test_patch_validation_image_scores_equal_image_scores(tmp_path):
     from transfer.config import FinetuneConfig
     from transfer.data import PatchDataset, run_fold
     from transfer.evaluate import image_scores
-    from transfer.training import FinetuneTask, predict
+    from transfer.training import make_task, predict
 
     images, masks = _patch_set(tmp_path)
     config = FinetuneConfig(
         base="scratch", arch="small_cnn", data=str(images), format="pairs", masks=str(masks), head="classify",
         patches=True, patch_size=16, patch_stride=16, val_fraction=0.5, amp=False, augment=False,
     )  # fmt: skip
-    task = FinetuneTask(config)
+    task = make_task(config)
     procs = Processes.from_env("cpu")
     model = _BrightestPixel()
     outputs, targets = predict(model, task.val_set, task, procs, 64, 0, False, False)

@@ -23,6 +23,7 @@ from transfer.heads.base import HEADS
 from transfer.heads.classify import ClassifyHead
 from transfer.localize_run import _settings
 from transfer.models import build_model
+from transfer.tasks import FinetuneTask
 
 
 class CalibratedHead(ClassifyHead):
@@ -34,6 +35,16 @@ class CalibratedHead(ClassifyHead):
 
     def defect_probability(self, output):
         return torch.softmax(output.float() / 4.0, dim=1)[:, 1]
+
+    def make_task(self, config):
+        return CalibratedTask(config, self)
+
+
+class CalibratedTask(FinetuneTask):
+    """The classifier's training task; the saved model records the kind's own field."""
+
+    def model_meta(self) -> dict:
+        return {**super().model_meta(), "temperature": 4.0}
 
 
 @pytest.fixture()
@@ -114,6 +125,50 @@ def test_a_registered_kind_is_loaded_scored_localised_and_exported_through_its_h
     tempered = L.heatmap_batched(loaded.model, image, 32, 16, probability=settings.probability)
     plain = L.heatmap_batched(loaded.model, image, 32, 16)
     assert not torch.allclose(tempered, plain) and heat.dtype == np.float32
+
+
+def test_a_kind_registered_here_fine_tunes_evaluates_localises_and_exports(tmp_path, monkeypatch, capsys):
+    """finetune -> evaluate -> localize -> export of a kind no file under transfer/ names, on synthetic data."""
+    from dataonomy.datasets.synthetic import Rendering, make_synthetic_dagm
+
+    monkeypatch.setattr(HEADS, "items", dict(HEADS.items))
+    heads.register_head(CalibratedHead())
+    data = make_synthetic_dagm(
+        tmp_path / "dagm", classes=1, images_per_split=24, rendering=Rendering(size=64)
+    )
+    run = tmp_path / "run"
+    finetune = [
+        *"finetune --base scratch --arch small_cnn --head calibrated --epochs 1 --steps-per-epoch 2".split(),
+        *"--batch-size 8 --image-size 64 --device cpu --no-amp --format dagm".split(),
+        *["--data", str(data), "--out", str(run)],
+    ]
+    assert run_app(app, finetune) == 0, capsys.readouterr().err
+    loaded = load_model(run)
+    assert loaded.record.head_kind.name == "calibrated" and loaded.record.head_fields == {"temperature": 4.0}
+    # Validation scored with the kind's rule: the stored threshold is a tempered probability, near 0.5.
+    assert abs(loaded.record.threshold - 0.5) < 0.25
+    assert run_app(app, ["evaluate", "--model", str(run), "--split", "val", "--no-errors"]) == 0
+    report = json.loads((run / "eval_val.json").read_text())
+    assert report["stored_threshold"]["threshold"] == pytest.approx(loaded.record.threshold)
+    loc = [
+        "localize",
+        "--model",
+        str(run),
+        "--out",
+        str(tmp_path / "loc"),
+        "--patch-size",
+        "32",
+        "--limit",
+        "2",
+    ]
+    assert run_app(app, loc) == 0, capsys.readouterr().err
+    path = tmp_path / "calibrated.onnx"
+    assert run_app(app, ["export", "--model", str(run), "--onnx", str(path), "--images", "4"]) == 0
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
+    assert meta["transfer.head"] == "calibrated" and meta["transfer.temperature"] == 4.0
+    # The kind's own options are those of the classifier it extends: a segdec option is refused, naming owners.
+    assert run_app(app, [*finetune[:-2], "--out", str(tmp_path / "r2"), "--crop-size", "32"]) == 2
+    assert "--crop-size: only for --head segdec" in capsys.readouterr().err
 
 
 def test_a_saved_model_missing_its_kinds_fields_is_refused(calibrated_run):

@@ -310,8 +310,9 @@ def test_segdec_options_are_checked(dagm_class1_test, tmp_path, capsys):
         str(tmp_path / "r"),
     ]
     for extra, message in (
-        (["--head", "nope"], "--head 'nope': must be one of segdec, classify"),
-        (["--head", "segdec", "--patches"], "patch training is for --head classify"),
+        (["--head", "nope"], "--head 'nope': must be one of classify, probe, segdec"),
+        (["--head", "segdec", "--patches"], "--patches: only for --head classify"),
+        (["--head", "probe", "--crop-size", "64"], "--crop-size: only for --head segdec"),
         (["--output-stride", "16"], "--output-stride 16: this trunk's stages have strides"),
         (["--pixel-weighting", "edges", "--output-stride", "8"], "--pixel-weighting 'edges'"),
         (["--head", "classify", "--crop-size", "64"], "--crop-size: only for --head segdec"),

@@ -18,10 +18,6 @@ from dataonomy.errors import DataonomyError
 from dataonomy.io import check_field_types
 
 MONITORS = ("ap", "auroc", "loss")
-# segdec: segmentation + decision at native resolution, trained from masks; classify: image classifier.
-HEADS = ("segdec", "classify", "probe")
-# The heads that map defects at the trunk's output stride, at native resolution (segdec, and the frozen probe).
-MAP_HEADS = ("segdec", "probe")
 # The trunk's share of the fine-tuning learning rate when the base is pretrained (see FinetuneConfig).
 PRETRAINED_TRUNK_LR_SCALE = 1.0
 
@@ -226,17 +222,23 @@ class FinetuneConfig(DefectLayout, TrainConfig):
             self.trunk_lr_scale = 1.0 if self.base == "scratch" else PRETRAINED_TRUNK_LR_SCALE
         if self.head is None:
             self.head = "classify" if self.patches else "segdec"
-        if self.head not in HEADS:
-            raise DataonomyError(f"--head '{self.head}': must be one of {', '.join(HEADS)}")
-        if self.head in MAP_HEADS and self.patches:
-            raise DataonomyError(f"--head {self.head} and --patches: patch training is for --head classify")
-        if self.head in MAP_HEADS:
-            self.aux_logits = False if self.aux_logits is None else self.aux_logits
+        if self.head_kind.native_resolution and self.aux_logits is None:
+            self.aux_logits = False
         super().__post_init__()
 
     @property
+    def head_kind(self):
+        """The :class:`transfer.heads.Head` this run trains (``--head``; its own options and checks live there)."""
+        from transfer.heads.base import HEADS, finetune_heads
+
+        choices = finetune_heads()
+        if self.head not in [h.name for h in choices]:
+            raise DataonomyError(f"--head '{self.head}': must be one of {', '.join(h.name for h in choices)}")
+        return HEADS.get(self.head)
+
+    @property
     def native_resolution(self) -> bool:
-        return self.head in MAP_HEADS
+        return self.head_kind.native_resolution
 
     def defect_data(self):
         """The run's defect set (:class:`transfer.data.DefectData`)."""
@@ -268,36 +270,26 @@ class FinetuneConfig(DefectLayout, TrainConfig):
             raise DataonomyError(
                 f"--threshold-criterion '{self.threshold_criterion}': must be one of {', '.join(THRESHOLD_CRITERIA)}"
             )
-        if self.head in MAP_HEADS:
-            from transfer.segdec import OUTPUT_STRIDES
+        self._check_head_options()
 
-            if self.output_stride not in OUTPUT_STRIDES:
-                raise DataonomyError(
-                    f"--output-stride {self.output_stride}: must be one of {', '.join(map(str, OUTPUT_STRIDES))}"
-                )
-        if self.head == "segdec":
-            from transfer.segdec_task import PIXEL_WEIGHTINGS
+    def _check_head_options(self) -> None:
+        """Each head's own options (:attr:`transfer.heads.Head.options`), then the run's head's check. An option
+        that is off by default (None or False, as ``--crop-size``, ``--patches``) switched on under a head that
+        does not read it is refused, naming the heads that do; one with a value by default (``--output-stride
+        16``) is carried harmlessly, so a ``--config`` rerun of a segdec run with ``--head classify`` and the runs
+        saved so far still load."""
+        from transfer.heads.base import finetune_heads
 
-            if self.head_channels < 1:
-                raise DataonomyError(f"--head-channels {self.head_channels}: must be at least 1")
-            if self.crop_size is not None and self.crop_size < self.output_stride:
-                raise DataonomyError(f"--crop-size {self.crop_size}: must be at least --output-stride")
-            if self.pixel_weighting not in PIXEL_WEIGHTINGS:
-                raise DataonomyError(
-                    f"--pixel-weighting '{self.pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
-                )
-            for name in ("seg_loss_weight", "image_loss_weight"):
-                if getattr(self, name) < 0:
-                    raise DataonomyError(f"{_option(name)} {getattr(self, name)}: must not be negative")
-        elif self.crop_size is not None:
-            raise DataonomyError("--crop-size: only for --head segdec (--patches crops for classify)")
-        if self.patches:
-            if self.patch_size < 1 or self.patch_stride < 1:
-                raise DataonomyError("--patch-size/--patch-stride: must be at least 1")
-            if not 0 < self.patch_defect_fraction <= 1:
-                raise DataonomyError(
-                    f"--patch-defect-fraction {self.patch_defect_fraction}: must be in (0, 1]"
-                )
+        head, defaults = self.head_kind, {f.name: f.default for f in fields(self)}
+        owners: dict[str, list[str]] = {}
+        for other in finetune_heads():
+            for name in other.options:
+                owners.setdefault(name, []).append(other.name)
+        for name, kinds in owners.items():
+            off = defaults[name] in (None, False)
+            if off and name not in head.options and getattr(self, name) not in (None, False):
+                raise DataonomyError(f"{_option(name)}: only for --head {' or '.join(kinds)}")
+        head.check_config(self)
 
 
 _KINDS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -395,8 +387,6 @@ def replace(config: TrainConfig, **changes) -> TrainConfig:
 __all__ = [
     "ARCH_DEFAULTS",
     "DERIVED_FIELDS",
-    "HEADS",
-    "MAP_HEADS",
     "MONITORS",
     "RUN_OPTIONS",
     "FinetuneConfig",

@@ -24,7 +24,6 @@ from transfer.data import (
     seen_images,
     texture_transforms,
 )
-from transfer.localize import two_class_probability
 from transfer.models import ClassifierNet, build_model, replace_head
 
 
@@ -102,7 +101,7 @@ class FinetuneTask:
 
     mode_of = {"ap": "max", "auroc": "max", "loss": "min"}
 
-    def __init__(self, config: FinetuneConfig):
+    def __init__(self, config: FinetuneConfig, head):
         self.config = c = config
         self.monitor, self.mode, self.patience = f"val_{c.monitor}", self.mode_of[c.monitor], c.patience
         folds = {split: run_fold(c, split) for split in ("train", "val")}
@@ -143,6 +142,8 @@ class FinetuneTask:
         counts = np.bincount(self.train_targets, minlength=2)
         # Inverse class frequency, scaled so that a balanced set would get weights (1, 1).
         self.class_weights = torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+        # The run's kind's rule from logits to a defect probability (a registered kind may bring its own).
+        self.probability = head.defect_probability
 
     @staticmethod
     def trunk(model: ClassifierNet) -> nn.Module:
@@ -161,7 +162,7 @@ class FinetuneTask:
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         weights = self.class_weights.to(logits.device)[targets]
         return {
-            "score": two_class_probability(logits),
+            "score": self.probability(logits),
             "weighted_loss": nn.functional.cross_entropy(logits.float(), targets, reduction="none") * weights,
             "weight": weights,
         }
@@ -208,6 +209,7 @@ class FinetuneTask:
             "classes": self.classes,
             "groups": self.groups,
             "input": "patch" if c.patches else "image",
+            "head": c.head,
             "seen_images": self.seen_images,
         }
         if c.patches:

@@ -61,6 +61,18 @@ class Head:
     #: A kind fitted in one pass instead of the SGD loop (the probe): its task has ``fit(model, progress) ->
     #: dict``, and the training loop validates and saves it as any run.
     one_pass: bool = False
+    #: ``transfer finetune --head NAME`` trains it (False: it is reached another way, ``patch`` by ``--patches``).
+    finetune_choice: bool = True
+    #: It trains and scores images at their own size when ``--image-size`` is not given (no square resize, no
+    #: Inception auxiliary head).
+    native_resolution: bool = False
+    #: The fine-tuning fields (:class:`transfer.config.FinetuneConfig`) only kinds that list them read: one that
+    #: is off by default, switched on for a kind that does not list it, is refused, naming the kinds that do.
+    options: tuple[str, ...] = ()
+
+    def check_config(self, config) -> None:
+        """Refuse values of this kind's own :attr:`options` that it cannot train with (a one-line
+        :class:`~dataonomy.errors.DataonomyError` naming the option)."""
 
     def make_task(self, config):
         """The training task of a fine-tuning run of this kind (what :mod:`transfer.training`'s loop asks of a
@@ -99,6 +111,11 @@ def list_heads() -> list[str]:
 
 def get_head(name: str) -> Head:
     return HEADS.get(name)
+
+
+def finetune_heads() -> list[Head]:
+    """The kinds ``transfer finetune --head`` trains, by name."""
+    return [HEADS.get(name) for name in HEADS.names() if HEADS.get(name).finetune_choice]
 
 
 def head_name(head: str | None, input: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dataonomy.errors import DataonomyError
 from transfer.heads.base import Head
 from transfer.localize import two_class_probability
 
@@ -15,6 +16,17 @@ class ClassifyHead(Head):
     image_input = "resized"
     localize_modes = ("batched", "loop", "dense")
     onnx_meaning = "logits; the defect probability is softmax(logits)[:, 1]"
+    # --patches trains it on full-resolution patches (the ``patch`` kind once saved)
+    options = ("patches", "patch_size", "patch_stride", "patch_defect_fraction")
+
+    def check_config(self, config) -> None:
+        if config.patches:
+            if config.patch_size < 1 or config.patch_stride < 1:
+                raise DataonomyError("--patch-size/--patch-stride: must be at least 1")
+            if not 0 < config.patch_defect_fraction <= 1:
+                raise DataonomyError(
+                    f"--patch-defect-fraction {config.patch_defect_fraction}: must be in (0, 1]"
+                )
 
     def build(self, record, weights: dict) -> nn.Module:
         from transfer.models import get_model, load_weights
@@ -27,7 +39,8 @@ class ClassifyHead(Head):
         return two_class_probability(output)
 
     def make_task(self, config):
-        """Fine-tuning a two-class classifier on whole images or patches (:class:`transfer.tasks.FinetuneTask`)."""
+        """Fine-tuning a two-class classifier on whole images or patches (:class:`transfer.tasks.FinetuneTask`),
+        its validation scored with this kind's :meth:`defect_probability`."""
         from transfer.tasks import FinetuneTask
 
-        return FinetuneTask(config)
+        return FinetuneTask(config, self)

@@ -15,6 +15,7 @@ class PatchHead(ClassifyHead):
     name = "patch"
     record_fields = ("patch_size", "patch_stride")
     image_input = "as_is"
+    finetune_choice = False  # trained by --head classify --patches
 
     def examples(self, loaded, fold, n: int) -> torch.Tensor:
         """Patches of the fold, by the fine-tuning's own patch rule."""

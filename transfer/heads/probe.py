@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from transfer.heads.segdec import SegdecHead
+from transfer.heads.segdec import SegdecHead, check_output_stride
 
 
 class ProbeHead(SegdecHead):
     name = "probe"
     record_fields = ("output_stride",)
+    options = ("output_stride",)
+
+    def check_config(self, config) -> None:
+        check_output_stride(config.output_stride)
 
     def build(self, record, weights: dict) -> nn.Module:
         from transfer.probe import saved_probe

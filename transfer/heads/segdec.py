@@ -9,11 +9,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dataonomy.errors import DataonomyError
 from dataonomy.progress import progress as show_progress
 from transfer.data import scaled_size, size_batches
 from transfer.heads.base import Head, balanced_indices
-from transfer.segdec import SegDecOutput, saved_segdec, upsample_map
+from transfer.segdec import OUTPUT_STRIDES, SegDecOutput, saved_segdec, upsample_map
 from transfer.segdec_task import MaskedImages, cell_labels
+
+
+def check_output_stride(output_stride: int) -> None:
+    if output_stride not in OUTPUT_STRIDES:
+        raise DataonomyError(
+            f"--output-stride {output_stride}: must be one of {', '.join(map(str, OUTPUT_STRIDES))}"
+        )
+
 
 #: The ONNX outputs of a segdec model: the image decision's logit and the defect map's logits.
 SEGDEC_OUTPUTS = ("score_logit", "map_logits")
@@ -35,6 +44,28 @@ class SegdecHead(Head):
         "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
     )
     maps_in_one_pass = True
+    native_resolution = True
+    options = (
+        "output_stride", "head_channels", "crop_size", "pixel_weighting", "seg_loss_weight", "image_loss_weight",
+    )  # fmt: skip
+
+    def check_config(self, config) -> None:
+        from transfer.segdec_task import PIXEL_WEIGHTINGS
+
+        check_output_stride(config.output_stride)
+        if config.head_channels < 1:
+            raise DataonomyError(f"--head-channels {config.head_channels}: must be at least 1")
+        if config.crop_size is not None and config.crop_size < config.output_stride:
+            raise DataonomyError(f"--crop-size {config.crop_size}: must be at least --output-stride")
+        if config.pixel_weighting not in PIXEL_WEIGHTINGS:
+            raise DataonomyError(
+                f"--pixel-weighting '{config.pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
+            )
+        for option, value in (
+            ("--seg-loss-weight", config.seg_loss_weight), ("--image-loss-weight", config.image_loss_weight),
+        ):  # fmt: skip
+            if value < 0:
+                raise DataonomyError(f"{option} {value}: must not be negative")
 
     def build(self, record, weights: dict) -> nn.Module:
         return saved_segdec(
