@@ -658,6 +658,13 @@ def finetune_cmd(
     stop_after_steps: int = StopAfterStepsOpt,
     log_every: float = LogEveryOpt,
     time_budget: str = TimeBudgetOpt,
+    fit_machine: bool = typer.Option(
+        True,
+        "--fit-machine/--no-fit-machine",
+        help="segdec: size the training crop (images larger than 256 px on a CPU, 512 on a GPU, train on crops "
+        "of that side) and the batch (what fits in half the free memory, measured on the model) for this machine, "
+        "where --crop-size/--batch-size are not given; the chosen values are printed and saved in config.json.",
+    ),
 ):
     """Fine-tune every layer of a base model to find defects in a defect set of any layout (a defect map and an
     image score with --head segdec, the default; an image classifier with --head classify); store the validation
@@ -677,7 +684,15 @@ def finetune_cmd(
         BaseRequest(base, arch, allow_incomplete_base),
     )
     requested = finetune_requested(request, source, base_request)
-    new_config = lambda: FinetuneConfig(**finetune_fields(request, source, base_request))  # noqa: E731
+
+    def new_config():
+        config = FinetuneConfig(**finetune_fields(request, source, base_request))
+        if fit_machine and saved is None:  # a --config rerun keeps the sizes it was saved with
+            from transfer.sizing import fit_to_machine
+
+            config = fit_to_machine(config, device, given, log=typer.echo)
+        return config
+
     _run_training(new_config, out, resume, requested, _runtime(device, workers, stop_after_steps, log_every))
     _print_threshold(out)
 

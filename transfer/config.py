@@ -308,12 +308,13 @@ DERIVED_FIELDS = {
     "finetune": {"kind": "the command", "mean": "--base's normalisation", "std": "--base's normalisation"},
 }
 # Options without a field: where and how a run is carried out, which does not change its result (--config
-# only supplies the fields), and --dagm, short for the --data and --format fields.
+# only supplies the fields), --dagm, short for the --data and --format fields, and --fit-machine, whose choices are
+# saved as the --crop-size and --batch-size fields.
 RUN_OPTIONS = {
     "pretrain": ("out", "config", "resume", "device", "workers", "stop_after_steps", "log_every"),
     "finetune": (
         "out", "config", "resume", "device", "workers", "stop_after_steps", "log_every", "allow_incomplete_base",
-        "dagm",
+        "dagm", "fit_machine",
     ),
 }  # fmt: skip
 # Fields whose defaults come from the architecture: a --config rerun with another --arch takes the new one's.
