@@ -136,22 +136,23 @@ def fit_to_machine(config, device_name: str | None, given: set[str], log=print):
     from dataonomy.datasets.base import image_size as header_size
     from dataonomy.devices import resolve_device
     from transfer.config import replace
-    from transfer.data import run_fold, scaled_size
+    from transfer.data import scaled_size
 
     if "crop_size" not in config.head_kind.options or {"crop_size", "batch_size"} <= given:
         return config
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return config  # under torchrun every process must train the same config: give the sizes
     device = resolve_device(device_name or "auto")
-    samples = run_fold(config, "train").samples
+    task = config.head_kind.make_task(config)  # its training fold and its model: read once here
+    samples = task.train_set.images.samples
     sides = [min(scaled_size(*header_size(s.path)[::-1], config.image_size)) for s in samples]
-    model = config.head_kind.make_task(config).build_model().to(device)
+    model = task.build_model().to(device)
     sizing = fit_sizes(
         model, sides, config.output_stride, device,
         config.crop_size if "crop_size" in given else None,
         config.batch_size if "batch_size" in given else None,
     )  # fmt: skip
-    del model
+    del model, task
     log(sizing.line(device.type))
     return replace(config, crop_size=sizing.crop_size, batch_size=sizing.batch_size)
 
