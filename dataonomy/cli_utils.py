@@ -6,13 +6,8 @@ import warnings
 
 import typer
 
+from dataonomy.cli_options import parse_duration, parse_list  # noqa: F401  (re-exported)
 from dataonomy.errors import DataonomyError
-
-
-def parse_list(value: str | None) -> list[str] | None:
-    """``"1, 3,Class4"`` -> ``["1", "3", "Class4"]``; None or empty -> None."""
-    items = [c.strip() for c in value.split(",") if c.strip()] if value else []
-    return items or None
 
 
 def new_app(help: str) -> typer.Typer:
@@ -68,24 +63,3 @@ def old_option_name(ctx: typer.Context, name: str, old_name: str):
         option, old = spelling[name], spelling[old_name]
         raise DataonomyError(f"{option} and {old}: the same option ({old} is its old name); give one")
     return ctx.params[old_name] if old_name in given else ctx.params[name]
-
-
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(text: str | None, option: str) -> float | None:
-    """Seconds of a duration such as ``90s``, ``30m``, ``1h30m`` or ``2.5h`` (None stays None); a bare number
-    or an unknown unit is a one-line error naming ``option``."""
-    import re
-
-    if text is None:
-        return None
-    compact = re.sub(r"\s", "", text.lower())
-    if not re.fullmatch(r"(\d+(\.\d+)?[smhd])+", compact):
-        raise DataonomyError(
-            f"{option} '{text}': give a duration with its unit, such as 90s, 30m, 1h30m or 2h"
-        )
-    return sum(
-        float(value) * _DURATION_UNITS[unit]
-        for value, unit in re.findall(r"(\d+(?:\.\d+)?)([smhd])", compact)
-    )

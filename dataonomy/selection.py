@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,80 +27,9 @@ from dataonomy.feature_store import FeatureSet
 from dataonomy.features import ExtractionRequest, ensure_features, feature_cache_path
 from dataonomy.io import check_writable
 from dataonomy.manifest import SCHEMA, fingerprint_files, fingerprint_json, validate_manifest, write_manifest
+from dataonomy.select_config import SelectConfig, read_wnids
 from dataonomy.taxonomy import export_graph, graph_from_manifest
 from dataonomy.wordnet import imagenet_classes, imagenet_index, load_wordnet
-
-
-@dataclass
-class SelectConfig:
-    """Every parameter of one selection run (recorded in the manifest)."""
-
-    target_root: Path
-    source_root: Path | None = None  # None: the pool is the backbone's ImageNet-1k classifier (softmax only)
-    target: str = "dagm"
-    source: str = "imagenet"
-    target_classes: list[str] | None = None
-    target_split: str | None = None
-    target_labels_root: Path | None = None
-    target_allow_partial: bool = False
-    # The pairs reader's options (images + masks folders, or anomalib's normal/abnormal/mask trio).
-    target_masks: Path | None = None
-    target_mask_suffix: str | None = None
-    target_normal_dir: Path | None = None
-    target_abnormal_dir: Path | None = None
-    target_mask_dir: Path | None = None
-    target_skip_bad: bool = False
-    source_classes: list[str] | None = None
-    images_per_class: int | None = 50
-    target_images_per_class: int | None = None
-    seed: int = 0
-    backbone: str = "auto"  # inception_v3 where its weights are present, else efficientnet_lite0
-    weights: str = "imagenet"
-    affinity: str = "softmax"
-    k: int = 500
-    coverage: int = 1
-    coverage_floor: float | None = None
-    image_budget: int | None = None
-    diversity_depth: int | None = None
-    diversity_max: int | None = None
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    time_limit: float = 600.0
-    batch_size: int = 32
-    num_workers: int = 2
-    device: str = "auto"
-    cache_dir: Path = Path(".dataonomy_cache")
-    target_features: Path | None = (
-        None  # an HDF5 cache written by `dataonomy features`; default: by cache_dir
-    )
-    source_features: Path | None = None
-    out: Path = Path("data_manifests/selection.json")
-
-    def recorded(self) -> dict:
-        """The parameters that define the result (paths as strings; run-only knobs left out)."""
-        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-        for key in (
-            "batch_size",
-            "num_workers",
-            "device",
-            "cache_dir",
-            "target_features",
-            "source_features",
-            "out",
-        ):
-            d.pop(key)
-        # Reader options added later are recorded only when set, so a manifest made without them reads
-        # the same as before they existed.
-        for key in _LATER_TARGET_OPTIONS:
-            if d[key] is None or d[key] is False:
-                d.pop(key)
-        return d
-
-
-_LATER_TARGET_OPTIONS = (
-    "target_masks", "target_mask_suffix", "target_normal_dir", "target_abnormal_dir", "target_mask_dir",
-    "target_skip_bad",
-)  # fmt: skip
 
 
 @dataclass
@@ -139,20 +68,6 @@ def diversity_groups(wnids: list[str], depth: int) -> dict[str, list[int]]:
             # Keyed by "wnid (name)" so solver messages say which group is over its cap.
             groups.setdefault(f"{node} ({wn.name(node)})", []).append(i)
     return groups
-
-
-def read_wnids(path: Path, option: str) -> list[tuple[int, str]]:
-    """A file of wnids, one per line ('#' starts a comment) -> (line number, wnid) pairs."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise DataonomyError(f"{option} {path}: cannot read ({exc})") from None
-    out = []
-    for lineno, line in enumerate(lines, start=1):
-        words = line.split("#", 1)[0].split()
-        if words:
-            out.append((lineno, words[0]))
-    return out
 
 
 def read_class_list(path: Path, known: list[str], option: str) -> list[int]:

@@ -342,7 +342,8 @@ def test_default_pretrain_lr_suits_batch_and_init(manifest, tiny_imagenet, tmp_p
     assert PretrainConfig(**common, batch_size=64).lr == pytest.approx(0.025)
     assert PretrainConfig(**common, batch_size=32, init="imagenet", lr=0.01).lr == 0.01
     assert run_app(app, ["pretrain", "--help"]) == 0
-    assert "batch size / 256" in " ".join(capsys.readouterr().out.split())
+    help_words = capsys.readouterr().out.translate(str.maketrans("│╭╮╰╯─", "      ")).split()  # rich's boxes
+    assert "batch size / 256" in " ".join(help_words)
     run = tmp_path / "run"
     code = run_app(
         app,

@@ -12,12 +12,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from dataonomy.datasets.options import DefectLayout
-from dataonomy.datasets.splits import check_split_options
+from dataonomy.cli_options import opt, parse_duration, parse_rgb
+from dataonomy.datasets.options import DefectSetOptions
+from dataonomy.datasets.splits import SplitOptions, check_split_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import check_field_types
 
 MONITORS = ("ap", "auroc", "loss")
+# The --help sections of the training options beside the main ones.
+OPTIMISATION, SEGDEC, PATCHES = "Optimisation", "segdec head", "Classifier on patches (--patches)"
 # The trunk's share of the fine-tuning learning rate when the base is pretrained (see FinetuneConfig).
 PRETRAINED_TRUNK_LR_SCALE = 1.0
 
@@ -38,30 +41,58 @@ class TrainConfig:
     """
 
     kind: str = ""
-    arch: str = "inception_v3"
-    epochs: int = 30
-    steps_per_epoch: int | None = None
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    dropout: float | None = None
-    aux_weight: float = 0.4
-    aux_logits: bool | None = None
-    image_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    augment: bool = True
-    amp: bool = True
-    channels_last: bool = True
-    sync_bn: bool = False
-    checkpoint_every: int = 500
-    seed: int = 0
+    arch: str = opt("inception_v3", "Architecture (transfer.models registry).")
+    epochs: int = opt(30, "Training epochs.")
+    steps_per_epoch: int | None = opt(
+        None,
+        "Optimiser steps per epoch (default: one pass over the training set). Fixes the step budget, so runs on "
+        "training sets of different sizes train equally long.",
+        panel=OPTIMISATION,
+    )
+    batch_size: int = opt(64, "Global batch size (divided among torchrun processes).")
+    lr: float = opt(0.1, "Peak learning rate (SGD).")
+    momentum: float = opt(0.9, "SGD momentum.", panel=OPTIMISATION)
+    weight_decay: float = opt(1e-4, "Weight decay (not on biases/norms).", panel=OPTIMISATION)
+    warmup_epochs: float = opt(1.0, "Linear warmup before the cosine decay.", panel=OPTIMISATION)
+    label_smoothing: float = opt(0.0, "Label smoothing of the loss.", panel=OPTIMISATION)
+    dropout: float | None = opt(
+        None, "Dropout before the last layer (default: the architecture's).", panel=OPTIMISATION
+    )
+    aux_weight: float = opt(0.4, "Weight of the auxiliary head's loss (Inception V3).", panel=OPTIMISATION)
+    aux_logits: bool | None = opt(
+        None,
+        "Train the auxiliary head (Inception V3; default: on where the input size allows it, off for segdec).",
+        panel=OPTIMISATION,
+    )
+    image_size: int | None = opt(None, "Training resolution (default: the architecture's).")
+    mean: tuple[float, float, float] | None = opt(
+        None,
+        "Input normalisation mean R,G,B (default: the architecture's).",
+        parse=parse_rgb,
+        panel=OPTIMISATION,
+    )
+    std: tuple[float, float, float] | None = opt(
+        None,
+        "Input normalisation std R,G,B (default: the architecture's).",
+        parse=parse_rgb,
+        panel=OPTIMISATION,
+    )
+    augment: bool = opt(True, "Random resized crops and flips (off: centre crops).")
+    amp: bool = opt(True, "Mixed precision on CUDA.", panel=OPTIMISATION)
+    channels_last: bool = opt(True, "Channels-last memory format on CUDA.", panel=OPTIMISATION)
+    sync_bn: bool = opt(False, "Synchronise batch norm across torchrun processes.", panel=OPTIMISATION)
+    checkpoint_every: int = opt(500, "Save a checkpoint every N steps.", panel=OPTIMISATION)
+    seed: int = opt(0, "Seed of data order, augmentation and initialisation.")
     # Wall-clock seconds of training and validation (over resumes) the run may take: it ends, keeping its best
     # epoch, before an epoch that would pass it (None: --epochs and early stopping alone decide).
-    time_budget: float | None = None
+    time_budget: float | None = opt(
+        None,
+        "Wall-clock budget of training and validation, such as 30m or 2h (over resumes): the run ends, keeping "
+        "its best epoch, before an epoch that would pass it. The run prints its time estimate after its first "
+        "steps and the time left after every epoch either way.",
+        type=str,
+        parse=parse_duration,
+    )
 
     def __post_init__(self):
         from transfer.models import model_spec  # torch: imported when a config is built, not for --help
@@ -133,20 +164,40 @@ class PretrainConfig(TrainConfig):
     """
 
     kind: str = "pretrain"
-    manifest: str
-    source_root: str
+    manifest: str = opt(
+        help="Manifest JSON from `dataonomy select`; its selected classes are trained on.",
+        type=Path,
+        option_default=None,
+    )
+    source_root: str = opt(
+        help="The ImageNet-style source pool (ILSVRC train folders or Tiny ImageNet).",
+        type=Path,
+        option_default=None,
+    )
     wnids: list[str]
-    init: str = "scratch"
+    init: str = opt("scratch", "Initial weights: scratch, imagenet, or a weights/checkpoint file.")
     epochs: int = 90
-    lr: float | None = None
+    lr: float | None = opt(
+        None,
+        "Peak learning rate (SGD). Default 0.1 x batch size / 256 with --init scratch, 10x lower from trained "
+        "weights (imagenet or a file); config.json records the value used.",
+    )
     batch_size: int = 64
     label_smoothing: float = 0.1
-    val_fraction: float = 0.05
-    images_per_class: int | None = None
+    val_fraction: float = opt(
+        0.05, "Share of each class held out for validation when the pool has no val split."
+    )
+    images_per_class: int | None = opt(
+        None, "Read at most N images per class for training and validation (seeded sample)."
+    )
     # Early stopping on validation top-1: ``epochs`` is the budget, the run ends once top-1 has not improved
     # for ``patience`` epochs (None: train every epoch). A run that stops short of converging transfers
     # nothing (docs/experiment.md: 100 steps made every pretrained trunk worse than a random one).
-    patience: int | None = 10
+    patience: int | None = opt(
+        10,
+        "Early stopping: end the run once validation top-1 has not improved for N epochs (--epochs is the "
+        "budget). metrics.jsonl records the curve.",
+    )
 
     def __post_init__(self):
         if self.lr is None and isinstance(self.batch_size, int):
@@ -166,7 +217,7 @@ class PretrainConfig(TrainConfig):
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig(DefectLayout, TrainConfig):
+class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
     """Fine-tuning a base model to defect / no defect, every layer trained, the last one replaced.
 
     ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). ``data`` is the
@@ -182,40 +233,85 @@ class FinetuneConfig(DefectLayout, TrainConfig):
     """
 
     kind: str = "finetune"
-    base: str
+    base: str = opt(
+        help="Base model: a pretrain run folder or checkpoint, imagenet (ImageNet weights of --arch), or scratch.",
+        option_default=None,
+    )
     data: str
     format: str = "dagm"
-    classes: list[str] | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    folds: int | None = None
-    fold: int = 0
-    split_seed: int | None = None
-    epochs: int = 30
+    arch: str = opt(
+        "inception_v3",
+        "Architecture for --base imagenet/scratch (default inception_v3; else the base's).",
+        option_default=None,
+    )
+    image_size: int | None = opt(
+        None,
+        "--head segdec: resize each image's longer side to this, keeping its aspect ratio (default: every image at "
+        "its own size; a set of mixed sizes is padded per training batch, never stretched). --head classify: the "
+        "square input side (default: the architecture's).",
+    )
+    augment: bool = opt(True, "Flips, 90-degree rotations, brightness/contrast, noise.")
+    seed: int = opt(0, "Seed of the split, data order, augmentation and new head.")
+    epochs: int = opt(30, "Most training epochs.")
     lr: float = 0.01
     batch_size: int = 32
     warmup_epochs: float = 0.5
-    patches: bool = False
-    patch_size: int = 64
-    patch_stride: int = 32
-    patch_defect_fraction: float = 0.05
-    patience: int = 5
-    monitor: str = "ap"
-    threshold_criterion: str = "balanced_accuracy"
-    head: str | None = None
-    output_stride: int = 16
-    head_channels: int = 64
-    crop_size: int | None = None
-    pixel_weighting: str = "uniform"
-    seg_loss_weight: float = 1.0
-    image_loss_weight: float = 1.0
+    patches: bool = opt(False, "Train on full-resolution patches (for localisation).", panel=PATCHES)
+    patch_size: int = opt(64, "Patch side.", panel=PATCHES)
+    patch_stride: int = opt(32, "Step between patches.", panel=PATCHES)
+    patch_defect_fraction: float = opt(
+        0.05,
+        "A patch is defective when at least this share of its pixels is in the mask.",
+        panel=PATCHES,
+    )
+    patience: int = opt(5, "Stop after N epochs without improvement.")
+    monitor: str = opt("ap", "Validation metric for early stopping: ap, auroc, loss.")
+    threshold_criterion: str = opt(
+        "balanced_accuracy", "What the validation threshold maximises: balanced_accuracy or f1."
+    )
+    head: str | None = opt(
+        None,
+        "segdec (default): a defect map and an image score from one pass, trained from the masks at native "
+        "resolution; probe: the base's trunk frozen and a per-location logistic regression fitted from the masks "
+        "in one pass (the fastest detector, and the floor a fine-tune must beat); classify: an image classifier "
+        "(the default with --patches).",
+    )
+    output_stride: int = opt(
+        16,
+        "segdec: cut the trunk where its feature map is 1/N of the image (8 or 16; 4 and 32 where the trunk has "
+        "them).",
+        panel=SEGDEC,
+    )
+    head_channels: int = opt(64, "segdec: width of the segmentation head.", panel=SEGDEC)
+    crop_size: int | None = opt(
+        None,
+        "segdec: train on random crops of this side (a defective image's crop holds defect pixels); validation "
+        "and test see whole images. Default: whole images.",
+        panel=SEGDEC,
+    )
+    pixel_weighting: str = opt(
+        "uniform",
+        "segdec: uniform (every mask pixel counts the same) or distance (pixels weigh (distance to the label's "
+        "border / its largest)^2, for loose labels such as DAGM's ellipses).",
+        panel=SEGDEC,
+    )
+    seg_loss_weight: float = opt(1.0, "segdec: weight of the pixel loss.", panel=SEGDEC)
+    image_loss_weight: float = opt(1.0, "segdec: weight of the image (decision) loss.", panel=SEGDEC)
     # Few defects, as users have them: keep ``defective_train`` of the training fold's defective images (a
     # seeded choice by ``split_seed``, nested: the 5 kept are among the 10 kept), every clean one, and the
     # validation fold as it is. None: every defective image.
-    defective_train: int | None = None
+    defective_train: int | None = opt(
+        None,
+        "Train on only N of the training fold's defective images (seeded by --split-seed, nested: the 5 kept are "
+        "among the 10 kept); every clean image and the validation fold stay. How many defects do you need?",
+    )
     # The pretrained trunk's learning rate as a multiple of ``lr`` (the new heads take ``lr``). None: 1 from
     # scratch, PRETRAINED_TRUNK_LR_SCALE from a pretrained base (the config records the value used).
-    trunk_lr_scale: float | None = None
+    trunk_lr_scale: float | None = opt(
+        None,
+        "The base's trunk trains at --lr times this; the new heads at --lr. Default: 1 from scratch, the measured "
+        "default from a pretrained base (docs/experiment.md).",
+    )
 
     def __post_init__(self):
         if self.trunk_lr_scale is None and isinstance(self.base, str):

@@ -84,19 +84,6 @@ def read_gray(
     return np.asarray(image)
 
 
-def parse_size(text: str | None, option: str) -> tuple[int, int] | None:
-    """``"256"`` -> (256, 256), ``"320,240"`` -> (320, 240) (width, height); one-line error otherwise."""
-    if text is None:
-        return None
-    try:
-        values = [int(v) for v in str(text).replace("x", ",").split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 2) or min(values) < 8:
-        raise DataonomyError(f"{option} {text}: give one side or width,height in pixels (at least 8)")
-    return (values[0], values[-1])
-
-
 def _hugs_frame(mask: np.ndarray, border: int) -> bool:
     """Whether a mask lies mostly along the frame, or runs along most of it (an outlined frame, filled)."""
     edge = border + 3

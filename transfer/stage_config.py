@@ -13,9 +13,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from dataonomy.datasets.options import LAYOUT_FIELDS, DefectLayout
-from dataonomy.datasets.splits import SPLITS
+from dataonomy.cli_options import opt, parse_size
+from dataonomy.datasets.options import LAYOUT_FIELDS, DefectLayout, DefectSetOptions
+from dataonomy.datasets.splits import SPLITS, SplitOptions
 from dataonomy.errors import DataonomyError
+
+# Help texts several stages share.
+_MODEL_HELP = "A fine-tuning run folder (or its best.pt); required."
+_SKIP_BAD_HELP = "Skip unreadable images and masks with a warning and a count instead of failing."
+_ALLOW_OVERLAP_HELP = (
+    "Score a test fold even when it holds images the run was trained or validated on (matched by file content), "
+    "with a warning; refused otherwise."
+)
+_COLORMAP_HELP = "Matplotlib colormap of the overlays."
+_ALPHA_HELP = "Opacity of the heatmap over the image."
 
 
 def _at_least(value, least, option: str) -> None:
@@ -72,12 +83,9 @@ DATA_FIELDS = ("data", "format", *LAYOUT_FIELDS)
 
 
 @dataclass(kw_only=True)
-class DefectSetFields(DefectLayout, StageConfig):
+class DefectSetFields(DefectSetOptions, StageConfig):
     """A defect set as ``--data ROOT --format F`` and the layout's options name it (None: the run's own set;
     ``format`` None: dagm for split, the run's own layout elsewhere)."""
-
-    data: str | None = None
-    format: str | None = None
 
     def __post_init__(self):
         if self.data is None:
@@ -106,16 +114,14 @@ def defect_set(fields, default_format: str = "dagm"):
 
 
 @dataclass(kw_only=True)
-class SplitConfig(DefectSetFields):
+class SplitConfig(SplitOptions, DefectSetFields):
     """``transfer split``: the seeded, stratified train/val(/test) cut of a defect set that fine-tuning uses."""
 
     kind: str = "split"
-    classes: list[str] | None = None
-    val_fraction: float = 0.2
-    test_fraction: float = 0.0
-    folds: int | None = None
-    fold: int = 0
-    split_seed: int = 0  # named as finetune's --split-seed, which cuts the same folds
+    # Named as finetune's --split-seed, which cuts the same folds.
+    split_seed: int = opt(
+        0, "Seed of the stratified split (as finetune's --split-seed: the same folds).", panel="Split"
+    )
 
     def __post_init__(self):
         if self.data is None:
@@ -136,13 +142,24 @@ class EvaluateConfig(DefectSetFields):
     """``transfer evaluate``: score ``split`` of the run's own set (or of ``data``) with the run ``model``."""
 
     kind: str = "evaluate"
-    model: str
-    split: str = "test"
-    skip_bad: bool = False
-    allow_overlap: bool = False
-    batch_size: int = 32
-    errors: bool = True
-    human_error: float | None = None
+    model: str = opt(help=_MODEL_HELP, type=Path, option_default=None)
+    split: str = opt(
+        "test",
+        "Fold to evaluate: test, val, train, trainval or all (of the run's own set: its own cut; of another "
+        "--data set: that set's own split).",
+    )
+    skip_bad: bool = opt(False, _SKIP_BAD_HELP)
+    allow_overlap: bool = opt(False, _ALLOW_OVERLAP_HELP)
+    batch_size: int = opt(32, "Images (or patches) per forward pass.")
+    errors: bool = opt(
+        True,
+        "On the run's own copy, also score its training and validation folds: errors side by side with the gaps.",
+    )
+    human_error: float | None = opt(
+        None,
+        "A person's (or the best known) error rate on this task, e.g. 0.01: adds the avoidable bias (training "
+        "error minus it).",
+    )
 
     def __post_init__(self):
         _need_model(self)
@@ -159,22 +176,53 @@ class LocalizeConfig(DefectSetFields):
     see :mod:`transfer.localize_run` for the threshold's origin (``threshold``, ``threshold_from``, validation)."""
 
     kind: str = "localize"
-    model: str
-    images: str | list[str] | None = None
-    split: str = "test"
-    skip_bad: bool = False
-    allow_overlap: bool = False
-    patch_size: int | None = None
-    stride: int | None = None
-    mode: str | None = None
-    threshold: float | None = None
-    threshold_from: str | None = None
-    val_limit: int | None = None
-    limit: int | None = None
-    batch_size: int | None = None
-    colormap: str = "inferno"
-    alpha: float = 0.45
-    tolerance: float | None = None
+    model: str = opt(help=_MODEL_HELP, type=Path, option_default=None)
+    images: str | list[str] | None = opt(
+        None,
+        "Image folder, file or glob (quote it) to localise, unlabelled. Default: a fold of the run's set (or of "
+        "--data) with its masks.",
+        type=str,
+    )
+    split: str = opt("test", "Fold: test, val, train, trainval or all.")
+    skip_bad: bool = opt(False, _SKIP_BAD_HELP)
+    allow_overlap: bool = opt(False, _ALLOW_OVERLAP_HELP)
+    patch_size: int | None = opt(
+        None, "Patch side in pixels (default: the run's training patch size, for patch-trained runs)."
+    )
+    stride: int | None = opt(None, "Step between patches (default: half the patch).")
+    mode: str | None = opt(
+        None,
+        "segmap (segdec runs, the default for them: the model's own defect map, one pass per image); for "
+        "classifier runs loop (reference, one patch at a time), batched (their default: same numbers, faster) "
+        "or dense (one trunk pass).",
+        flag="--mode --method",
+    )
+    threshold: float | None = opt(
+        None, "Binarisation threshold to use instead of choosing one on validation data."
+    )
+    threshold_from: str | None = opt(
+        None,
+        "Reuse the threshold of an earlier localize.json (same model, patch, stride and heat kind).",
+        type=Path,
+    )
+    val_limit: int | None = opt(
+        None, "Choose the threshold on a seeded sample of N validation images (default: the whole fold)."
+    )
+    limit: int | None = opt(
+        None,
+        "Localise N images, taken evenly across the groups (defect types, classes; a file's folder for "
+        "--images) in a seeded order.",
+    )
+    batch_size: int | None = opt(
+        None, "Patches per forward pass (batched mode); default 256 on a GPU, 32 on a CPU."
+    )
+    colormap: str = opt("inferno", _COLORMAP_HELP)
+    alpha: float = opt(0.45, _ALPHA_HELP)
+    tolerance: float | None = opt(
+        None,
+        "Also score with a pixel tolerance, as crack benchmarks do (e.g. 2): a predicted pixel within that "
+        "distance of a defect pixel is right, a defect with half its pixels that near a prediction is found.",
+    )
 
     def __post_init__(self):
         _need_model(self)
@@ -199,19 +247,42 @@ class PredictConfig(StageConfig):
     ``onnx``; see :mod:`transfer.predict` for where both thresholds come from."""
 
     kind: str = "predict"
-    model: str | None = None
-    onnx: str | None = None
-    images: str | list[str] | None = None
-    skip_bad: bool = False
-    decision_threshold: float | None = None
-    threshold: float | None = None
-    threshold_from: str | None = None
-    val_limit: int | None = None
-    batch_size: int = 8
-    write_masks: bool = False
-    write_overlays: bool = False
-    colormap: str = "inferno"
-    alpha: float = 0.45
+    model: str | None = opt(
+        None, "A segdec fine-tuning run folder (or its best.pt), run with PyTorch.", type=Path
+    )
+    onnx: str | None = opt(
+        None,
+        "An ONNX file written by transfer export, run with ONNX Runtime (instead of --model).",
+        type=Path,
+    )
+    images: str | list[str] | None = opt(
+        None, "Image folder, file or glob (quote it) to score; no labels needed.", type=str
+    )
+    skip_bad: bool = opt(False, _SKIP_BAD_HELP)
+    decision_threshold: float | None = opt(
+        None,
+        "Image decision threshold on the defect probability (default: the one fine-tuning chose on validation, "
+        "stored in the run and in the ONNX file).",
+    )
+    threshold: float | None = opt(
+        None,
+        "Pixel threshold that binarises the defect map (default: --threshold-from, the ONNX file's, or chosen on "
+        "the run's validation fold as transfer localize does).",
+    )
+    threshold_from: str | None = opt(
+        None, "Reuse the pixel threshold of a localize.json made with the same run (--model only).", type=Path
+    )
+    val_limit: int | None = opt(
+        None,
+        "Choose the pixel threshold on a seeded sample of N validation images (default: the whole fold).",
+    )
+    batch_size: int = opt(8, "Images of one size per forward pass.")
+    write_masks: bool = opt(False, "Also write each image's binary defect mask (PNG at the image's size).")
+    write_overlays: bool = opt(
+        False, "Also write each image's defect map over it, the defects outlined (PNG)."
+    )
+    colormap: str = opt("inferno", _COLORMAP_HELP)
+    alpha: float = opt(0.45, _ALPHA_HELP)
 
     def __post_init__(self):
         if (self.model is None) == (self.onnx is None):
@@ -240,16 +311,32 @@ class RootcauseConfig(StageConfig):
     ``resize``/``crop`` are (width, height)."""
 
     kind: str = "rootcause"
-    images: str | list[str]
-    window: int = 30
-    stride: int = 5
-    z_threshold: float = 5.0
-    min_area: int = 30
-    window_maps: bool = False
-    resize: list[int] | None = None
-    crop: list[int] | None = None
-    border: int = 4
-    skip_bad: bool = False
+    images: str | list[str] = opt(
+        help="Folder or glob (quote it) of one production run's images, read in natural name order; required.",
+        type=str,
+        option_default=None,
+    )
+    window: int = opt(30, "Consecutive images per window.")
+    stride: int = opt(5, "Step between windows, in images.")
+    z_threshold: float = opt(5.0, "A common defect stands this many noise sigmas above the map's floor.")
+    min_area: int = opt(30, "Smallest common defect kept, in pixels.")
+    window_maps: bool = opt(False, "Also save every window's map and mask under OUT/windows/.")
+    resize: list[int] | None = opt(
+        None,
+        "Scale every image to W,H (or S for S,S) pixels first: for images of different sizes.",
+        parse=lambda text, flag: list(parse_size(text, flag)),
+    )
+    crop: list[int] | None = opt(
+        None,
+        "Cut the centre W,H (or S) of every image first (before --resize): keeps the pixels.",
+        parse=lambda text, flag: list(parse_size(text, flag)),
+    )
+    border: int = opt(
+        4,
+        "Leave this many pixels along the frame out of the masks (edges from resizing, padding or tiling sit at "
+        "the same place in every image).",
+    )
+    skip_bad: bool = opt(False, _SKIP_BAD_HELP)
 
     def __post_init__(self):
         if self.images is None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, get_args
 
+from dataonomy.cli_options import opt, parse_list, same_option
 from dataonomy.datasets.registry import get_dataset_reader
 from dataonomy.datasets.splits import SplitSpec
 from dataonomy.errors import DataonomyError
@@ -94,23 +96,121 @@ def open_dataset(name: str, root, **options: Any):
     return get_dataset(name, root, **{k: v for k, v in options.items() if v is not None and v is not False})
 
 
+@dataclass(kw_only=True)
+class DefectLayout:
+    """A defect set's layout options, one field per ``--data`` option, as every reader of a defect set (the
+    fine-tuning config, the stage configs, ``transfer.data.DefectData``) names them.
+
+    ``labels_root``/``allow_partial`` are the ``dagm`` reader's; ``masks``, ``mask_suffix``, ``normal_dir``,
+    ``abnormal_dir``, ``mask_dir`` the ``pairs`` reader's; ``defect_classes`` the ``folder`` reader's (which
+    class folders hold defective images). Options another layout does not take are refused by name.
+    """
+
+    labels_root: str | None = opt(
+        None,
+        "dagm: folder with ClassN/{Train,Test}/Label/Labels.txt for copies without labels.",
+        type=Path,
+        panel="Data layout",
+    )
+    allow_partial: bool = opt(
+        False, "dagm: accept a Labels.txt listing images missing on disk.", panel="Data layout"
+    )
+    masks: str | None = opt(
+        None,
+        "pairs: folder of masks named after the images (the set's root is the images folder; default: masks "
+        "beside the images; a relative folder is looked up under the root first).",
+        type=Path,
+        panel="Data layout",
+    )
+    mask_suffix: str | None = opt(
+        None,
+        "pairs: what a mask's file stem adds to its image's (_label, _GT, _mask, or '' for the same stem); "
+        "default: found from the files.",
+        panel="Data layout",
+    )
+    normal_dir: str | None = opt(
+        None,
+        "pairs, anomalib layout: folder of defect-free images (under the set's root).",
+        type=Path,
+        panel="Data layout",
+    )
+    abnormal_dir: str | None = opt(
+        None,
+        "pairs, anomalib layout: folder of defective images (under the set's root).",
+        type=Path,
+        panel="Data layout",
+    )
+    mask_dir: str | None = opt(
+        None, "pairs, anomalib layout: folder of the defective images' masks.", type=Path, panel="Data layout"
+    )
+    defect_classes: list[str] | tuple[str, ...] | None = opt(
+        None,
+        "folder: comma-separated class folders that hold defective images (NG,defect).",
+        parse=parse_list,
+        panel="Data layout",
+    )
+
+    def layout_options(self) -> dict:
+        """The layout options set (not None, not False), as the reader's keyword arguments."""
+        out = {f.name: getattr(self, f.name) for f in fields(DefectLayout)}
+        if self.defect_classes is not None:
+            out["defect_classes"] = list(self.defect_classes)
+        return {k: v for k, v in out.items() if v is not None and v is not False}
+
+
+LAYOUT_FIELDS = tuple(f.name for f in fields(DefectLayout))
+
+FORMAT_HELP = (
+    "Layout of --data: dagm (ClassN/{Train,Test}/Label/Labels.txt), mvtec (<category>/{train,test,ground_truth}), "
+    "kolektor (KolektorSDD kosNN/ or KolektorSDD2 train/test), pairs (images + masks by file stem, or anomalib's "
+    "--normal-dir/--abnormal-dir/--mask-dir), folder (class folders; --defect-classes or masks beside the images)."
+)
+
+
+@dataclass(kw_only=True)
+class DefectSetOptions(DefectLayout):
+    """A defect set as the commands name it: ``--data ROOT --format F`` and the layout's options (None: the
+    command's default set; ``format`` None: the command's default layout)."""
+
+    data: str | None = opt(
+        None,
+        "Defect set: its root folder, laid out as --format says (see the README's 'Your data').",
+        type=Path,
+    )
+    format: str | None = opt(
+        None,
+        FORMAT_HELP + " Default: dagm for finetune and split; the run's own elsewhere.",
+        option_default=None,
+    )
+
+
 @dataclass(frozen=True)
 class ReaderOptions:
     """The dataset options a command can set. ``masks``, ``mask_suffix``, ``normal_dir``, ``abnormal_dir`` and
     ``mask_dir`` are the ``pairs`` reader's."""
 
-    classes: list[str] | None = None
-    split: str | None = None
-    images_per_class: int | None = None
-    seed: int = 0
-    labels_root: Any = None
-    allow_partial: bool = False
-    skip_bad: bool = False
-    masks: Any = None
-    mask_suffix: str | None = None
-    normal_dir: Any = None
-    abnormal_dir: Any = None
-    mask_dir: Any = None
+    classes: list[str] | None = opt(
+        None,
+        "Comma-separated classes to read (DAGM: 1,3 or Class1,Class3; ImageNet: wnids; MVTec: categories).",
+        parse=parse_list,
+    )
+    split: str | None = opt(
+        None, "DAGM: all|train|val|trainval|test; ImageNet: train|val; MVTec, Kolektor(SDD2): all|train|test."
+    )
+    images_per_class: int | None = opt(None, "Sample at most N images per class (seeded).")
+    seed: int = opt(0, "Seed for sampling and train/validation splits.")
+    labels_root: Any = same_option(DefectLayout, "labels_root", None)
+    allow_partial: bool = same_option(DefectLayout, "allow_partial", False)
+    skip_bad: bool = opt(
+        False,
+        "Decode every file first; skip bad ones with a warning instead of failing.",
+        panel="Data layout",
+    )
+    masks: Any = same_option(DefectLayout, "masks", None)
+    mask_suffix: str | None = same_option(DefectLayout, "mask_suffix", None)
+    normal_dir: Any = same_option(DefectLayout, "normal_dir", None)
+    abnormal_dir: Any = same_option(DefectLayout, "abnormal_dir", None)
+    mask_dir: Any = same_option(DefectLayout, "mask_dir", None)
 
     def as_dict(self) -> dict[str, Any]:
         """Options left unset are dropped, and so is ``seed`` unless something uses it (sampling, or a seeded
@@ -126,33 +226,3 @@ def reader_options(**options: Any) -> dict[str, Any]:
     """The dataset options a command sets (:class:`ReaderOptions`' fields, by keyword), for :func:`open_dataset`
     and feature-cache provenance: see :meth:`ReaderOptions.as_dict`."""
     return ReaderOptions(**options).as_dict()
-
-
-@dataclass(kw_only=True)
-class DefectLayout:
-    """A defect set's layout options, one field per ``--data`` option, as every reader of a defect set (the
-    fine-tuning config, the stage configs, ``transfer.data.DefectData``) names them.
-
-    ``labels_root``/``allow_partial`` are the ``dagm`` reader's; ``masks``, ``mask_suffix``, ``normal_dir``,
-    ``abnormal_dir``, ``mask_dir`` the ``pairs`` reader's; ``defect_classes`` the ``folder`` reader's (which
-    class folders hold defective images). Options another layout does not take are refused by name.
-    """
-
-    labels_root: str | None = None
-    allow_partial: bool = False
-    masks: str | None = None
-    mask_suffix: str | None = None
-    normal_dir: str | None = None
-    abnormal_dir: str | None = None
-    mask_dir: str | None = None
-    defect_classes: list[str] | tuple[str, ...] | None = None
-
-    def layout_options(self) -> dict:
-        """The layout options set (not None, not False), as the reader's keyword arguments."""
-        out = {f.name: getattr(self, f.name) for f in fields(DefectLayout)}
-        if self.defect_classes is not None:
-            out["defect_classes"] = list(self.defect_classes)
-        return {k: v for k, v in out.items() if v is not None and v is not False}
-
-
-LAYOUT_FIELDS = tuple(f.name for f in fields(DefectLayout))

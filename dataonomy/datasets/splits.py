@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dataonomy.cli_options import opt, parse_list
 from dataonomy.errors import DataonomyError
 
 if TYPE_CHECKING:
@@ -65,6 +66,40 @@ def check_split_options(
             raise DataonomyError(f"--fold {fold}: must be in 0..{folds - 1} (--folds {folds})")
         if test_fraction > 0:
             raise DataonomyError("--folds and --test-fraction: choose one way to hold out test images")
+
+
+@dataclass(kw_only=True)
+class SplitOptions:
+    """The seeded, stratified cut of a defect set into train/val(/test) as the commands name it; the same
+    values give the same folds in ``transfer split`` and ``transfer finetune``."""
+
+    classes: list[str] | None = opt(
+        None,
+        "Comma-separated classes (DAGM: 1,3 or Class1,Class3; MVTec: categories); default all.",
+        parse=parse_list,
+        panel="Split",
+    )
+    val_fraction: float = opt(
+        0.2, "Share of the training images held out for validation (seeded).", panel="Split"
+    )
+    test_fraction: float = opt(
+        0.0,
+        "Carve a test fold from the images found first (for a set without its own test split, such as Class1/Test).",
+        panel="Split",
+    )
+    folds: int | None = opt(
+        None,
+        "K-fold cross-validation: cut the images found (Train and Test pooled) into K seeded, stratified parts.",
+        panel="Split",
+    )
+    fold: int = opt(
+        0, "With --folds: the part held out as test (0..K-1); train/val split the rest.", panel="Split"
+    )
+    split_seed: int | None = opt(
+        None,
+        "Seed of the train/val/test cut (default --seed): several seeds, same folds.",
+        panel="Split",
+    )
 
 
 @dataclass(frozen=True)
