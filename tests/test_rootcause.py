@@ -134,6 +134,19 @@ def test_random_defects_leave_the_map_blank(defective_window, run_of_60):
     assert not rootcause.find_common_defects(run_of_60[30:]).verdict
 
 
+@pytest.mark.parametrize("border", [16, 64, 128])
+def test_a_wide_frame_band_does_not_inflate_the_noise(defective_window, border):
+    """The band along the frame is left out of the z-scores' statistics: set to the floor and counted, it shrank
+    the MAD, so a wide band turned texture noise into a detection (and an early onset)."""
+    result = rootcause.find_common_defects(defective_window, border=border)
+    assert not result.verdict and result.peak_z < rootcause.DEFAULT_Z_THRESHOLD * 2
+    inner = (slice(border, -border),) * 2
+    np.testing.assert_allclose(
+        rootcause.robust_zscore(result.map, border)[inner], rootcause.robust_zscore(result.map[inner])
+    )
+    assert not rootcause.robust_zscore(result.map, border)[:border].any()
+
+
 def test_a_fault_on_a_minority_of_the_window_is_not_common(defective_window):
     # A glaring scratch on 5 of 30 images is a transient event, not a systematic one: the median ignores it
     # (a mean over the window would not: it shows this scratch at z > 10).

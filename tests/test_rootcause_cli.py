@@ -241,3 +241,39 @@ def test_resize_scales_the_border_band_with_the_enlargement(production_run, tmp_
     assert (
         report["parameters"]["border"] == 4 and report["parameters"]["border_applied"] == 11
     )  # ceil(4 x 2.56)
+
+
+def test_mixed_shapes_crop_finds_the_onset_and_resize_warns(production_run, tmp_path):
+    """Tiles of four shapes with a scratch from image 20: --crop keeps one place for it and finds the onset, with a
+    wide frame band too; --resize stretches each shape differently, and says so."""
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    shapes = [(512, 512), (448, 384), (400, 448), (480, 320)]  # (height, width)
+    for i in range(40):
+        h, w = shapes[i % 4]
+        top, left = (512 - h) // 2, (512 - w) // 2
+        pixels = _png(production_run / f"frame{i}.png")[top : top + h, left : left + w]
+        Image.fromarray(pixels).save(tiles / f"tile{i}.png")
+    stamped = tmp_path / "stamped"
+    argv = ["stamp", "--images", str(tiles), "--out", str(stamped), "--start", "20", "--seed", "3"]
+    assert run_app(app, argv) == 0
+    for border in ("4", "16"):
+        out = tmp_path / f"crop{border}"
+        argv = ["rootcause", "--images", str(stamped / "images"), "--out", str(out), "--crop", "320,400"]
+        assert run_app(app, [*argv, "--border", border]) == 0
+        report = json.loads((out / "rootcause.json").read_text())
+        assert report["verdict"] == "yes" and report["onset"] == 20, border
+    argv = [
+        "rootcause",
+        "--images",
+        str(stamped / "images"),
+        "--out",
+        str(tmp_path / "resized"),
+        "--resize",
+        "256",
+    ]
+    shapes_named = (
+        r"--resize 256,256: the images have 4 shapes \(tile0.png 512x512, tile1.png 384x448, \.\.\.\)"
+    )
+    with pytest.warns(UserWarning, match=shapes_named + ".*--crop W,H keeps the pixels"):
+        assert run_app(app, argv) == 0
