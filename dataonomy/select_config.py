@@ -41,6 +41,14 @@ def _target_layout(name: str, default=None):
     return same_option(DefectLayout, name, default, flag="--" + name.replace("_", "-"))
 
 
+def _wnid_files(help: str):
+    """A repeatable option naming files of wnids (``--include a.txt --include b.txt``), kept as strings."""
+    parse = lambda files, flag: [str(f) for f in files]  # noqa: E731
+    return opt(
+        help=help, default_factory=list, type=list[Path], option_default=[], parse=parse, panel=CONSTRAINTS
+    )
+
+
 @dataclass
 class SelectConfig:
     """Every parameter of one selection run (recorded in the manifest)."""
@@ -128,22 +136,8 @@ class SelectConfig:
         "At most this many selected classes under any one WordNet node at --diversity-depth.",
         panel=CONSTRAINTS,
     )
-    include: list[str] = opt(
-        help="File of wnids that must be selected (one per line); repeatable.",
-        default_factory=list,
-        type=list[Path],
-        option_default=[],
-        parse=lambda files, flag: [str(f) for f in files],
-        panel=CONSTRAINTS,
-    )
-    exclude: list[str] = opt(
-        help="File of wnids that must not be selected (one per line); repeatable.",
-        default_factory=list,
-        type=list[Path],
-        option_default=[],
-        parse=lambda files, flag: [str(f) for f in files],
-        panel=CONSTRAINTS,
-    )
+    include: list[str] = _wnid_files("File of wnids that must be selected (one per line); repeatable.")
+    exclude: list[str] = _wnid_files("File of wnids that must not be selected (one per line); repeatable.")
     time_limit: float = opt(
         600.0,
         "Solver time limit in seconds (the best selection so far is kept, with its gap).",

@@ -59,6 +59,15 @@ ConfigOpt = typer.Option(
     help="A run's config.json: rerun it with the options given here changed (--out names the new run).",
 )
 DagmOpt = typer.Option(None, "--dagm", help="Short for --data ROOT --format dagm.")
+StageDeviceOpt = typer.Option(
+    None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
+)
+
+
+def _earlier_output(command: str):
+    """A stage's --config: the config.json it saved in an earlier output folder."""
+    help = f"The config.json of an earlier {command} output: redo it with the options given here changed."
+    return typer.Option(None, "--config", help=help)
 
 
 def _defect_data(args: dict, default_format: str = "dagm"):
@@ -332,9 +341,7 @@ def evaluate_cmd(
         "given here changed.",
     ),
     dagm: Path = DagmOpt,
-    device: str = typer.Option(
-        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
-    ),
+    device: str = StageDeviceOpt,
     workers: int = typer.Option(0, "--workers", help="Data-loader worker processes."),
     **fields,
 ):
@@ -422,11 +429,7 @@ def export_cmd(
 @config_options(LocalizeConfig, skip=("kind",), first=("model", "images", "data", "format"))
 def localize_cmd(
     ctx: typer.Context,
-    config: Path = typer.Option(
-        None,
-        "--config",
-        help="The config.json of an earlier localize output: redo it with the options given here changed.",
-    ),
+    config: Path = _earlier_output("localize"),
     dagm: Path = DagmOpt,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: localize.json, heatmaps/*.npy, overlays/*.png, masks/*.png."
@@ -436,9 +439,7 @@ def localize_cmd(
         None, "--patch", hidden=True, help="Old name of --patch-size (still accepted)."
     ),
     overwrite: bool = OverwriteOpt,
-    device: str = typer.Option(
-        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
-    ),
+    device: str = StageDeviceOpt,
     **fields,
 ):
     """Defect localisation: heatmaps, overlays, masks, one box per defect; with masks, P/R/F1, IoU, mean IoU, AR.
@@ -459,18 +460,12 @@ def localize_cmd(
 @config_options(PredictConfig, skip=("kind",), first=("model", "onnx", "images"))
 def predict_cmd(
     ctx: typer.Context,
-    config: Path = typer.Option(
-        None,
-        "--config",
-        help="The config.json of an earlier predict output: redo it with the options given here changed.",
-    ),
+    config: Path = _earlier_output("predict"),
     out: Path = typer.Option(
         ..., "--out", help="Output folder: predictions.csv, predict.json, config.json (masks/, overlays/)."
     ),
     overwrite: bool = OverwriteOpt,
-    device: str = typer.Option(
-        None, "--device", help="Device (cpu, cuda, cuda:1); default cuda when available."
-    ),
+    device: str = StageDeviceOpt,
     **fields,
 ):
     """Score new images with a segdec run or its ONNX export: predictions.csv with each image's score, decision
@@ -489,11 +484,7 @@ def predict_cmd(
 @config_options(RootcauseConfig, skip=("kind",), first=("images",))
 def rootcause_cmd(
     ctx: typer.Context,
-    config: Path = typer.Option(
-        None,
-        "--config",
-        help="The config.json of an earlier rootcause output: redo it with the options given here changed.",
-    ),
+    config: Path = _earlier_output("rootcause"),
     out: Path = typer.Option(
         ..., "--out", help="Output folder: rootcause.json, windows.jsonl, map.npy, map.png, mask.png."
     ),
