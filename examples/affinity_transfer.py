@@ -44,10 +44,14 @@ sys.path.insert(0, str(REPO / "examples"))
 from subset_experiment import (  # noqa: E402
     SHARED,
     TINY_IMAGENET_EXTRAS,
+    DeviceOpt,
+    LocalizeOpt,
+    QuickOpt,
     check_study_folder,
     evaluate,
     log,
     random_subset,
+    run_or_exit,
     stage_training_fold,
     train_run,
 )
@@ -540,9 +544,9 @@ def main(
     affinities: str = typer.Option(
         ",".join(AFFINITIES), "--affinities", help="Comma-separated affinities to score the subsets with."
     ),
-    localize: bool = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: every stage in a few minutes (CI)."),
+    localize: bool = LocalizeOpt,
+    device: str = DeviceOpt,
+    quick: bool = QuickOpt,
 ) -> None:
     """Random subsets' affinity scores against their fine-tuned transfer; see the module docstring."""
     changes = dict(
@@ -563,11 +567,7 @@ def main(
         if quick
         else AffinityTransferConfig(out=out, **changes)
     )
-    try:
-        run_study(cfg)
-    except DataonomyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    run_or_exit(run_study, cfg)
 
 
 if __name__ == "__main__":

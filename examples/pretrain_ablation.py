@@ -48,9 +48,13 @@ sys.path.insert(0, str(REPO / "examples"))
 from subset_experiment import (  # noqa: E402
     SHARED,
     TINY_IMAGENET_EXTRAS,
+    DeviceOpt,
+    LocalizeOpt,
+    QuickOpt,
     check_study_folder,
     evaluate,
     log,
+    run_or_exit,
     train_run,
 )
 
@@ -587,9 +591,9 @@ def main(
         None, "--defective-train", help="Defective training images kept (default 10; --quick: 3)."
     ),
     target: str = typer.Option("class1", "--target", help=f"The few-defect target: {', '.join(TARGETS)}."),
-    localize: bool = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: every stage in about a minute (CI)."),
+    localize: bool = LocalizeOpt,
+    device: str = DeviceOpt,
+    quick: bool = QuickOpt,
 ) -> None:
     """Pretrained against random trunks on a few-defect Class1, one lever at a time; see the module docstring."""
     changes = dict(target=target, localize=localize, device=device)
@@ -602,11 +606,7 @@ def main(
     elif target != "class1" and not quick:  # the resized levers are Class1's
         changes["levers"] = tuple(x for x in LEVERS if "image_size" not in LEVERS[x].finetune)
     cfg = AblationConfig.quick_config(out, **changes) if quick else AblationConfig(out=out, **changes)
-    try:
-        run_ablation(cfg)
-    except DataonomyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    run_or_exit(run_ablation, cfg)
 
 
 if __name__ == "__main__":

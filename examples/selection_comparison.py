@@ -49,7 +49,18 @@ from affinity_transfer import (  # noqa: E402
     source_pool,
 )
 from pretrain_ablation import _wilcoxon, stage_neu  # noqa: E402
-from subset_experiment import SHARED, check_study_folder, evaluate, log, random_subset, train_run  # noqa: E402
+from subset_experiment import (  # noqa: E402
+    SHARED,
+    DeviceOpt,
+    LocalizeOpt,
+    QuickOpt,
+    check_study_folder,
+    evaluate,
+    log,
+    random_subset,
+    run_or_exit,
+    train_run,
+)
 
 from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
@@ -376,20 +387,16 @@ def main(
     conditions: str = typer.Option(
         ",".join(CONDITIONS), "--conditions", help="Comma-separated conditions to run (default: all five)."
     ),
-    localize: bool = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: every stage in a few minutes (CI)."),
+    localize: bool = LocalizeOpt,
+    device: str = DeviceOpt,
+    quick: bool = QuickOpt,
 ) -> None:
     """The selection against greedy, random, all and a defect-domain source; see the module docstring."""
     changes = dict(device=device, localize=localize, conditions=tuple(c for c in conditions.split(",") if c))
     if seeds is not None:
         changes["seeds"] = seeds
     cfg = ComparisonConfig.quick_config(out, **changes) if quick else ComparisonConfig(out=out, **changes)
-    try:
-        run_comparison(cfg)
-    except DataonomyError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    run_or_exit(run_comparison, cfg)
 
 
 if __name__ == "__main__":

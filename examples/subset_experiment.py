@@ -56,6 +56,10 @@ from dataonomy.io import atomic_path, write_json  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 # The shared copy holds two classes beyond the standard Tiny ImageNet 200 (see ../shared/data/README.md).
 TINY_IMAGENET_EXTRAS = ("n02480855", "n10148035")
+# Options the study scripts (this one, pretrain_ablation, affinity_transfer, selection_comparison) share.
+LocalizeOpt = typer.Option(True, "--localize/--no-localize", help="Pixel mean IoU of each test fold.")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda.")
+QuickOpt = typer.Option(False, "--quick", help="Tiny sizes: every stage in a few minutes (CI).")
 ARMS = ("scratch", "imagenet")
 SUBSET_CONDITIONS = ("dataonomy", "greedy", "random", "all")
 # The arm's condition without (intermediate) pretraining.
@@ -455,6 +459,15 @@ def _summary(run_dir: Path) -> dict:
 
 
 # --- 4. the whole experiment ----------------------------------------------------------------------------------------
+
+
+def run_or_exit(study, cfg):
+    """Run a study script's ``study(cfg)``; a DataonomyError is one ``error:`` line and exit code 2."""
+    try:
+        return study(cfg)
+    except DataonomyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def check_study_folder(
