@@ -428,3 +428,25 @@ def test_durations_need_their_unit(capsys):
     code = run_app(app, ["finetune", "--dagm", "x", "--out", "y", "--time-budget", "30"])
     err = capsys.readouterr().err
     assert code == 2 and "--time-budget '30'" in err and err.count("\n") == 1
+
+
+def test_a_tie_keeps_the_better_separated_model_but_counts_toward_patience():
+    """Validation AP stuck at 1.0: each lower loss replaces best.pt, yet patience runs out on the plateau."""
+    from types import SimpleNamespace
+
+    from transfer.training import Position, _keep_best
+
+    position = Position()
+    trainer = SimpleNamespace(
+        task=SimpleNamespace(monitor="val_ap", mode="max"),
+        position=position,
+        procs=SimpleNamespace(main=False),
+    )
+    history = [(0.9, 0.5), (1.0, 0.3), (1.0, 0.2), (1.0, 0.25), (1.0, 0.1)]  # (val_ap, val_loss) per epoch
+    stale = []
+    for epoch, (ap, loss) in enumerate(history):
+        position.epoch = epoch
+        _keep_best(trainer, {"val_ap": ap, "val_loss": loss}, {}, ())
+        stale.append(position.stale_epochs)
+    assert stale == [0, 0, 1, 2, 3]  # improvements reset it; the tie won at epoch 5 does not
+    assert position.best == 1.0 and position.best_loss == 0.1 and position.best_epoch == 5
