@@ -687,6 +687,25 @@ def _dagm_class_numbers(classes: int | Sequence[int | str]) -> list[int]:
     return sorted(numbers)
 
 
+def _write_dagm_split(
+    split_dir: Path, number: int, stream: int, flags: np.ndarray, rendering: Rendering, ellipses: dict
+) -> None:
+    """One split of one synthetic DAGM class in the Kaggle layout: ``NNNN.PNG`` images, ``Label/`` masks and
+    ``Labels.txt``; each defect's ellipse goes into ``ellipses`` under ``ClassN/split/NNNN.PNG``."""
+    (split_dir / "Label").mkdir(parents=True)
+    first_id = 1 + stream * len(flags)
+    key = f"{split_dir.parent.name}/{split_dir.name}"
+    rows = []
+    for j, image, e in _render_flags(number, flags, rendering, stream):
+        ident = f"{first_id + j:04d}"
+        Image.fromarray(image, "L").save(split_dir / f"{ident}.PNG")
+        rows.append((ident, e is not None))
+        if e is not None:
+            _mask_image(rendering.size, e).save(split_dir / "Label" / f"{ident}_label.PNG")
+            ellipses[f"{key}/{ident}.PNG"] = [e.semi_major, e.semi_minor, e.angle, e.x, e.y]
+    (split_dir / "Label" / "Labels.txt").write_bytes(labels_txt(rows).encode("ascii"))
+
+
 def make_synthetic_dagm(
     out: str | Path,
     classes: int | Sequence[int | str] = 10,
@@ -737,39 +756,9 @@ def make_synthetic_dagm(
                 "defective_per_split": n_defective,
             }
             for split, stream in _SPLITS:
-                split_dir = stage / label / split
-                (split_dir / "Label").mkdir(parents=True)
-                pick = np.random.default_rng([seed, _DAGM_STREAM, number, stream, 1 << 20])
-                flags = np.zeros(images_per_split, bool)
-                flags[pick.permutation(images_per_split)[:n_defective]] = True
-                first_id = 1 + stream * images_per_split
-                rows = []
-                for start in range(0, images_per_split, CHUNK):
-                    count = min(CHUNK, images_per_split - start)
-                    batch = render_dagm_class(
-                        number,
-                        count,
-                        rendering,
-                        stream=stream,
-                        start=start,
-                        defective=flags[start : start + count],
-                    )
-                    for j in range(count):
-                        ident = f"{first_id + start + j:04d}"
-                        Image.fromarray(batch.images[j], "L").save(split_dir / f"{ident}.PNG")
-                        e = batch.ellipses[j]
-                        rows.append((ident, e is not None))
-                        if e is not None:
-                            mask = rasterize_ellipse(size, size, e).astype(np.uint8) * 255
-                            Image.fromarray(mask, "L").save(split_dir / "Label" / f"{ident}_label.PNG")
-                            record["ellipses"][f"{label}/{split}/{ident}.PNG"] = [
-                                e.semi_major,
-                                e.semi_minor,
-                                e.angle,
-                                e.x,
-                                e.y,
-                            ]
-                (split_dir / "Label" / "Labels.txt").write_bytes(labels_txt(rows).encode("ascii"))
+                key = (seed, _DAGM_STREAM, number, stream, 1 << 20)
+                flags = _seeded_flags(images_per_split, n_defective, key)
+                _write_dagm_split(stage / label / split, number, stream, flags, rendering, record["ellipses"])
         write_json(stage / "synthetic.json", record)
     return Path(out)
 
