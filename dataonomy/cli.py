@@ -12,8 +12,8 @@ from pathlib import Path
 
 import typer
 
-from dataonomy.builtin_names import BACKBONES, DATASETS
-from dataonomy.cli_options import config_options, option_fields
+from dataonomy.builtin_names import DATASETS
+from dataonomy.cli_options import config_options, field_option, option_fields
 from dataonomy.cli_utils import given_options, new_app, old_option_name, parse_list, run_app
 from dataonomy.datasets.options import ReaderOptions, reader_options
 from dataonomy.errors import DataonomyError
@@ -70,13 +70,7 @@ def features_cmd(
         "--cache-dir",
         help="Where the default --out goes: `dataonomy select --cache-dir` with the same dataset options reuses it.",
     ),
-    backbone: str = typer.Option(
-        "auto",
-        "--backbone",
-        help=f"Pretrained backbone: {', '.join(BACKBONES)}, or auto: inception_v3 (the method's) when its "
-        "ImageNet weights are in the torch cache or --weights is not imagenet, else efficientnet_lite0 (weights "
-        "installed with the package).",
-    ),
+    backbone: str = field_option(SelectConfig, "backbone", panel=None),  # the same choice as select's
     weights: str = typer.Option(
         "imagenet",
         "--weights",

@@ -12,6 +12,7 @@ Typer is imported only when a command is built, so a config module stays light t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -202,11 +203,16 @@ def option_fields(config_cls: type, skip: tuple[str, ...] = ()) -> dict[str, str
     return {o.param: o.name for o in field_options(config_cls, skip) if o.param != o.name}
 
 
-def field_option(config_cls: type, name: str) -> Any:
+def field_option(config_cls: type, name: str, *, panel: Any = FIELD_DEFAULT) -> Any:
     """Field ``name``'s option alone (a typer ``OptionInfo``), for a command that declares its options by hand
-    but sets that field."""
+    but sets that field or asks the same question; ``panel`` puts it in another ``--help`` section (None: the
+    command's main one)."""
     (option,) = [o for o in field_options(config_cls) if o.name == name]
-    return option.parameter.default
+    info = option.parameter.default
+    if panel is not FIELD_DEFAULT:
+        info = copy.copy(info)
+        info.rich_help_panel = panel
+    return info
 
 
 def config_options(config_cls: type, *, skip: tuple[str, ...] = (), first: tuple[str, ...] = ()) -> Callable:

@@ -110,3 +110,15 @@ def test_a_parser_error_names_the_option():
 def test_an_option_without_help_is_refused_where_it_is_declared():
     with pytest.raises(ValueError, match="help text"):
         opt(3)
+
+
+def test_a_hand_declared_command_reuses_a_fields_option_in_its_own_panel():
+    """`dataonomy features --backbone` asks select's question: one declaration, shown in features' main panel."""
+    from dataonomy.cli_options import field_option
+    from dataonomy.select_config import SelectConfig
+
+    shared = field_option(SelectConfig, "backbone")
+    moved = field_option(SelectConfig, "backbone", panel=None)
+    assert moved.help == shared.help and moved.default == shared.default == "auto"
+    assert moved.rich_help_panel is None and shared.rich_help_panel is not None
+    assert field_option(SelectConfig, "backbone").rich_help_panel == shared.rich_help_panel  # not changed
