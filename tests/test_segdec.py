@@ -377,6 +377,68 @@ def test_export_writes_segdec_runs_for_images_of_any_size(segdec_run, dagm_class
     np.testing.assert_allclose(seg, reference.seg_logits.numpy(), atol=1e-4)
 
 
+def test_validation_chooses_the_image_score_that_ranks_its_images(tmp_path):
+    """Few defects can teach the decision head an inverted ranking while the map ranks right (Class1, 5 defects,
+    fold 1: decision AUROC 0.005, map 1.00): the better validation AP scores the run; a tie keeps the head."""
+    from types import SimpleNamespace
+
+    from transfer.probe import ProbeTask
+    from transfer.segdec_task import SegDecTask
+
+    task = SegDecTask.__new__(SegDecTask)  # the rule needs only the validation labels and the config
+    task.config = SimpleNamespace(monitor="ap", threshold_criterion="balanced_accuracy")
+    task.decision, task.val_set = "image", SimpleNamespace(targets=[0, 0, 0, 1, 1])
+    inverted = {
+        "decision_score": np.array([0.9, 0.8, 0.7, 0.2, 0.1]),
+        "map_max": np.array([0.1, 0.2, 0.3, 0.8, 0.9]),
+    }
+    extras = task.best_extras(inverted, None)
+    assert extras["image_score"] == "map" and 0.3 <= extras["threshold"] <= 0.8
+    right = {"decision_score": inverted["map_max"], "map_max": inverted["decision_score"]}
+    assert task.image_rule(right) == "decision"
+    assert (
+        task.image_rule({"decision_score": right["decision_score"], "map_max": right["decision_score"]})
+        == "decision"
+    )
+    assert ProbeTask.image_rules == (
+        "decision",
+    )  # the probe's image logit is its map's highest value already
+
+
+def test_a_run_scored_by_its_map_scores_so_in_pytorch_and_onnx(segdec_run, tmp_path, capsys):
+    """best.pt's ``image_score`` rebuilds the model with it, so evaluate, predict and the ONNX file score alike; a
+    run saved before the choice loads as scored by its decision head."""
+    import shutil
+
+    from transfer.export import onnx_logits
+    from transfer.models import read_checkpoint
+
+    assert load_model(segdec_run).record.head_fields["image_score"] in ("decision", "map")
+    for rule in ("map", None):
+        run = tmp_path / f"run-{rule}"
+        shutil.copytree(segdec_run, run)
+        obj = read_checkpoint(run / "best.pt")
+        if rule is None:
+            obj.pop("image_score")
+        else:
+            obj["image_score"] = rule
+        torch.save(obj, run / "best.pt")
+        loaded = load_model(run)
+        assert loaded.model.score_from_map is (rule == "map")
+        image = torch.randn(2, 3, 64, 96)
+        with torch.no_grad():
+            out = loaded.model(image)
+        by_map = out.seg_logits.amax((1, 2, 3))
+        assert torch.equal(out.image_logit, by_map) is (rule == "map")
+    onnx_path = tmp_path / "map.onnx"
+    code = run_app(
+        app, ["export", "--model", str(tmp_path / "run-map"), "--onnx", str(onnx_path), "--images", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    score, seg = onnx_logits(onnx_path, image)
+    np.testing.assert_allclose(score, seg.reshape(2, -1).max(1), atol=1e-5)
+
+
 def test_pad_collate_pads_by_reflection_and_pixel_loss_ignores_the_padding():
     from transfer.data import scaled_size, size_batches
     from transfer.segdec_task import pad_collate, pixel_loss

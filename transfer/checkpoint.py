@@ -91,7 +91,8 @@ class ModelRecord:
             raise DataonomyError(f"{path}: not a model saved by transfer pretrain/finetune")
         from transfer.heads import get_head, head_name
 
-        head_fields = get_head(head_name(obj.get("head"), obj.get("input"))).record_fields
+        head = get_head(head_name(obj.get("head"), obj.get("input")))
+        head_fields = head.record_fields
         required = ["kind", "arch", "num_classes", "input_size", "mean", "std", "config", *head_fields]
         missing = [key for key in required if key not in obj]
         if missing:
@@ -109,7 +110,8 @@ class ModelRecord:
             std=tuple(obj["std"]),
             saved_config=obj["config"],
             classes=tuple(obj.get("classes", ())),
-            head_fields={name: obj[name] for name in head_fields},
+            head_fields={name: obj[name] for name in head_fields}
+            | {name: obj.get(name, default) for name, default in head.record_defaults.items()},
             **optional,
         )
 

@@ -130,6 +130,8 @@ class ProbeTask(SegDecTask):
     """segdec's folds, validation metrics and threshold (:class:`transfer.segdec_task.SegDecTask`); the model is
     the probe."""
 
+    image_rules = ("decision",)  # its image logit already is its (smoothed) map's highest value
+
     def build_model(self):
         c = self.config
         return build_probe(c.arch, c.base, c.output_stride)

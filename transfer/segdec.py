@@ -12,6 +12,8 @@ Design (Tabernik et al. 2019, Božič et al. 2021, reduced to what a few dozen m
   then one linear layer: the image's defect logit. Its input is detached from the trunk by default
   (``detach_decision``, the segdec paper's gradient-flow adjustment): the few image labels cannot pull the
   trunk away from what the masks teach it.
+* **image score**: the decision head's logit, or the map's highest logit (``score_from_map``) where validation
+  ranks images better that way: fine-tuning chooses (:attr:`transfer.segdec_task.SegDecTask.image_rules`).
 
 :class:`SegDecNet` is plain torch: ``forward`` returns :class:`SegDecOutput` (``image_logit`` (B,),
 ``seg_logits`` (B, 1, h, w)); the training task, losses and I/O live in :mod:`transfer.segdec_task`.
@@ -129,9 +131,13 @@ class SegDecNet(nn.Module):
         head_channels: int = 64,
         detach_decision: bool = True,
         frozen_bn: bool = True,
+        score_from_map: bool = False,
     ):
         super().__init__()
         self.trunk = trunk
+        # The image logit is the map's highest logit instead of the decision head's: the rule validation chose
+        # for the run (``image_score = "map"`` in best.pt), so every runtime (evaluate, predict, ONNX) scores alike.
+        self.score_from_map = score_from_map
         self.output_stride = output_stride
         self.detach_decision = detach_decision
         self.frozen_bn = frozen_bn
@@ -166,6 +172,8 @@ class SegDecNet(nn.Module):
     def forward(self, x: torch.Tensor) -> SegDecOutput:
         features = self.seg_features(self.trunk(x))
         seg = self.seg_logit(features)
+        if self.score_from_map:
+            return SegDecOutput(seg.amax((1, 2, 3)), seg)
         if self.detach_decision:
             features, pooled_seg = features.detach(), seg.detach()
         else:
@@ -200,11 +208,19 @@ def build_segdec(
     return SegDecNet(trunk, channels, output_stride, head_channels, detach_decision, frozen_bn)
 
 
-def saved_segdec(arch: str, output_stride: int, head_channels: int, weights: dict, source: str) -> SegDecNet:
-    """The segdec model a fine-tuning run saved (:class:`transfer.checkpoint.ModelRecord` gives the geometry),
-    weights loaded; a missing or wrong-shaped tensor is a one-line error naming it and ``source``."""
+def saved_segdec(
+    arch: str,
+    output_stride: int,
+    head_channels: int,
+    weights: dict,
+    source: str,
+    score_from_map: bool = False,
+) -> SegDecNet:
+    """The segdec model a fine-tuning run saved (:class:`transfer.checkpoint.ModelRecord` gives the geometry and
+    the image score validation chose), weights loaded; a missing or wrong-shaped tensor is a one-line error naming
+    it and ``source``."""
     trunk, channels = cut_trunk(get_model(arch, 2, init=False), output_stride)
-    model = SegDecNet(trunk, channels, output_stride, head_channels)
+    model = SegDecNet(trunk, channels, output_stride, head_channels, score_from_map=score_from_map)
     load_state(model, weights, source, "the segdec model it describes")
     return model
 

@@ -480,7 +480,11 @@ def _fit_once(config: TrainConfig, run_dir: Path, runtime: Runtime, head) -> dic
     tqdm.write(
         f"{head.name}: fitted on {fit['examples']} map cells ({fit['defective']} defective) of {fit['images']} "
         f"training images in {_duration(seconds)}; "
-        + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+        + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in val.items()
+            if isinstance(v, float | str)
+        )
     )
     return summary
 
@@ -821,7 +825,11 @@ def finish_epoch(trainer: Trainer, started: float) -> bool:
         _append_metrics(trainer.run_dir / "metrics.jsonl", json_safe(record))
         tqdm.write(
             f"epoch {position.epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
-            + ", ".join(f"{k} {v:.4f}" for k, v in val.items() if isinstance(v, float))
+            + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in val.items()
+                if isinstance(v, float | str)
+            )
         )
     position.epoch, position.batch, position.sums = position.epoch + 1, 0, [0.0, 0.0, 0.0]
     position.seconds += record["epoch_seconds"]

@@ -21,7 +21,8 @@ IMAGE_INPUTS = ("resized", "native", "as_is")
 class Head:
     """One kind of defect model, as used once trained.
 
-    ``record_fields``: what a saved model of this kind records besides every model's fields.
+    ``record_fields``: what a saved model of this kind records besides every model's fields (``record_defaults``:
+    those it may lack).
     ``image_input``: ``resized`` (every image resized to the run's input size, batched), ``native`` (each image
     at its own size, its longer side scaled to the input size; batched by size) or ``as_is`` (the image as it
     is, one at a time: a patch model slides over it). ``localize_modes``: the ``--mode`` values of ``transfer
@@ -33,6 +34,8 @@ class Head:
 
     name: str = ""
     record_fields: tuple[str, ...] = ()
+    #: Fields a saved model of this kind may lack (saved before the kind recorded them), with the value they had.
+    record_defaults: dict = {}
     image_input: str = "resized"
     localize_modes: tuple[str, ...] = ()
     onnx_outputs: tuple[str, ...] = ("logits",)

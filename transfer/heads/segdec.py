@@ -31,6 +31,8 @@ SEGDEC_OUTPUTS = ("score_logit", "map_logits")
 class SegdecHead(Head):
     name = "segdec"
     record_fields = ("output_stride", "head_channels")
+    # which image score validation chose (SegDecTask.image_rules); runs saved before the choice: the decision head
+    record_defaults = {"image_score": "decision"}
     image_input = "native"
     localize_modes = ("segmap",)
     onnx_outputs = SEGDEC_OUTPUTS
@@ -40,7 +42,8 @@ class SegdecHead(Head):
         "map_logits": {0: "batch", 2: "map_height", 3: "map_width"},
     }
     onnx_meaning = (
-        "score_logit (N,): the image's defect probability is sigmoid(score_logit); map_logits (N, 1, h, w): "
+        "score_logit (N,): the image's defect probability is sigmoid(score_logit) (the decision head's logit, or the "
+        "map's highest where transfer.image_score is map); map_logits (N, 1, h, w): "
         "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
     )
     maps_in_one_pass = True
@@ -69,8 +72,9 @@ class SegdecHead(Head):
 
     def build(self, record, weights: dict) -> nn.Module:
         return saved_segdec(
-            record.arch, record.output_stride, record.head_channels, weights, str(record.path)
-        )
+            record.arch, record.output_stride, record.head_channels, weights, str(record.path),
+            score_from_map=record.head_fields.get("image_score") == "map",
+        )  # fmt: skip
 
     def defect_probability(self, output) -> torch.Tensor:
         return decision_probability(output)
