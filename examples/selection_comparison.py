@@ -2,6 +2,8 @@
 
     python examples/selection_comparison.py --out comparison_out           # 36 seeds x 5 conditions (hours on 2 cores)
     python examples/selection_comparison.py --out comparison_out --quick   # every stage on tiny sizes (CI)
+    python examples/selection_comparison.py --out comparison_k100 --k 100 --diversity-max 20 \
+        --conditions dataonomy,random,bottom,all                            # the k = 100 comparison (registered too)
 
 The instrument is the pretraining ablation's scratch arm (``examples/pretrain_ablation.py``, shared with
 ``examples/affinity_transfer.py``): ``small_cnn`` pretrained from random on a condition's classes to the validation
@@ -14,6 +16,8 @@ Conditions, each a trunk of the same converged recipe:
     greedy     the k pool classes of highest affinity for the same fold (the selection without constraints)
     random     draw ``seed mod --random-draws`` of k random pool classes (``affinity_transfer.py``'s subsets)
     all        all 200 pool classes
+    bottom     the k pool classes of lowest affinity for the same fold (the k = 100 comparison: does the affinity
+               rank transfer at all?)
     neu-seg    a defect-domain source: NEU-Seg's images as three classes, one per defect type (the most common
                class index of the image's mask), at the budget of k pool classes (as many training and validation
                images as k classes of 50 give)
@@ -65,13 +69,22 @@ from subset_experiment import (  # noqa: E402
 from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
 
-CONDITIONS = ("dataonomy", "greedy", "random", "all", "neu-seg")
-# (condition, baseline, metric) per family; the primary family decides, the secondary one is reported.
-PRIMARY = (("dataonomy", "greedy", "ap"), ("dataonomy", "random", "ap"), ("dataonomy", "all", "ap"))
+CONDITIONS = ("dataonomy", "greedy", "random", "all", "neu-seg")  # the k = 20 comparison, as registered
+# ``bottom`` (the k classes of lowest affinity) is the k = 100 comparison's: does the affinity rank at all?
+KNOWN_CONDITIONS = (*CONDITIONS, "bottom")
+# (condition, baseline, metric) per family, each test kept where a run has both conditions; the primary family
+# decides, the secondary one is reported.
+PRIMARY = (
+    ("dataonomy", "greedy", "ap"),
+    ("dataonomy", "random", "ap"),
+    ("dataonomy", "all", "ap"),
+    ("dataonomy", "bottom", "ap"),
+)
 SECONDARY = (
     ("dataonomy", "greedy", "mean_iou"),
     ("dataonomy", "random", "mean_iou"),
     ("dataonomy", "all", "mean_iou"),
+    ("dataonomy", "bottom", "mean_iou"),
     ("neu-seg", "all", "ap"),
 )
 # NEU-Seg's defect types (its masks' class indices) as source classes, under ids outside WordNet's numbering so
@@ -107,11 +120,11 @@ class ComparisonConfig(AffinityTransferConfig):
 
 
 def fold_subsets(cfg: ComparisonConfig, fold: int, pool: list[str]) -> dict[str, list[str]]:
-    """The ``dataonomy`` (BIP with the constraints) and ``greedy`` (top k) classes for Class1's fold ``fold``,
-    kept in ``OUT/selection/foldF.json``."""
+    """The ``dataonomy`` (BIP with the constraints), ``greedy`` (top k) and ``bottom`` (the k of lowest affinity)
+    classes for Class1's fold ``fold``, kept in ``OUT/selection/foldF.json``."""
     path = cfg.out / "selection" / f"fold{fold}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if path.exists() and "bottom" in (record := json.loads(path.read_text())):
+        return record
     run = selection_run(
         cfg, fold, cfg.affinities[0], pool, f"fold{fold}-selection",
         diversity_depth=cfg.diversity_depth, diversity_max=cfg.diversity_max,
@@ -121,6 +134,8 @@ def fold_subsets(cfg: ComparisonConfig, fold: int, pool: list[str]) -> dict[str,
         "fold": fold,
         "dataonomy": sorted(names[i] for i in run.result.selected),
         "greedy": sorted(names[i] for i in run.result.greedy.selected),
+        # the affinity the programme maximised, summed over target classes; ties go to the lower index
+        "bottom": sorted(names[i] for i in np.argsort(run.affinity.sum(0), kind="stable")[: cfg.k]),
         "greedy_violations": [v.message for v in run.result.greedy.violations],
         "manifest": str(run.manifest_path),
     }
@@ -187,7 +202,7 @@ class Trunks:
 
     def name_and_classes(self, condition: str, seed: int) -> tuple[str, list[str]]:
         cfg = self.cfg
-        if condition in ("dataonomy", "greedy"):
+        if condition in ("dataonomy", "greedy", "bottom"):
             fold = cfg.fold(seed)
             if fold not in self.selections:
                 self.selections[fold] = fold_subsets(cfg, fold, self.pool)
@@ -343,9 +358,11 @@ def check_saved_config(cfg: ComparisonConfig) -> None:
 def run_comparison(cfg: ComparisonConfig) -> dict:
     from transfer.training import Runtime
 
-    unknown = sorted(set(cfg.conditions) - set(CONDITIONS))
+    unknown = sorted(set(cfg.conditions) - set(KNOWN_CONDITIONS))
     if unknown:
-        raise DataonomyError(f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(CONDITIONS)})")
+        raise DataonomyError(
+            f"--conditions: unknown {', '.join(unknown)} (known: {', '.join(KNOWN_CONDITIONS)})"
+        )
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     check_saved_config(cfg)
@@ -387,14 +404,23 @@ def main(
     conditions: str = typer.Option(
         ",".join(CONDITIONS), "--conditions", help="Comma-separated conditions to run (default: all five)."
     ),
+    k: int = typer.Option(
+        None, "--k", help="Classes per subset (default 20, the registered comparison; the k = 100 one: 100)."
+    ),
+    diversity_max: int = typer.Option(
+        None,
+        "--diversity-max",
+        help="The selection's limit of classes under one WordNet node at depth 6 (default 4 = k / 5 at k = 20).",
+    ),
     localize: bool = LocalizeOpt,
     device: str = DeviceOpt,
     quick: bool = QuickOpt,
 ) -> None:
     """The selection against greedy, random, all and a defect-domain source; see the module docstring."""
     changes = dict(device=device, localize=localize, conditions=tuple(c for c in conditions.split(",") if c))
-    if seeds is not None:
-        changes["seeds"] = seeds
+    for name, value in (("seeds", seeds), ("k", k), ("diversity_max", diversity_max)):
+        if value is not None:
+            changes[name] = value
     cfg = ComparisonConfig.quick_config(out, **changes) if quick else ComparisonConfig(out=out, **changes)
     run_or_exit(run_comparison, cfg)
 

@@ -50,7 +50,10 @@ def test_each_condition_fine_tunes_from_a_trunk_of_its_own_classes(comparison):
                 assert sorted(wnids) == sorted(expected[row["trunk"]])
     all_classes = json.loads((out / "pretrain" / "all" / "config.json").read_text())["wnids"]
     assert len(all_classes) == 8  # the quick pool
-    assert len(selection["dataonomy"]) == len(selection["greedy"]) == 3
+    assert len(selection["dataonomy"]) == len(selection["greedy"]) == len(selection["bottom"]) == 3
+    # the k = 100 comparison's bottom: the k of lowest affinity, none of them among the greedy top k of 8
+    assert not set(selection["bottom"]) & set(selection["greedy"])
+    assert set(selection["bottom"]) <= set(all_classes)
 
 
 def test_neu_seg_source_holds_each_defect_type_at_the_budget(comparison):
@@ -99,3 +102,21 @@ def test_partial_run_reports_no_analysis(tmp_path):
     rows = [{"condition": c, "seed": 0, "ap": 0.5, "mean_iou": None} for c in cfg.conditions]
     assert summarize(cfg, rows, 1)["analysis"] is None
     assert summarize(cfg, rows, 3)["analysis"] is not None
+
+
+def test_k100_family_tests_the_selection_against_random_all_and_the_lowest_affinity(tmp_path):
+    """The k = 100 design (docs/experiment.md): no greedy (it shares 93-96 of the selection's 100 classes), a
+    bottom condition; the primary family is dataonomy against random, all and bottom, Holm over three."""
+    from selection_comparison import ComparisonConfig, summarize
+
+    cfg = ComparisonConfig.quick_config(
+        tmp_path, seeds=6, conditions=("dataonomy", "random", "bottom", "all")
+    )
+    rows = [
+        {"condition": c, "seed": s, "ap": ap + 0.01 * s, "mean_iou": 0.1}
+        for s in range(6)
+        for c, ap in (("dataonomy", 0.8), ("random", 0.5), ("bottom", 0.2), ("all", 0.7))
+    ]
+    primary = summarize(cfg, rows, 6)["analysis"]["primary"]
+    assert [(t["baseline"], t["better"]) for t in primary] == [("random", 6), ("all", 6), ("bottom", 6)]
+    assert all(t["holm_p"] >= t["wilcoxon_p"] for t in primary)
