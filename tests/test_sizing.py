@@ -40,14 +40,27 @@ def test_activation_bytes_grow_with_the_image_area():
 def test_less_memory_gives_a_smaller_batch(monkeypatch):
     model = build_segdec("small_cnn", "scratch", 8, 16)
     monkeypatch.setattr(sizing, "available_memory", lambda device: 64 * 2**20)
-    tight = sizing.fit_sizes(model, [512, 600], 8, torch.device("cpu"), None, None)
+    sides = [512, 600] * 100  # 200 training images: the memory decides
+    tight = sizing.fit_sizes(model, sides, 8, torch.device("cpu"), None, None)
     monkeypatch.setattr(sizing, "available_memory", lambda device: 64 * 2**30)
-    roomy = sizing.fit_sizes(model, [512, 600], 8, torch.device("cpu"), None, None)
+    roomy = sizing.fit_sizes(model, sides, 8, torch.device("cpu"), None, None)
     assert tight.crop_size == roomy.crop_size == 256 and tight.training_side == 256
     assert 2 <= tight.batch_size < roomy.batch_size == 32
     assert tight.batch_size == sizing.choose_batch(tight.bytes_per_image, tight.fixed_bytes, 64 * 2**20)
-    given = sizing.fit_sizes(model, [512, 600], 8, torch.device("cpu"), 128, 4)
+    given = sizing.fit_sizes(model, sides, 8, torch.device("cpu"), 128, 4)
     assert (given.crop_size, given.batch_size) == (128, 4)  # what the user gave is kept
+
+
+def test_a_few_image_set_gets_a_batch_that_leaves_an_epoch_several_steps(monkeypatch):
+    """NEU-Seg with 10 training images: the memory's batch of 32 was refused mid-run as larger than the set."""
+    model = build_segdec("small_cnn", "scratch", 8, 16)
+    monkeypatch.setattr(sizing, "available_memory", lambda device: 64 * 2**30)
+    ten = sizing.fit_sizes(model, [200] * 10, 8, torch.device("cpu"), None, None)
+    assert ten.batch_size == 2 and ten.capped_by_set  # 10 // 4: five steps an epoch
+    assert "10 training images, at least 4 steps an epoch" in ten.line("cpu")
+    assert sizing.fit_sizes(model, [200] * 3, 8, torch.device("cpu"), None, None).batch_size == 1
+    assert sizing.fit_sizes(model, [200] * 10, 8, torch.device("cpu"), None, 8).batch_size == 8  # given: kept
+    assert not sizing.fit_sizes(model, [200] * 400, 8, torch.device("cpu"), None, None).capped_by_set
 
 
 @pytest.mark.parametrize(

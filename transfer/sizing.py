@@ -24,6 +24,10 @@ CROP_CAP = {"cpu": 256, "cuda": 512}
 #: The share of the available memory a training step may take (the rest: data loading, validation, the system).
 MEMORY_SHARE = 0.5
 BATCH_RANGE = (2, 32)
+#: A sized batch leaves an epoch at least this many steps: on a few-image set (NEU-Seg with 10 training images)
+#: the memory's batch of 32 is larger than the training set, and even a batch of the whole set trains one step
+#: an epoch between full validations.
+MIN_STEPS_PER_EPOCH = 4
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,10 @@ class Sizing:
     bytes_per_image: int
     fixed_bytes: int
     available: int
+    training_images: int = 0
+    capped_by_set: bool = (
+        False  # the batch is the training set's share (MIN_STEPS_PER_EPOCH), not the memory's
+    )
 
     def line(self, device: str) -> str:
         crop = (
@@ -44,10 +52,14 @@ class Sizing:
             if self.crop_size
             else f"whole images (smallest side {self.smallest_side})"
         )
+        why = (
+            f"{self.training_images} training images, at least {MIN_STEPS_PER_EPOCH} steps an epoch"
+            if self.capped_by_set
+            else f"about {self.bytes_per_image / 2**20:.0f} MB a training image"
+        )
         return (
             f"sized for this machine ({device}, {self.available / 2**30:.1f} GB available): {crop}, batch "
-            f"{self.batch_size} (about {self.bytes_per_image / 2**20:.0f} MB a training image); give "
-            "--crop-size/--batch-size to choose, or --no-fit-machine"
+            f"{self.batch_size} ({why}); give --crop-size/--batch-size to choose, or --no-fit-machine"
         )
 
 
@@ -115,8 +127,9 @@ def available_memory(device: torch.device) -> int:
 def fit_sizes(
     model: nn.Module, sides: list[int], output_stride: int, device: torch.device, crop_size, batch_size
 ) -> Sizing:
-    """Crop and batch for training ``model`` on images whose shorter sides are ``sides`` on ``device``; a value
-    given (not None) is kept and only the other one chosen."""
+    """Crop and batch for training ``model`` on the training images whose shorter sides are ``sides`` on
+    ``device``; a value given (not None) is kept and only the other one chosen. A chosen batch is what fits in
+    memory, and at most a :data:`MIN_STEPS_PER_EPOCH`-th of the training images (at least one)."""
     smallest = min(sides)
     if crop_size is None:
         crop_size = choose_crop(smallest, output_stride, CROP_CAP.get(device.type, CROP_CAP["cuda"]))
@@ -125,9 +138,12 @@ def fit_sizes(
     per_image = int(1.1 * activation_bytes(model, side, device))  # freed as the backward pass goes
     fixed = 3 * parameter_bytes(model)  # weights, their gradients, SGD momentum
     available = available_memory(device)
+    capped = False
     if batch_size is None:
         batch_size = choose_batch(per_image, fixed, available)
-    return Sizing(crop_size, batch_size, smallest, side, per_image, fixed, available)
+        share = max(1, len(sides) // MIN_STEPS_PER_EPOCH)
+        capped, batch_size = share < batch_size, min(batch_size, share)
+    return Sizing(crop_size, batch_size, smallest, side, per_image, fixed, available, len(sides), capped)
 
 
 def fit_to_machine(config, device_name: str | None, given: set[str], log=print):
