@@ -90,3 +90,32 @@ def test_finetune_sizes_what_was_not_given(dagm_class1_test, tmp_path, capsys, e
     printed = capsys.readouterr().out
     fitted = "--no-fit-machine" not in extra and "--batch-size" not in extra
     assert ("sized for this machine (cpu" in printed) == fitted
+
+
+@pytest.mark.parametrize(
+    "given, steps", [([], "sized"), (["--steps-per-epoch", "3"], 3), (["--batch-size", "2"], None)]
+)
+def test_a_few_image_set_trains_epochs_of_enough_images(shared_data, tmp_path, capsys, given, steps):
+    """Real NEU-Seg images (every one defective), 12 of them: a sized run's epoch sees at least MIN_EPOCH_IMAGES
+    images, so early stopping does not end it after a few dozen steps; a given epoch length or batch is kept."""
+    import shutil
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for path in sorted((shared_data / "neu-seg" / "images").iterdir())[:12]:
+        shutil.copy(path, images / path.name)
+        shutil.copy(shared_data / "neu-seg" / "masks" / f"{path.stem}.png", masks / f"{path.stem}.png")
+    out = tmp_path / "run"
+    args = [
+        *"finetune --base scratch --arch small_cnn --output-stride 8 --format pairs --folds 3".split(),
+        *"--device cpu --no-amp --stop-after-steps 1".split(),
+        *["--data", str(images), "--masks", str(masks), "--out", str(out), *given],
+    ]
+    assert run_app(app, args) == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    if steps == "sized":
+        assert config["batch_size"] >= 1
+        assert config["steps_per_epoch"] == -(-sizing.MIN_EPOCH_IMAGES // config["batch_size"])
+        assert f"(at least {sizing.MIN_EPOCH_IMAGES} images" in capsys.readouterr().out
+    else:
+        assert config["steps_per_epoch"] == steps

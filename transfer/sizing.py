@@ -28,6 +28,10 @@ BATCH_RANGE = (2, 32)
 #: the memory's batch of 32 is larger than the training set, and even a batch of the whole set trains one step
 #: an epoch between full validations.
 MIN_STEPS_PER_EPOCH = 4
+#: An epoch of a sized run sees at least this many training images (``steps_per_epoch`` set when the set holds
+#: fewer): early stopping counts epochs, and on NEU-Seg with 10 training images (batch 2, 5 steps an epoch) it
+#: ended a run after 45 steps at validation cell AP 0.634 and IoU 0.214, where epochs of 32 steps reached 0.78.
+MIN_EPOCH_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,9 @@ def fit_sizes(
 
 def fit_to_machine(config, device_name: str | None, given: set[str], log=print):
     """``config`` (a :class:`transfer.config.FinetuneConfig`) with the crop and batch the user did not give
-    sized for the device (:func:`fit_sizes`), for heads that train on crops; the config unchanged otherwise."""
+    sized for the device (:func:`fit_sizes`), for heads that train on crops; the config unchanged otherwise. A
+    sized batch on a set of fewer than :data:`MIN_EPOCH_IMAGES` training images also gets epochs of that many
+    images (``steps_per_epoch``), unless the user gave it."""
     from dataonomy.datasets.base import image_size as header_size
     from dataonomy.devices import resolve_device
     from transfer.config import replace
@@ -169,8 +175,18 @@ def fit_to_machine(config, device_name: str | None, given: set[str], log=print):
         config.batch_size if "batch_size" in given else None,
     )  # fmt: skip
     del model, task
-    log(sizing.line(device.type))
-    return replace(config, crop_size=sizing.crop_size, batch_size=sizing.batch_size)
+    changes = dict(crop_size=sizing.crop_size, batch_size=sizing.batch_size)
+    line = sizing.line(device.type)
+    steps = -(-MIN_EPOCH_IMAGES // sizing.batch_size)  # ceil
+    if (
+        "batch_size" not in given
+        and config.steps_per_epoch is None
+        and len(sides) // sizing.batch_size < steps
+    ):
+        changes["steps_per_epoch"] = steps
+        line += f"; epochs of {steps} steps (at least {MIN_EPOCH_IMAGES} images; --steps-per-epoch to choose)"
+    log(line)
+    return replace(config, **changes)
 
 
 __all__ = [
