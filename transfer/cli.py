@@ -268,8 +268,10 @@ def finetune_cmd(
         True,
         "--fit-machine/--no-fit-machine",
         help="segdec: size the training crop (images larger than 256 px on a CPU, 512 on a GPU, train on crops "
-        "of that side) and the batch (what fits in half the free memory, measured on the model) for this machine, "
-        "where --crop-size/--batch-size are not given; the chosen values are printed and saved in config.json.",
+        "of that side) and the batch (what fits in half the free memory, measured on the model; at most a quarter "
+        "of the training images) for this machine, where --crop-size/--batch-size are not given, and on a set of "
+        "fewer than 64 training images epochs of 64 (--steps-per-epoch); the chosen values are printed and saved "
+        "in config.json.",
         rich_help_panel=_RUN,
     ),
     resume: bool = ResumeOpt,
