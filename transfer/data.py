@@ -27,6 +27,7 @@ from dataonomy.datasets import (
     SampleDataset,
     Sampling,
     SplitSpec,
+    listed_split,
     open_image,
     split_samples,
     stratified_folds,
@@ -286,6 +287,8 @@ def defect_fold(
     spec = SplitSpec.of(split)
     options = data.reader_options()
     if data.format == "dagm":  # DAGM's reader cuts its own folds (and rasterises 2007-layout ellipses)
+        if spec.split_lists is not None:
+            raise DataonomyError("--split-lists: a DAGM set has its own Train/Test split (or use --folds)")
         return DAGM(data.root, classes=classes, split=spec, sampling=Sampling(skip_bad=skip_bad), **options)
     whole = open_dataset(data.format, data.root, classes=classes, skip_bad=skip_bad, **options)
     unflagged = [s for s in whole.samples if s.defect is None]
@@ -307,12 +310,17 @@ def defect_fold(
     def read(which: str) -> list:
         return samples if which == "all" else [s for s in samples if s.split == which]
 
-    own_split = any(s.split for s in samples)
-    chosen = split_samples(read, spec, own_split=own_split)
+    notes = list(whole.notes)
+    if spec.split_lists is not None:
+        chosen, unlisted = listed_split(samples, spec)
+        if unlisted:
+            notes.append(f"{unlisted} images are in none of --split-lists {spec.split_lists}: left out")
+    else:
+        chosen = split_samples(read, spec, own_split=any(s.split for s in samples))
     split = spec.split
     if not chosen:
         raise DataonomyError(f"--data {data.root}: no images in the '{split}' fold ({data.format} layout)")
-    dataset = SampleDataset(whole.root, chosen, ["ok", "defect"], notes=whole.notes)
+    dataset = SampleDataset(whole.root, chosen, ["ok", "defect"], notes=notes)
     dataset.split = split
     return dataset
 
@@ -354,6 +362,7 @@ def run_fold(
             folds=config.folds if same_set else None,
             fold=config.fold,
             seed=config.split_seed if config.split_seed is not None else config.seed,
+            split_lists=getattr(config, "split_lists", None) if same_set else None,
         )
         fold = defect_fold(config.defect_data() if data is None else data, spec, config.classes, skip_bad)
         defective_train = getattr(config, "defective_train", None)

@@ -134,7 +134,15 @@ class SplitConfig(SplitOptions, DefectSetFields):
         """Fold ``split`` of this cut, as the readers take it (:class:`dataonomy.datasets.SplitSpec`)."""
         from dataonomy.datasets.splits import SplitSpec
 
-        return SplitSpec(split, self.val_fraction, self.test_fraction, self.folds, self.fold, self.split_seed)
+        return SplitSpec(
+            split,
+            self.val_fraction,
+            self.test_fraction,
+            self.folds,
+            self.fold,
+            self.split_seed,
+            self.split_lists,
+        )
 
 
 @dataclass(kw_only=True)

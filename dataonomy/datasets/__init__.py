@@ -30,6 +30,7 @@ _WHERE = {
     "register_dataset": "registry",
     "SPLITS": "splits",
     "SplitSpec": "splits",
+    "listed_split": "splits",
     "split_samples": "splits",
     "stratified_folds": "splits",
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,6 +101,14 @@ class SplitOptions:
         "Seed of the train/val/test cut (default --seed): several seeds, same folds.",
         panel="Split",
     )
+    # A set published with its own split as lists of file stems (NEU-Seg's splits/{train,val,test}.txt).
+    split_lists: str | None = opt(
+        None,
+        "Folder with train.txt and test.txt (and val.txt) listing the set's own split, one file stem a line: the "
+        "folds are these lists (without val.txt, --val-fraction of train validates), not a seeded cut.",
+        type=Path,
+        panel="Split",
+    )
 
 
 @dataclass(frozen=True)
@@ -118,9 +127,12 @@ class SplitSpec:
     folds: int | None = None
     fold: int = 0
     seed: int = 0
+    split_lists: str | None = None  # a folder of train.txt / val.txt / test.txt: the set's own split
 
     def __post_init__(self):
         check_split_options(self.split, self.val_fraction, self.test_fraction, self.folds, self.fold)
+        if self.split_lists is not None and (self.folds is not None or self.test_fraction > 0):
+            raise DataonomyError("--split-lists and --folds/--test-fraction: choose one way to cut the folds")
 
     @classmethod
     def of(cls, split: str | SplitSpec) -> SplitSpec:
@@ -165,4 +177,55 @@ def split_samples(read: Callable[[str], list[Sample]], spec: SplitSpec, *, own_s
     return stratified_folds(read("train"), {"train": 1 - val_fraction, "val": val_fraction}, seed)[split]
 
 
-__all__ = ["SPLITS", "SplitSpec", "check_split_options", "split_samples", "stratified_folds"]
+LIST_NAMES = ("train", "val", "test")
+
+
+def read_split_lists(folder: str | Path) -> dict[str, set[str]]:
+    """``{split: file stems}`` from ``folder``'s ``train.txt``, ``val.txt`` and ``test.txt`` (train and test
+    required; blank lines skipped); a stem in two lists is a one-line error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataonomyError(f"--split-lists {folder}: not a folder")
+    lists = {}
+    for name in LIST_NAMES:
+        path = folder / f"{name}.txt"
+        if path.is_file():
+            lists[name] = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+        elif name != "val":
+            raise DataonomyError(f"--split-lists {folder}: no {name}.txt (one file stem a line)")
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(lists.get(a, set()) & lists.get(b, set()))
+        if both:
+            raise DataonomyError(f"--split-lists {folder}: {both[0]} is in both {a}.txt and {b}.txt")
+    return lists
+
+
+def listed_split(samples: list[Sample], spec: SplitSpec) -> tuple[list[Sample], int]:
+    """``spec.split`` of ``samples`` as ``spec.split_lists`` lists them by file stem (``val``: val.txt, or without
+    it a stratified ``val_fraction`` of train, seeded), and how many samples no list names (left out)."""
+    lists = read_split_lists(spec.split_lists)
+    by_split = {name: [s for s in samples if Path(s.path).stem in stems] for name, stems in lists.items()}
+    for name, kept in by_split.items():
+        if not kept:
+            raise DataonomyError(f"--split-lists {spec.split_lists}: no image of the set is in {name}.txt")
+    if "val" not in by_split:
+        cut = stratified_folds(
+            by_split["train"], {"train": 1 - spec.val_fraction, "val": spec.val_fraction}, spec.seed
+        )
+        by_split |= cut
+    by_split["trainval"] = sorted(by_split["train"] + by_split["val"], key=lambda s: str(s.path))
+    listed = {str(s.path) for name in LIST_NAMES for s in by_split[name]}
+    by_split["all"] = [s for s in samples if str(s.path) in listed]
+    return by_split[spec.split], len(samples) - len(listed)
+
+
+__all__ = [
+    "LIST_NAMES",
+    "SPLITS",
+    "SplitSpec",
+    "check_split_options",
+    "listed_split",
+    "read_split_lists",
+    "split_samples",
+    "stratified_folds",
+]
