@@ -98,3 +98,16 @@ def test_split_lists_and_folds_are_two_ways_to_cut(twelve, tmp_path, capsys):
     ]
     assert run_app(app, [*args, "--split-lists", str(tmp_path / "missing")]) != 0
     assert "--split-lists" in capsys.readouterr().err and not (tmp_path / "s.json").exists()
+
+
+def test_finetune_saves_the_lists_it_was_cut_by(twelve, tmp_path, capsys):
+    data, lists, stems = twelve
+    out = tmp_path / "run"
+    args = [
+        *"finetune --base scratch --arch small_cnn --output-stride 8 --format pairs --device cpu --no-amp".split(),
+        *"--stop-after-steps 1 --batch-size 2".split(),
+        *["--data", data.root, "--masks", data.masks, "--split-lists", str(lists), "--out", str(out)],
+    ]
+    assert run_app(app, args) == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["split_lists"] == str(lists.resolve())

@@ -107,6 +107,7 @@ class SplitOptions:
         "Folder with train.txt and test.txt (and val.txt) listing the set's own split, one file stem a line: the "
         "folds are these lists (without val.txt, --val-fraction of train validates), not a seeded cut.",
         type=Path,
+        parse=lambda text, flag: str(Path(text).resolve()),  # saved absolute: a rerun from elsewhere finds it
         panel="Split",
     )
 
