@@ -421,21 +421,23 @@ class SegDecTask:
         values = {rule: metric(chosen[rule], labels) for rule in self.image_rules}
         return max(self.image_rules, key=lambda rule: values[rule])  # the first (decision) wins a tie
 
-    def _decisions(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(scores, labels, in logits) the threshold is chosen on: validation images, or their map cells."""
+    def _decisions(self, outputs: dict[str, np.ndarray], rule: str) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(scores, labels, in logits) the threshold is chosen on: validation images by ``rule``'s score, or
+        their map cells."""
         if self.decision == "image":
-            key = "decision_score" if self.image_rule(outputs) == "decision" else "map_max"
+            key = "decision_score" if rule == "decision" else "map_max"
             return outputs[key], np.asarray(self.val_set.targets), False
         scores, labels = binned_cells(outputs["cell_pos"].sum(0), outputs["cell_neg"].sum(0))
         return scores, labels, True
 
-    def _threshold(self, outputs: dict[str, np.ndarray]) -> float:
-        scores, labels, logits = self._decisions(outputs)
+    def _threshold(self, outputs: dict[str, np.ndarray], rule: str) -> float:
+        scores, labels, logits = self._decisions(outputs, rule)
         threshold = M.best_threshold(scores, labels, self.config.threshold_criterion)
         return _sigmoid(threshold) if logits else threshold
 
     def val_metrics(self, outputs: dict[str, np.ndarray], targets) -> dict:
-        scores, labels, logits = self._decisions(outputs)
+        rule = self.image_rule(outputs)
+        scores, labels, logits = self._decisions(outputs, rule)
         threshold = M.best_threshold(scores, labels, self.config.threshold_criterion)
         counts = M.confusion(scores, labels, threshold)
         image_labels = np.asarray(self.val_set.targets)
@@ -445,17 +447,18 @@ class SegDecTask:
             "val_auroc": M.auroc(scores, labels),
             "val_map_auroc": M.auroc(outputs["map_max"], image_labels),
             "val_decision_auroc": M.auroc(outputs["decision_score"], image_labels),
-            "val_image_score": self.image_rule(outputs),
+            "val_image_score": rule,
             "val_threshold": _sigmoid(threshold) if logits else threshold,
             "val_tpr": counts.tpr,
             "val_tnr": counts.tnr,
         }
 
     def best_extras(self, outputs, targets) -> dict:
+        rule = self.image_rule(outputs)
         return {
-            "threshold": self._threshold(outputs),
+            "threshold": self._threshold(outputs, rule),
             "threshold_criterion": self.config.threshold_criterion,
-            "image_score": self.image_rule(outputs),
+            "image_score": rule,
         }
 
     def model_meta(self) -> dict:

@@ -46,9 +46,8 @@ class Sizing:
     fixed_bytes: int
     available: int
     training_images: int = 0
-    capped_by_set: bool = (
-        False  # the batch is the training set's share (MIN_STEPS_PER_EPOCH), not the memory's
-    )
+    # the batch is the training set's share (MIN_STEPS_PER_EPOCH), not what fits in memory
+    capped_by_set: bool = False
 
     def line(self, device: str) -> str:
         crop = (

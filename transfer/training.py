@@ -452,6 +452,15 @@ def _one_pass_head(config: TrainConfig):
     return head if head.one_pass else None
 
 
+def _metrics_text(val: dict) -> str:
+    """Validation metrics for a log line: numbers to 4 places, names (the chosen image score) as they are."""
+    return ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in val.items()
+        if isinstance(v, float | str)
+    )
+
+
 def _fit_once(config: TrainConfig, run_dir: Path, runtime: Runtime, head) -> dict:
     """A one-pass run: the task's fit, then validation, threshold and run folder as the loop writes them
     (``config.json``, ``best.pt``, ``metrics.jsonl``, ``summary.json``)."""
@@ -479,12 +488,7 @@ def _fit_once(config: TrainConfig, run_dir: Path, runtime: Runtime, head) -> dic
     finish_run(run_dir, "complete", summary)
     tqdm.write(
         f"{head.name}: fitted on {fit['examples']} map cells ({fit['defective']} defective) of {fit['images']} "
-        f"training images in {_duration(seconds)}; "
-        + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in val.items()
-            if isinstance(v, float | str)
-        )
+        f"training images in {_duration(seconds)}; " + _metrics_text(val)
     )
     return summary
 
@@ -825,11 +829,7 @@ def finish_epoch(trainer: Trainer, started: float) -> bool:
         _append_metrics(trainer.run_dir / "metrics.jsonl", json_safe(record))
         tqdm.write(
             f"epoch {position.epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f}, "
-            + ", ".join(
-                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                for k, v in val.items()
-                if isinstance(v, float | str)
-            )
+            + _metrics_text(val)
         )
     position.epoch, position.batch, position.sums = position.epoch + 1, 0, [0.0, 0.0, 0.0]
     position.seconds += record["epoch_seconds"]
