@@ -399,19 +399,21 @@ def test_a_time_budget_ends_the_run_before_an_epoch_that_would_pass_it(
     argv = [
         "pretrain", "--manifest", str(manifest), "--source-root", str(tiny_imagenet), "--out", str(run),
         "--arch", "small_cnn", "--image-size", "32", "--images-per-class", "8", "--epochs", "50",
-        "--batch-size", "4", "--device", "cpu", "--time-budget", "5s",
+        "--batch-size", "4", "--device", "cpu", "--time-budget", "6s",
     ]  # fmt: skip
     assert run_app(app, argv) == 0
     out = capsys.readouterr().out
     assert "time estimate:" in out and "s per step of 4" in out
+    # The first estimate counts the validations too, timed on a sample of the 40 validation images.
+    assert "its validation of 40 images" in out and "of validation; early stopping" in out
     assert "so far" in out and "within the time budget" in out  # the time left, after the first epoch
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "stopped early" and summary["stop_reason"] == "time budget"
     epochs, seconds = summary["epochs"], summary["seconds"]
     # It stopped at the first epoch end where one more epoch at the mean pace would pass the budget.
-    assert 1 < epochs < 50 and seconds <= 5 < seconds + seconds / epochs
+    assert 1 < epochs < 50 and seconds <= 6 < seconds + seconds / epochs
     assert f"stopping with the best epoch ({summary['best_epoch']})" in out and (run / "best.pt").is_file()
-    assert json.loads((run / "config.json").read_text())["time_budget"] == 5.0
+    assert json.loads((run / "config.json").read_text())["time_budget"] == 6.0
 
 
 def test_durations_need_their_unit(capsys):
