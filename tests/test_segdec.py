@@ -48,6 +48,46 @@ def test_one_pass_gives_image_score_and_map_at_the_output_stride(arch, stride, c
     assert 0 <= maps.min() and maps.max() <= 1
 
 
+@pytest.mark.parametrize(
+    ("arch", "output_stride", "map_stride", "tap_strides"),
+    [("efficientnet_lite0", 16, 4, [4, 8]), ("efficientnet_lite0", 16, 8, [8]), ("small_cnn", 8, 4, [4])],
+)
+def test_a_decoder_gives_a_finer_map_from_the_trunk_s_finer_features(
+    arch, output_stride, map_stride, tap_strides
+):
+    """``map_stride`` below the output stride: the map comes out at 1/map_stride of the image, built from the
+    trunk's last stage at each finer stride (the skip connections), and the pixel loss trains those taps."""
+    from transfer.segdec import stage_strides
+
+    torch.manual_seed(0)
+    model = build_segdec(arch, "scratch", output_stride, head_channels=16, map_stride=map_stride)
+    strides = stage_strides(list(model.trunk.named_children()))
+    assert [strides[i] for i in model.decoder.taps] == tap_strides
+    assert all(strides[i + 1] > strides[i] for i in model.decoder.taps)  # the last stage at its stride
+    x = torch.randn(2, 3, 128, 96)
+    out = model(x)
+    assert out.seg_logits.shape == (2, 1, 128 // map_stride, 96 // map_stride) and out.image_logit.shape == (
+        2,
+    )
+    mask = torch.zeros(2, 1, 128, 96)
+    mask[:, :, 40:60, 30:50] = 1.0
+    pixel_loss(out.seg_logits, mask, torch.ones_like(mask)).backward()
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in model.decoder.lateral)
+    # Odd sizes: the map has the finest tapped stage's own grid (no size assumed divisible by the output stride).
+    model.eval()
+    odd = torch.randn(1, 3, 100, 70)
+    with torch.no_grad():
+        finest = model.trunk[: model.decoder.taps[0] + 1](odd)
+        assert model(odd).seg_logits.shape[-2:] == finest.shape[-2:]
+    # The map at the output stride is the model without a decoder.
+    assert build_segdec(arch, "scratch", output_stride, map_stride=output_stride).decoder is None
+    with pytest.raises(
+        DataonomyError,
+        match=f"--map-stride 32: must be one of 4, 8, 16, 32 and at most --output-stride \\({output_stride}\\)",
+    ):
+        build_segdec(arch, "scratch", output_stride, map_stride=32)
+
+
 def test_the_cut_trunk_is_the_start_of_the_full_trunk():
     torch.manual_seed(0)
     from transfer.models import get_model
@@ -437,6 +477,60 @@ def test_a_run_scored_by_its_map_scores_so_in_pytorch_and_onnx(segdec_run, tmp_p
     assert code == 0, capsys.readouterr().err
     score, seg = onnx_logits(onnx_path, image)
     np.testing.assert_allclose(score, seg.reshape(2, -1).max(1), atol=1e-5)
+
+
+def test_a_decoder_run_trains_loads_exports_and_localizes(dagm_class1_test, tmp_path, capsys):
+    """``--map-stride 4`` on a stride-8 trunk, through the commands: best.pt records the map's stride and rebuilds
+    the decoder, the ONNX file gives the finer map for any image size, localize maps with it, and a run saved
+    before the option (no ``map_stride`` in best.pt) loads without a decoder."""
+    import shutil
+
+    from transfer.export import onnx_logits
+    from transfer.models import read_checkpoint
+
+    run = tmp_path / "run"
+    code = run_app(
+        app,
+        [
+            "finetune", "--base", "scratch", "--arch", "small_cnn", "--output-stride", "8", "--map-stride", "4",
+            "--head-channels", "8", "--dagm", str(dagm_class1_test), "--folds", "3", "--fold", "1", "--epochs",
+            "1", "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "64", "--out", str(run),
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    loaded = load_model(run)
+    assert loaded.record.head_fields["map_stride"] == 4 and loaded.model.decoder is not None
+    assert json.loads((run / "config.json").read_text())["map_stride"] == 4
+    path = tmp_path / "m.onnx"
+    assert run_app(app, ["export", "--model", str(run), "--onnx", str(path), "--images", "2"]) == 0
+    image = torch.randn(1, 3, 96, 160)
+    score, seg = onnx_logits(path, image)
+    with torch.no_grad():
+        reference = loaded.model(image)
+    assert seg.shape == (1, 1, 24, 40)
+    np.testing.assert_allclose(seg, reference.seg_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(score, reference.image_logit.numpy(), atol=1e-4)
+    capsys.readouterr()
+    code = run_app(
+        app,
+        [
+            "localize", "--model", str(run), "--out", str(tmp_path / "loc"), "--limit", "6", "--val-limit", "6",
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "loc" / "localize.json").read_text())["metrics"]
+    assert metrics["n_images"] == 6 and 0.0 <= metrics["mean_iou"] <= 1.0
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    obj = read_checkpoint(old / "best.pt")
+    for key in list(obj["model"]):
+        if key.startswith("decoder."):
+            del obj["model"][key]
+    del obj["map_stride"]
+    torch.save(obj, old / "best.pt")
+    assert load_model(old).model.decoder is None
 
 
 def test_pad_collate_pads_by_reflection_and_pixel_loss_ignores_the_padding():

@@ -283,6 +283,12 @@ class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
         panel=SEGDEC,
     )
     head_channels: int = opt(64, "segdec: width of the segmentation head.", panel=SEGDEC)
+    map_stride: int | None = opt(
+        None,
+        "segdec: the defect map's stride (4 or 8): below --output-stride a light decoder adds the trunk's features "
+        "of each finer stride (skip connections, U-Net/FPN style). Default: the map at --output-stride.",
+        panel=SEGDEC,
+    )
     crop_size: int | None = opt(
         None,
         "segdec: train on random crops of this side (a defective image's crop holds defect pixels); validation "

@@ -8,6 +8,10 @@ Design (Tabernik et al. 2019, Božič et al. 2021, reduced to what a few dozen m
   only cost time at native resolution and blur a 16-pixel scratch into its surroundings.
 * **segmentation head**: 3x3 convolution + GroupNorm + ReLU (``head_channels``), then a 1x1 convolution giving
   one defect logit per location of the trunk's grid.
+* **decoder** (optional, ``map_stride`` below the output stride): the map made finer, U-Net/FPN style
+  (:class:`SkipDecoder`): at each finer stride down to ``map_stride`` the head's features are upsampled, the
+  trunk's features of that stride added through a 1x1 projection, and the sum refined (3x3 convolution +
+  GroupNorm + ReLU). A stride-16 map upsampled to the image cannot follow a defect's edge inside its cells.
 * **decision head**: global max and average pooling of the head's features and of the segmentation logits,
   then one linear layer: the image's defect logit. Its input is detached from the trunk by default
   (``detach_decision``, the segdec paper's gradient-flow adjustment): the few image labels cannot pull the
@@ -116,6 +120,73 @@ def cut_trunk(model: ClassifierNet, output_stride: int) -> tuple[nn.Sequential, 
     return trunk, int(channels)
 
 
+def _refine(channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.GroupNorm(min(8, channels), channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SkipDecoder(nn.Module):
+    """The segmentation head's features brought to a finer stride with the trunk's features there (see the
+    module docstring). ``taps``: the indices of the trunk stages whose outputs it adds, finest first;
+    ``channels``: their channel counts."""
+
+    def __init__(self, taps: list[int], channels: list[int], head_channels: int):
+        super().__init__()
+        self.taps = tuple(taps)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in channels)
+        self.refine = nn.ModuleList(_refine(head_channels) for _ in channels)
+
+    def forward(self, top: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        """``top``: (B, head_channels, h, w) at the output stride; ``skips``: the tapped stages' outputs, finest
+        first. Returns (B, head_channels, H, W) at the finest skip's size."""
+        for skip, lateral, refine in zip(skips[::-1], self.lateral[::-1], self.refine[::-1], strict=True):
+            up = nn.functional.interpolate(top, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            top = refine(up + lateral(skip))
+        return top
+
+
+def check_map_stride(map_stride: int | None, output_stride: int) -> None:
+    """A one-line error unless ``map_stride`` is None or a stride at most ``output_stride``."""
+    if map_stride is not None and (map_stride not in OUTPUT_STRIDES or map_stride > output_stride):
+        raise DataonomyError(
+            f"--map-stride {map_stride}: must be one of {', '.join(map(str, OUTPUT_STRIDES))} and at most "
+            f"--output-stride ({output_stride})"
+        )
+
+
+def skip_decoder(
+    trunk: nn.Sequential, output_stride: int, map_stride: int, head_channels: int
+) -> SkipDecoder:
+    """A :class:`SkipDecoder` over ``trunk`` (cut at ``output_stride``) down to ``map_stride``: one tap at the last
+    stage of each stride from ``map_stride`` up to, not including, the output stride."""
+    check_map_stride(map_stride, output_stride)
+    stages = list(trunk.named_children())
+    probe = max(256, 16 * output_stride)
+    strides = stage_strides(stages, probe_size=probe)
+    taps = [
+        max(i for i, s in enumerate(strides) if s == stride)
+        for stride in sorted(set(strides))
+        if map_stride <= stride < output_stride
+    ]
+    if not taps or strides[taps[0]] != map_stride:
+        raise DataonomyError(
+            f"--map-stride {map_stride}: this trunk's stages have strides {sorted(set(strides))}"
+        )
+    channels, x = [], torch.zeros(1, 3, probe, probe)
+    was = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        for i, (_, stage) in enumerate(stages[: taps[-1] + 1]):
+            x = stage(x)
+            if i in taps:
+                channels.append(int(x.shape[1]))
+    trunk.train(was)
+    return SkipDecoder(taps, channels, head_channels)
+
+
 class SegDecNet(nn.Module):
     """Trunk cut at ``output_stride``, segmentation head and decision head (see the module docstring).
 
@@ -132,9 +203,11 @@ class SegDecNet(nn.Module):
         detach_decision: bool = True,
         frozen_bn: bool = True,
         score_from_map: bool = False,
+        decoder: SkipDecoder | None = None,
     ):
         super().__init__()
         self.trunk = trunk
+        self.decoder = decoder  # None: the map at the output stride
         # The image logit is the map's highest logit instead of the decision head's: the rule validation chose
         # for the run (``image_score = "map"`` in best.pt), so every runtime (evaluate, predict, ONNX) scores alike.
         self.score_from_map = score_from_map
@@ -170,7 +243,15 @@ class SegDecNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> SegDecOutput:
-        features = self.seg_features(self.trunk(x))
+        if self.decoder is None:
+            features = self.seg_features(self.trunk(x))
+        else:
+            skips = []
+            for i, stage in enumerate(self.trunk):
+                x = stage(x)
+                if i in self.decoder.taps:
+                    skips.append(x)
+            features = self.decoder(self.seg_features(x), skips)
         seg = self.seg_logit(features)
         if self.score_from_map:
             return SegDecOutput(seg.amax((1, 2, 3)), seg)
@@ -197,15 +278,26 @@ def build_segdec(
     head_channels: int = 64,
     detach_decision: bool = True,
     frozen_bn: bool | None = None,
+    map_stride: int | None = None,
 ) -> SegDecNet:
     """A segdec model on ``arch``'s trunk initialised from ``init`` (``scratch``, ``imagenet``, or a pretrain /
     fine-tune checkpoint of the same architecture; its classifier is dropped). ``frozen_bn`` defaults to on
-    for pretrained trunks and off from scratch."""
+    for pretrained trunks and off from scratch; ``map_stride`` below ``output_stride`` adds a
+    :class:`SkipDecoder`."""
     base = get_model(arch, 2, init=True) if init == "scratch" else build_model(arch, 2, init)
     trunk, channels = cut_trunk(base, output_stride)
     if frozen_bn is None:
         frozen_bn = init != "scratch"
-    return SegDecNet(trunk, channels, output_stride, head_channels, detach_decision, frozen_bn)
+    decoder = _decoder(trunk, output_stride, map_stride, head_channels)
+    return SegDecNet(
+        trunk, channels, output_stride, head_channels, detach_decision, frozen_bn, decoder=decoder
+    )
+
+
+def _decoder(trunk, output_stride: int, map_stride: int | None, head_channels: int) -> SkipDecoder | None:
+    if map_stride is None or map_stride == output_stride:
+        return None
+    return skip_decoder(trunk, output_stride, map_stride, head_channels)
 
 
 def saved_segdec(
@@ -215,12 +307,16 @@ def saved_segdec(
     weights: dict,
     source: str,
     score_from_map: bool = False,
+    map_stride: int | None = None,
 ) -> SegDecNet:
-    """The segdec model a fine-tuning run saved (:class:`transfer.checkpoint.ModelRecord` gives the geometry and
-    the image score validation chose), weights loaded; a missing or wrong-shaped tensor is a one-line error naming
-    it and ``source``."""
+    """The segdec model a fine-tuning run saved (:class:`transfer.checkpoint.ModelRecord` gives the geometry, the
+    map's stride and the image score validation chose), weights loaded; a missing or wrong-shaped tensor is a
+    one-line error naming it and ``source``."""
     trunk, channels = cut_trunk(get_model(arch, 2, init=False), output_stride)
-    model = SegDecNet(trunk, channels, output_stride, head_channels, score_from_map=score_from_map)
+    decoder = _decoder(trunk, output_stride, map_stride, head_channels)
+    model = SegDecNet(
+        trunk, channels, output_stride, head_channels, score_from_map=score_from_map, decoder=decoder
+    )
     load_state(model, weights, source, "the segdec model it describes")
     return model
 
@@ -236,8 +332,11 @@ __all__ = [
     "OUTPUT_STRIDES",
     "SegDecNet",
     "SegDecOutput",
+    "SkipDecoder",
     "build_segdec",
+    "check_map_stride",
     "saved_segdec",
+    "skip_decoder",
     "cut_trunk",
     "stage_strides",
     "trunk_stages",

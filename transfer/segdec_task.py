@@ -381,7 +381,7 @@ class SegDecTask:
 
     def build_model(self):
         c = self.config
-        return build_segdec(c.arch, c.base, c.output_stride, c.head_channels)
+        return build_segdec(c.arch, c.base, c.output_stride, c.head_channels, map_stride=c.map_stride)
 
     def criterion(self):
         return None
@@ -470,6 +470,7 @@ class SegDecTask:
             "head": "segdec",
             "output_stride": c.output_stride,
             "head_channels": c.head_channels,
+            "map_stride": c.map_stride,
             "decision": self.decision,
             "seen_images": self.seen_images,
         }

@@ -13,7 +13,7 @@ from dataonomy.errors import DataonomyError
 from dataonomy.progress import progress as show_progress
 from transfer.data import scaled_size, size_batches
 from transfer.heads.base import Head, balanced_indices
-from transfer.segdec import OUTPUT_STRIDES, SegDecOutput, saved_segdec, upsample_map
+from transfer.segdec import OUTPUT_STRIDES, SegDecOutput, check_map_stride, saved_segdec, upsample_map
 from transfer.segdec_task import MaskedImages, cell_labels
 
 
@@ -32,7 +32,7 @@ class SegdecHead(Head):
     name = "segdec"
     record_fields = ("output_stride", "head_channels")
     # which image score validation chose (SegDecTask.image_rules); runs saved before the choice: the decision head
-    record_defaults = {"image_score": "decision"}
+    record_defaults = {"image_score": "decision", "map_stride": None}  # None: the map at the output stride
     image_input = "native"
     localize_modes = ("segmap",)
     onnx_outputs = SEGDEC_OUTPUTS
@@ -44,18 +44,21 @@ class SegdecHead(Head):
     onnx_meaning = (
         "score_logit (N,): the image's defect probability is sigmoid(score_logit) (the decision head's logit, or the "
         "map's highest where transfer.image_score is map); map_logits (N, 1, h, w): "
-        "sigmoid gives the defect map at 1/output_stride of the image, upsample it bilinearly to the image"
+        "sigmoid gives the defect map at 1/map_stride of the image (the output stride without a decoder), upsample "
+        "it bilinearly to the image"
     )
     maps_in_one_pass = True
     native_resolution = True
     options = (
-        "output_stride", "head_channels", "crop_size", "pixel_weighting", "seg_loss_weight", "image_loss_weight",
+        "output_stride", "head_channels", "map_stride", "crop_size", "pixel_weighting", "seg_loss_weight",
+        "image_loss_weight",
     )  # fmt: skip
 
     def check_config(self, config) -> None:
         from transfer.segdec_task import PIXEL_WEIGHTINGS
 
         check_output_stride(config.output_stride)
+        check_map_stride(config.map_stride, config.output_stride)
         if config.head_channels < 1:
             raise DataonomyError(f"--head-channels {config.head_channels}: must be at least 1")
         if config.crop_size is not None and config.crop_size < config.output_stride:
@@ -74,6 +77,7 @@ class SegdecHead(Head):
         return saved_segdec(
             record.arch, record.output_stride, record.head_channels, weights, str(record.path),
             score_from_map=record.head_fields.get("image_score") == "map",
+            map_stride=record.head_fields.get("map_stride"),
         )  # fmt: skip
 
     def defect_probability(self, output) -> torch.Tensor:
