@@ -28,7 +28,7 @@ from dataonomy.datasets import (
     load_mask,
 )
 from dataonomy.datasets.dagm import DAGMSample, Ellipse, rasterize_ellipse
-from dataonomy.datasets.pairs import pair_masks_in_folder
+from dataonomy.datasets.pairs import AnomalibFolders, pair_masks_in_folder
 from dataonomy.datasets.synthetic import (
     Ksdd2Layout,
     KsddLayout,
@@ -490,7 +490,7 @@ def test_pairs_anomalib_folder_layout(tmp_path, real, synthetic_mvtec, capsys):
     for s in bad:
         shutil.copy(s.path, root / "crack" / s.path.name)
         shutil.copy(s.mask, root / "mask" / "crack" / s.path.name)  # same stem
-    ds = ImageMaskPairs(root, normal_dir="good", abnormal_dir="crack", mask_dir="mask/crack")
+    ds = ImageMaskPairs(root, folders=AnomalibFolders("good", "crack", "mask/crack"))
     assert ds.layout == "anomalib" and len(ds) == 10 and sum(ds.targets) == 4
     assert [s.group for s in ds.samples] == ["data/good"] * 6 + ["data/crack"] * 4
     for i, s in enumerate(ds.samples):
@@ -498,12 +498,21 @@ def test_pairs_anomalib_folder_layout(tmp_path, real, synthetic_mvtec, capsys):
         if s.defect:
             assert s.mask == root / "mask" / "crack" / s.path.name
             np.testing.assert_array_equal(ds.mask(i), truth[s.path.stem])
-    assert len(ImageMaskPairs(root, normal_dir="good")) == 6
-    assert all(s.mask is None for s in ImageMaskPairs(root, abnormal_dir="crack").samples)
+    # The flat options (as the command line gives them) group into the same folders; mixing both is refused.
+    flat = get_dataset("pairs", root, normal_dir="good", abnormal_dir="crack", mask_dir="mask/crack")
+    assert [(s.path, s.defect, s.mask) for s in flat.samples] == [
+        (s.path, s.defect, s.mask) for s in ds.samples
+    ]
+    with pytest.raises(DataonomyError, match="give normal_dir inside folders"):
+        get_dataset("pairs", root, folders=AnomalibFolders(abnormal_dir="crack"), normal_dir="good")
+    assert len(ImageMaskPairs(root, folders=AnomalibFolders(normal_dir="good"))) == 6
+    assert all(
+        s.mask is None for s in ImageMaskPairs(root, folders=AnomalibFolders(abnormal_dir="crack")).samples
+    )
     # An MVTec category read as anomalib folders gives what the mvtec reader gives.
     category = synthetic_mvtec / "vertical_fibres"
     folders = ImageMaskPairs(
-        category, normal_dir="test/good", abnormal_dir="test/scratch", mask_dir="ground_truth/scratch"
+        category, folders=AnomalibFolders("test/good", "test/scratch", "ground_truth/scratch")
     )
     mvtec = MVTecAD(category, split="test")
     assert [(s.path, s.defect, s.mask) for s in folders.samples] == [

@@ -17,6 +17,7 @@ _WHERE = {
     "KolektorSDD": "kolektor",
     "MVTecAD": "mvtec",
     "ImageMaskPairs": "pairs",
+    "AnomalibFolders": "pairs",
     "Sample": "base",
     "SampleDataset": "base",
     "Sampling": "base",

@@ -13,10 +13,12 @@ from dataonomy.datasets.registry import get_dataset_reader
 from dataonomy.datasets.splits import SplitSpec
 from dataonomy.errors import DataonomyError
 
-# The flat options readers take grouped: into ``sampling`` (every reader), and into ``split`` for a reader
-# whose ``split`` takes a SplitSpec (DAGM). ``seed`` seeds both.
+# The flat options readers take grouped: into ``sampling`` (every reader), into ``split`` for a reader
+# whose ``split`` takes a SplitSpec (DAGM), into ``folders`` for one that reads anomalib's folder layout
+# (pairs). ``seed`` seeds both sampling and split.
 SAMPLING_OPTIONS = ("images_per_class", "seed", "skip_bad")
 SPLIT_OPTIONS = ("split", "val_fraction", "test_fraction", "folds", "fold", "seed")
+FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "mask_dir")
 
 
 def _init_parameters(reader: Callable) -> dict[str, inspect.Parameter]:
@@ -41,11 +43,15 @@ def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> di
 
     ``images_per_class``/``seed``/``skip_bad`` become a :class:`~dataonomy.datasets.base.Sampling`; where the
     reader's ``split`` takes a :class:`~dataonomy.datasets.splits.SplitSpec`, ``split``/``val_fraction``/
-    ``test_fraction``/``folds``/``fold``/``seed`` become one (``seed`` seeds both). Other options go to the
+    ``test_fraction``/``folds``/``fold``/``seed`` become one (``seed`` seeds both); where it takes
+    ``folders``, ``normal_dir``/``abnormal_dir``/``mask_dir`` become an
+    :class:`~dataonomy.datasets.pairs.AnomalibFolders`. Other options go to the
     reader as they are. An option the reader does not take is an error naming it (``--x-y is not an option
     of the 'name' reader``), and so is a flat option beside the grouped argument it belongs to.
     """
-    from dataonomy.datasets.base import Sampling  # torchvision: loaded with the readers, not with the options
+    # torchvision: loaded with the readers, not with the options
+    from dataonomy.datasets.base import Sampling
+    from dataonomy.datasets.pairs import AnomalibFolders
 
     params = _init_parameters(reader)
     groups: dict[str, tuple[type, tuple[str, ...]]] = {}  # argument -> (its class, the flat options it holds)
@@ -54,6 +60,8 @@ def reader_arguments(name: str, reader: Callable, options: dict[str, Any]) -> di
         groups["split"] = (SplitSpec, SPLIT_OPTIONS)
     if "sampling" in params:
         groups["sampling"] = (Sampling, SAMPLING_OPTIONS)
+    if "folders" in params and _accepts(params["folders"].annotation, AnomalibFolders):
+        groups["folders"] = (AnomalibFolders, FOLDER_OPTIONS)
     built = {g: options[g] for g, (cls, _) in groups.items() if isinstance(options.get(g), cls)}
     flat: dict[str, dict[str, Any]] = {g: {} for g in groups if g not in built}
     kwargs: dict[str, Any] = dict(built)

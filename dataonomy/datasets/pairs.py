@@ -209,6 +209,17 @@ def resolve_folder(root: Path, value: str | Path, option: str) -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class AnomalibFolders:
+    """anomalib's ``Folder`` layout under a pairs set's root: ``normal_dir`` (defect-free images) and/or
+    ``abnormal_dir`` (defective images; may be a list), ``mask_dir`` optionally holding the defective images'
+    masks. The reader's options group ``--normal-dir``/``--abnormal-dir``/``--mask-dir`` into one."""
+
+    normal_dir: str | Path | None = None
+    abnormal_dir: str | Path | Sequence[str | Path] | None = None
+    mask_dir: str | Path | None = None
+
+
 @register_dataset("pairs")
 class ImageMaskPairs(SampleDataset):
     """Images with masks matched by name, or anomalib's normal/abnormal/mask folders.
@@ -218,9 +229,8 @@ class ImageMaskPairs(SampleDataset):
         masks: folder of masks (default: masks lie beside the images, recognised by suffix).
         mask_suffix: what a mask's stem adds to its image's stem (``_label``, ``_GT``, ``_mask``,
             or ``""`` for the same stem); default: found from the files.
-        normal_dir, abnormal_dir: anomalib ``Folder`` layout: folders of defect-free and of
-            defective images (either or both; ``abnormal_dir`` may be a list).
-        mask_dir: anomalib layout: masks of the defective images.
+        folders: :class:`AnomalibFolders`: anomalib's ``Folder`` layout (folders of defect-free and of
+            defective images, either or both, and optionally their masks) instead of ``masks``.
         sampling: :class:`~dataonomy.datasets.base.Sampling`: ``images_per_class`` keeps at most N images,
             seeded (masks are only read for the kept ones); ``skip_bad`` decodes every image and mask now
             and drops bad ones with a warning and a count.
@@ -231,9 +241,7 @@ class ImageMaskPairs(SampleDataset):
         root: str | Path,
         masks: str | Path | None = None,
         mask_suffix: str | None = None,
-        normal_dir: str | Path | None = None,
-        abnormal_dir: str | Path | Sequence[str | Path] | None = None,
-        mask_dir: str | Path | None = None,
+        folders: AnomalibFolders | None = None,
         sampling: Sampling | None = None,
         transform: Callable | None = None,
         target_transform: Callable | None = None,
@@ -241,17 +249,16 @@ class ImageMaskPairs(SampleDataset):
         sampling = sampling or Sampling()
         root = require_dir(Path(root), "pairs root")
         label = Path(os.path.abspath(root)).name or str(root)
-        if normal_dir is not None or abnormal_dir is not None:
+        folders = folders or AnomalibFolders()
+        if folders.normal_dir is not None or folders.abnormal_dir is not None:
             if masks is not None:
                 raise DataonomyError(
                     "--masks and --normal-dir/--abnormal-dir are two layouts: give --mask-dir with the latter"
                 )
             self.layout = "anomalib"
-            samples, notes = self._read_anomalib(
-                root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, sampling
-            )
+            samples, notes = self._read_anomalib(root, label, folders, mask_suffix, sampling)
         else:
-            if mask_dir is not None:
+            if folders.mask_dir is not None:
                 raise DataonomyError("--mask-dir goes with --normal-dir/--abnormal-dir (use --masks here)")
             self.layout = "pairs"
             samples, notes = self._read_pairs(root, label, masks, mask_suffix, sampling)
@@ -303,8 +310,9 @@ class ImageMaskPairs(SampleDataset):
 
     @staticmethod
     def _read_anomalib(
-        root, label, normal_dir, abnormal_dir, mask_dir, mask_suffix, sampling: Sampling
+        root, label, given: AnomalibFolders, mask_suffix, sampling: Sampling
     ) -> tuple[list, list]:
+        normal_dir, abnormal_dir, mask_dir = given.normal_dir, given.abnormal_dir, given.mask_dir
         notes = []
         folders: list[tuple[Path, bool]] = []
         if normal_dir is not None:
@@ -369,6 +377,7 @@ def _class_folder_hint(root: Path) -> str:
 
 __all__ = [
     "FOREIGN_MASK_FORMATS",
+    "AnomalibFolders",
     "MASK_SUFFIXES",
     "FolderPairs",
     "ImageMaskPairs",
