@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from dataonomy.datasets import open_image  # noqa: E402
 from dataonomy.errors import DataonomyError  # noqa: E402
 from dataonomy.io import write_json  # noqa: E402
+from dataonomy.progress import progress  # noqa: E402
 from transfer import localize as L  # noqa: E402
 from transfer.data import run_fold  # noqa: E402
 from transfer.localize_run import load_localization_model, segmap_settings  # noqa: E402
@@ -44,9 +45,9 @@ def fold_curves(loaded, settings, split: str, defective_only: bool) -> tuple[L.T
     our grid and of the localize grid (on which the product chooses)."""
     fold = run_fold(loaded.config, split)
     curves = L.ThresholdCurves(THRESHOLDS), L.ThresholdCurves()
-    for i, sample in enumerate(fold.samples):
-        if defective_only and not sample.defect:
-            continue
+    chosen = [i for i, s in enumerate(fold.samples) if s.defect or not defective_only]
+    for i in progress(chosen, desc=f"{split} heatmaps"):  # a bar on a terminal, steady lines in a log
+        sample = fold.samples[i]
         pixels = torch.tensor(np.asarray(open_image(sample.path, "RGB"))).permute(2, 0, 1)[None]
         heat = settings.heatmap(loaded.model, loaded.normalize(pixels.to(settings.device))[0])
         for c in curves:
