@@ -173,16 +173,19 @@ class FieldOption:
 
 
 def field_options(config_cls: type, skip: tuple[str, ...] = ()) -> list[FieldOption]:
-    """The options of ``config_cls``'s fields that have one (:func:`opt`), but ``skip``, in field order."""
+    """The options of ``config_cls``'s fields that have one (:func:`opt`), but ``skip``, in field order; an
+    option group's fields (:func:`dataonomy.option_groups.group`) in the group's place, named flat."""
     import typer
 
-    hints = typing.get_type_hints(config_cls)
+    from dataonomy.option_groups import flat_fields
+
     out = []
-    for field in dataclasses.fields(config_cls):
-        spec = option_spec(config_cls, field.name)
+    for flat in flat_fields(config_cls):
+        field = flat.field
+        spec = option_spec(flat.owner, field.name)
         if spec is None or field.name in skip:
             continue
-        annotation = spec.type or _plain_type(hints[field.name])
+        annotation = spec.type or _plain_type(flat.annotation)
         default = spec.option_default if spec.option_default is not FIELD_DEFAULT else field.default
         if default is dataclasses.MISSING:
             default = None  # a required field: the config says which option is missing, in its own words

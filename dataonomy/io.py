@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections.abc
-import dataclasses
 import errno
 import hashlib
 import json
@@ -234,12 +233,13 @@ def _fits(value, hint) -> bool:
 def check_field_types(cls, data: dict, where: str) -> None:
     """Every field of the dataclass ``cls`` present in ``data`` (a config read from a file) holds a value of its
     declared type; else a one-line error naming ``where``, the field, the value and the type expected."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in data and f.name in hints and not _fits(data[f.name], hints[f.name]):
+    from dataonomy.option_groups import flat_fields
+
+    for f in flat_fields(cls):  # an option group's fields by their flat names, as config.json holds them
+        if f.name in data and f.annotation is not None and not _fits(data[f.name], f.annotation):
             raise DataonomyError(
                 f"{where}: field {f.name} is {json.dumps(data[f.name], default=str)}; "
-                f"expected {_type_name(hints[f.name])}"
+                f"expected {_type_name(f.annotation)}"
             )
 
 

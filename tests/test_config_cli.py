@@ -15,6 +15,7 @@ import typer.main
 from dataonomy.cli import SELECT_OPTION_FIELDS, SELECT_RUN_OPTIONS
 from dataonomy.cli import app as dataonomy_app
 from dataonomy.cli_utils import run_app
+from dataonomy.option_groups import flat_fields
 from dataonomy.selection import SelectConfig
 from transfer.cli import app
 from transfer.config import DERIVED_FIELDS, RUN_OPTIONS, FinetuneConfig, PretrainConfig
@@ -33,7 +34,7 @@ FAST = ["--device", "cpu", "--no-amp", "--stop-after-steps", "1"]  # config.json
 def test_options_and_config_fields_cannot_drift(kind):
     params = COMMANDS[kind].params
     options = {p.name for p in params}
-    config_fields = {f.name: f for f in fields(CONFIGS[kind])}
+    config_fields = {f.name: f.field for f in flat_fields(CONFIGS[kind])}  # option groups' fields, flat
     derived, run_only = set(DERIVED[kind]), set(RUN_ONLY[kind])
     assert sorted(set(config_fields) - derived - options) == [], "config fields without an option"
     assert sorted(options - set(config_fields) - run_only) == [], (

@@ -111,7 +111,7 @@ def test_neu_seg_target_reads_pairs_and_groups_iou_by_defect_type(tmp_path, shar
     cfg = ablation.AblationConfig(out=tmp_path / "out", target="neu-seg", neu_root=shared_data / "neu-seg")
     config = ablation.finetune_config(cfg, "converged-trunk0.1", None, seed=1)
     staged = (tmp_path / "out" / "target" / "neu-seg").resolve()
-    assert config.format == "pairs" and config.masks == str(staged / "masks")
+    assert config.format == "pairs" and config.layout.masks == str(staged / "masks")
     # NEU-Seg holds 4 images twice (different names and masks): one copy of each is kept.
     dropped = json.loads((staged / "dropped.json").read_text())
     assert dropped["kept"] == 4466 and len(dropped["dropped"]) == 4
@@ -120,7 +120,7 @@ def test_neu_seg_target_reads_pairs_and_groups_iou_by_defect_type(tmp_path, shar
     assert (
         not (staged / "images" / first["image"]).exists() and (staged / "images" / first["same_as"]).exists()
     )
-    assert config.crop_size is None and config.fold == 1 and config.trunk_lr_scale == 0.1
+    assert config.crop_size is None and config.split.fold == 1 and config.trunk_lr_scale == 0.1
     # Real masks: each image's IoU counts toward every defect type its mask holds.
     masks = sorted((shared_data / "neu-seg" / "masks").glob("*.png"))[::100]  # across the set
     types = {m.stem: set(np.unique(np.asarray(Image.open(m))).tolist()) - {0} for m in masks}
@@ -164,7 +164,7 @@ def test_long_budget_lever_pairs_with_a_random_trunk_on_the_same_budget(tmp_path
     assert short.epochs * short.steps_per_epoch == 120 and short.patience == short.epochs  # no early stop
     assert long.epochs * long.steps_per_epoch == 600 and long.patience == 5  # stops on validation AP
     same = ("fold", "defective_train", "split_seed", "seed", "crop_size", "lr", "batch_size")
-    assert [getattr(short, f) for f in same] == [getattr(long, f) for f in same]
+    assert [short.to_dict()[f] for f in same] == [long.to_dict()[f] for f in same]
 
 
 def test_synthetic_target_trains_on_its_own_split_with_the_same_defects_per_seed(tmp_path, shared_data):

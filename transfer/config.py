@@ -8,7 +8,7 @@ things that do not (device, data-loader workers, progress bars) are runtime argu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from dataonomy.datasets.options import DefectSetOptions
 from dataonomy.datasets.splits import SplitOptions, check_split_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import check_field_types
+from dataonomy.option_groups import flat_names, group, grouped, to_flat
 
 MONITORS = ("ap", "auroc", "loss")
 # The --help sections of the training options beside the main ones.
@@ -148,7 +149,8 @@ class TrainConfig:
             check_image_size(self.arch, self.input_size, option)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        """The config as ``config.json`` holds it: flat, one name per option (option groups spliced in)."""
+        out = to_flat(self)
         out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
 
@@ -216,8 +218,9 @@ class PretrainConfig(TrainConfig):
             raise DataonomyError(f"--patience {self.patience}: must be at least 1")
 
 
+@grouped
 @dataclass(kw_only=True)
-class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
+class FinetuneConfig(DefectSetOptions, TrainConfig):
     """Fine-tuning a base model to defect / no defect, every layer trained, the last one replaced.
 
     ``base``: a pretrain run (folder or checkpoint), ``imagenet`` or ``scratch`` (with ``arch``). ``data`` is the
@@ -230,6 +233,9 @@ class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
     patch is defective when at least ``patch_defect_fraction`` of its pixels are in the mask, clean when none
     are, and left out otherwise (its label would be a guess). Early stopping watches ``monitor`` on validation
     for ``patience`` epochs; the decision threshold maximises ``threshold_criterion`` on validation.
+
+    The split and the layout are option groups (``config.split.folds``, ``config.layout.masks``); the
+    constructor and ``config.json`` also take their options flat, as the command line names them.
     """
 
     kind: str = "finetune"
@@ -269,6 +275,7 @@ class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
     threshold_criterion: str = opt(
         "balanced_accuracy", "What the validation threshold maximises: balanced_accuracy or f1."
     )
+    split: SplitOptions = group(SplitOptions)
     head: str | None = opt(
         None,
         "segdec (default): a defect map and an image score from one pass, trained from the masks at native "
@@ -355,9 +362,10 @@ class FinetuneConfig(SplitOptions, DefectSetOptions, TrainConfig):
     def _check(self) -> None:
         super()._check()
         self.defect_data()  # an unknown --format is refused here
-        if not 0 < self.val_fraction < 1:  # fine-tuning validates every epoch: it needs a validation fold
-            raise DataonomyError(f"--val-fraction {self.val_fraction}: must be in (0, 1)")
-        check_split_options("train", self.val_fraction, self.test_fraction, self.folds, self.fold)
+        split = self.split
+        if not 0 < split.val_fraction < 1:  # fine-tuning validates every epoch: it needs a validation fold
+            raise DataonomyError(f"--val-fraction {split.val_fraction}: must be in (0, 1)")
+        check_split_options("train", split.val_fraction, split.test_fraction, split.folds, split.fold)
         if self.patience < 1:
             raise DataonomyError(f"--patience {self.patience}: must be at least 1")
         if self.defective_train is not None and self.defective_train < 1:
@@ -459,7 +467,7 @@ def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
             "format": "dagm",
         }  # runs before --data
     data = LEGACY_DEFAULTS[data["kind"]] | data
-    names = {f.name for f in fields(cls)}
+    names = set(flat_names(cls))
     unknown = sorted(set(data) - names)
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
@@ -472,9 +480,9 @@ def config_from_dict(data: dict, where: str = "config") -> TrainConfig:
 
 def config_differences(saved: TrainConfig, requested: dict[str, Any]) -> list[str]:
     """The fields of ``requested`` (name -> value, as options given on a command line) that differ from ``saved``."""
-    out = []
+    out, saved_fields = [], to_flat(saved)
     for name, value in requested.items():
-        old = getattr(saved, name)
+        old = saved_fields[name]
         if isinstance(old, tuple):
             value = tuple(value) if value is not None else None
         if value != old:

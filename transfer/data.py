@@ -331,7 +331,7 @@ def one_kind_error(
     """The error for a training or validation fold of one kind only (all defective or all clean); it says when
     the set's own split is why (MVTec AD's train split holds good images only)."""
     hint = ""
-    if config.folds is None and config.test_fraction == 0 and any(s.split for s in train.samples):
+    if not config.split.has_test_fold() and any(s.split for s in train.samples):
         hint = (
             f"; the {config.format} set's own train split is used: pool all its images into seeded folds with "
             "--folds K or --test-fraction F"
@@ -355,22 +355,16 @@ def run_fold(
     # The run's own files (read with the layout options given now, if any) keep the run's cut.
     same_set = data is None or config.defect_data().same_set(data)
     try:
-        spec = SplitSpec(
-            split,
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction if same_set else 0.0,
-            folds=config.folds if same_set else None,
-            fold=config.fold,
-            seed=config.split_seed if config.split_seed is not None else config.seed,
-            split_lists=getattr(config, "split_lists", None) if same_set else None,
+        spec = config.split.spec(split, config.seed, own_cut=same_set)
+        fold = defect_fold(
+            config.defect_data() if data is None else data, spec, config.split.classes, skip_bad
         )
-        fold = defect_fold(config.defect_data() if data is None else data, spec, config.classes, skip_bad)
         defective_train = getattr(config, "defective_train", None)
         if split == "train" and same_set and defective_train is not None:
             fold = keep_defective(fold, defective_train, spec.seed, f"--defective-train {defective_train}")
         return fold
     except DataonomyError as exc:
-        no_test = same_set and split == "test" and config.test_fraction == 0 and config.folds is None
+        no_test = same_set and split == "test" and not config.split.has_test_fold()
         if no_test and ("no DAGM images found" in str(exc) or "no images in the" in str(exc)):
             raise DataonomyError(
                 f"--split test: the run was fine-tuned on all of {config.data} (no --test-fraction or --folds), so "

@@ -153,9 +153,7 @@ def parity_images(
         pick = np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int)
         return torch.stack([loaded.transforms()(val[int(i)][0]) for i in pick])
     same_set = data is None or config.defect_data().same_set(data)
-    split = split or (
-        "test" if config.test_fraction > 0 or config.folds is not None or not same_set else "val"
-    )
+    split = split or ("test" if config.split.has_test_fold() or not same_set else "val")
     return record.head_kind.examples(loaded, run_fold(config, split, data), n)
 
 

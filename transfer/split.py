@@ -20,7 +20,7 @@ def split_lists(config: SplitConfig, log: Callable[[str], None] = print) -> dict
     source, lists = config.defect_data(), {}
     for split in SPLITS:
         try:
-            ds = defect_fold(source, config.split_spec(split), config.classes)
+            ds = defect_fold(source, config.split_spec(split), config.split.classes)
         except DataonomyError:
             if split == "test":
                 continue  # a set without a test fold of its own, and none asked for
@@ -35,17 +35,17 @@ def split_lists(config: SplitConfig, log: Callable[[str], None] = print) -> dict
 def write_split(config: SplitConfig, out: str | Path, log: Callable[[str], None] = print) -> dict:
     """Write ``out`` (JSON): ``params`` (the set and the cut), ``folds`` (:func:`split_lists`) and ``config``
     (what ``--config`` reads back); return what was written."""
-    source = config.defect_data()
+    source, cut = config.defect_data(), config.split
     params = {
         "data": source.root,
         "format": source.format,
         **source.reader_options(),
-        "classes": ",".join(config.classes) if config.classes is not None else None,
-        "val_fraction": config.val_fraction,
-        "test_fraction": config.test_fraction,
-        "folds": config.folds,
-        "fold": config.fold,
-        "seed": config.split_seed,
+        "classes": ",".join(cut.classes) if cut.classes is not None else None,
+        "val_fraction": cut.val_fraction,
+        "test_fraction": cut.test_fraction,
+        "folds": cut.folds,
+        "fold": cut.fold,
+        "seed": cut.split_seed,
     }
     record = {"params": params, "folds": split_lists(config, log), "config": config.to_dict()}
     write_json(out, record)

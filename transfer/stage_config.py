@@ -10,13 +10,14 @@ device, workers, overwrite) are runtime arguments, not fields. Each stage saves 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dataonomy.cli_options import opt, parse_size
 from dataonomy.datasets.options import LAYOUT_FIELDS, DefectLayout, DefectSetOptions
 from dataonomy.datasets.splits import SPLITS, SplitOptions
 from dataonomy.errors import DataonomyError
+from dataonomy.option_groups import flat_names, group, grouped, to_flat
 
 # Help texts several stages share.
 _MODEL_HELP = "A fine-tuning run folder (or its best.pt); required."
@@ -69,7 +70,8 @@ class StageConfig:
     kind: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as it is saved: flat, one name per option (option groups spliced in)."""
+        return to_flat(self)
 
     def save(self, path: str | Path) -> Path:
         """Write the config as JSON, atomically."""
@@ -82,6 +84,7 @@ class StageConfig:
 DATA_FIELDS = ("data", "format", *LAYOUT_FIELDS)
 
 
+@grouped
 @dataclass(kw_only=True)
 class DefectSetFields(DefectSetOptions, StageConfig):
     """A defect set as ``--data ROOT --format F`` and the layout's options name it (None: the run's own set;
@@ -89,7 +92,7 @@ class DefectSetFields(DefectSetOptions, StageConfig):
 
     def __post_init__(self):
         if self.data is None:
-            given = [n for n in DATA_FIELDS[1:] if getattr(self, n) not in (None, False)]
+            given = [n for n, v in to_flat(self).items() if n in DATA_FIELDS[1:] and v not in (None, False)]
             if given:
                 raise DataonomyError(
                     f"--{given[0].replace('_', '-')}: describes the --data set; give --data (or --dagm) with it"
@@ -109,19 +112,26 @@ def defect_set(fields, default_format: str = "dagm"):
 
     if fields.data is None:
         return None
-    values = {n: getattr(fields, n) for n in LAYOUT_FIELDS}
-    return DefectData(root=fields.data, format=fields.format or default_format, **values)
+    return DefectData(root=fields.data, format=fields.format or default_format, **asdict(fields.layout))
 
 
 @dataclass(kw_only=True)
-class SplitConfig(SplitOptions, DefectSetFields):
-    """``transfer split``: the seeded, stratified train/val(/test) cut of a defect set that fine-tuning uses."""
+class SplitCut(SplitOptions):
+    """The split options of ``transfer split``: finetune's, with a seed of their own (no --seed to default to)."""
 
-    kind: str = "split"
     # Named as finetune's --split-seed, which cuts the same folds.
     split_seed: int = opt(
         0, "Seed of the stratified split (as finetune's --split-seed: the same folds).", panel="Split"
     )
+
+
+@grouped
+@dataclass(kw_only=True)
+class SplitConfig(DefectSetFields):
+    """``transfer split``: the seeded, stratified train/val(/test) cut of a defect set that fine-tuning uses."""
+
+    kind: str = "split"
+    split: SplitCut = group(SplitCut)
 
     def __post_init__(self):
         if self.data is None:
@@ -132,19 +142,10 @@ class SplitConfig(SplitOptions, DefectSetFields):
 
     def split_spec(self, split: str):
         """Fold ``split`` of this cut, as the readers take it (:class:`dataonomy.datasets.SplitSpec`)."""
-        from dataonomy.datasets.splits import SplitSpec
-
-        return SplitSpec(
-            split,
-            self.val_fraction,
-            self.test_fraction,
-            self.folds,
-            self.fold,
-            self.split_seed,
-            self.split_lists,
-        )
+        return self.split.spec(split)
 
 
+@grouped
 @dataclass(kw_only=True)
 class EvaluateConfig(DefectSetFields):
     """``transfer evaluate``: score ``split`` of the run's own set (or of ``data``) with the run ``model``."""
@@ -178,6 +179,7 @@ class EvaluateConfig(DefectSetFields):
             raise DataonomyError(f"--human-error {self.human_error}: must be in [0, 1] (an error rate)")
 
 
+@grouped
 @dataclass(kw_only=True)
 class LocalizeConfig(DefectSetFields):
     """``transfer localize``: defect heatmaps, masks and boxes of ``images`` (or a fold) with the run ``model``;
@@ -401,7 +403,7 @@ def read_stage_config(path: str | Path, kind: str) -> dict:
     for old, new in LEGACY_FIELDS.get(kind, {}).items():  # configs saved before a field was renamed
         if old in data and new not in data:
             data[new] = data.pop(old)
-    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    unknown = sorted(set(data) - set(flat_names(cls)))
     if unknown:
         raise DataonomyError(f"{where}: unknown config field(s) {', '.join(unknown)}")
     check_field_types(cls, data, where)

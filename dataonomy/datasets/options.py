@@ -12,6 +12,7 @@ from dataonomy.cli_options import opt, parse_list, same_option
 from dataonomy.datasets.registry import get_dataset_reader
 from dataonomy.datasets.splits import SplitSpec
 from dataonomy.errors import DataonomyError
+from dataonomy.option_groups import group
 
 # The flat options readers take grouped: into ``sampling`` (every reader), into ``split`` for a reader
 # whose ``split`` takes a SplitSpec (DAGM), into ``folders`` for one that reads anomalib's folder layout
@@ -176,9 +177,9 @@ FORMAT_HELP = (
 
 
 @dataclass(kw_only=True)
-class DefectSetOptions(DefectLayout):
-    """A defect set as the commands name it: ``--data ROOT --format F`` and the layout's options (None: the
-    command's default set; ``format`` None: the command's default layout)."""
+class DefectSetOptions:
+    """A defect set as the commands name it: ``--data ROOT --format F`` and the layout's options, the group
+    ``layout`` (None: the command's default set; ``format`` None: the command's default layout)."""
 
     data: str | None = opt(
         None,
@@ -190,6 +191,7 @@ class DefectSetOptions(DefectLayout):
         FORMAT_HELP + " Default: dagm for finetune and split; the run's own elsewhere.",
         option_default=None,
     )
+    layout: DefectLayout = group(DefectLayout)
 
 
 @dataclass(frozen=True)

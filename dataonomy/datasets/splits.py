@@ -111,6 +111,24 @@ class SplitOptions:
         panel="Split",
     )
 
+    def spec(self, split: str, seed: int = 0, *, own_cut: bool = True) -> SplitSpec:
+        """Fold ``split`` of this cut, as the readers take it; ``seed`` seeds it where ``split_seed`` is None (a
+        run's --seed). A set other than the one cut (``own_cut`` False) keeps only the validation share and
+        the seed: its test fold is its own, not this cut's."""
+        return SplitSpec(
+            split,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction if own_cut else 0.0,
+            folds=self.folds if own_cut else None,
+            fold=self.fold,
+            seed=self.split_seed if self.split_seed is not None else seed,
+            split_lists=self.split_lists if own_cut else None,
+        )
+
+    def has_test_fold(self) -> bool:
+        """Whether the cut holds test images out of the images found (--test-fraction or --folds)."""
+        return self.test_fraction > 0 or self.folds is not None
+
 
 @dataclass(frozen=True)
 class SplitSpec:
