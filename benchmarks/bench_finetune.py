@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
             record = {
                 "batch_size": batch,
                 "input_size": config.input_size,
-                "examples": "patches" if config.patches else "images",
-                "patch_size": config.patch_size if config.patches else None,
-                "patch_stride": config.patch_stride if config.patches else None,
+                "examples": "patches" if config.patch.patches else "images",
+                "patch_size": config.patch.patch_size if config.patch.patches else None,
+                "patch_stride": config.patch.patch_stride if config.patch.patches else None,
                 "aux_logits": config.aux_logits,
                 "amp_used": device.type == "cuda" and config.amp,
                 "channels_last_used": device.type == "cuda" and config.channels_last,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(
                 [
                     arch,
-                    f"{config.input_size}x{config.input_size} {'patches' if config.patches else 'images'}",
+                    f"{config.input_size}x{config.input_size} {'patches' if config.patch.patches else 'images'}",
                     batch,
                     step_s,
                     record["examples_per_s"],

@@ -256,7 +256,7 @@ def test_patch_validation_image_scores_equal_image_scores(tmp_path):
     assert np.any(val_labels == 1) and np.any(val_labels == 0)
 
     # The patch metrics still count only the patches the fine-tuning's rule labels.
-    labelled = PatchDataset(val_images, 16, 16, config.patch_defect_fraction)
+    labelled = PatchDataset(val_images, 16, 16, config.patch.patch_defect_fraction)
     assert int(task.val_patch_scored.sum()) == len(labelled) < len(outputs["score"])
     np.testing.assert_array_equal(targets[task.val_patch_scored], labelled.targets)
     metrics_now = task.val_metrics(outputs, targets)

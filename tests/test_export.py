@@ -26,8 +26,8 @@ def make_run(tmp_path, dagm_class1_test, arch: str, init: str = "scratch", **con
     torch.manual_seed(0)
     model = build_model(arch, 2, init)
     meta = {"classes": ["ok", "defect"], "threshold": 0.4, "threshold_criterion": "balanced_accuracy"}
-    if config.patches:
-        meta.update(input="patch", patch_size=config.patch_size, patch_stride=config.patch_stride)
+    if config.patch.patches:
+        meta.update(input="patch", patch_size=config.patch.patch_size, patch_stride=config.patch.patch_stride)
     run = tmp_path / arch
     save_model(model_record(config, model, meta), run / "best.pt")
     return run

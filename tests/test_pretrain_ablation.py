@@ -120,7 +120,7 @@ def test_neu_seg_target_reads_pairs_and_groups_iou_by_defect_type(tmp_path, shar
     assert (
         not (staged / "images" / first["image"]).exists() and (staged / "images" / first["same_as"]).exists()
     )
-    assert config.crop_size is None and config.split.fold == 1 and config.trunk_lr_scale == 0.1
+    assert config.segdec.crop_size is None and config.split.fold == 1 and config.trunk_lr_scale == 0.1
     # Real masks: each image's IoU counts toward every defect type its mask holds.
     masks = sorted((shared_data / "neu-seg" / "masks").glob("*.png"))[::100]  # across the set
     types = {m.stem: set(np.unique(np.asarray(Image.open(m))).tolist()) - {0} for m in masks}

@@ -8,7 +8,7 @@ things that do not (device, data-loader workers, progress bars) are runtime argu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from dataonomy.datasets.options import DefectSetOptions
 from dataonomy.datasets.splits import SplitOptions, check_split_options
 from dataonomy.errors import DataonomyError
 from dataonomy.io import check_field_types
-from dataonomy.option_groups import flat_names, group, grouped, to_flat
+from dataonomy.option_groups import flat_fields, flat_names, group, grouped, to_flat
+from transfer.head_options import SEGDEC, PatchOptions, SegdecOptions
 
 MONITORS = ("ap", "auroc", "loss")
 # The --help sections of the training options beside the main ones.
-OPTIMISATION, SEGDEC, PATCHES = "Optimisation", "segdec head", "Classifier on patches (--patches)"
+OPTIMISATION = "Optimisation"
 # The trunk's share of the fine-tuning learning rate when the base is pretrained (see FinetuneConfig).
 PRETRAINED_TRUNK_LR_SCALE = 1.0
 
@@ -234,8 +235,10 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
     are, and left out otherwise (its label would be a guess). Early stopping watches ``monitor`` on validation
     for ``patience`` epochs; the decision threshold maximises ``threshold_criterion`` on validation.
 
-    The split and the layout are option groups (``config.split.folds``, ``config.layout.masks``); the
-    constructor and ``config.json`` also take their options flat, as the command line names them.
+    The split, the layout and the heads' own options are option groups (``config.split.folds``,
+    ``config.layout.masks``, ``config.segdec.crop_size``, ``config.patch.patch_size``:
+    :mod:`transfer.head_options`); the constructor and ``config.json`` also take their options flat, as the
+    command line names them.
     """
 
     kind: str = "finetune"
@@ -262,20 +265,14 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
     lr: float = 0.01
     batch_size: int = 32
     warmup_epochs: float = 0.5
-    patches: bool = opt(False, "Train on full-resolution patches (for localisation).", panel=PATCHES)
-    patch_size: int = opt(64, "Patch side.", panel=PATCHES)
-    patch_stride: int = opt(32, "Step between patches.", panel=PATCHES)
-    patch_defect_fraction: float = opt(
-        0.05,
-        "A patch is defective when at least this share of its pixels is in the mask.",
-        panel=PATCHES,
-    )
     patience: int = opt(5, "Stop after N epochs without improvement.")
     monitor: str = opt("ap", "Validation metric for early stopping: ap, auroc, loss.")
     threshold_criterion: str = opt(
         "balanced_accuracy", "What the validation threshold maximises: balanced_accuracy or f1."
     )
     split: SplitOptions = group(SplitOptions)
+    segdec: SegdecOptions = group(SegdecOptions)
+    patch: PatchOptions = group(PatchOptions)
     head: str | None = opt(
         None,
         "segdec (default): a defect map and an image score from one pass, trained from the masks at native "
@@ -289,27 +286,6 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
         "them).",
         panel=SEGDEC,
     )
-    head_channels: int = opt(64, "segdec: width of the segmentation head.", panel=SEGDEC)
-    map_stride: int | None = opt(
-        None,
-        "segdec: the defect map's stride (4 or 8): below --output-stride a light decoder adds the trunk's features "
-        "of each finer stride (skip connections, U-Net/FPN style). Default: the map at --output-stride.",
-        panel=SEGDEC,
-    )
-    crop_size: int | None = opt(
-        None,
-        "segdec: train on random crops of this side (a defective image's crop holds defect pixels); validation "
-        "and test see whole images. Default: whole images.",
-        panel=SEGDEC,
-    )
-    pixel_weighting: str = opt(
-        "uniform",
-        "segdec: uniform (every mask pixel counts the same) or distance (pixels weigh (distance to the label's "
-        "border / its largest)^2, for loose labels such as DAGM's ellipses).",
-        panel=SEGDEC,
-    )
-    seg_loss_weight: float = opt(1.0, "segdec: weight of the pixel loss.", panel=SEGDEC)
-    image_loss_weight: float = opt(1.0, "segdec: weight of the image (decision) loss.", panel=SEGDEC)
     # Few defects, as users have them: keep ``defective_train`` of the training fold's defective images (a
     # seeded choice by ``split_seed``, nested: the 5 kept are among the 10 kept), every clean one, and the
     # validation fold as it is. None: every defective image.
@@ -330,7 +306,7 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
         if self.trunk_lr_scale is None and isinstance(self.base, str):
             self.trunk_lr_scale = 1.0 if self.base == "scratch" else PRETRAINED_TRUNK_LR_SCALE
         if self.head is None:
-            self.head = "classify" if self.patches else "segdec"
+            self.head = "classify" if self.patch.patches else "segdec"
         if self.head_kind.native_resolution and self.aux_logits is None:
             self.aux_logits = False
         super().__post_init__()
@@ -357,7 +333,7 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
 
     @property
     def input_size(self) -> int | None:
-        return self.patch_size if self.patches else self.image_size
+        return self.patch.patch_size if self.patch.patches else self.image_size
 
     def _check(self) -> None:
         super()._check()
@@ -390,14 +366,15 @@ class FinetuneConfig(DefectSetOptions, TrainConfig):
         saved so far still load."""
         from transfer.heads.base import finetune_heads
 
-        head, defaults = self.head_kind, {f.name: f.default for f in fields(self)}
+        head, values = self.head_kind, to_flat(self)
+        defaults = {f.name: f.field.default for f in flat_fields(type(self))}
         owners: dict[str, list[str]] = {}
         for other in finetune_heads():
             for name in other.options:
                 owners.setdefault(name, []).append(other.name)
         for name, kinds in owners.items():
             off = defaults[name] in (None, False)
-            if off and name not in head.options and getattr(self, name) not in (None, False):
+            if off and name not in head.options and values[name] not in (None, False):
                 raise DataonomyError(f"{_option(name)}: only for --head {' or '.join(kinds)}")
         head.check_config(self)
 

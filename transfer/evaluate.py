@@ -268,7 +268,7 @@ def patch_scores(loaded: LoadedModel, dataset, batch_size: int = 256, num_worker
     ``dataset``, with each patch's image index."""
     record, head = loaded.record, loaded.record.head_kind
     patches = PatchDataset(
-        dataset, record.patch_size, record.patch_stride, loaded.config.patch_defect_fraction
+        dataset, record.patch_size, record.patch_stride, loaded.config.patch.patch_defect_fraction
     )
     loader = DataLoader(
         SeededTransform(patches, loaded.transforms(), 0), batch_size=batch_size, num_workers=num_workers

@@ -361,9 +361,10 @@ class SegDecTask:
         # Both kinds in both folds: the decision head's score, thresholded on validation images. Otherwise the
         # masks decide: the map's cells (see the module's docstring).
         self.decision = "image" if all(kinds.values()) else "cell"
-        common = {"image_size": c.image_size, "pixel_weighting": c.pixel_weighting, "seed": c.seed}
+        own = c.segdec
+        common = {"image_size": c.image_size, "pixel_weighting": own.pixel_weighting, "seed": c.seed}
         self.train_set = MaskedImages(
-            folds["train"], c.mean, c.std, augment=c.augment, crop_size=c.crop_size, **common
+            folds["train"], c.mean, c.std, augment=c.augment, crop_size=own.crop_size, **common
         )
         self.val_set = MaskedImages(folds["val"], c.mean, c.std, **common)
         self.train_targets = np.asarray(self.train_set.targets)
@@ -371,7 +372,7 @@ class SegDecTask:
         self.groups = sorted({s.group or s.label for s in folds["train"].samples})
         counts = np.bincount(self.train_targets, minlength=2)
         # Inverse class frequency; with one kind of training image the image loss has nothing to tell apart.
-        self.image_loss_weight = c.image_loss_weight if kinds["train"] else 0.0
+        self.image_loss_weight = own.image_loss_weight if kinds["train"] else 0.0
         self.class_weights = torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1)), dtype=torch.float32)
 
     @staticmethod
@@ -380,15 +381,17 @@ class SegDecTask:
         return model.trunk
 
     def build_model(self):
-        c = self.config
-        return build_segdec(c.arch, c.base, c.output_stride, c.head_channels, map_stride=c.map_stride)
+        c, own = self.config, self.config.segdec
+        return build_segdec(c.arch, c.base, c.output_stride, own.head_channels, map_stride=own.map_stride)
 
     def criterion(self):
         return None
 
     def loss(self, outputs: SegDecOutput, targets: dict, criterion=None, aux_weight=None):
         c = self.config
-        loss = segdec_loss(outputs, targets, self.class_weights, c.seg_loss_weight, self.image_loss_weight)
+        loss = segdec_loss(
+            outputs, targets, self.class_weights, c.segdec.seg_loss_weight, self.image_loss_weight
+        )
         return loss, outputs
 
     @staticmethod
@@ -469,8 +472,8 @@ class SegDecTask:
             "input": "image",
             "head": "segdec",
             "output_stride": c.output_stride,
-            "head_channels": c.head_channels,
-            "map_stride": c.map_stride,
+            "head_channels": c.segdec.head_channels,
+            "map_stride": c.segdec.map_stride,
             "decision": self.decision,
             "seen_images": self.seen_images,
         }

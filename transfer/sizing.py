@@ -170,7 +170,7 @@ def fit_to_machine(config, device_name: str | None, given: set[str], log=print):
     model = task.build_model().to(device)
     sizing = fit_sizes(
         model, sides, config.output_stride, device,
-        config.crop_size if "crop_size" in given else None,
+        config.segdec.crop_size if "crop_size" in given else None,
         config.batch_size if "batch_size" in given else None,
     )  # fmt: skip
     del model, task

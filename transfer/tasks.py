@@ -107,35 +107,35 @@ class FinetuneTask:
         folds = {split: run_fold(c, split) for split in ("train", "val")}
         self.seen_images = seen_images(folds)  # evaluate/localize refuse to test on these (by content)
         self.val_patch_scored = None  # which validation examples the patch metrics count (None: all)
-        if c.patches:
-            train = PatchDataset(folds["train"], c.patch_size, c.patch_stride, c.patch_defect_fraction)
+        patch = c.patch
+        if patch.patches:
+            grid = (patch.patch_size, patch.patch_stride, patch.patch_defect_fraction)
+            train = PatchDataset(folds["train"], *grid)
             # Validation keeps every grid patch: the image score (max over patches) that places the threshold
             # must be the one the test images get (transfer.evaluate.image_scores), not a max over the
             # patches that passed the defect-share filter.
-            val = PatchDataset(
-                folds["val"], c.patch_size, c.patch_stride, c.patch_defect_fraction, every_patch=True
-            )
+            val = PatchDataset(folds["val"], *grid, every_patch=True)
             self.val_patch_scored = ~val.ambiguous
             train_tf, eval_tf = texture_transforms(None, c.mean, c.std, c.augment)
         else:
             train, val = folds["train"], folds["val"]
             train_tf, eval_tf = texture_transforms(c.image_size, c.mean, c.std, c.augment)
         for name, ds in (("training", train), ("validation", val)):
-            labelled = np.asarray(ds.targets)[~ds.ambiguous] if c.patches else np.asarray(ds.targets)
+            labelled = np.asarray(ds.targets)[~ds.ambiguous] if patch.patches else np.asarray(ds.targets)
             n_def = int(np.sum(labelled))
             if n_def == 0 or n_def == len(labelled):
-                what = "patches" if c.patches else "images"
+                what = "patches" if patch.patches else "images"
                 raise one_kind_error(c, name, n_def, len(labelled), what, folds["train"])
         self.train_set = SeededTransform(train, train_tf, c.seed)
         self.val_set = SeededTransform(val, eval_tf, c.seed)
         self.train_targets = np.asarray(train.targets)
-        if c.patches:
+        if patch.patches:
             # Which validation image each patch comes from, and the images' labels: image-level decisions.
             self.val_patch_image = np.array([i for i, _, _ in val.patches], dtype=np.int64)
             self.val_image_targets = np.asarray(folds["val"].targets)
         # A validation fold of one kind of image (every image defective, as road cracks) cannot place an image
         # threshold: the patches' own labels do (decision "patch"; evaluate then reports patches).
-        one_kind = c.patches and self.val_image_targets.min() == self.val_image_targets.max()
+        one_kind = patch.patches and self.val_image_targets.min() == self.val_image_targets.max()
         self.decision = "patch" if one_kind else "image"
         self.classes = ["ok", "defect"]
         self.groups = sorted({s.group or s.label for s in folds["train"].samples})
@@ -173,7 +173,7 @@ class FinetuneTask:
         """(scores, labels) of the validation images: the examples' own, or each image's highest patch score over
         every grid patch (as :func:`image_scores` scores test images); ``decision = "patch"``: the labelled
         patches (the fine-tuning's patch rule, as :func:`patch_scores`)."""
-        if not self.config.patches:
+        if not self.config.patch.patches:
             return outputs["score"], targets
         if self.decision == "patch":
             return outputs["score"][self.val_patch_scored], targets[self.val_patch_scored]
@@ -190,7 +190,7 @@ class FinetuneTask:
             "val_auroc": M.auroc(scores, labels),
         }
         images, labels = self.decision_scores(outputs, targets)
-        if self.config.patches and self.decision == "image":
+        if self.config.patch.patches and self.decision == "image":
             metrics.update(
                 val_image_ap=M.average_precision(images, labels), val_image_auroc=M.auroc(images, labels)
             )
@@ -204,14 +204,14 @@ class FinetuneTask:
         return {"threshold": threshold, "threshold_criterion": self.config.threshold_criterion}
 
     def model_meta(self) -> dict:
-        c = self.config
+        c, patch = self.config, self.config.patch
         meta = {
             "classes": self.classes,
             "groups": self.groups,
-            "input": "patch" if c.patches else "image",
+            "input": "patch" if patch.patches else "image",
             "head": c.head,
             "seen_images": self.seen_images,
         }
-        if c.patches:
-            meta.update(patch_size=c.patch_size, patch_stride=c.patch_stride, decision=self.decision)
+        if patch.patches:
+            meta.update(patch_size=patch.patch_size, patch_stride=patch.patch_stride, decision=self.decision)
         return meta

@@ -170,7 +170,7 @@ def make_task(config: TrainConfig):
         return PretrainTask(config)
     from transfer.heads import get_head, head_name
 
-    return get_head(head_name(config.head, "patch" if config.patches else "image")).make_task(config)
+    return get_head(head_name(config.head, "patch" if config.patch.patches else "image")).make_task(config)
 
 
 # --------------------------------------------------------------------------------------------------------------

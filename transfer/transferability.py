@@ -56,7 +56,9 @@ def run_logme(config, clean_cells_per_image: int = 64, device: str | None = "cpu
     fold = run_fold(config, "train")
     images = MaskedImages(fold, config.mean, config.std, image_size=config.image_size, seed=config.seed)
     torch.manual_seed(config.seed)  # the random trunk fine-tuning from scratch would start from
-    trunk = build_segdec(config.arch, config.base, config.output_stride, config.head_channels).trunk.to(dev)
+    trunk = build_segdec(
+        config.arch, config.base, config.output_stride, config.segdec.head_channels
+    ).trunk.to(dev)
     features, labels = trunk_cells(trunk, images, clean_cells_per_image, config.seed, dev)
     return {
         "logme": logme(features, labels),

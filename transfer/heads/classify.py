@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dataonomy.errors import DataonomyError
+from transfer.head_options import PatchOptions, option_names
 from transfer.heads.base import Head
 from transfer.localize import two_class_probability
 
@@ -16,16 +17,17 @@ class ClassifyHead(Head):
     image_input = "resized"
     localize_modes = ("batched", "loop", "dense")
     onnx_meaning = "logits; the defect probability is softmax(logits)[:, 1]"
-    # --patches trains it on full-resolution patches (the ``patch`` kind once saved)
-    options = ("patches", "patch_size", "patch_stride", "patch_defect_fraction")
+    # --patches trains it on full-resolution patches (the ``patch`` kind once saved): config.patch
+    options = option_names(PatchOptions)
 
     def check_config(self, config) -> None:
-        if config.patches:
-            if config.patch_size < 1 or config.patch_stride < 1:
+        patch = config.patch
+        if patch.patches:
+            if patch.patch_size < 1 or patch.patch_stride < 1:
                 raise DataonomyError("--patch-size/--patch-stride: must be at least 1")
-            if not 0 < config.patch_defect_fraction <= 1:
+            if not 0 < patch.patch_defect_fraction <= 1:
                 raise DataonomyError(
-                    f"--patch-defect-fraction {config.patch_defect_fraction}: must be in (0, 1]"
+                    f"--patch-defect-fraction {patch.patch_defect_fraction}: must be in (0, 1]"
                 )
 
     def build(self, record, weights: dict) -> nn.Module:

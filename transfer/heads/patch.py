@@ -23,7 +23,7 @@ class PatchHead(ClassifyHead):
 
         record = loaded.record
         patches = PatchDataset(
-            fold, record.patch_size, record.patch_stride, loaded.config.patch_defect_fraction
+            fold, record.patch_size, record.patch_stride, loaded.config.patch.patch_defect_fraction
         )
         chosen = balanced_indices(np.asarray(patches.targets), n)
         return loaded.normalize(torch.stack([patches[int(i)][0] for i in chosen]))

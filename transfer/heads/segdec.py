@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from dataonomy.errors import DataonomyError
 from dataonomy.progress import progress as show_progress
 from transfer.data import scaled_size, size_batches
+from transfer.head_options import SegdecOptions, option_names
 from transfer.heads.base import Head, balanced_indices
 from transfer.segdec import OUTPUT_STRIDES, SegDecOutput, check_map_stride, saved_segdec, upsample_map
 from transfer.segdec_task import MaskedImages, cell_labels
@@ -49,26 +50,25 @@ class SegdecHead(Head):
     )
     maps_in_one_pass = True
     native_resolution = True
-    options = (
-        "output_stride", "head_channels", "map_stride", "crop_size", "pixel_weighting", "seg_loss_weight",
-        "image_loss_weight",
-    )  # fmt: skip
+    # --output-stride and the group config.segdec
+    options = ("output_stride", *option_names(SegdecOptions))
 
     def check_config(self, config) -> None:
         from transfer.segdec_task import PIXEL_WEIGHTINGS
 
+        own = config.segdec
         check_output_stride(config.output_stride)
-        check_map_stride(config.map_stride, config.output_stride)
-        if config.head_channels < 1:
-            raise DataonomyError(f"--head-channels {config.head_channels}: must be at least 1")
-        if config.crop_size is not None and config.crop_size < config.output_stride:
-            raise DataonomyError(f"--crop-size {config.crop_size}: must be at least --output-stride")
-        if config.pixel_weighting not in PIXEL_WEIGHTINGS:
+        check_map_stride(own.map_stride, config.output_stride)
+        if own.head_channels < 1:
+            raise DataonomyError(f"--head-channels {own.head_channels}: must be at least 1")
+        if own.crop_size is not None and own.crop_size < config.output_stride:
+            raise DataonomyError(f"--crop-size {own.crop_size}: must be at least --output-stride")
+        if own.pixel_weighting not in PIXEL_WEIGHTINGS:
             raise DataonomyError(
-                f"--pixel-weighting '{config.pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
+                f"--pixel-weighting '{own.pixel_weighting}': must be one of {', '.join(PIXEL_WEIGHTINGS)}"
             )
         for option, value in (
-            ("--seg-loss-weight", config.seg_loss_weight), ("--image-loss-weight", config.image_loss_weight),
+            ("--seg-loss-weight", own.seg_loss_weight), ("--image-loss-weight", own.image_loss_weight),
         ):  # fmt: skip
             if value < 0:
                 raise DataonomyError(f"{option} {value}: must not be negative")
