@@ -330,7 +330,7 @@ def test_pretrain_bad_inputs(manifest, tiny_imagenet, tmp_path, capsys):
 # --- fixed epoch length (equal step budgets across training sets of different sizes) -----------------------------
 
 from transfer.data import SeededTransform  # noqa: E402
-from transfer.training import ResumableSampler  # noqa: E402
+from transfer.resumable import ResumableSampler  # noqa: E402
 
 
 @pytest.mark.parametrize("epoch_samples", [7, 10, 25])

@@ -196,7 +196,8 @@ _given = given_options
 
 
 def _run_training(config_or_none, out: Path, resume: bool, requested: dict, runtime) -> None:
-    from transfer.training import TrainingInterrupted, resume_config, train
+    from transfer.resumable import TrainingInterrupted
+    from transfer.training import resume_config, train
 
     config = resume_config(out, requested) if resume else config_or_none()
     try:

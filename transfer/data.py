@@ -117,7 +117,7 @@ class SeededTransform(Dataset):
 
     Call :meth:`set_epoch` before each epoch (data-loader workers receive a fresh copy of this object per epoch).
     An index past the end, ``i + r * len(dataset)``, is sample ``i`` on its ``r``-th pass within one epoch (epochs
-    longer than the dataset, :class:`transfer.training.ResumableSampler`): same image, its own augmentation.
+    longer than the dataset, :class:`transfer.resumable.ResumableSampler`): same image, its own augmentation.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int):

@@ -20,7 +20,8 @@ epoch E). The result is a function of the config and of the step at which each e
 ``extensions`` in the checkpoint and ``summary.json``): deterministic, though not equal to an E-epoch run.
 
 Multi-GPU and multi-node: launch the same command with ``torchrun``; the process group is read from its
-environment (NCCL on CUDA, gloo on CPU).
+environment (NCCL on CUDA, gloo on CPU). Stopping on a signal and resuming mid-epoch are
+:mod:`transfer.resumable`'s; the process group is :class:`dataonomy.processes.Processes`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from dataonomy.errors import DataonomyError
@@ -69,18 +68,8 @@ from transfer.data import (
     size_batches,
 )
 from transfer.models import load_state, model_loss
+from transfer.resumable import ResumableSampler, StopRequest, TrainingInterrupted, ignore_sigint
 from transfer.tasks import FinetuneTask, PretrainTask
-
-
-class TrainingInterrupted(Exception):
-    """Raised after an interrupted run saved its checkpoint; the CLI exits ``exit_code``, 128 + the signal's
-    number as a shell reports it (130 for Ctrl-C, 143 for SIGTERM from a scheduler or ``kill``)."""
-
-    def __init__(self, checkpoint: Path, step: int, rank: int = 0, signum: int = signal.SIGINT):
-        name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}; checkpoint saved to {checkpoint} (continue with --resume)")
-        self.checkpoint, self.step, self.rank = checkpoint, step, rank
-        self.exit_code = 128 + int(signum)
 
 
 @dataclass
@@ -97,71 +86,6 @@ class Runtime:
     progress: bool | None = None
     stop_after_steps: int | None = None
     log_every: float | None = 30.0
-
-
-class ResumableSampler(DistributedSampler):
-    """``DistributedSampler`` that can start part-way through an epoch (after ``start`` of its samples), with an
-    optional fixed epoch length.
-
-    ``epoch_samples`` (per process) makes every epoch that long whatever the dataset's size: shorter than the
-    dataset, an epoch is the first part of a fresh seeded permutation; longer, it chains fresh permutations, and
-    the ``r``-th pass over sample ``i`` is yielded as ``i + r * len(dataset)`` so that
-    :class:`transfer.data.SeededTransform` gives it its own augmentation. The order is a function of (seed, epoch).
-    """
-
-    start = 0
-
-    def __init__(self, dataset, *, epoch_samples: int | None = None, **kwargs):
-        super().__init__(dataset, **kwargs)
-        self.epoch_samples = epoch_samples
-        if epoch_samples is not None:
-            self.num_samples = epoch_samples
-            self.total_size = epoch_samples * self.num_replicas
-
-    def _fixed_length_indices(self) -> list[int]:
-        n = len(self.dataset)
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
-        passes = -(-self.total_size // n)
-        order = torch.cat([torch.randperm(n, generator=generator) + r * n for r in range(passes)])
-        return order[: self.total_size][self.rank :: self.num_replicas].tolist()
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__()) if self.epoch_samples is None else self._fixed_length_indices()
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class StopRequest:
-    """Turn SIGINT/SIGTERM into a flag checked between steps, so a checkpoint is only written in a consistent
-    state. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.signum = signal.SIGINT  # the signal that asked (another process's, under DDP: Ctrl-C's)
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _ignore_sigint(_worker_id: int) -> None:
-    # Loader workers share the terminal's process group; the main process alone decides how to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def make_task(config: TrainConfig):
@@ -658,7 +582,7 @@ def _loader(trainer: Trainer) -> DataLoader:
         drop_last=True,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_sigint if workers else None,
+        worker_init_fn=ignore_sigint if workers else None,
         collate_fn=getattr(trainer.task, "collate_fn", None),  # segdec: pads images of different sizes
     )
 
@@ -965,11 +889,8 @@ __all__ = [
     "FinetuneTask",
     "Position",
     "PretrainTask",
-    "ResumableSampler",
     "Runtime",
-    "StopRequest",
     "Trainer",
-    "TrainingInterrupted",
     "finish_epoch",
     "make_task",
     "predict",
