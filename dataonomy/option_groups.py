@@ -45,8 +45,10 @@ class FlatField:
         return self.field.name
 
 
-def flat_fields(config_cls: type) -> list[FlatField]:
-    """The config's options, flat: its own fields in order, each group's fields in the group's place."""
+@functools.cache
+def flat_fields(config_cls: type) -> tuple[FlatField, ...]:
+    """The config's options, flat: its own fields in order, each group's fields in the group's place (read once
+    per class: every construction of a grouped config asks)."""
     hints = typing.get_type_hints(config_cls)
     out = []
     for f in dataclasses.fields(config_cls):
@@ -56,7 +58,7 @@ def flat_fields(config_cls: type) -> list[FlatField]:
             continue
         group_hints = typing.get_type_hints(cls)
         out.extend(FlatField(g, cls, f.name, group_hints.get(g.name)) for g in dataclasses.fields(cls))
-    return out
+    return tuple(out)
 
 
 def flat_names(config_cls: type) -> list[str]:
@@ -73,11 +75,7 @@ def nest(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
-        if name in groups and isinstance(value, groups[name]):
-            kwargs[name] = value
-        elif name in groups and isinstance(value, dict):
-            parts.setdefault(name, {}).update(value)  # a nested dict, as asdict gives it
-        elif name in owner:
+        if name in owner:
             parts.setdefault(owner[name], {})[name] = value
         else:
             kwargs[name] = value

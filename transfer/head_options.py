@@ -8,7 +8,7 @@ head that reads a group names it (:attr:`transfer.heads.Head.options`) and check
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from dataonomy.cli_options import opt
 
@@ -57,9 +57,4 @@ class PatchOptions:
     )
 
 
-def option_names(group_cls: type) -> tuple[str, ...]:
-    """A group's options by name (what a head lists as its own)."""
-    return tuple(f.name for f in fields(group_cls))
-
-
-__all__ = ["PATCHES", "SEGDEC", "PatchOptions", "SegdecOptions", "option_names"]
+__all__ = ["PATCHES", "SEGDEC", "PatchOptions", "SegdecOptions"]

@@ -92,7 +92,8 @@ class DefectSetFields(DefectSetOptions, StageConfig):
 
     def __post_init__(self):
         if self.data is None:
-            given = [n for n, v in to_flat(self).items() if n in DATA_FIELDS[1:] and v not in (None, False)]
+            values = to_flat(self)
+            given = [n for n in DATA_FIELDS[1:] if values[n] not in (None, False)]
             if given:
                 raise DataonomyError(
                     f"--{given[0].replace('_', '-')}: describes the --data set; give --data (or --dagm) with it"

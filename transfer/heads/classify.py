@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from dataonomy.errors import DataonomyError
-from transfer.head_options import PatchOptions, option_names
+from dataonomy.option_groups import flat_names
+from transfer.head_options import PatchOptions
 from transfer.heads.base import Head
 from transfer.localize import two_class_probability
 
@@ -18,7 +19,7 @@ class ClassifyHead(Head):
     localize_modes = ("batched", "loop", "dense")
     onnx_meaning = "logits; the defect probability is softmax(logits)[:, 1]"
     # --patches trains it on full-resolution patches (the ``patch`` kind once saved): config.patch
-    options = option_names(PatchOptions)
+    options = tuple(flat_names(PatchOptions))
 
     def check_config(self, config) -> None:
         patch = config.patch

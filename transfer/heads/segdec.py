@@ -10,9 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dataonomy.errors import DataonomyError
+from dataonomy.option_groups import flat_names
 from dataonomy.progress import progress as show_progress
 from transfer.data import scaled_size, size_batches
-from transfer.head_options import SegdecOptions, option_names
+from transfer.head_options import SegdecOptions
 from transfer.heads.base import Head, balanced_indices
 from transfer.segdec import OUTPUT_STRIDES, SegDecOutput, check_map_stride, saved_segdec, upsample_map
 from transfer.segdec_task import MaskedImages, cell_labels
@@ -51,7 +52,7 @@ class SegdecHead(Head):
     maps_in_one_pass = True
     native_resolution = True
     # --output-stride and the group config.segdec
-    options = ("output_stride", *option_names(SegdecOptions))
+    options = ("output_stride", *flat_names(SegdecOptions))
 
     def check_config(self, config) -> None:
         from transfer.segdec_task import PIXEL_WEIGHTINGS
